@@ -1,0 +1,419 @@
+"""Cross-entropy: soft labels, integer labels (with the options LLM training needs), sigmoid."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.typing import ArrayLike
+
+from . import _formulas
+from ._log_partition import LogSoftmax, drop_axes, exclude, stable_log_softmax
+from ._reductions import reduce_loss
+from ._validation import (
+    Axis,
+    as_float_array,
+    as_integer_array,
+    as_where,
+    check_broadcastable,
+    check_positive,
+    check_reduction,
+    check_same_shape,
+    describe,
+    normalize_axis,
+    upcast,
+)
+
+
+# ----------------------------------------------------------------------------- option checks
+def check_label_smoothing(label_smoothing) -> float:
+    eps = float(label_smoothing)
+    if not 0.0 <= eps < 1.0:
+        raise ValueError(f"`label_smoothing` must lie in [0, 1); got {label_smoothing!r}.")
+    return eps
+
+
+def check_z_loss(z_loss) -> float:
+    c = float(z_loss)
+    if not c >= 0.0:
+        raise ValueError(f"`z_loss` (the coefficient) must be >= 0; got {z_loss!r}.")
+    return c
+
+
+def soft_cap(logits: jax.Array, logit_softcap: float | None) -> jax.Array:
+    """``s * tanh(logits / s)`` (Gemma 2), keeping -inf logits excluded."""
+    if logit_softcap is None:
+        return logits
+    check_positive(logit_softcap, "logit_softcap", allow_none=False)
+    excluded = logits == -jnp.inf
+    safe = jnp.where(excluded, 0.0, logits)
+    return jnp.where(excluded, -jnp.inf, logit_softcap * jnp.tanh(safe / logit_softcap))
+
+
+def smoothing_mass(normalized: LogSoftmax, label_smoothing: float) -> jax.Array:
+    """eps / K per class over the K included classes of each row (0 on excluded classes)."""
+    per_class = label_smoothing / jnp.maximum(normalized.num_included, 1)
+    return jnp.where(normalized.included, per_class, 0.0)
+
+
+def z_loss_term(normalized: LogSoftmax, coefficient: float) -> jax.Array:
+    """coefficient * logsumexp^2, keepdims."""
+    return coefficient * jnp.square(normalized.log_partition)
+
+
+# ----------------------------------------------------------------------------- soft labels
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _soft_label_cross_entropy(logits, labels, axes):
+    log_q = stable_log_softmax(logits, axes).log_probs
+    return _cross_entropy_value(log_q, labels, axes)
+
+
+def _cross_entropy_value(log_q, labels, axes):
+    included = log_q > -jnp.inf
+    safe_log_q = jnp.where(included, log_q, 0.0)
+    # Mass on an excluded class makes the loss +inf, as the math says; zero mass adds nothing.
+    terms = jnp.where(included, labels * safe_log_q, jnp.where(labels > 0, -jnp.inf, 0.0))
+    return -_formulas.sum_over(terms, axes)
+
+
+@_soft_label_cross_entropy.defjvp
+def _soft_label_cross_entropy_jvp(axes, primals, tangents):
+    logits, labels = primals
+    logits_dot, labels_dot = tangents
+    log_q = stable_log_softmax(logits, axes).log_probs
+    grad_logits = _formulas.softmax_cross_entropy_grad(log_q, labels, axes)
+    grad_labels = -jnp.where(log_q > -jnp.inf, log_q, 0.0)
+    tangent = _formulas.sum_over(grad_logits * logits_dot + grad_labels * labels_dot, axes)
+    return _cross_entropy_value(log_q, labels, axes), tangent
+
+
+def softmax_cross_entropy(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    axis: Axis = -1,
+    where: ArrayLike | None = None,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    logit_softcap: float | None = None,
+    reduction: str = "none",
+) -> jax.Array:
+    r"""Cross-entropy between target probabilities and the softmax of ``logits``.
+
+    .. math::
+        H(y, q) = -\sum_k y_k \log q_k, \qquad q = \mathrm{softmax}(z)
+
+    This is :math:`H(y) + \mathrm{KL}(y \,\|\, q)`: with a fixed target it differs from the KL
+    divergence *from the target to the model* by a constant, so both have the same gradient.
+    The closed-form derivative (``jax.custom_jvp``) is
+
+    .. math::
+        \frac{\partial H}{\partial z} = q \sum_k y_k - y \;(= q - y \text{ for normalized } y),
+        \qquad \frac{\partial H}{\partial y} = -\log q .
+
+    A drop-in for ``optax.losses.softmax_cross_entropy`` with the same positional arguments,
+    but safe where optax is not: classes excluded by ``where`` or by a ``-inf`` logit with zero
+    label mass give finite values and gradients (optax issue #896), and a fully masked row
+    gives 0. Label mass on an excluded class gives ``+inf``, the true value.
+
+    Options (all off by default, which keeps optax parity):
+
+    * ``label_smoothing=eps``: the target becomes :math:`(1-\epsilon) y + \epsilon / K`
+      over the K included classes (PyTorch's convention).
+    * ``z_loss=c``: adds :math:`c\,(\log Z)^2` per example (PaLM).
+    * ``logit_softcap=s``: logits become :math:`s \tanh(z / s)` first (Gemma 2).
+    * ``reduction``: ``"none"``, ``"sum"``, ``"mean"`` (over non-empty rows), ``"batchmean"``.
+
+    Args:
+      logits: floating-point array of unnormalized log-probabilities.
+      labels: target probabilities, same shape as ``logits``.
+      axis: the class axis or axes.
+      where: optional boolean mask broadcastable to ``logits``; False excludes a class from
+        the normalizer (as in optax).
+      label_smoothing: smoothing mass in [0, 1).
+      z_loss: coefficient of the z-loss penalty, >= 0.
+      logit_softcap: positive soft cap, or None.
+      reduction: how to reduce the per-example losses.
+
+    Returns:
+      Per-example cross-entropy (class axes removed), or its reduction. Half-precision inputs
+      give float32.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import infoloss_jax as il
+      >>> logits = jnp.array([[1.2, -0.8, -0.5], [0.9, -1.2, 1.1]])
+      >>> labels = jnp.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+      >>> print(jnp.round(il.softmax_cross_entropy(logits, labels), 4))
+      [0.2761 2.9518]
+
+    References:
+      optax ``softmax_cross_entropy``; Szegedy et al., "Rethinking the Inception Architecture",
+      2016 (label smoothing); Team Gemma, "Gemma 2", 2024 (logit soft-capping).
+    """
+    check_reduction(reduction)
+    eps = check_label_smoothing(label_smoothing)
+    coefficient = check_z_loss(z_loss)
+    logits = as_float_array(logits, "logits")
+    labels = as_float_array(labels, "labels")
+    check_same_shape(logits, "logits", labels, "labels")
+    axes = normalize_axis(axis, logits.ndim)
+    dtype = jnp.result_type(logits.dtype, labels.dtype, jnp.float32)
+    mask = as_where(where, logits.shape)
+    logits = exclude(soft_cap(logits.astype(dtype), logit_softcap), mask)
+    labels = labels.astype(dtype)
+    normalized = stable_log_softmax(logits, axes)
+    if eps:
+        labels = (1.0 - eps) * labels + smoothing_mass(normalized, eps)
+    loss = _soft_label_cross_entropy(logits, labels, axes)
+    if coefficient:
+        loss = loss + z_loss_term(normalized, coefficient)
+    nonempty = drop_axes(normalized.num_included > 0, axes)
+    loss = jnp.where(nonempty, drop_axes(loss, axes), 0.0)
+    return reduce_loss(loss, reduction=reduction, where=nonempty)
+
+
+def safe_softmax_cross_entropy(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    axis: Axis = -1,
+    where: ArrayLike | None = None,
+) -> jax.Array:
+    r"""Alias of :func:`softmax_cross_entropy`, which is already safe at ``-inf`` logits.
+
+    .. math::
+        H(y, q) = -\sum_k y_k \log q_k, \qquad 0 \cdot \log 0 = 0
+
+    Kept for parity with ``optax.losses.safe_softmax_cross_entropy``.
+
+    Args:
+      logits: floating-point array of unnormalized log-probabilities (``-inf`` allowed).
+      labels: target probabilities, same shape as ``logits``.
+      axis: the class axis or axes.
+      where: optional boolean mask broadcastable to ``logits``.
+
+    Returns:
+      Per-example cross-entropy.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import infoloss_jax as il
+      >>> logits = jnp.array([0.0, -jnp.inf])
+      >>> print(float(il.safe_softmax_cross_entropy(logits, jnp.array([1.0, 0.0]))))
+      0.0
+    """
+    return softmax_cross_entropy(logits, labels, axis=axis, where=where)
+
+
+# ----------------------------------------------------------------------------- integer labels
+def classes_last(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+    """Moves the class axes to the end and flattens them into one (row-major)."""
+    batch_axes = tuple(a for a in range(x.ndim) if a not in axes)
+    x = jnp.transpose(x, batch_axes + axes) if batch_axes + axes != tuple(range(x.ndim)) else x
+    return x.reshape(x.shape[: len(batch_axes)] + (-1,))
+
+
+def integer_where(where, logits: jax.Array, labels: jax.Array, axes) -> jax.Array | None:
+    """Accepts a class mask shaped like ``logits`` or a per-example mask shaped like labels."""
+    if where is None:
+        return None
+    where = jnp.asarray(where)
+    if where.ndim == labels.ndim and where.ndim != logits.ndim:
+        check_broadcastable(where, "where", labels.shape, "labels")
+        where = jnp.expand_dims(jnp.broadcast_to(where, labels.shape), axes)
+    return as_where(where, logits.shape)
+
+
+def check_class_weights(class_weights, num_classes: int) -> jax.Array | None:
+    if class_weights is None:
+        return None
+    weights = as_float_array(class_weights, "class_weights")
+    if weights.shape != (num_classes,):
+        raise ValueError(
+            f"`class_weights` must have shape [{num_classes}] (one weight per class); got "
+            f"{describe(weights)}: length {weights.size} != {num_classes} classes."
+        )
+    return upcast(weights)
+
+
+def pick_class(values: jax.Array, is_label: jax.Array) -> jax.Array:
+    """values[..., label] as a masked sum, which partitions over a sharded class axis."""
+    return jnp.sum(jnp.where(is_label, values, 0.0), axis=-1)
+
+
+def softmax_cross_entropy_with_integer_labels(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    axis: Axis = -1,
+    where: ArrayLike | None = None,
+    ignore_index: int | None = None,
+    label_smoothing: float = 0.0,
+    class_weights: ArrayLike | None = None,
+    z_loss: float = 0.0,
+    logit_softcap: float | None = None,
+    reduction: str = "none",
+) -> jax.Array:
+    r"""Cross-entropy between integer class labels and the softmax of ``logits``.
+
+    .. math::
+        \ell_i = \log \sum_k e^{z_{ik}} - z_{i y_i} = -\log q_{i y_i}
+
+    computed as a logsumexp minus the label's logit, selected with a masked sum (no gather,
+    no one-hot), so it partitions over a vocabulary-sharded class axis. With every option:
+
+    .. math::
+        \ell_i = (1-\epsilon)\, w_{y_i} (-\log q_{i y_i})
+               + \frac{\epsilon}{K} \sum_{k} w_k (-\log q_{ik}) + c\, (\log Z_i)^2
+
+    where the sum runs over the K included classes (PyTorch's label smoothing). T5X spreads
+    :math:`\epsilon/(K-1)` over the *other* classes instead, a target with
+    :math:`1-\epsilon` on the label; to reproduce it pass
+    ``label_smoothing = eps * K / (K - 1)``. The gradient w.r.t. the logits is
+    :math:`q - y` (the one-hot form, scaled by the weights).
+
+    Options (the defaults keep ``optax`` parity):
+
+    * ``ignore_index``: rows whose label equals it give loss 0, gradient 0 and are left out of
+      the mean (PyTorch uses -100).
+    * ``label_smoothing=eps`` in [0, 1).
+    * ``class_weights`` of shape [K]: PyTorch's per-class ``weight``; the ``"mean"`` reduction
+      divides by :math:`\sum_i w_{y_i}` over non-ignored rows, as PyTorch does.
+    * ``z_loss=c``: adds :math:`c (\log Z)^2` per non-ignored row, not class-weighted.
+    * ``logit_softcap=s``: logits become :math:`s\tanh(z/s)` before everything else.
+    * ``reduction``: ``"none"`` (default), ``"sum"``, ``"mean"``, ``"batchmean"``. A batch in
+      which every row is ignored gives 0 and a 0 gradient under every reduction.
+
+    A label outside ``[0, K)`` that is not ``ignore_index`` turns its row into NaN (it cannot
+    raise inside ``jit``); :func:`infoloss_jax.checked` raises a clear error for it instead.
+
+    Args:
+      logits: floating-point array ``[..., K]`` of unnormalized log-probabilities.
+      labels: integer array of class indices, the shape of ``logits`` without the class axes.
+        With a tuple ``axis``, a label is the row-major flat index into those axes.
+      axis: the class axis or axes.
+      where: optional boolean mask, broadcastable to ``logits`` (False excludes a class) or
+        shaped like ``labels`` (False drops the whole row).
+      ignore_index: label value whose rows are ignored, or None.
+      label_smoothing: smoothing mass in [0, 1).
+      class_weights: optional per-class weights, shape [K].
+      z_loss: coefficient of the z-loss penalty, >= 0.
+      logit_softcap: positive soft cap, or None.
+      reduction: how to reduce the per-example losses.
+
+    Returns:
+      Per-example losses (the shape of ``labels``) or their reduction, in at least float32.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import infoloss_jax as il
+      >>> logits = jnp.array([[1.2, -0.8, -0.5], [0.9, -1.2, 1.1]])
+      >>> labels = jnp.array([0, 1])
+      >>> print(jnp.round(il.softmax_cross_entropy_with_integer_labels(logits, labels), 4))
+      [0.2761 2.9518]
+      >>> loss = il.softmax_cross_entropy_with_integer_labels(
+      ...     logits, jnp.array([0, -100]), ignore_index=-100, reduction="mean")
+      >>> print(round(float(loss), 4))
+      0.2761
+
+    References:
+      optax ``softmax_cross_entropy_with_integer_labels``; PyTorch ``F.cross_entropy``;
+      Chowdhery et al., "PaLM", 2022 (z-loss); Team Gemma, "Gemma 2", 2024 (soft-capping).
+    """
+    check_reduction(reduction)
+    eps = check_label_smoothing(label_smoothing)
+    coefficient = check_z_loss(z_loss)
+    logits = as_float_array(logits, "logits")
+    labels = as_integer_array(labels, "labels")
+    axes = normalize_axis(axis, logits.ndim)
+    expected = tuple(d for a, d in enumerate(logits.shape) if a not in axes)
+    if labels.shape != expected:
+        raise ValueError(
+            f"`labels` must have the shape of `logits` without the class axis {axes}: expected "
+            f"{list(expected)} for `logits` {describe(logits)}; got `labels` {describe(labels)}."
+        )
+    mask = integer_where(where, logits, labels, axes)
+    logits = classes_last(exclude(soft_cap(upcast(logits), logit_softcap), mask), axes)
+    num_classes = logits.shape[-1]
+    weights = check_class_weights(class_weights, num_classes)
+
+    normalized = stable_log_softmax(logits, (logits.ndim - 1,))
+    is_label = lax.broadcasted_iota(labels.dtype, logits.shape, logits.ndim - 1) == labels[..., None]
+    nll = -pick_class(normalized.log_probs, is_label)
+    label_weight = 1.0 if weights is None else pick_class(weights, is_label)
+    loss = label_weight * nll
+    if eps:
+        class_weight = 1.0 if weights is None else weights
+        neg_log_q = -jnp.where(normalized.included, normalized.log_probs, 0.0)
+        smooth = jnp.sum(smoothing_mass(normalized, eps) * class_weight * neg_log_q, axis=-1)
+        loss = (1.0 - eps) * loss + smooth
+    if coefficient:
+        loss = loss + coefficient * jnp.square(normalized.log_partition[..., 0])
+
+    in_range = (labels >= 0) & (labels < num_classes)
+    ignored = jnp.zeros(labels.shape, bool) if ignore_index is None else labels == ignore_index
+    nonempty = normalized.num_included[..., 0] > 0
+    contributing = ~ignored & nonempty
+    loss = jnp.where(ignored | in_range, loss, jnp.nan)
+    loss = jnp.where(contributing, loss, 0.0)
+    denominator_weight = jnp.where(contributing, label_weight, 0.0)
+    return reduce_loss(loss, reduction=reduction, weights=denominator_weight, where=contributing)
+
+
+# ----------------------------------------------------------------------------- sigmoid
+def sigmoid_binary_cross_entropy(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    pos_weight: ArrayLike | None = None,
+) -> jax.Array:
+    r"""Elementwise binary cross-entropy between labels and sigmoid(logits).
+
+    .. math::
+        \ell = -\big(w_+\, y \log \sigma(z) + (1 - y) \log \sigma(-z)\big)
+
+    with :math:`\log\sigma` computed stably and ``0 * log 0 = 0``: an infinite logit whose
+    label agrees with it gives 0 and a 0 gradient. The gradient is
+    :math:`\partial\ell/\partial z = (w_+ y + 1 - y)\,\sigma(z) - w_+ y`.
+
+    Args:
+      logits: floating-point log-odds.
+      labels: target probabilities in [0, 1], broadcastable to ``logits``.
+      pos_weight: optional weight of the positive term (PyTorch's ``pos_weight``),
+        broadcastable to ``logits``.
+
+    Returns:
+      The elementwise loss, shaped like ``logits``, in at least float32.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import infoloss_jax as il
+      >>> print(round(float(il.sigmoid_binary_cross_entropy(0.0, 1.0)), 6))
+      0.693147
+
+    References:
+      optax ``sigmoid_binary_cross_entropy``; PyTorch ``F.binary_cross_entropy_with_logits``.
+    """
+    logits = as_float_array(logits, "logits")
+    labels = as_float_array(labels, "labels")
+    check_broadcastable(labels, "labels", logits.shape, "logits")
+    dtype = jnp.result_type(logits.dtype, labels.dtype, jnp.float32)
+    logits, labels = logits.astype(dtype), jnp.broadcast_to(labels, logits.shape).astype(dtype)
+    positive_weight = labels
+    if pos_weight is not None:
+        pos_weight = as_float_array(pos_weight, "pos_weight")
+        check_broadcastable(pos_weight, "pos_weight", logits.shape, "logits")
+        positive_weight = pos_weight.astype(dtype) * labels
+    negative_weight = 1.0 - labels
+    positive = _weighted_log(positive_weight, jax.nn.log_sigmoid(logits))
+    negative = _weighted_log(negative_weight, jax.nn.log_sigmoid(-logits))
+    return -(positive + negative)
+
+
+def _weighted_log(weight: jax.Array, log_value: jax.Array) -> jax.Array:
+    """weight * log_value with 0 * (-inf) = 0, in the value and in both derivatives."""
+    vanishing = (weight == 0) & (log_value == -jnp.inf)
+    return jnp.where(vanishing, 0.0, weight * jnp.where(vanishing, 0.0, log_value))

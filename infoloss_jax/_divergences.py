@@ -1,0 +1,408 @@
+"""KL divergences (optax-compatible and from logits) and the generalized Jensen-Shannon."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from . import _formulas
+from ._log_partition import drop_axes, exclude, stable_log_softmax
+from ._validation import (
+    Axis,
+    as_float_array,
+    as_where,
+    check_beta,
+    check_broadcastable,
+    check_same_shape,
+    check_temperature,
+    normalize_axis,
+)
+
+
+# ----------------------------------------------------------------------------- optax-style
+def _paired_inputs(first, first_name, second, second_name, axis, where):
+    """Validates two float arrays, broadcasts them together, and returns them upcast."""
+    first = as_float_array(first, first_name)
+    second = as_float_array(second, second_name)
+    check_broadcastable(second, second_name, first.shape, first_name)
+    dtype = jnp.result_type(first.dtype, second.dtype, jnp.float32)
+    second = jnp.broadcast_to(second, first.shape).astype(dtype)
+    axes = normalize_axis(axis, first.ndim)
+    mask = as_where(where, first.shape, first_name)
+    return first.astype(dtype), second, axes, mask
+
+
+def _masked_sum(terms, axes, mask):
+    if mask is not None:
+        terms = jnp.where(mask, terms, 0.0)
+    return jnp.sum(terms, axis=axes)
+
+
+def _kl_terms(log_predictions: jax.Array, targets: jax.Array) -> jax.Array:
+    """t (log t - log q) with 0 where t = 0 (also when log q = -inf) and NaN where t < 0."""
+    positive = targets > 0
+    safe_targets = jnp.where(positive, targets, 1.0)
+    safe_log_predictions = jnp.where(positive, log_predictions, 0.0)
+    terms = jnp.where(positive, targets * (jnp.log(safe_targets) - safe_log_predictions), 0.0)
+    return jnp.where(targets < 0, jnp.nan, terms)
+
+
+def kl_divergence(
+    log_predictions: ArrayLike,
+    targets: ArrayLike,
+    *,
+    axis: Axis | None = -1,
+    where: ArrayLike | None = None,
+) -> jax.Array:
+    r"""KL divergence from the target distribution to the predicted one: KL(targets || predictions).
+
+    .. math::
+        \mathrm{KL}(p \,\|\, q) = \sum_k p_k (\log p_k - \log q_k)
+
+    with :math:`p` = ``targets`` (probabilities) and :math:`\log q` = ``log_predictions``
+    (**log**-probabilities). Same name, argument order and meaning as
+    ``optax.losses.kl_divergence`` (and as ``torch.nn.functional.kl_div(input=log q,
+    target=p)``), but terms with :math:`p_k = 0` are exactly 0 in the value *and* in both
+    gradients, also where :math:`\log q_k = -\infty` (optax PR #1786 is the NaN this avoids).
+    The gradient w.r.t. a zero target is taken as 0 rather than the one-sided
+    :math:`-\infty`.
+
+    Passing probabilities as ``log_predictions`` is the classic mistake (it gives a negative
+    "KL"); wrap the call in :func:`infoloss_jax.checked` to have it caught. A negative target
+    makes its row NaN.
+
+    Args:
+      log_predictions: log-probabilities of the model's distribution q.
+      targets: probabilities of the target distribution p, broadcastable to
+        ``log_predictions``.
+      axis: the class axis or axes (None for all).
+      where: optional boolean mask; False drops a term from the sum.
+
+    Returns:
+      KL(targets || predictions) per example, in at least float32.
+
+    Example:
+      >>> import jax
+      >>> import jax.numpy as jnp
+      >>> import infoloss_jax as il
+      >>> log_q = jax.nn.log_softmax(jnp.array([0.5, 0.5]))
+      >>> p = jax.nn.softmax(jnp.array([0.2, 0.8]))
+      >>> print(round(float(il.kl_divergence(log_q, p)), 6))
+      0.043053
+
+    References:
+      Kullback and Leibler, "On Information and Sufficiency", 1951.
+    """
+    log_predictions, targets, axes, mask = _paired_inputs(
+        log_predictions, "log_predictions", targets, "targets", axis, where
+    )
+    return _masked_sum(_kl_terms(log_predictions, targets), axes, mask)
+
+
+def kl_divergence_with_log_targets(
+    log_predictions: ArrayLike,
+    log_targets: ArrayLike,
+    *,
+    axis: Axis | None = -1,
+    where: ArrayLike | None = None,
+) -> jax.Array:
+    r"""KL(targets || predictions) with both distributions given as log-probabilities.
+
+    .. math::
+        \mathrm{KL}(p \,\|\, q) = \sum_k e^{\log p_k} (\log p_k - \log q_k)
+
+    ``-inf`` log-targets (zero probabilities) contribute exactly 0, with finite gradients for
+    both arguments. Matches ``optax.losses.kl_divergence_with_log_targets`` and
+    ``torch.nn.functional.kl_div(log q, log p, log_target=True)``.
+
+    Args:
+      log_predictions: log-probabilities of the model's distribution q.
+      log_targets: log-probabilities of the target distribution p, broadcastable.
+      axis: the class axis or axes (None for all).
+      where: optional boolean mask; False drops a term from the sum.
+
+    Returns:
+      KL(targets || predictions) per example, in at least float32.
+
+    Example:
+      >>> import jax
+      >>> import jax.numpy as jnp
+      >>> import infoloss_jax as il
+      >>> log_q = jax.nn.log_softmax(jnp.array([0.5, 0.5]))
+      >>> log_p = jax.nn.log_softmax(jnp.array([0.2, 0.8]))
+      >>> print(round(float(il.kl_divergence_with_log_targets(log_q, log_p)), 6))
+      0.043053
+    """
+    log_predictions, log_targets, axes, mask = _paired_inputs(
+        log_predictions, "log_predictions", log_targets, "log_targets", axis, where
+    )
+    present = log_targets > -jnp.inf
+    safe_log_targets = jnp.where(present, log_targets, 0.0)
+    safe_log_predictions = jnp.where(present, log_predictions, 0.0)
+    terms = jnp.exp(safe_log_targets) * (safe_log_targets - safe_log_predictions)
+    return _masked_sum(jnp.where(present, terms, 0.0), axes, mask)
+
+
+def generalized_kl_divergence(
+    log_predictions: ArrayLike,
+    targets: ArrayLike,
+    *,
+    axis: Axis | None = -1,
+    where: ArrayLike | None = None,
+) -> jax.Array:
+    r"""Generalized KL divergence between unnormalized non-negative measures, targets first.
+
+    .. math::
+        D(p \,\|\, q) = \sum_k \big(p_k (\log p_k - \log q_k) - p_k + q_k\big)
+
+    the Bregman divergence of :math:`x \log x - x`; it equals KL(p || q) when both sum to 1.
+    Same as ``optax.losses.generalized_kl_divergence``, with the safe zero-target handling of
+    :func:`kl_divergence`.
+
+    Args:
+      log_predictions: log of the predicted measure q.
+      targets: the target measure p (non-negative), broadcastable.
+      axis: the class axis or axes (None for all).
+      where: optional boolean mask; False drops a term from the sum.
+
+    Returns:
+      The generalized divergence per example, in at least float32.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import infoloss_jax as il
+      >>> print(round(float(il.generalized_kl_divergence(jnp.log(jnp.array([2.0])),
+      ...                                                 jnp.array([1.0]))), 6))
+      0.306853
+
+    References:
+      Boyd and Vandenberghe, "Convex Optimization", 2004, p. 90.
+    """
+    log_predictions, targets, axes, mask = _paired_inputs(
+        log_predictions, "log_predictions", targets, "targets", axis, where
+    )
+    terms = _kl_terms(log_predictions, targets) - targets + jnp.exp(log_predictions)
+    return _masked_sum(terms, axes, mask)
+
+
+# ----------------------------------------------------------------------------- from logits
+def _scaled_logit_pair(logits, target_logits, temperature, axis, where):
+    """Validates both logit arrays, divides by the temperature and applies ``where``."""
+    check_temperature(temperature)
+    logits = as_float_array(logits, "logits")
+    target_logits = as_float_array(target_logits, "target_logits")
+    check_same_shape(logits, "logits", target_logits, "target_logits")
+    axes = normalize_axis(axis, logits.ndim)
+    mask = as_where(where, logits.shape)
+    dtype = jnp.result_type(logits.dtype, target_logits.dtype, jnp.float32)
+    model = exclude(logits.astype(dtype) / temperature, mask)
+    target = exclude(target_logits.astype(dtype) / temperature, mask)
+    return model, target, axes
+
+
+def _log_softmax_pair(model, target, axes):
+    return stable_log_softmax(model, axes).log_probs, stable_log_softmax(target, axes).log_probs
+
+
+def _pair_tangent(grads, tangents, axes):
+    grad_model, grad_target = grads
+    model_dot, target_dot = tangents
+    return _formulas.sum_over(grad_model * model_dot + grad_target * target_dot, axes)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _forward_kl(model, target, axes):
+    log_q, log_p = _log_softmax_pair(model, target, axes)
+    return _formulas.kl_value(log_p, log_q, axes)
+
+
+@_forward_kl.defjvp
+def _forward_kl_jvp(axes, primals, tangents):
+    log_q, log_p = _log_softmax_pair(*primals, axes)
+    grads = _formulas.forward_kl_grads(log_q, log_p, axes)
+    return _formulas.kl_value(log_p, log_q, axes), _pair_tangent(grads, tangents, axes)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _reverse_kl(model, target, axes):
+    log_q, log_p = _log_softmax_pair(model, target, axes)
+    return _formulas.kl_value(log_q, log_p, axes)
+
+
+@_reverse_kl.defjvp
+def _reverse_kl_jvp(axes, primals, tangents):
+    log_q, log_p = _log_softmax_pair(*primals, axes)
+    grads = _formulas.reverse_kl_grads(log_q, log_p, axes)
+    return _formulas.kl_value(log_q, log_p, axes), _pair_tangent(grads, tangents, axes)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
+def _jensen_shannon(model, target, axes, beta):
+    log_q, log_p = _log_softmax_pair(model, target, axes)
+    return _formulas.jensen_shannon_value(log_q, log_p, beta, axes)
+
+
+@_jensen_shannon.defjvp
+def _jensen_shannon_jvp(axes, beta, primals, tangents):
+    log_q, log_p = _log_softmax_pair(*primals, axes)
+    grads = _formulas.jensen_shannon_grads(log_q, log_p, beta, axes)
+    value = _formulas.jensen_shannon_value(log_q, log_p, beta, axes)
+    return value, _pair_tangent(grads, tangents, axes)
+
+
+def forward_kl(
+    logits: ArrayLike,
+    target_logits: ArrayLike,
+    *,
+    temperature: float = 1.0,
+    axis: Axis = -1,
+    where: ArrayLike | None = None,
+) -> jax.Array:
+    r"""Forward KL from the target (teacher) to the model (student): KL(target || model).
+
+    .. math::
+        \mathrm{KL}(p \,\|\, q) = \sum_k p_k (\log p_k - \log q_k), \quad
+        p = \mathrm{softmax}(t / T), \; q = \mathrm{softmax}(z / T)
+
+    The mean-seeking (mass-covering) direction of standard knowledge distillation: the model
+    is penalized wherever the target has mass it misses. The temperature divides both sets of
+    logits; no :math:`T^2` factor is applied (Hinton et al. multiply by it by hand). Closed-form
+    derivatives (``jax.custom_jvp``), before the :math:`1/T` chain factor:
+
+    .. math::
+        \frac{\partial}{\partial z} = q - p, \qquad
+        \frac{\partial}{\partial t} = p \odot (\log p - \log q - \mathrm{KL})
+
+    Args:
+      logits: the model's logits z.
+      target_logits: the target's logits t, same shape (detach them with
+        ``jax.lax.stop_gradient`` if the target must not be trained).
+      temperature: positive temperature T.
+      axis: the class axis or axes.
+      where: optional boolean mask broadcastable to ``logits``; False excludes a class from
+        both distributions.
+
+    Returns:
+      KL(softmax(target/T) || softmax(logits/T)) per example, in at least float32.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import infoloss_jax as il
+      >>> kl = il.forward_kl(jnp.array([0.5, 0.5]), jnp.array([0.2, 0.8]))
+      >>> print(round(float(kl), 6))
+      0.043053
+
+    References:
+      Hinton, Vinyals and Dean, "Distilling the Knowledge in a Neural Network", 2015.
+    """
+    model, target, axes = _scaled_logit_pair(logits, target_logits, temperature, axis, where)
+    return drop_axes(_forward_kl(model, target, axes), axes)
+
+
+def reverse_kl(
+    logits: ArrayLike,
+    target_logits: ArrayLike,
+    *,
+    temperature: float = 1.0,
+    axis: Axis = -1,
+    where: ArrayLike | None = None,
+) -> jax.Array:
+    r"""Reverse KL from the model (student) to the target (teacher): KL(model || target).
+
+    .. math::
+        \mathrm{KL}(q \,\|\, p) = \sum_k q_k (\log q_k - \log p_k), \quad
+        q = \mathrm{softmax}(z / T), \; p = \mathrm{softmax}(t / T)
+
+    The mode-seeking direction (used by MiniLLM and on-policy distillation): the model is
+    penalized for putting mass where the target has little. The temperature divides both
+    sets of logits; no :math:`T^2` factor is applied. Closed-form derivatives:
+
+    .. math::
+        \frac{\partial}{\partial z} = q \odot (\log q - \log p - \mathrm{KL}), \qquad
+        \frac{\partial}{\partial t} = p - q
+
+    Args:
+      logits: the model's logits z.
+      target_logits: the target's logits t, same shape.
+      temperature: positive temperature T.
+      axis: the class axis or axes.
+      where: optional boolean mask broadcastable to ``logits``.
+
+    Returns:
+      KL(softmax(logits/T) || softmax(target/T)) per example, in at least float32.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import infoloss_jax as il
+      >>> kl = il.reverse_kl(jnp.array([0.2, 0.8]), jnp.array([0.5, 0.5]))
+      >>> print(round(float(kl), 6))
+      0.043053
+
+    References:
+      Gu et al., "MiniLLM: Knowledge Distillation of Large Language Models", 2024.
+    """
+    model, target, axes = _scaled_logit_pair(logits, target_logits, temperature, axis, where)
+    return drop_axes(_reverse_kl(model, target, axes), axes)
+
+
+def jensen_shannon(
+    logits: ArrayLike,
+    target_logits: ArrayLike,
+    *,
+    beta: float = 0.5,
+    temperature: float = 1.0,
+    axis: Axis = -1,
+    where: ArrayLike | None = None,
+) -> jax.Array:
+    r"""Generalized Jensen-Shannon divergence between the target P and the model Q.
+
+    .. math::
+        \mathrm{JSD}_\beta(P, Q) = \beta\, \mathrm{KL}(P \,\|\, M) + (1-\beta)\,
+        \mathrm{KL}(Q \,\|\, M), \qquad M = \beta P + (1-\beta) Q
+
+    with :math:`P = \mathrm{softmax}(t/T)` (target) and :math:`Q = \mathrm{softmax}(z/T)`
+    (model): the convention of TRL's GKD trainer and Liger-Kernel's JSD. ``beta=0.5`` is the
+    symmetric JSD, bounded by :math:`\log 2`.
+
+    **Discontinuity at the end points.** As :math:`\beta \to 0` or :math:`1` the formula
+    tends to 0, but like those libraries ``beta=0`` returns the forward KL(P || Q) and
+    ``beta=1`` the reverse KL(Q || P). ``beta`` is a static Python float. No :math:`T^2`
+    factor is applied. Closed-form derivatives for :math:`0 < \beta < 1`:
+
+    .. math::
+        \frac{\partial}{\partial z} = (1-\beta)\, Q \odot (\log Q - \log M - \mathrm{KL}(Q\|M)),
+        \quad
+        \frac{\partial}{\partial t} = \beta\, P \odot (\log P - \log M - \mathrm{KL}(P\|M))
+
+    Args:
+      logits: the model's logits z.
+      target_logits: the target's logits t, same shape.
+      beta: mixture weight of the target, in [0, 1].
+      temperature: positive temperature T.
+      axis: the class axis or axes.
+      where: optional boolean mask broadcastable to ``logits``.
+
+    Returns:
+      The divergence per example, in at least float32.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import infoloss_jax as il
+      >>> jsd = il.jensen_shannon(jnp.array([0.0, -jnp.inf]), jnp.array([-jnp.inf, 0.0]))
+      >>> print(round(float(jsd), 6))  # disjoint supports: log 2
+      0.693147
+
+    References:
+      Lin, "Divergence measures based on the Shannon entropy", 1991; Agarwal et al.,
+      "On-Policy Distillation of Language Models (GKD)", 2024.
+    """
+    beta = check_beta(beta)
+    if beta == 0.0:
+        return forward_kl(logits, target_logits, temperature=temperature, axis=axis, where=where)
+    if beta == 1.0:
+        return reverse_kl(logits, target_logits, temperature=temperature, axis=axis, where=where)
+    model, target, axes = _scaled_logit_pair(logits, target_logits, temperature, axis, where)
+    return drop_axes(_jensen_shannon(model, target, axes, beta), axes)

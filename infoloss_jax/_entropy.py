@@ -1,0 +1,214 @@
+"""Shannon entropy from logits, probabilities or counts, and the binary entropy."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from . import _formulas
+from ._log_partition import drop_axes, prepare_logits, stable_log_softmax
+from ._validation import (
+    Axis,
+    as_float_array,
+    as_where,
+    in_base,
+    log_of_base,
+    normalize_axis,
+    upcast,
+)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _entropy_of_logits(logits: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+    return _formulas.entropy_value(stable_log_softmax(logits, axes).log_probs, axes)
+
+
+@_entropy_of_logits.defjvp
+def _entropy_of_logits_jvp(axes, primals, tangents):
+    (logits,), (logits_dot,) = primals, tangents
+    log_p = stable_log_softmax(logits, axes).log_probs
+    grad = _formulas.entropy_grad(log_p, axes)
+    return _formulas.entropy_value(log_p, axes), _formulas.sum_over(grad * logits_dot, axes)
+
+
+def entropy(
+    logits: ArrayLike,
+    *,
+    axis: Axis = -1,
+    where: ArrayLike | None = None,
+    base: float | None = None,
+) -> jax.Array:
+    r"""Shannon entropy of the softmax of ``logits``.
+
+    .. math::
+        H(p) = -\sum_k p_k \log p_k, \qquad p = \mathrm{softmax}(z)
+
+    computed from the stable log-softmax, so ``0 log 0 = 0`` in the value and the gradient.
+    Classes masked out by ``where`` or with a ``-inf`` logit are excluded; a row with no
+    included class has entropy 0. :math:`0 \le H \le \log K` for K included classes.
+
+    The derivative is a closed form (``jax.custom_jvp``, so forward mode and Hessians work):
+
+    .. math::
+        \frac{\partial H}{\partial z} = -p \odot (\log p + H)
+
+    Args:
+      logits: floating-point array of unnormalized log-probabilities.
+      axis: the class axis, or a tuple of axes that together index the classes.
+      where: optional boolean mask broadcastable to ``logits``; False excludes a class.
+      base: logarithm base of the result; None for nats, 2 for bits.
+
+    Returns:
+      The entropy per example, class axes removed. Half-precision inputs give float32.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import infoloss_jax as il
+      >>> print(round(float(il.entropy(jnp.zeros(4), base=2)), 6))
+      2.0
+
+    References:
+      Shannon, "A Mathematical Theory of Communication", 1948.
+    """
+    log_of_base(base)
+    logits, axes = prepare_logits(logits, axis, where)
+    return in_base(drop_axes(_entropy_of_logits(logits, axes), axes), base)
+
+
+def _negative_entropy_terms(probs: jax.Array) -> jax.Array:
+    """p log p with 0 log 0 = 0 (and a 0 derivative there) and NaN for negative p."""
+    positive = probs > 0
+    safe = jnp.where(positive, probs, 1.0)
+    terms = jnp.where(positive, probs * jnp.log(safe), 0.0)
+    return jnp.where(probs < 0, jnp.nan, terms)
+
+
+def entropy_from_probs(
+    probs: ArrayLike,
+    *,
+    axis: Axis = -1,
+    where: ArrayLike | None = None,
+    base: float | None = None,
+) -> jax.Array:
+    r"""Shannon entropy of a distribution given as probabilities.
+
+    .. math::
+        H(p) = -\sum_k p_k \log p_k, \qquad 0 \log 0 = 0
+
+    The probabilities are used as given (not renormalized); use :func:`entropy_from_counts`
+    for unnormalized weights. At :math:`p_k = 0` the derivative is taken as 0 rather than
+    the one-sided :math:`+\infty`, so gradients stay finite. A negative probability makes its
+    row NaN: it is a value-level mistake, and :func:`infoloss_jax.checked` reports it.
+
+    Args:
+      probs: floating-point array of probabilities.
+      axis: the class axis or axes.
+      where: optional boolean mask broadcastable to ``probs``; False drops a term.
+      base: logarithm base of the result; None for nats, 2 for bits.
+
+    Returns:
+      The entropy per example, class axes removed, in at least float32.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import infoloss_jax as il
+      >>> print(round(float(il.entropy_from_probs(jnp.array([0.25, 0.25, 0.5]), base=2)), 6))
+      1.5
+
+    References:
+      ``scipy.special.entr`` and ``scipy.stats.entropy`` compute the same quantity.
+    """
+    log_of_base(base)
+    probs = upcast(as_float_array(probs, "probs"))
+    axes = normalize_axis(axis, probs.ndim)
+    mask = as_where(where, probs.shape, "probs")
+    terms = _negative_entropy_terms(probs)
+    if mask is not None:
+        terms = jnp.where(mask, terms, 0.0)
+    return in_base(-jnp.sum(terms, axis=axes), base)
+
+
+def entropy_from_counts(
+    counts: ArrayLike | Mapping[object, float], *, axis: Axis = -1, base: float | None = None
+) -> jax.Array:
+    r"""Shannon entropy of the empirical distribution of event counts.
+
+    .. math::
+        H = -\sum_k \frac{c_k}{C} \log \frac{c_k}{C}, \qquad C = \sum_k c_k
+
+    Counts may be integers or floats, or a mapping from events to counts. A row whose counts
+    are all zero has entropy 0; a negative count makes its row NaN.
+
+    Args:
+      counts: array of non-negative counts, or a mapping such as ``{'a': 2, 'b': 2, 'c': 4}``.
+      axis: the event axis or axes.
+      base: logarithm base of the result; None for nats, 2 for bits.
+
+    Returns:
+      The entropy per row, event axes removed, in at least float32.
+
+    Example:
+      >>> import infoloss_jax as il
+      >>> print(round(float(il.entropy_from_counts({'a': 2, 'b': 2, 'c': 4}, base=2)), 6))
+      1.5
+      >>> print(round(float(il.entropy_from_counts([1, 1, 1], base=2)), 3))
+      1.585
+    """
+    log_of_base(base)
+    if isinstance(counts, Mapping):
+        counts = list(counts.values())
+    counts = jnp.asarray(counts)
+    if jnp.issubdtype(counts.dtype, jnp.integer):
+        counts = counts.astype(jnp.float32)
+    counts = upcast(as_float_array(counts, "counts"))
+    axes = normalize_axis(axis, counts.ndim)
+    total = jnp.sum(counts, axis=axes, keepdims=True)
+    probs = counts / jnp.where(total > 0, total, 1.0)
+    return entropy_from_probs(probs, axis=axes, base=base)
+
+
+@jax.custom_jvp
+def _binary_entropy_nats(logits: jax.Array) -> jax.Array:
+    finite = jnp.isfinite(logits)
+    safe = jnp.where(finite, logits, 0.0)
+    value = jax.nn.sigmoid(safe) * jax.nn.softplus(-safe) + jax.nn.sigmoid(-safe) * jax.nn.softplus(
+        safe
+    )
+    return jnp.where(finite, value, 0.0)
+
+
+@_binary_entropy_nats.defjvp
+def _binary_entropy_nats_jvp(primals, tangents):
+    (logits,), (logits_dot,) = primals, tangents
+    return _binary_entropy_nats(logits), _formulas.binary_entropy_grad(logits) * logits_dot
+
+
+def binary_entropy(logits: ArrayLike, *, base: float | None = None) -> jax.Array:
+    r"""Entropy of the Bernoulli distribution with success probability sigmoid(logits).
+
+    .. math::
+        H_b(z) = -\sigma(z)\log\sigma(z) - \sigma(-z)\log\sigma(-z)
+               = \sigma(z)\,\mathrm{softplus}(-z) + \sigma(-z)\,\mathrm{softplus}(z)
+
+    with the closed-form derivative :math:`\partial H_b/\partial z = -z\,\sigma(z)\,\sigma(-z)`.
+    Infinite logits (certain outcomes) give 0 and a 0 gradient.
+
+    Args:
+      logits: floating-point array of log-odds; every element is an independent Bernoulli.
+      base: logarithm base of the result; None for nats, 2 for bits.
+
+    Returns:
+      The elementwise entropy, same shape as ``logits``, in at least float32.
+
+    Example:
+      >>> import infoloss_jax as il
+      >>> print(round(float(il.binary_entropy(0.0, base=2)), 6))
+      1.0
+    """
+    log_of_base(base)
+    logits = upcast(as_float_array(logits, "logits"))
+    return in_base(_binary_entropy_nats(logits), base)

@@ -1,0 +1,128 @@
+"""Closed-form gradient kernels: the one source of truth for each derivative formula.
+
+The core losses use these in their ``jax.custom_jvp`` rules, and the public
+:mod:`infoloss_jax.gradients` module wraps them with the losses' own signatures.
+
+Every kernel works on log-probabilities that are already normalized along ``axis`` (a tuple of
+non-negative ints), with ``-inf`` marking excluded classes. Gradients are with respect to the
+logits that produced those log-probabilities (after any temperature scaling), and excluded
+classes get exactly 0. Zero probabilities are handled with the double-where pattern so that
+neither values nor their derivatives produce ``0 * inf``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+Axes = tuple[int, ...]
+
+
+def probs_and_safe_logs(log_p: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Returns ``(p, log_p with 0 at excluded classes, mask of included classes)``."""
+    included = log_p > -jnp.inf
+    safe_log_p = jnp.where(included, log_p, 0.0)
+    return jnp.where(included, jnp.exp(safe_log_p), 0.0), safe_log_p, included
+
+
+def sum_over(x: jax.Array, axis: Axes) -> jax.Array:
+    return jnp.sum(x, axis=axis, keepdims=True)
+
+
+def entropy_value(log_p: jax.Array, axis: Axes) -> jax.Array:
+    """H(p) = -sum p log p, with keepdims, 0 log 0 = 0."""
+    p, safe_log_p, _ = probs_and_safe_logs(log_p)
+    return -sum_over(p * safe_log_p, axis)
+
+
+def kl_value(log_p: jax.Array, log_q: jax.Array, axis: Axes) -> jax.Array:
+    """KL(p || q) = sum p (log p - log q), with keepdims; terms with p = 0 are 0."""
+    p, safe_log_p, p_included = probs_and_safe_logs(log_p)
+    safe_log_q = jnp.where(p_included, log_q, 0.0)
+    return sum_over(jnp.where(p_included, p * (safe_log_p - safe_log_q), 0.0), axis)
+
+
+def softmax_cross_entropy_grad(log_q: jax.Array, labels: jax.Array, axis: Axes) -> jax.Array:
+    r"""d/dz of -sum_k y_k log softmax(z)_k: :math:`q \sum_k y_k - y`.
+
+    For normalized labels this is the classic :math:`q - y`.
+    """
+    q, _, included = probs_and_safe_logs(log_q)
+    return jnp.where(included, q * sum_over(labels, axis) - labels, 0.0)
+
+
+def entropy_grad(log_p: jax.Array, axis: Axes) -> jax.Array:
+    r"""d/dz of H(softmax(z)): :math:`-p \odot (\log p + H)`."""
+    p, safe_log_p, _ = probs_and_safe_logs(log_p)
+    entropy = -sum_over(p * safe_log_p, axis)
+    return -p * (safe_log_p + entropy)
+
+
+def softmax_vjp_of_log_ratio(log_p: jax.Array, log_ratio: jax.Array, axis: Axes) -> jax.Array:
+    r"""d/dz of KL(p || r) for p = softmax(z) and fixed r: :math:`p (\log p - \log r - KL)`.
+
+    ``log_ratio`` holds log p - log r (any value where p = 0; it is masked out).
+    """
+    p, _, included = probs_and_safe_logs(log_p)
+    safe_ratio = jnp.where(included, log_ratio, 0.0)
+    kl = sum_over(p * safe_ratio, axis)
+    return p * (safe_ratio - kl)
+
+
+def forward_kl_grads(log_q: jax.Array, log_p: jax.Array, axis: Axes) -> tuple[jax.Array, ...]:
+    r"""Gradients of KL(p || q), p = softmax(target logits), q = softmax(model logits).
+
+    Returns ``(d/dz_model, d/dz_target)`` = :math:`(q - p,\; p (\log p - \log q - KL))`.
+    """
+    q, _, _ = probs_and_safe_logs(log_q)
+    p, _, _ = probs_and_safe_logs(log_p)
+    return q - p, softmax_vjp_of_log_ratio(log_p, log_p - log_q, axis)
+
+
+def reverse_kl_grads(log_q: jax.Array, log_p: jax.Array, axis: Axes) -> tuple[jax.Array, ...]:
+    r"""Gradients of KL(q || p), q = softmax(model logits), p = softmax(target logits).
+
+    Returns ``(d/dz_model, d/dz_target)`` = :math:`(q (\log q - \log p - KL),\; p - q)`.
+    """
+    q, _, _ = probs_and_safe_logs(log_q)
+    p, _, _ = probs_and_safe_logs(log_p)
+    return softmax_vjp_of_log_ratio(log_q, log_q - log_p, axis), p - q
+
+
+def log_mixture(log_q: jax.Array, log_p: jax.Array, beta: float) -> jax.Array:
+    """log m for m = beta p + (1 - beta) q, 0 < beta < 1, -inf where both are excluded."""
+    either = (log_p > -jnp.inf) | (log_q > -jnp.inf)
+    # logaddexp(-inf, -inf) has a NaN derivative, so both inputs are replaced where both vanish.
+    safe_p, safe_q = jnp.where(either, log_p, 0.0), jnp.where(either, log_q, 0.0)
+    log_m = jnp.logaddexp(jnp.log(beta) + safe_p, jnp.log1p(-beta) + safe_q)
+    return jnp.where(either, log_m, -jnp.inf)
+
+
+def jensen_shannon_value(log_q: jax.Array, log_p: jax.Array, beta: float, axis: Axes):
+    """beta KL(p || m) + (1 - beta) KL(q || m), keepdims, for 0 < beta < 1."""
+    log_m = log_mixture(log_q, log_p, beta)
+    return beta * kl_value(log_p, log_m, axis) + (1.0 - beta) * kl_value(log_q, log_m, axis)
+
+
+def jensen_shannon_grads(
+    log_q: jax.Array, log_p: jax.Array, beta: float, axis: Axes
+) -> tuple[jax.Array, ...]:
+    r"""Gradients of beta KL(p || m) + (1 - beta) KL(q || m), m = beta p + (1 - beta) q.
+
+    Differentiating w.r.t. q gives :math:`(1-\beta)\log(q/m)` (the :math:`p/m` and :math:`q/m`
+    terms cancel against the +1), so through the softmax:
+
+    * d/dz_model = :math:`(1-\beta)\, q (\log q - \log m - KL(q\|m))`;
+    * d/dz_target = :math:`\beta\, p (\log p - \log m - KL(p\|m))`.
+    """
+    log_m = log_mixture(log_q, log_p, beta)
+    model = (1.0 - beta) * softmax_vjp_of_log_ratio(log_q, log_q - log_m, axis)
+    target = beta * softmax_vjp_of_log_ratio(log_p, log_p - log_m, axis)
+    return model, target
+
+
+def binary_entropy_grad(logits: jax.Array) -> jax.Array:
+    r"""d/dz of the binary entropy of sigmoid(z): :math:`-z\,\sigma(z)\,\sigma(-z)`."""
+    finite = jnp.isfinite(logits)
+    safe = jnp.where(finite, logits, 0.0)
+    return jnp.where(finite, -safe * jax.nn.sigmoid(safe) * jax.nn.sigmoid(-safe), 0.0)

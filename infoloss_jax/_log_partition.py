@@ -1,0 +1,119 @@
+"""The log-partition function (logsumexp), the z-loss, and the stable log-softmax behind them."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.typing import ArrayLike
+
+from ._validation import Axis, as_float_array, as_where, normalize_axis, upcast
+
+
+class LogSoftmax(NamedTuple):
+    """A stable log-softmax and the pieces losses reuse (all keep the class axes as size 1)."""
+
+    log_probs: jax.Array  # -inf at excluded classes
+    log_partition: jax.Array  # logsumexp; 0 for a row with no included class
+    included: jax.Array  # bool, classes that take part (finite logit and `where`)
+    num_included: jax.Array  # count of included classes per row
+
+
+def exclude(logits: jax.Array, where: jax.Array | None) -> jax.Array:
+    """Sets classes masked out by ``where`` to -inf, the one exclusion mechanism inside."""
+    return logits if where is None else jnp.where(where, logits, -jnp.inf)
+
+
+def stable_log_softmax(logits: jax.Array, axis: tuple[int, ...]) -> LogSoftmax:
+    """log softmax along ``axis`` with -inf logits excluded and empty rows kept finite.
+
+    The shift by the row max is wrapped in ``stop_gradient`` (it cancels mathematically), and a
+    row whose max is -inf is shifted by 0 instead, so -inf - (-inf) never happens.
+    """
+    row_max = jnp.max(logits, axis=axis, keepdims=True)
+    shift = lax.stop_gradient(jnp.where(jnp.isfinite(row_max), row_max, 0.0))
+    shifted = logits - shift
+    sum_exp = jnp.sum(jnp.exp(shifted), axis=axis, keepdims=True)
+    nonempty = sum_exp > 0
+    log_sum_exp = jnp.log(jnp.where(nonempty, sum_exp, 1.0))
+    included = logits > -jnp.inf
+    return LogSoftmax(
+        log_probs=shifted - log_sum_exp,
+        log_partition=jnp.where(nonempty, log_sum_exp + shift, 0.0),
+        included=included,
+        num_included=jnp.sum(included, axis=axis, keepdims=True),
+    )
+
+
+def prepare_logits(logits: ArrayLike, axis: Axis, where, name: str = "logits"):
+    """Validates and upcasts ``logits``, applies ``where``; returns ``(logits, axes)``."""
+    logits = as_float_array(logits, name)
+    axes = normalize_axis(axis, logits.ndim)
+    mask = as_where(where, logits.shape, name)
+    return exclude(upcast(logits), mask), axes
+
+
+def drop_axes(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+    """Removes the size-1 class axes kept by ``keepdims`` reductions."""
+    return jnp.squeeze(x, axis=axes)
+
+
+def log_partition(logits: ArrayLike, *, axis: Axis = -1, where: ArrayLike | None = None):
+    r"""The log-partition function (logsumexp) of the logits, for logging and z-loss.
+
+    .. math::
+        \log Z(z) = \log \sum_{k} e^{z_k}
+
+    Classes masked out by ``where`` and classes with a ``-inf`` logit are excluded. A row with
+    no included class returns 0 (not ``-inf``), so logging it never shows NaN or inf.
+
+    Args:
+      logits: floating-point array of unnormalized log-probabilities.
+      axis: the class axis or axes.
+      where: optional boolean mask broadcastable to ``logits``; False excludes a class.
+
+    Returns:
+      The logsumexp with the class axes removed, in at least float32.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import infoloss_jax as il
+      >>> print(round(float(il.log_partition(jnp.zeros(4))), 6))
+      1.386294
+
+    References:
+      Chowdhery et al., "PaLM: Scaling Language Modeling with Pathways", 2022 (z-loss).
+    """
+    logits, axes = prepare_logits(logits, axis, where)
+    return drop_axes(stable_log_softmax(logits, axes).log_partition, axes)
+
+
+def z_loss(logits: ArrayLike, *, axis: Axis = -1, where: ArrayLike | None = None):
+    r"""The z-loss penalty :math:`(\log Z)^2`, which keeps the softmax normalizer near 1.
+
+    .. math::
+        \mathcal{L}_z(z) = \Big(\log \sum_k e^{z_k}\Big)^2
+
+    Multiply it by a small coefficient (PaLM and T5X use ``1e-4``) and add it to the loss, or
+    pass ``z_loss=coefficient`` to the cross-entropy functions.
+
+    Args:
+      logits: floating-point array of unnormalized log-probabilities.
+      axis: the class axis or axes.
+      where: optional boolean mask broadcastable to ``logits``; False excludes a class.
+
+    Returns:
+      The squared logsumexp per example (0 for a row with no included class).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import infoloss_jax as il
+      >>> print(round(float(il.z_loss(jnp.array([0.0, 0.0]))), 6))
+      0.480453
+
+    References:
+      Chowdhery et al., "PaLM: Scaling Language Modeling with Pathways", 2022, section 5.
+    """
+    return jnp.square(log_partition(logits, axis=axis, where=where))

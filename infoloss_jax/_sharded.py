@@ -1,0 +1,968 @@
+"""Vocabulary-parallel losses for ``jax.shard_map``: the Megatron-LM algorithm in JAX.
+
+Each device holds a slice of the vocabulary (``V / d`` classes on each of the ``d`` devices of the
+mesh axis ``axis_name``); no device ever holds a full ``[N, V]`` row. Cross-entropy then needs
+one ``pmax`` of an ``[N]`` vector and one ``psum`` of a ``[4, N]`` stack:
+
+1. local max over the slice, then ``pmax`` (a shift for stability only: no gradient flows through
+   it);
+2. local sum of ``exp(logit - max)``, the local target logit (a masked sum, zero on devices whose
+   slice does not hold the label), the local sum of logits (for label smoothing) and the local
+   number of classes;
+3. one fused ``psum`` of those four numbers per token;
+4. the gradient from the softmax, recomputed in the backward pass from the logits and the saved
+   global logsumexp (the residual is the input itself, so no second logits-sized buffer lives
+   between the passes), with no collective in the backward pass of the logits version.
+
+The functions without ``_on_mesh`` are meant to be called INSIDE ``jax.shard_map`` by the user;
+the ``*_on_mesh`` wrappers take whole arrays and a :class:`jax.sharding.Mesh`, pad the vocabulary
+to a multiple of the mesh axis and build the ``shard_map`` themselves.
+
+Vocabulary padding: when ``V`` is not a multiple of ``d``, pad logits (with anything: they are
+masked) or weight columns up to ``d * ceil(V / d)`` and pass ``vocab_size=V``; classes with a
+global index ``>= vocab_size`` are excluded from every sum.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Hashable
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
+from jax.typing import ArrayLike
+
+from ._validation import (
+    accumulation_dtype,
+    as_float_array,
+    as_integer_array,
+    check_beta,
+    check_temperature,
+    describe,
+)
+
+AxisName = Hashable | tuple[Hashable, ...]
+
+_REDUCTIONS = ("none", "sum", "mean")
+# Working-set budget (bytes of float32 block logits) for the automatic block sizes of the fused
+# linear loss: one [token_block, vocab_block] block lives at a time.
+_BLOCK_BUDGET_BYTES = 16 * 2**20
+
+
+# --------------------------------------------------------------------------------------------
+# Argument checks (trace time).
+# --------------------------------------------------------------------------------------------
+
+
+def _axis_size(axis_name: AxisName, name: str, fn: str) -> int:
+    """Size of a bound mesh axis; a clear ``ValueError`` when the axis is not bound here."""
+    if axis_name is None:
+        raise ValueError(f"`{name}` must name a mesh axis; got None.")
+    try:
+        return lax.axis_size(axis_name)
+    except NameError as err:
+        raise ValueError(
+            f"`{name}`={axis_name!r} is not an axis of the enclosing mesh. `{fn}` must be called "
+            f"inside `jax.shard_map` over a mesh that has this axis (or use `{fn}_on_mesh`, "
+            "which builds the shard_map for you)."
+        ) from err
+
+
+def _check_reduction(reduction: str) -> str:
+    if reduction not in _REDUCTIONS:
+        valid = ", ".join(repr(r) for r in _REDUCTIONS)
+        raise ValueError(f"Unknown `reduction`={reduction!r}; expected one of {valid}.")
+    return reduction
+
+
+def _check_fraction(value, name: str) -> float:
+    if isinstance(value, jax.core.Tracer):
+        raise TypeError(f"`{name}` must be a static Python float, not a traced array.")
+    v = float(value)
+    if not 0.0 <= v <= 1.0:
+        raise ValueError(f"`{name}` must lie in [0, 1]; got {value!r}.")
+    return v
+
+
+def _check_nonnegative(value, name: str) -> float:
+    if isinstance(value, jax.core.Tracer):
+        raise TypeError(f"`{name}` must be a static Python float, not a traced array.")
+    v = float(value)
+    if not (math.isfinite(v) and v >= 0.0):
+        raise ValueError(f"`{name}` must be a finite number >= 0; got {value!r}.")
+    return v
+
+
+def _check_softcap(value) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, jax.core.Tracer):
+        raise TypeError("`logit_softcap` must be a static Python float or None.")
+    v = float(value)
+    if not (math.isfinite(v) and v > 0.0):
+        raise ValueError(f"`logit_softcap` must be a positive finite number or None; got {value!r}.")
+    return v
+
+
+def _check_block(value, name: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"`{name}` must be a positive int or None; got {value!r}.")
+    return int(value)
+
+
+def _vocab_layout(
+    local_vocab: int, axis_size: int, vocab_size: int | None, what: str, axis_name: AxisName
+) -> int:
+    """Checks the shard size against the mesh and returns the true (unpadded) vocabulary size."""
+    padded = local_vocab * axis_size
+    if vocab_size is None:
+        return padded
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size <= 0:
+        raise ValueError(f"`vocab_size` must be a positive int or None; got {vocab_size!r}.")
+    expected = -(-vocab_size // axis_size)
+    if local_vocab != expected:
+        raise ValueError(
+            f"{what} holds {local_vocab} classes per device, but `vocab_size`={vocab_size} over "
+            f"the {axis_size} devices of mesh axis {axis_name!r} needs ceil({vocab_size}/"
+            f"{axis_size}) = {expected} per device (the vocabulary padded to {expected * axis_size})."
+        )
+    return vocab_size
+
+
+def _vocab_offset(local_vocab: int, axis_name: AxisName) -> jax.Array:
+    return lax.axis_index(axis_name) * local_vocab
+
+
+# --------------------------------------------------------------------------------------------
+# Shared per-token kernels.
+# --------------------------------------------------------------------------------------------
+
+
+def _softcap(x: jax.Array, cap: float | None) -> jax.Array:
+    return x if cap is None else cap * jnp.tanh(x / cap)
+
+
+def _softcap_derivative(capped: jax.Array, cap: float | None) -> jax.Array:
+    return 1.0 if cap is None else 1.0 - jnp.square(capped / cap)
+
+
+def _class_mask(
+    raw: jax.Array, first_class, vocab_size: int, where: jax.Array | None
+) -> tuple[jax.Array, jax.Array]:
+    """(global class index, valid mask) for a [rows, cols] block starting at ``first_class``.
+
+    A class is valid when it is inside the true vocabulary, kept by ``where`` and its raw logit is
+    not -inf (-inf logits are excluded classes, as in the core losses, even under a softcap).
+    """
+    classes = first_class + lax.broadcasted_iota(jnp.int32, raw.shape, raw.ndim - 1)
+    valid = (classes < vocab_size) & (raw > -jnp.inf)
+    if where is not None:
+        valid = valid & where
+    return classes, valid
+
+
+def _ce_partials(
+    z: jax.Array, classes: jax.Array, valid: jax.Array, labels: jax.Array, shift: jax.Array
+) -> jax.Array:
+    """[4, rows] local partial sums: sum exp(z - shift), target logit, sum of z, class count."""
+    zs = jnp.where(valid, z - shift[:, None], -jnp.inf)
+    sumexp = jnp.sum(jnp.exp(zs), axis=-1)
+    target = jnp.sum(jnp.where(classes == labels[:, None], z, 0.0), axis=-1)
+    sum_z = jnp.sum(jnp.where(valid, z, 0.0), axis=-1)
+    count = jnp.sum(valid, axis=-1).astype(z.dtype)
+    return jnp.stack([sumexp, target, sum_z, count])
+
+
+def _finite_or_zero(x: jax.Array) -> jax.Array:
+    return jnp.where(jnp.isfinite(x), x, 0.0)
+
+
+def _ce_from_totals(
+    shift: jax.Array,
+    totals: jax.Array,
+    labels: jax.Array,
+    keep: jax.Array,
+    vocab_size: int,
+    label_smoothing: float,
+    z_loss: float,
+) -> tuple[jax.Array, jax.Array]:
+    """Per-token loss and global logsumexp from the all-reduced partial sums."""
+    sumexp, target, sum_z, count = totals
+    lse = jnp.where(sumexp > 0, shift + jnp.log(jnp.where(sumexp > 0, sumexp, 1.0)), 0.0)
+    loss = lse - target
+    if label_smoothing:
+        smooth = lse - sum_z / jnp.maximum(count, 1.0)
+        loss = (1.0 - label_smoothing) * loss + label_smoothing * smooth
+    if z_loss:
+        loss = loss + z_loss * jnp.square(lse)
+    out_of_range = (labels < 0) | (labels >= vocab_size)
+    loss = jnp.where(out_of_range, jnp.nan, loss)
+    return jnp.where(keep, loss, 0.0), lse
+
+
+def _ce_logit_grad(
+    z: jax.Array,
+    classes: jax.Array,
+    valid: jax.Array,
+    labels: jax.Array,
+    lse: jax.Array,
+    coef: jax.Array,
+    inv_count: jax.Array,
+    label_smoothing: float,
+    z_loss: float,
+) -> jax.Array:
+    """d loss / d z for one block: coef * [(1 + 2 c lse) softmax - (1-eps) onehot - eps/K]."""
+    probs = jnp.where(valid, jnp.exp(jnp.where(valid, z - lse[:, None], -jnp.inf)), 0.0)
+    if z_loss:
+        probs = probs * (1.0 + 2.0 * z_loss * lse)[:, None]
+    onehot = (valid & (classes == labels[:, None])).astype(z.dtype)
+    grad = probs - (1.0 - label_smoothing) * onehot
+    if label_smoothing:
+        grad = grad - jnp.where(valid, label_smoothing * inv_count[:, None], 0.0)
+    return coef[:, None] * grad
+
+
+def _reduce(
+    per_token: jax.Array,
+    keep: jax.Array,
+    reduction: str,
+    data_axis_name: AxisName | None,
+) -> jax.Array:
+    """Sum or mean over (non-ignored) tokens, exact across the data axis when one is named."""
+    if reduction == "none":
+        return per_token
+    total = jnp.sum(per_token)
+    if reduction == "sum":
+        return total if data_axis_name is None else lax.psum(total, data_axis_name)
+    count = jnp.sum(keep).astype(per_token.dtype)
+    if data_axis_name is not None:
+        total, count = lax.psum(jnp.stack([total, count]), data_axis_name)
+    return total / jnp.maximum(count, 1.0)
+
+
+def _keep_mask(labels: jax.Array, ignore_index: int | None) -> jax.Array:
+    return jnp.ones(labels.shape, bool) if ignore_index is None else labels != ignore_index
+
+
+def _varying_axes(x) -> frozenset:
+    mat = getattr(jax.typeof(x), "manual_axis_type", None)
+    return frozenset() if mat is None else frozenset(mat.varying)
+
+
+def _vary_like(x: jax.Array, *likes) -> jax.Array:
+    """Marks ``x`` as varying over every mesh axis any of ``likes`` varies over (shard_map's
+    check_vma types: scan carries and cotangents must carry their primal's type)."""
+    want = frozenset().union(*(_varying_axes(like) for like in likes if like is not None))
+    missing = tuple(sorted(want - _varying_axes(x), key=str))
+    return lax.pcast(x, missing, to="varying") if missing else x
+
+
+def _match_cotangent(ct: jax.Array, like: jax.Array) -> jax.Array:
+    """The cotangent of a primal that is invariant over some mesh axes is the sum of the
+    per-device contributions over those axes; then it gets the primal's varying type."""
+    extra = tuple(sorted(_varying_axes(ct) - _varying_axes(like), key=str))
+    if extra:
+        ct = lax.psum(ct, extra)
+    return _vary_like(ct, like)
+
+
+# --------------------------------------------------------------------------------------------
+# Vocab-parallel cross-entropy on logits.
+# --------------------------------------------------------------------------------------------
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7, 8))
+def _vp_ce(logits, labels, where, axis_name, vocab_size, ignore_index, eps, zc, cap):
+    loss, _ = _vp_ce_fwd(logits, labels, where, axis_name, vocab_size, ignore_index, eps, zc, cap)
+    return loss
+
+
+def _vp_ce_fwd(logits, labels, where, axis_name, vocab_size, ignore_index, eps, zc, cap):
+    acc = accumulation_dtype(logits.dtype)
+    raw = logits.astype(acc)
+    z = _softcap(raw, cap)
+    classes, valid = _class_mask(raw, _vocab_offset(logits.shape[-1], axis_name), vocab_size, where)
+    local_max = jnp.max(jnp.where(valid, z, -jnp.inf), axis=-1)
+    shift = lax.stop_gradient(_finite_or_zero(lax.pmax(local_max, axis_name)))
+    totals = lax.psum(_ce_partials(z, classes, valid, labels, shift), axis_name)
+    keep = _keep_mask(labels, ignore_index)
+    loss, lse = _ce_from_totals(shift, totals, labels, keep, vocab_size, eps, zc)
+    inv_count = 1.0 / jnp.maximum(totals[3], 1.0)
+    return loss, (logits, labels, where, lse, inv_count, keep)
+
+
+def _vp_ce_bwd(axis_name, vocab_size, ignore_index, eps, zc, cap, residuals, g):
+    logits, labels, where, lse, inv_count, keep = residuals
+    acc = lse.dtype
+    raw = logits.astype(acc)
+    z = _softcap(raw, cap)
+    classes, valid = _class_mask(raw, _vocab_offset(logits.shape[-1], axis_name), vocab_size, where)
+    coef = jnp.where(keep, g.astype(acc), 0.0)
+    dz = _ce_logit_grad(z, classes, valid, labels, lse, coef, inv_count, eps, zc)
+    dlogits = (dz * _softcap_derivative(z, cap)).astype(logits.dtype)
+    return _match_cotangent(dlogits, logits), None, None
+
+
+_vp_ce.defvjp(_vp_ce_fwd, _vp_ce_bwd)
+
+
+def vocab_parallel_cross_entropy(
+    logits_shard: ArrayLike,
+    labels: ArrayLike,
+    *,
+    axis_name: AxisName,
+    where: ArrayLike | None = None,
+    vocab_size: int | None = None,
+    ignore_index: int | None = None,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    logit_softcap: float | None = None,
+    reduction: str = "none",
+    data_axis_name: AxisName | None = None,
+) -> jax.Array:
+    r"""Softmax cross-entropy with integer labels, the vocabulary split over a mesh axis.
+
+    Call it **inside** ``jax.shard_map``. Each device passes its slice of the logits; together the
+    slices along ``axis_name`` form the full vocabulary, device ``i`` holding classes
+    ``[i * V_local, (i + 1) * V_local)``. The result equals
+    ``softmax_cross_entropy_with_integer_labels`` on the gathered logits, without gathering them:
+
+    .. math::
+
+        \ell_i = (1 - \varepsilon)\,(\mathrm{lse}_i - z_{i, y_i})
+                 + \varepsilon\,\bigl(\mathrm{lse}_i - \tfrac{1}{K}\textstyle\sum_k z_{ik}\bigr)
+                 + c\,\mathrm{lse}_i^2,
+        \qquad \mathrm{lse}_i = \log \textstyle\sum_k e^{z_{ik}},
+
+    that is :math:`H(\text{smoothed one-hot}, \mathrm{softmax}(z))` plus the z-loss, where
+    ``z = softcap * tanh(logits / softcap)`` when ``logit_softcap`` is set and ``K`` counts the
+    unmasked classes. The collectives are one ``pmax`` and one fused ``psum`` of four numbers per
+    token over ``axis_name`` (Megatron-LM's algorithm). The gradient is ``softmax - target``,
+    recomputed in the backward pass from the logits and the saved logsumexp, with no collective.
+
+    Args:
+      logits_shard: ``[..., V_local]`` float logits, this device's vocabulary slice.
+      labels: ``[...]`` integer labels, *global* class indices, the same on every device of
+        ``axis_name``. Labels outside ``[0, vocab_size)`` that are not ``ignore_index`` give NaN.
+      axis_name: the mesh axis (or tuple of axes) the vocabulary is split over.
+      where: optional boolean mask broadcastable to ``logits_shard``: False excludes a class.
+      vocab_size: the true vocabulary size when it was padded up to a multiple of the axis size;
+        classes at or beyond it are excluded. ``V_local`` must equal ``ceil(vocab_size / d)``.
+      ignore_index: tokens with this label get zero loss, zero gradient and no weight in the mean.
+      label_smoothing: ``eps`` in [0, 1]: the target is ``(1 - eps) onehot + eps / K``.
+      z_loss: coefficient ``c`` of the ``lse ** 2`` penalty (PaLM's z-loss).
+      logit_softcap: cap ``s`` applied as ``s * tanh(logits / s)`` before everything else.
+      reduction: ``"none"`` (per token, shape ``[...]``), ``"sum"`` or ``"mean"`` (over
+        non-ignored tokens).
+      data_axis_name: mesh axis (or axes) the tokens are split over; ``"sum"`` and ``"mean"``
+        then reduce across it too, so the mean is exact over the global batch.
+
+    Returns:
+      Per-token losses ``[...]`` (float32 for half-precision inputs) or a scalar, identical on
+      every device of ``axis_name``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from jax.sharding import PartitionSpec as P
+      >>> from infoloss_jax.sharded import vocab_parallel_cross_entropy
+      >>> mesh = jax.make_mesh((1,), ("vocab",), axis_types=(jax.sharding.AxisType.Auto,))
+      >>> loss = jax.shard_map(
+      ...     lambda z, y: vocab_parallel_cross_entropy(z, y, axis_name="vocab"),
+      ...     mesh=mesh, in_specs=(P(None, "vocab"), P()), out_specs=P())
+      >>> logits = jnp.array([[2.0, 0.5, -1.0], [0.0, 0.0, 0.0]])
+      >>> print(jnp.round(loss(logits, jnp.array([0, 2])), 4))
+      [0.2413 1.0986]
+
+    References:
+      Shoeybi et al., "Megatron-LM: Training Multi-Billion Parameter Language Models Using Model
+      Parallelism", 2019 (vocab-parallel cross-entropy).
+    """
+    fn = "vocab_parallel_cross_entropy"
+    logits = as_float_array(logits_shard, "logits_shard")
+    labels = as_integer_array(labels, "labels")
+    if logits.ndim < 1 or labels.shape != logits.shape[:-1]:
+        raise ValueError(
+            f"`labels` must have the shape of `logits_shard` without its last (vocabulary) axis; "
+            f"got `logits_shard` {describe(logits)} and `labels` {describe(labels)}."
+        )
+    d = _axis_size(axis_name, "axis_name", fn)
+    vocab = _vocab_layout(logits.shape[-1], d, vocab_size, "`logits_shard`", axis_name)
+    if data_axis_name is not None:
+        _axis_size(data_axis_name, "data_axis_name", fn)
+    eps = _check_fraction(label_smoothing, "label_smoothing")
+    zc = _check_nonnegative(z_loss, "z_loss")
+    cap = _check_softcap(logit_softcap)
+    _check_reduction(reduction)
+    if where is not None:
+        where = jnp.asarray(where)
+        if where.dtype != jnp.bool_:
+            raise TypeError(f"`where` must be a boolean mask; got {describe(where)}.")
+        where = jnp.broadcast_to(where, logits.shape).reshape(-1, logits.shape[-1])
+    batch_shape = labels.shape
+    flat_logits = logits.reshape(-1, logits.shape[-1])
+    flat_labels = labels.reshape(-1)
+    loss = _vp_ce(flat_logits, flat_labels, where, axis_name, vocab, ignore_index, eps, zc, cap)
+    keep = _keep_mask(flat_labels, ignore_index)
+    if reduction == "none":
+        return loss.reshape(batch_shape)
+    return _reduce(loss, keep, reduction, data_axis_name)
+
+
+# --------------------------------------------------------------------------------------------
+# Vocab-parallel fused linear cross-entropy: the local [N, V_local] logits are never stored
+# either; they are computed block by block (tokens x vocabulary), forward and backward.
+# --------------------------------------------------------------------------------------------
+
+
+def _auto_blocks(n_tokens: int, local_vocab: int, token_block, vocab_block) -> tuple[int, int]:
+    bt = token_block or min(n_tokens, 1024)
+    bt = max(1, min(bt, n_tokens))
+    bv = vocab_block or max(128, _BLOCK_BUDGET_BYTES // (4 * bt))
+    return bt, max(1, min(bv, local_vocab))
+
+
+def _vocab_block_start(j, block: int, local_vocab: int):
+    """Start column of vocabulary block ``j``; the last block is shifted left to stay in bounds,
+    and the columns it shares with the previous block are masked as duplicates."""
+    return jnp.minimum(j * block, local_vocab - block)
+
+
+def _linear_block(h_blk, weight, bias, start, j, ctx):
+    """Raw and capped logits, global classes and the valid mask of one [Bt, Bv] block."""
+    bv, acc, cap = ctx["bv"], ctx["acc"], ctx["cap"]
+    w = lax.dynamic_slice_in_dim(weight, start, bv, axis=1)
+    raw = jnp.dot(h_blk, w, preferred_element_type=acc).astype(acc)
+    if bias is not None:
+        raw = raw + lax.dynamic_slice_in_dim(bias, start, bv).astype(acc)
+    column = start + lax.broadcasted_iota(jnp.int32, raw.shape, 1)
+    classes, valid = _class_mask(raw, ctx["offset"] + start, ctx["vocab_size"], None)
+    valid = valid & (column >= j * bv)
+    return raw, _softcap(raw, cap), classes, valid, w
+
+
+def _linear_token_stats(h_blk, labels_blk, weight, bias, ctx):
+    """Online (max, sumexp, target, sum_z, count) over this device's vocabulary slice."""
+    rows = h_blk.shape[0]
+    acc = ctx["acc"]
+
+    def step(carry, j):
+        m, s, target, sum_z, count = carry
+        start = _vocab_block_start(j, ctx["bv"], ctx["local_vocab"])
+        _, z, classes, valid, _ = _linear_block(h_blk, weight, bias, start, j, ctx)
+        zm = jnp.where(valid, z, -jnp.inf)
+        m_new = jnp.maximum(m, jnp.max(zm, axis=-1))
+        safe = _finite_or_zero(m_new)
+        s = s * jnp.exp(jnp.where(jnp.isfinite(m), m - safe, -jnp.inf)) + jnp.sum(
+            jnp.exp(zm - safe[:, None]), axis=-1
+        )
+        hit = valid & (classes == labels_blk[:, None])
+        target = target + jnp.sum(jnp.where(hit, z, 0.0), axis=-1)
+        sum_z = sum_z + jnp.sum(jnp.where(valid, z, 0.0), axis=-1)
+        count = count + jnp.sum(valid, axis=-1).astype(acc)
+        return (m_new, s, target, sum_z, count), None
+
+    zeros = _vary_like(jnp.zeros((rows,), acc), h_blk, weight, bias, labels_blk)
+    init = (zeros - jnp.inf, zeros, zeros, zeros, zeros)
+    (m, s, target, sum_z, count), _ = lax.scan(step, init, jnp.arange(ctx["nv"]))
+    return m, s, target, sum_z, count
+
+
+def _split_tokens(x, bt: int):
+    n = x.shape[0]
+    nt = -(-n // bt)
+    pad = nt * bt - n
+    if pad:
+        x = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1))
+    return x.reshape((nt, bt) + x.shape[1:])
+
+
+def _linear_ctx(hidden, weight, axis_name, vocab_size, eps, zc, cap, bt, bv):
+    local_vocab = weight.shape[1]
+    return dict(
+        acc=accumulation_dtype(hidden.dtype, weight.dtype),
+        axis_name=axis_name,
+        vocab_size=vocab_size,
+        local_vocab=local_vocab,
+        offset=_vocab_offset(local_vocab, axis_name),
+        eps=eps,
+        zc=zc,
+        cap=cap,
+        bt=bt,
+        bv=bv,
+        nv=-(-local_vocab // bv),
+    )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7, 8, 9, 10, 11))
+def _vp_linear_ce(hidden, labels, weight, bias, axis_name, vocab_size, ignore, eps, zc, cap, bt, bv):
+    args = (axis_name, vocab_size, ignore, eps, zc, cap, bt, bv)
+    loss, _ = _vp_linear_ce_fwd(hidden, labels, weight, bias, *args)
+    return loss
+
+
+def _vp_linear_ce_fwd(hidden, labels, weight, bias, axis_name, vocab_size, ignore, eps, zc, cap, bt, bv):
+    ctx = _linear_ctx(hidden, weight, axis_name, vocab_size, eps, zc, cap, bt, bv)
+    n = hidden.shape[0]
+    h_blocks = _split_tokens(hidden, bt)
+    y_blocks = _split_tokens(labels, bt)
+    stats = lax.map(lambda hy: _linear_token_stats(hy[0], hy[1], weight, bias, ctx), (h_blocks, y_blocks))
+    m, s, target, sum_z, count = (x.reshape(-1)[:n] for x in stats)
+    shift = lax.stop_gradient(_finite_or_zero(lax.pmax(m, axis_name)))
+    rescale = jnp.exp(jnp.where(jnp.isfinite(m), m - shift, -jnp.inf))
+    totals = lax.psum(jnp.stack([s * rescale, target, sum_z, count]), axis_name)
+    keep = _keep_mask(labels, ignore)
+    loss, lse = _ce_from_totals(shift, totals, labels, keep, vocab_size, eps, zc)
+    inv_count = 1.0 / jnp.maximum(totals[3], 1.0)
+    return loss, (hidden, labels, weight, bias, lse, inv_count, keep)
+
+
+def _vp_linear_ce_bwd(axis_name, vocab_size, ignore, eps, zc, cap, bt, bv, residuals, g):
+    hidden, labels, weight, bias, lse, inv_count, keep = residuals
+    ctx = _linear_ctx(hidden, weight, axis_name, vocab_size, eps, zc, cap, bt, bv)
+    acc = ctx["acc"]
+    n = hidden.shape[0]
+    coef = jnp.where(keep, g.astype(acc), 0.0)
+    blocks = tuple(_split_tokens(x, bt) for x in (hidden, labels, lse, coef, inv_count))
+
+    def token_step(carry, blk):
+        dweight, dbias = carry
+        h_blk, y_blk, lse_blk, coef_blk, inv_blk = blk
+
+        def vocab_step(inner, j):
+            dh, dweight, dbias = inner
+            start = _vocab_block_start(j, bv, ctx["local_vocab"])
+            _, z, classes, valid, w = _linear_block(h_blk, weight, bias, start, j, ctx)
+            dz = _ce_logit_grad(z, classes, valid, y_blk, lse_blk, coef_blk, inv_blk, eps, zc)
+            dz = dz * _softcap_derivative(z, cap)
+            dh = dh + jnp.dot(dz, w.astype(acc).T)
+            dw_blk = jnp.dot(h_blk.astype(acc).T, dz)
+            old = lax.dynamic_slice_in_dim(dweight, start, bv, axis=1)
+            dweight = lax.dynamic_update_slice_in_dim(dweight, old + dw_blk, start, axis=1)
+            if dbias is not None:
+                old_b = lax.dynamic_slice_in_dim(dbias, start, bv)
+                dbias = lax.dynamic_update_slice_in_dim(dbias, old_b + dz.sum(0), start, axis=0)
+            return (dh, dweight, dbias), None
+
+        dh0 = _vary_like(jnp.zeros((h_blk.shape[0], hidden.shape[1]), acc), *vary)
+        (dh, dweight, dbias), _ = lax.scan(vocab_step, (dh0, dweight, dbias), jnp.arange(ctx["nv"]))
+        return (dweight, dbias), dh
+
+    vary = (hidden, weight, bias, labels, g)
+    dweight0 = _vary_like(jnp.zeros(weight.shape, acc), *vary)
+    dbias0 = None if bias is None else _vary_like(jnp.zeros(bias.shape, acc), *vary)
+    (dweight, dbias), dh = lax.scan(token_step, (dweight0, dbias0), blocks)
+    # Every device of the vocabulary axis holds the same hidden states: their cotangent is the sum
+    # of the per-slice contributions (Megatron's all-reduce in the backward of the LM head input).
+    # _match_cotangent finds that psum (and one over a data axis for the replicated weight) from
+    # the varying-axes types; without those types (check_vma=False) the weight shard carries none
+    # and the vocabulary-axis psum is done explicitly.
+    dhidden = dh.reshape(-1, hidden.shape[1])[:n]
+    if not _varying_axes(weight):
+        dhidden = lax.psum(dhidden, axis_name)
+    dhidden = _match_cotangent(dhidden, hidden).astype(hidden.dtype)
+    dweight = _match_cotangent(dweight, weight).astype(weight.dtype)
+    if dbias is not None:
+        dbias = _match_cotangent(dbias, bias).astype(bias.dtype)
+    return dhidden, None, dweight, dbias
+
+
+_vp_linear_ce.defvjp(_vp_linear_ce_fwd, _vp_linear_ce_bwd)
+
+
+def vocab_parallel_linear_cross_entropy(
+    hidden: ArrayLike,
+    labels: ArrayLike,
+    weight_shard: ArrayLike,
+    *,
+    axis_name: AxisName,
+    bias_shard: ArrayLike | None = None,
+    vocab_size: int | None = None,
+    ignore_index: int | None = None,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    logit_softcap: float | None = None,
+    reduction: str = "mean",
+    data_axis_name: AxisName | None = None,
+    token_block_size: int | None = None,
+    vocab_block_size: int | None = None,
+) -> jax.Array:
+    r"""Fused LM-head cross-entropy with the head weight split along the vocabulary.
+
+    Call it **inside** ``jax.shard_map``. Computes the loss of
+    :func:`vocab_parallel_cross_entropy` on ``hidden @ weight + bias`` where ``weight`` is the
+    concatenation of the ``weight_shard`` slices along ``axis_name``, without ever storing the
+    local ``[N, V_local]`` logits: they are formed block by block (``token_block_size`` x
+    ``vocab_block_size``) in the forward pass and again in the backward pass, as in the
+    single-device fused loss. Per device the memory is one block plus ``[N, D]`` and
+    ``[D, V_local]`` gradient accumulators.
+
+    .. math::
+
+        \ell_i = (1 - \varepsilon)\,(\mathrm{lse}_i - z_{i, y_i})
+                 + \varepsilon\,\bigl(\mathrm{lse}_i - \tfrac{1}{K}\textstyle\sum_k z_{ik}\bigr)
+                 + c\,\mathrm{lse}_i^2,
+        \qquad z = \mathrm{softcap}(h W + b).
+
+    Collectives: one ``pmax`` and one fused ``psum`` (``[4, N]``) over ``axis_name`` in the
+    forward pass, and one ``psum`` of the ``[N, D]`` hidden-state gradient in the backward pass
+    (``hidden`` is replicated along the vocabulary axis). Differentiable with ``jax.grad`` /
+    ``jax.vjp`` (a ``custom_vjp``); forward mode (``jax.jvp``) is unsupported.
+
+    Args:
+      hidden: ``[..., D]`` hidden states, identical on every device of ``axis_name`` (they may be
+        split over a data axis).
+      labels: ``[...]`` integer global class indices.
+      weight_shard: ``[D, V_local]`` this device's columns of the ``[D, V]`` head weight.
+      axis_name: the mesh axis (or axes) the vocabulary is split over.
+      bias_shard: optional ``[V_local]`` slice of the bias.
+      vocab_size: the true vocabulary size when the weight was padded to a multiple of the axis
+        size (padded columns are excluded). ``V_local`` must equal ``ceil(vocab_size / d)``.
+      ignore_index, label_smoothing, z_loss, logit_softcap: as in
+        :func:`vocab_parallel_cross_entropy`.
+      reduction: ``"mean"`` (default, over non-ignored tokens), ``"sum"`` or ``"none"``.
+      data_axis_name: mesh axis (or axes) the tokens are split over; the mean is then exact over
+        the global batch.
+      token_block_size, vocab_block_size: block sizes (positive ints); by default about 16 MiB
+        of float32 block logits.
+
+    Returns:
+      The reduced loss, or per-token losses ``[...]`` for ``reduction="none"``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from jax.sharding import PartitionSpec as P
+      >>> from infoloss_jax.sharded import vocab_parallel_linear_cross_entropy
+      >>> mesh = jax.make_mesh((1,), ("vocab",), axis_types=(jax.sharding.AxisType.Auto,))
+      >>> loss = jax.shard_map(
+      ...     lambda h, y, w: vocab_parallel_linear_cross_entropy(h, y, w, axis_name="vocab"),
+      ...     mesh=mesh, in_specs=(P(), P(), P(None, "vocab")), out_specs=P())
+      >>> hidden = jnp.array([[1.0, 0.0], [0.0, 1.0]])
+      >>> weight = jnp.array([[2.0, 0.5, -1.0], [0.0, 0.0, 0.0]])
+      >>> print(jnp.round(loss(hidden, jnp.array([0, 2]), weight), 4))
+      0.6699
+
+    References:
+      Shoeybi et al., "Megatron-LM", 2019; Wijmans et al., "Cut Your Losses in Large-Vocabulary
+      Language Models", 2024 (blockwise fused cross-entropy).
+    """
+    fn = "vocab_parallel_linear_cross_entropy"
+    hidden = as_float_array(hidden, "hidden")
+    weight = as_float_array(weight_shard, "weight_shard")
+    labels = as_integer_array(labels, "labels")
+    if weight.ndim != 2:
+        raise ValueError(f"`weight_shard` must be a [D, V_local] matrix; got {describe(weight)}.")
+    if hidden.ndim < 1 or hidden.shape[-1] != weight.shape[0]:
+        raise ValueError(
+            f"`hidden` [..., D] and `weight_shard` [D, V_local] must agree on D; got `hidden` "
+            f"{describe(hidden)} and `weight_shard` {describe(weight)}."
+        )
+    if labels.shape != hidden.shape[:-1]:
+        raise ValueError(
+            f"`labels` must have the shape of `hidden` without its last axis; got `hidden` "
+            f"{describe(hidden)} and `labels` {describe(labels)}."
+        )
+    bias = None
+    if bias_shard is not None:
+        bias = as_float_array(bias_shard, "bias_shard")
+        if bias.shape != (weight.shape[1],):
+            raise ValueError(
+                f"`bias_shard` must have shape [V_local] = [{weight.shape[1]}] to match "
+                f"`weight_shard` {describe(weight)}; got {describe(bias)}."
+            )
+    d = _axis_size(axis_name, "axis_name", fn)
+    vocab = _vocab_layout(weight.shape[1], d, vocab_size, "`weight_shard`", axis_name)
+    if data_axis_name is not None:
+        _axis_size(data_axis_name, "data_axis_name", fn)
+    eps = _check_fraction(label_smoothing, "label_smoothing")
+    zc = _check_nonnegative(z_loss, "z_loss")
+    cap = _check_softcap(logit_softcap)
+    _check_reduction(reduction)
+    tb = _check_block(token_block_size, "token_block_size")
+    vb = _check_block(vocab_block_size, "vocab_block_size")
+    batch_shape = labels.shape
+    flat_hidden = hidden.reshape(-1, hidden.shape[-1])
+    flat_labels = labels.reshape(-1)
+    if flat_labels.shape[0] == 0:
+        return _reduce(jnp.zeros((0,), accumulation_dtype(hidden.dtype)), flat_labels > 0,
+                       reduction, data_axis_name).reshape(batch_shape if reduction == "none" else ())
+    bt, bv = _auto_blocks(flat_labels.shape[0], weight.shape[1], tb, vb)
+    loss = _vp_linear_ce(
+        flat_hidden, flat_labels, weight, bias, axis_name, vocab, ignore_index, eps, zc, cap, bt, bv
+    )
+    if reduction == "none":
+        return loss.reshape(batch_shape)
+    return _reduce(loss, _keep_mask(flat_labels, ignore_index), reduction, data_axis_name)
+
+
+# --------------------------------------------------------------------------------------------
+# Vocab-parallel distillation: forward KL, reverse KL, Jensen-Shannon between a vocab-sharded
+# student and teacher. Plain autodiff through the collectives (psum is linear, the pmax shift
+# carries no gradient); every log and product is guarded by a double `where` so that excluded
+# classes give finite values and gradients.
+# --------------------------------------------------------------------------------------------
+
+
+def _global_log_softmax(z: jax.Array, valid: jax.Array, axis_name: AxisName) -> jax.Array:
+    """Local slice of log_softmax over the whole (sharded) vocabulary; -inf on excluded classes.
+
+    One pmax and one psum for a stacked pair (student and teacher) of inputs: ``z`` is
+    ``[2, rows, V_local]``.
+    """
+    local_max = lax.stop_gradient(jnp.max(jnp.where(valid, z, -jnp.inf), axis=-1))
+    shift = _finite_or_zero(lax.pmax(local_max, axis_name))
+    shifted = jnp.where(valid, z - shift[..., None], 0.0)
+    sumexp = lax.psum(jnp.sum(jnp.where(valid, jnp.exp(shifted), 0.0), axis=-1), axis_name)
+    log_norm = jnp.log(jnp.where(sumexp > 0, sumexp, 1.0))
+    return jnp.where(valid, shifted - log_norm[..., None], -jnp.inf)
+
+
+def _kl_terms(log_p: jax.Array, log_q: jax.Array) -> jax.Array:
+    """Per-class p * (log p - log q), 0 where p = 0 (values and gradients)."""
+    support = log_p > -jnp.inf
+    safe_p = jnp.where(support, log_p, 0.0)
+    safe_q = jnp.where(support, log_q, 0.0)
+    term = jnp.exp(safe_p) * (safe_p - safe_q)
+    # p > 0 where q = 0: the divergence is +inf, as the math says.
+    term = jnp.where(support & (log_q == -jnp.inf), jnp.inf, term)
+    return jnp.where(support, term, 0.0)
+
+
+def _js_terms(log_p: jax.Array, log_q: jax.Array, beta: float) -> jax.Array:
+    """Per-class beta p log(p/m) + (1-beta) q log(q/m), m = beta p + (1-beta) q."""
+    support = (log_p > -jnp.inf) | (log_q > -jnp.inf)
+    p = jnp.where(log_p > -jnp.inf, jnp.exp(jnp.where(log_p > -jnp.inf, log_p, 0.0)), 0.0)
+    q = jnp.where(log_q > -jnp.inf, jnp.exp(jnp.where(log_q > -jnp.inf, log_q, 0.0)), 0.0)
+    m = beta * p + (1.0 - beta) * q
+    log_m = jnp.log(jnp.where(support, m, 1.0))
+    return beta * _kl_terms(jnp.where(support, log_p, -jnp.inf), log_m) + (1.0 - beta) * _kl_terms(
+        jnp.where(support, log_q, -jnp.inf), log_m
+    )
+
+
+def _vp_divergence(
+    logits_shard,
+    target_logits_shard,
+    kind: str,
+    *,
+    axis_name,
+    beta: float,
+    temperature,
+    where,
+    vocab_size,
+    reduction,
+    data_axis_name,
+    fn: str,
+) -> jax.Array:
+    student = as_float_array(logits_shard, "logits_shard")
+    teacher = as_float_array(target_logits_shard, "target_logits_shard")
+    if student.ndim < 1 or student.shape[:-1] != teacher.shape[:-1]:
+        raise ValueError(
+            f"`logits_shard` and `target_logits_shard` must agree on every axis but the last; got "
+            f"`logits_shard` {describe(student)} and `target_logits_shard` {describe(teacher)}."
+        )
+    if student.shape[-1] != teacher.shape[-1]:
+        raise ValueError(
+            "The student and teacher vocabulary slices differ: `logits_shard` holds "
+            f"{student.shape[-1]} classes and `target_logits_shard` {teacher.shape[-1]} per device."
+        )
+    d = _axis_size(axis_name, "axis_name", fn)
+    vocab = _vocab_layout(student.shape[-1], d, vocab_size, "`logits_shard`", axis_name)
+    if data_axis_name is not None:
+        _axis_size(data_axis_name, "data_axis_name", fn)
+    check_temperature(temperature)
+    _check_reduction(reduction)
+    acc = accumulation_dtype(student.dtype, teacher.dtype)
+    batch_shape = student.shape[:-1]
+    v_local = student.shape[-1]
+    s = student.reshape(-1, v_local).astype(acc)
+    t = teacher.reshape(-1, v_local).astype(acc)
+    offset = _vocab_offset(v_local, axis_name)
+    classes = offset + lax.broadcasted_iota(jnp.int32, s.shape, 1)
+    in_vocab = classes < vocab
+    if where is not None:
+        where = jnp.asarray(where)
+        if where.dtype != jnp.bool_:
+            raise TypeError(f"`where` must be a boolean mask; got {describe(where)}.")
+        in_vocab = in_vocab & jnp.broadcast_to(where, student.shape).reshape(s.shape)
+    # -inf logits are excluded classes of their own distribution only.
+    valid = jnp.stack([in_vocab & (s > -jnp.inf), in_vocab & (t > -jnp.inf)])
+    z = jnp.stack([s, t]) / temperature
+    log_q, log_p = _global_log_softmax(z, valid, axis_name)
+    if kind == "forward":
+        terms = _kl_terms(log_p, log_q)
+    elif kind == "reverse":
+        terms = _kl_terms(log_q, log_p)
+    else:
+        terms = _js_terms(log_p, log_q, beta)
+    per_token = lax.psum(jnp.sum(terms, axis=-1), axis_name)
+    if reduction == "none":
+        return per_token.reshape(batch_shape)
+    return _reduce(per_token, jnp.ones(per_token.shape, bool), reduction, data_axis_name)
+
+
+_DISTILL_ARGS_DOC = """
+    Call it **inside** ``jax.shard_map``: ``logits_shard`` (student) and ``target_logits_shard``
+    (teacher) are this device's ``[..., V_local]`` slices of logits split along ``axis_name``.
+    The collectives over ``axis_name`` are one ``pmax`` and two ``psum`` of ``[2, N]`` and
+    ``[N]`` numbers; no device holds a full vocabulary row. Gradients flow to both inputs by
+    ordinary autodiff (wrap the teacher in ``jax.lax.stop_gradient`` to freeze it); they are
+    finite wherever the value is.
+
+    Args:
+      logits_shard: student logits slice ``[..., V_local]``.
+      target_logits_shard: teacher logits slice, the same shape.
+      axis_name: mesh axis (or axes) the vocabulary is split over.
+      temperature: both logits are divided by it first (no ``T**2`` factor).
+      where: optional boolean class mask broadcastable to the slices (False excludes a class).
+      vocab_size: the true vocabulary size when the slices were padded to a multiple of the axis
+        size; ``V_local`` must equal ``ceil(vocab_size / d)``.
+      reduction: ``"none"`` (per token), ``"sum"`` or ``"mean"`` (over tokens).
+      data_axis_name: mesh axis the tokens are split over; "sum"/"mean" reduce across it too.
+
+    Returns:
+      Per-token divergences ``[...]`` in nats (float32 for half-precision inputs) or a scalar.
+"""
+
+
+def vocab_parallel_forward_kl(
+    logits_shard: ArrayLike,
+    target_logits_shard: ArrayLike,
+    *,
+    axis_name: AxisName,
+    temperature: float = 1.0,
+    where: ArrayLike | None = None,
+    vocab_size: int | None = None,
+    reduction: str = "none",
+    data_axis_name: AxisName | None = None,
+) -> jax.Array:
+    return _vp_divergence(
+        logits_shard, target_logits_shard, "forward", axis_name=axis_name, beta=0.0,
+        temperature=temperature, where=where, vocab_size=vocab_size, reduction=reduction,
+        data_axis_name=data_axis_name, fn="vocab_parallel_forward_kl",
+    )  # fmt: skip
+
+
+def vocab_parallel_reverse_kl(
+    logits_shard: ArrayLike,
+    target_logits_shard: ArrayLike,
+    *,
+    axis_name: AxisName,
+    temperature: float = 1.0,
+    where: ArrayLike | None = None,
+    vocab_size: int | None = None,
+    reduction: str = "none",
+    data_axis_name: AxisName | None = None,
+) -> jax.Array:
+    return _vp_divergence(
+        logits_shard, target_logits_shard, "reverse", axis_name=axis_name, beta=1.0,
+        temperature=temperature, where=where, vocab_size=vocab_size, reduction=reduction,
+        data_axis_name=data_axis_name, fn="vocab_parallel_reverse_kl",
+    )  # fmt: skip
+
+
+def vocab_parallel_jensen_shannon(
+    logits_shard: ArrayLike,
+    target_logits_shard: ArrayLike,
+    *,
+    axis_name: AxisName,
+    beta: float = 0.5,
+    temperature: float = 1.0,
+    where: ArrayLike | None = None,
+    vocab_size: int | None = None,
+    reduction: str = "none",
+    data_axis_name: AxisName | None = None,
+) -> jax.Array:
+    b = check_beta(beta)
+    kind = "forward" if b == 0.0 else "reverse" if b == 1.0 else "js"
+    return _vp_divergence(
+        logits_shard, target_logits_shard, kind, axis_name=axis_name, beta=b,
+        temperature=temperature, where=where, vocab_size=vocab_size, reduction=reduction,
+        data_axis_name=data_axis_name, fn="vocab_parallel_jensen_shannon",
+    )  # fmt: skip
+
+
+vocab_parallel_forward_kl.__doc__ = (
+    r"""Forward KL, KL(teacher || student), with the vocabulary split over a mesh axis.
+
+    .. math::
+
+        \mathrm{KL}(P \,\|\, Q) = \sum_k p_k (\log p_k - \log q_k),
+        \quad P = \mathrm{softmax}(\text{target} / T),\ Q = \mathrm{softmax}(\text{logits} / T).
+
+    Equals ``infoloss_jax.forward_kl`` on the gathered logits (mean-seeking distillation).
+"""
+    + _DISTILL_ARGS_DOC
+    + """
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from jax.sharding import PartitionSpec as P
+      >>> from infoloss_jax.sharded import vocab_parallel_forward_kl
+      >>> mesh = jax.make_mesh((1,), ("vocab",), axis_types=(jax.sharding.AxisType.Auto,))
+      >>> kl = jax.shard_map(
+      ...     lambda s, t: vocab_parallel_forward_kl(s, t, axis_name="vocab"),
+      ...     mesh=mesh, in_specs=P(None, "vocab"), out_specs=P())
+      >>> print(jnp.round(kl(jnp.array([[0.5, 0.5]]), jnp.array([[0.2, 0.8]])), 6))
+      [0.011217]
+"""
+)
+
+vocab_parallel_reverse_kl.__doc__ = (
+    r"""Reverse KL, KL(student || teacher), with the vocabulary split over a mesh axis.
+
+    .. math::
+
+        \mathrm{KL}(Q \,\|\, P) = \sum_k q_k (\log q_k - \log p_k),
+        \quad Q = \mathrm{softmax}(\text{logits} / T),\ P = \mathrm{softmax}(\text{target} / T).
+
+    Equals ``infoloss_jax.reverse_kl`` on the gathered logits (mode-seeking distillation).
+"""
+    + _DISTILL_ARGS_DOC
+    + """
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from jax.sharding import PartitionSpec as P
+      >>> from infoloss_jax.sharded import vocab_parallel_reverse_kl
+      >>> mesh = jax.make_mesh((1,), ("vocab",), axis_types=(jax.sharding.AxisType.Auto,))
+      >>> kl = jax.shard_map(
+      ...     lambda s, t: vocab_parallel_reverse_kl(s, t, axis_name="vocab"),
+      ...     mesh=mesh, in_specs=P(None, "vocab"), out_specs=P())
+      >>> print(jnp.round(kl(jnp.array([[0.5, 0.5]]), jnp.array([[0.2, 0.8]])), 6))
+      [0.011292]
+"""
+)
+
+vocab_parallel_jensen_shannon.__doc__ = (
+    r"""Generalized Jensen-Shannon divergence between teacher and student, vocabulary sharded.
+
+    .. math::
+
+        \mathrm{JS}_\beta = \beta\,\mathrm{KL}(P \,\|\, M) + (1 - \beta)\,\mathrm{KL}(Q \,\|\, M),
+        \quad M = \beta P + (1 - \beta) Q,
+
+    with ``P = softmax(target / T)`` the teacher and ``Q = softmax(logits / T)`` the student.
+    ``beta=0`` returns the forward KL(P || Q) and ``beta=1`` the reverse KL(Q || P) (the TRL /
+    Liger-Kernel convention), as ``infoloss_jax.jensen_shannon`` does.
+"""
+    + _DISTILL_ARGS_DOC.replace(
+        "      temperature:", "      beta: weight of the teacher in the mixture, in [0, 1].\n"
+        "      temperature:"
+    )
+    + """
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from jax.sharding import PartitionSpec as P
+      >>> from infoloss_jax.sharded import vocab_parallel_jensen_shannon
+      >>> mesh = jax.make_mesh((1,), ("vocab",), axis_types=(jax.sharding.AxisType.Auto,))
+      >>> js = jax.shard_map(
+      ...     lambda s, t: vocab_parallel_jensen_shannon(s, t, axis_name="vocab"),
+      ...     mesh=mesh, in_specs=P(None, "vocab"), out_specs=P())
+      >>> print(jnp.round(js(jnp.array([[0.5, 0.5]]), jnp.array([[0.2, 0.8]])), 6))
+      [0.002806]
+"""
+)

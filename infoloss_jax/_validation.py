@@ -1,0 +1,171 @@
+"""Trace-time argument checks shared by every loss.
+
+Each check raises ``TypeError`` (wrong dtype) or ``ValueError`` (wrong shape or value) while the
+function is being traced, naming the argument, what it got and what was expected. Nothing here
+looks at array *values*: those mistakes are handled by NaN-poisoning and by
+:func:`infoloss_jax.checked`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Axis = int | tuple[int, ...]
+
+REDUCTIONS = ("none", "sum", "mean", "batchmean")
+
+
+def describe(x: jax.Array) -> str:
+    """`float32[4, 10]`-style summary used in error messages."""
+    return f"{x.dtype}{list(x.shape)}"
+
+
+def as_float_array(x, name: str) -> jax.Array:
+    """Converts ``x`` to a floating-point array or raises ``TypeError`` naming ``name``."""
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(
+            f"`{name}` must be a floating-point array (float16, bfloat16, float32 or float64); "
+            f"got {describe(x)}. Cast it with `.astype(jnp.float32)`."
+        )
+    return x
+
+
+def as_integer_array(x, name: str) -> jax.Array:
+    """Converts ``x`` to an integer array or raises ``TypeError`` naming ``name``."""
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.integer):
+        raise TypeError(
+            f"`{name}` must hold integer class indices (an int32 or int64 array); got "
+            f"{describe(x)}. For probability targets use the soft-label function instead."
+        )
+    return x
+
+
+def accumulation_dtype(*dtypes) -> jnp.dtype:
+    """The dtype losses are computed in: at least float32, float64 when an input is float64."""
+    return jnp.result_type(*dtypes, jnp.float32)
+
+
+def upcast(x: jax.Array, dtype=None) -> jax.Array:
+    """Casts half-precision inputs up to float32 (or to ``dtype``); leaves wider inputs alone."""
+    return x.astype(dtype if dtype is not None else accumulation_dtype(x.dtype))
+
+
+def normalize_axis(axis: Axis | None, ndim: int, name: str = "axis") -> tuple[int, ...]:
+    """Returns ``axis`` as a sorted tuple of non-negative ints (None: all), or raises."""
+    if axis is None:
+        return tuple(range(ndim))
+    axes = (axis,) if isinstance(axis, int | np.integer) else tuple(axis)
+    if not axes:
+        raise ValueError(f"`{name}` must name at least one axis; got {axis!r}.")
+    normalized = []
+    for a in axes:
+        if not isinstance(a, int | np.integer):
+            raise TypeError(f"`{name}` must be an int or a tuple of ints; got {axis!r}.")
+        if not -ndim <= a < ndim:
+            raise ValueError(
+                f"`{name}`={axis!r} is out of range for an input with {ndim} dimension(s)."
+            )
+        normalized.append(int(a) % ndim)
+    if len(set(normalized)) != len(normalized):
+        raise ValueError(f"`{name}`={axis!r} names the same axis twice.")
+    return tuple(sorted(normalized))
+
+
+def check_same_shape(a: jax.Array, a_name: str, b: jax.Array, b_name: str) -> None:
+    """Raises ``ValueError`` unless ``a`` and ``b`` have the same shape."""
+    if a.shape != b.shape:
+        raise ValueError(
+            f"`{a_name}` and `{b_name}` must have the same shape; got `{a_name}` "
+            f"{describe(a)} and `{b_name}` {describe(b)}."
+        )
+
+
+def check_broadcastable(x: jax.Array, x_name: str, shape: Sequence[int], to_name: str) -> None:
+    """Raises ``ValueError`` unless ``x`` broadcasts to ``shape`` without changing it."""
+    try:
+        out = np.broadcast_shapes(tuple(x.shape), tuple(shape))
+    except ValueError:
+        out = None
+    if out != tuple(shape):
+        raise ValueError(
+            f"`{x_name}` with shape {list(x.shape)} is not broadcastable to the shape of "
+            f"`{to_name}` {list(shape)}."
+        )
+
+
+def as_where(where, shape: Sequence[int], to_name: str = "logits") -> jax.Array | None:
+    """Validates a boolean ``where`` mask and broadcasts it to ``shape``."""
+    if where is None:
+        return None
+    where = jnp.asarray(where)
+    if where.dtype != jnp.bool_:
+        raise TypeError(
+            f"`where` must be a boolean mask (True = keep the class); got {describe(where)}."
+        )
+    check_broadcastable(where, "where", shape, to_name)
+    return jnp.broadcast_to(where, tuple(shape))
+
+
+def check_temperature(temperature) -> None:
+    """Raises ``ValueError`` unless the (static) temperature is a positive finite number."""
+    if isinstance(temperature, jax.core.Tracer):
+        return
+    t = np.asarray(temperature)
+    if t.size != 1 or not np.isfinite(t) or float(t) <= 0:
+        raise ValueError(f"`temperature` must be a positive finite number; got {temperature!r}.")
+
+
+def check_beta(beta) -> float:
+    """Raises ``ValueError`` unless ``beta`` is a static Python float in [0, 1]."""
+    if isinstance(beta, jax.core.Tracer):
+        raise TypeError("`beta` must be a static Python float, not a traced array.")
+    b = float(beta)
+    if not 0.0 <= b <= 1.0:
+        raise ValueError(f"`beta` must lie in [0, 1]; got {beta!r}.")
+    return b
+
+
+def log_of_base(base) -> float | None:
+    """Returns log(base) for unit conversion, or None for nats. Validates ``base``."""
+    if base is None:
+        return None
+    if isinstance(base, jax.core.Tracer):
+        raise TypeError("`base` must be a static Python number, not a traced array.")
+    b = float(base)
+    if not math.isfinite(b) or b <= 0 or b == 1:
+        raise ValueError(
+            f"`base` must be a positive number other than 1 (2 for bits, e for nats); got {base!r}."
+        )
+    return math.log(b)
+
+
+def in_base(x: jax.Array, base) -> jax.Array:
+    """Converts a quantity in nats to ``base`` units."""
+    log_b = log_of_base(base)
+    return x if log_b is None else x / log_b
+
+
+def check_positive(value, name: str, *, allow_none: bool = True) -> None:
+    """Raises ``ValueError`` unless ``value`` (a static number) is > 0."""
+    if value is None and allow_none:
+        return
+    if isinstance(value, jax.core.Tracer):
+        return
+    v = np.asarray(value)
+    if v.size != 1 or not np.isfinite(v) or float(v) <= 0:
+        raise ValueError(f"`{name}` must be a positive finite number; got {value!r}.")
+
+
+def check_reduction(reduction: str) -> str:
+    """Raises ``ValueError`` listing the valid reductions for an unknown one."""
+    if reduction not in REDUCTIONS:
+        valid = ", ".join(repr(r) for r in REDUCTIONS)
+        raise ValueError(f"Unknown `reduction`={reduction!r}; expected one of {valid}.")
+    return reduction

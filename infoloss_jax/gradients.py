@@ -1,0 +1,1055 @@
+r"""Closed-form gradients, Hessians and Hessian-vector products of the library's losses.
+
+Every function here mirrors a loss of :mod:`infoloss_jax`: it takes the loss's own arguments and
+returns the gradient of the loss, summed over examples, with respect to the logits (and, where
+``argnums`` asks for it, with respect to the targets' logits). Because each example's loss depends
+only on its own row, that is the per-example gradient, with the shape of the logits.
+
+Conventions shared by all functions:
+
+* Temperature. Losses with a ``temperature`` :math:`T` evaluate on :math:`z / T`, so the chain
+  rule multiplies each closed form, written for the scaled logits, by :math:`1 / T`.
+* Masks. ``where=False`` removes a class (its logit acts as :math:`-\infty`). Removed classes
+  have probability 0 and receive an exact 0 gradient; the remaining classes renormalize.
+* Zeros. :math:`0 \log 0 = 0` in every formula (double-``where``), so zero probabilities and
+  ``-inf`` logits give finite gradients.
+
+The softmax-based formulas (cross-entropy, entropy, KL and Jensen-Shannon) come from the private
+kernels in ``infoloss_jax._formulas``, the same kernels the core losses use in their custom
+derivatives: one source of truth per formula. Use :func:`infoloss_jax.compare_gradients` to check
+any of them against ``jax.grad``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from . import _formulas
+from ._cross_entropy import (
+    check_class_weights,
+    check_label_smoothing,
+    check_z_loss,
+    integer_where,
+    smoothing_mass,
+    soft_cap,
+)
+from ._log_partition import exclude, stable_log_softmax
+from ._validation import (
+    accumulation_dtype,
+    as_float_array,
+    as_integer_array,
+    as_where,
+    check_beta,
+    check_broadcastable,
+    check_same_shape,
+    check_temperature,
+    describe,
+    log_of_base,
+    normalize_axis,
+)
+
+__all__ = [
+    "binary_entropy_grad",
+    "entropy_grad",
+    "entropy_hessian",
+    "entropy_hvp",
+    "forward_kl_grad",
+    "generalized_kl_divergence_grad",
+    "jensen_shannon_grad",
+    "kl_divergence_grad",
+    "kl_divergence_with_log_targets_grad",
+    "log_partition_grad",
+    "reverse_kl_grad",
+    "sigmoid_binary_cross_entropy_grad",
+    "softmax_cross_entropy_grad",
+    "softmax_cross_entropy_hessian",
+    "softmax_cross_entropy_hvp",
+    "softmax_cross_entropy_with_integer_labels_grad",
+    "z_loss_grad",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# Shared helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _prepare_logits(logits: ArrayLike, name: str = "logits") -> jax.Array:
+    x = as_float_array(logits, name)
+    return x.astype(accumulation_dtype(x.dtype))
+
+
+def _single_axis(axis, ndim: int) -> int:
+    axes = normalize_axis(axis, ndim)
+    if len(axes) != 1:
+        raise ValueError(f"`axis` must name a single class axis here; got {axis!r}.")
+    return axes[0]
+
+
+def _mask_logits(logits: jax.Array, where: jax.Array | None) -> jax.Array:
+    return exclude(logits, where)
+
+
+def _log_partition(logits: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+    """logsumexp with keepdims; 0 for a row with no included class."""
+    return stable_log_softmax(logits, axes).log_partition
+
+
+def _log_softmax(logits: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+    """log_softmax with -inf at excluded classes (everywhere, not NaN, for an empty row)."""
+    return stable_log_softmax(logits, axes).log_probs
+
+
+def _zero_masked(grad: jax.Array, where: jax.Array | None) -> jax.Array:
+    return grad if where is None else jnp.where(where, grad, 0.0)
+
+
+def _scaled_log_probs(logits, where, axis, temperature, name="logits"):
+    """Validates logits, applies temperature and mask, returns (log_softmax, axes, mask)."""
+    x = _prepare_logits(logits, name)
+    axes = normalize_axis(axis, x.ndim)
+    mask = as_where(where, x.shape, name)
+    check_temperature(temperature)
+    return _log_softmax(_mask_logits(x / temperature, mask), axes), axes, mask
+
+
+def _select(grads: dict[int, jax.Array], argnums) -> jax.Array | tuple[jax.Array, ...]:
+    """Picks gradients the way ``jax.grad(..., argnums=argnums)`` would return them."""
+    if isinstance(argnums, int):
+        return grads[_check_argnum(argnums, grads)]
+    return tuple(grads[_check_argnum(a, grads)] for a in argnums)
+
+
+def _check_argnum(argnum, grads) -> int:
+    if argnum not in grads:
+        valid = ", ".join(str(k) for k in sorted(grads))
+        raise ValueError(f"`argnums` may contain only {valid}; got {argnum!r}.")
+    return argnum
+
+
+# --------------------------------------------------------------------------------------------
+# Cross-entropy
+# --------------------------------------------------------------------------------------------
+
+
+def _softcap(logits: jax.Array, logit_softcap) -> tuple[jax.Array, jax.Array]:
+    """Returns (capped logits, d capped / d logits); -inf logits stay -inf with derivative 0."""
+    if logit_softcap is None:
+        return logits, jnp.ones_like(logits)
+    capped = soft_cap(logits, logit_softcap)
+    tanh = jnp.where(logits == -jnp.inf, 0.0, capped / logit_softcap)
+    return capped, jnp.where(logits == -jnp.inf, 0.0, 1.0 - tanh * tanh)
+
+
+def softmax_cross_entropy_grad(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    axis=-1,
+    where: ArrayLike | None = None,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    logit_softcap: float | None = None,
+) -> jax.Array:
+    r"""Gradient of :func:`infoloss_jax.softmax_cross_entropy` with respect to the logits.
+
+    With :math:`q = \mathrm{softmax}(z)`, :math:`\log q_k = z_k - \log\sum_j e^{z_j}` and
+    :math:`L = -\sum_k y_k \log q_k`:
+
+    .. math::
+
+        \frac{\partial L}{\partial z_k} = q_k \sum_j y_j - y_k
+        \quad\text{(} q - y \text{ for normalized targets).}
+
+    Options add their own terms. Label smoothing replaces :math:`y` by
+    :math:`(1 - \varepsilon) y + \varepsilon / K` over the :math:`K` unmasked classes. The z-loss
+    :math:`c\,(\log Z)^2` adds :math:`2 c \log Z \, q`. A soft cap
+    :math:`s \tanh(z / s)` multiplies everything by its derivative :math:`1 - \tanh^2(z / s)`.
+
+    Args:
+      logits: unnormalized log-probabilities, classes along ``axis``.
+      labels: target probabilities, the shape of ``logits``.
+      axis: the class axis (or axes).
+      where: optional boolean mask, broadcastable to ``logits``; False removes a class.
+      label_smoothing: :math:`\varepsilon \in [0, 1)`.
+      z_loss: coefficient :math:`c \ge 0` of the squared log-partition penalty.
+      logit_softcap: optional cap :math:`s > 0`.
+
+    Returns:
+      The gradient, with the shape of ``logits`` (float32 at least).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from infoloss_jax.gradients import softmax_cross_entropy_grad
+      >>> g = softmax_cross_entropy_grad(jnp.array([1.0, 2.0, 3.0]), jnp.array([0.0, 0.0, 1.0]))
+      >>> print([round(float(v), 4) for v in g])
+      [0.09, 0.2447, -0.3348]
+    """
+    eps, coefficient = check_label_smoothing(label_smoothing), check_z_loss(z_loss)
+    x = _prepare_logits(logits)
+    y = as_float_array(labels, "labels")
+    check_same_shape(x, "logits", y, "labels")
+    dtype = jnp.result_type(x.dtype, y.dtype)
+    x, y = x.astype(dtype), y.astype(dtype)
+    axes = normalize_axis(axis, x.ndim)
+    mask = as_where(where, x.shape)
+    capped, cap_slope = _softcap(x, logit_softcap)
+    normalized = stable_log_softmax(exclude(capped, mask), axes)
+    if eps:
+        y = (1.0 - eps) * y + smoothing_mass(normalized, eps)
+    grad = _formulas.softmax_cross_entropy_grad(normalized.log_probs, y, axes)
+    if coefficient:
+        grad = grad + 2.0 * coefficient * normalized.log_partition * jnp.exp(normalized.log_probs)
+    return _zero_masked(grad * cap_slope, mask)
+
+
+def softmax_cross_entropy_with_integer_labels_grad(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    axis: int = -1,
+    where: ArrayLike | None = None,
+    ignore_index: int | None = None,
+    label_smoothing: float = 0.0,
+    class_weights: ArrayLike | None = None,
+    z_loss: float = 0.0,
+    logit_softcap: float | None = None,
+) -> jax.Array:
+    r"""Gradient of :func:`infoloss_jax.softmax_cross_entropy_with_integer_labels` (logits).
+
+    For a label :math:`y` and :math:`L = \log\sum_j e^{z_j} - z_y`:
+
+    .. math::
+
+        \frac{\partial L}{\partial z_k} = q_k - [k = y].
+
+    The one-hot vector is never built: the label's entry is decremented in place with a
+    scatter. With class weights :math:`w` and label smoothing :math:`\varepsilon` over :math:`K`
+    unmasked classes (PyTorch's formula)
+
+    .. math::
+
+        L = (1 - \varepsilon)\, w_y (-\log q_y)
+            + \frac{\varepsilon}{K} \sum_k w_k (-\log q_k),
+        \qquad
+        \frac{\partial L}{\partial z} = (1 - \varepsilon)\, w_y (q - e_y)
+            + \frac{\varepsilon}{K} \Big( q \sum_k w_k - w \Big).
+
+    The z-loss adds :math:`2 c \log Z \, q`; the soft cap multiplies by
+    :math:`1 - \tanh^2(z / s)`. Rows whose label is ``ignore_index`` get 0; labels outside
+    :math:`[0, K)` give a NaN row, as the loss does.
+
+    Args:
+      logits: unnormalized log-probabilities, classes along ``axis``.
+      labels: integer class indices, the shape of ``logits`` without ``axis``.
+      axis: the class axis (a single int).
+      where: optional boolean mask, broadcastable to ``logits``; False removes a class.
+      ignore_index: a label value whose rows contribute nothing.
+      label_smoothing: :math:`\varepsilon \in [0, 1)`.
+      class_weights: optional per-class weights, shape ``[K]``.
+      z_loss: coefficient :math:`c \ge 0` of the squared log-partition penalty.
+      logit_softcap: optional cap :math:`s > 0`.
+
+    Returns:
+      The per-example gradient of the unreduced loss, with the shape of ``logits``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from infoloss_jax.gradients import softmax_cross_entropy_with_integer_labels_grad
+      >>> g = softmax_cross_entropy_with_integer_labels_grad(jnp.array([1.0, 2.0, 3.0]), 2)
+      >>> print([round(float(v), 4) for v in g])
+      [0.09, 0.2447, -0.3348]
+    """
+    eps, coefficient = check_label_smoothing(label_smoothing), check_z_loss(z_loss)
+    x = _prepare_logits(logits)
+    class_axis = _single_axis(axis, x.ndim)
+    y = as_integer_array(labels, "labels")
+    expected = x.shape[:class_axis] + x.shape[class_axis + 1 :]
+    if y.shape != expected:
+        raise ValueError(
+            f"`labels` must have the shape of `logits` without the class axis {class_axis}: "
+            f"expected {list(expected)} for `logits` {describe(x)}; got `labels` {describe(y)}."
+        )
+    mask = integer_where(where, x, y, (class_axis,))
+    capped, cap_slope = _softcap(x, logit_softcap)
+    z = jnp.moveaxis(exclude(capped, mask), class_axis, -1)
+    normalized = stable_log_softmax(z, (z.ndim - 1,))
+    q = jnp.exp(normalized.log_probs)
+    num_classes = z.shape[-1]
+    weights = check_class_weights(class_weights, num_classes)
+    weights = jnp.ones((num_classes,), z.dtype) if weights is None else weights.astype(z.dtype)
+
+    in_range = (y >= 0) & (y < num_classes)
+    label = jnp.where(in_range, y, 0)[..., None]
+    label_weight = (1.0 - eps) * weights[label]
+    grad = _scatter_add(label_weight * q, label, -label_weight)
+    if eps:
+        smoothing = smoothing_mass(normalized, eps)
+        weighted = smoothing * weights
+        grad = grad + q * jnp.sum(weighted, -1, keepdims=True) - weighted
+    if coefficient:
+        grad = grad + 2.0 * coefficient * normalized.log_partition * q
+    grad = jnp.moveaxis(grad, -1, class_axis) * cap_slope
+
+    ignored = jnp.zeros(y.shape, bool) if ignore_index is None else y == ignore_index
+    contributing = ~ignored & (normalized.num_included[..., 0] > 0)
+    grad = jnp.where(jnp.expand_dims(ignored | in_range, class_axis), grad, jnp.nan)
+    grad = jnp.where(jnp.expand_dims(contributing, class_axis), grad, 0.0)
+    return _zero_masked(grad, mask)
+
+
+def _scatter_add(x: jax.Array, index: jax.Array, value: jax.Array) -> jax.Array:
+    """Adds ``value[..., 0]`` at position ``index[..., 0]`` of the last axis of each row."""
+    rows = jnp.indices(index.shape[:-1], sparse=True)
+    return x.at[(*rows, index[..., 0])].add(value[..., 0])
+
+
+def softmax_cross_entropy_hessian(
+    logits: ArrayLike, labels: ArrayLike, *, axis: int = -1, where: ArrayLike | None = None
+) -> jax.Array:
+    r"""Hessian of softmax cross-entropy with respect to the logits, one matrix per example.
+
+    Differentiating :math:`\partial L / \partial z = q \sum_j y_j - y` once more, with
+    :math:`\partial q_i / \partial z_j = q_i (\delta_{ij} - q_j)`:
+
+    .. math::
+
+        \nabla^2_z L = \Big(\sum_j y_j\Big) \big(\mathrm{diag}(q) - q q^\top\big).
+
+    It does not depend on which class is the label, so ``labels`` may also be integer indices
+    (then :math:`\sum_j y_j = 1`). The matrix is positive semi-definite with null vector
+    :math:`\mathbf{1}`: adding a constant to all logits changes nothing.
+
+    Args:
+      logits: unnormalized log-probabilities, classes along ``axis``.
+      labels: target probabilities (the shape of ``logits``) or integer class indices.
+      axis: the class axis (a single int).
+      where: optional boolean mask; masked classes get zero rows and columns.
+
+    Returns:
+      An array of shape ``batch + [K, K]``: the class axis moved to the end and doubled.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from infoloss_jax.gradients import softmax_cross_entropy_hessian
+      >>> h = softmax_cross_entropy_hessian(jnp.zeros(2), jnp.array([1.0, 0.0]))
+      >>> print([[round(float(v), 4) for v in row] for row in h])
+      [[0.25, -0.25], [-0.25, 0.25]]
+    """
+    q, total = _cross_entropy_curvature_inputs(logits, labels, axis, where)
+    return total[..., None] * (_diag(q) - q[..., :, None] * q[..., None, :])
+
+
+def softmax_cross_entropy_hvp(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    tangent: ArrayLike,
+    *,
+    axis: int = -1,
+    where: ArrayLike | None = None,
+) -> jax.Array:
+    r"""Hessian-vector product of softmax cross-entropy, without forming the Hessian.
+
+    .. math::
+
+        \nabla^2_z L \, v = \Big(\sum_j y_j\Big) \big(q \odot v - q \, (q^\top v)\big),
+
+    which is what ``jax.jvp(jax.grad(loss), (logits,), (tangent,))`` computes, in
+    :math:`O(K)` per example instead of :math:`O(K^2)`.
+
+    Args:
+      logits: unnormalized log-probabilities, classes along ``axis``.
+      labels: target probabilities (the shape of ``logits``) or integer class indices.
+      tangent: the vector :math:`v`, the shape of ``logits``.
+      axis: the class axis (a single int).
+      where: optional boolean mask; masked classes get 0.
+
+    Returns:
+      :math:`\nabla^2 L \, v`, with the shape of ``logits``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from infoloss_jax.gradients import softmax_cross_entropy_hvp
+      >>> hv = softmax_cross_entropy_hvp(jnp.zeros(2), 0, jnp.array([1.0, 0.0]))
+      >>> print([round(float(v), 4) for v in hv])
+      [0.25, -0.25]
+    """
+    x = _prepare_logits(logits)
+    class_axis = _single_axis(axis, x.ndim)
+    v = _prepare_tangent(tangent, x)
+    q, total = _cross_entropy_curvature_inputs(x, labels, class_axis, where)
+    v = jnp.moveaxis(v, class_axis, -1)
+    hv = total * (q * v - q * jnp.sum(q * v, -1, keepdims=True))
+    return jnp.moveaxis(hv, -1, class_axis)
+
+
+def _prepare_tangent(tangent, x: jax.Array) -> jax.Array:
+    v = as_float_array(tangent, "tangent").astype(x.dtype)
+    check_same_shape(v, "tangent", x, "logits")
+    return v
+
+
+def _cross_entropy_curvature_inputs(logits, labels, axis, where):
+    """Returns q with classes last and sum(labels) with keepdims, for the CE Hessian."""
+    x = _prepare_logits(logits)
+    class_axis = _single_axis(axis, x.ndim)
+    mask = as_where(where, x.shape)
+    q = jnp.moveaxis(jnp.exp(_log_softmax(_mask_logits(x, mask), (class_axis,))), class_axis, -1)
+    labels = jnp.asarray(labels)
+    if jnp.issubdtype(labels.dtype, jnp.integer):
+        return q, jnp.ones(q.shape[:-1] + (1,), q.dtype)
+    y = as_float_array(labels, "labels").astype(x.dtype)
+    check_same_shape(x, "logits", y, "labels")
+    y = jnp.moveaxis(_zero_masked(y, mask), class_axis, -1)
+    return q, jnp.sum(y, -1, keepdims=True)
+
+
+def _diag(v: jax.Array) -> jax.Array:
+    return v[..., :, None] * jnp.eye(v.shape[-1], dtype=v.dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# Entropy, log-partition
+# --------------------------------------------------------------------------------------------
+
+
+def entropy_grad(
+    logits: ArrayLike, *, axis=-1, where: ArrayLike | None = None, base: float | None = None
+) -> jax.Array:
+    r"""Gradient of :func:`infoloss_jax.entropy` :math:`H(\mathrm{softmax}(z))` in the logits.
+
+    With :math:`H = -\sum_k p_k \log p_k` and
+    :math:`\partial \log p_k / \partial z_j = \delta_{kj} - p_j`:
+
+    .. math::
+
+        \frac{\partial H}{\partial z_j}
+        = -\sum_k p_k (1 + \log p_k)(\delta_{kj} - p_j)
+        = -p_j \big(\log p_j + H\big).
+
+    It vanishes at the uniform distribution (the maximum) and at one-hot limits. In base
+    :math:`b` divide by :math:`\log b`.
+
+    Args:
+      logits: unnormalized log-probabilities, classes along ``axis``.
+      axis: the class axis (or axes).
+      where: optional boolean mask; masked classes get 0.
+      base: logarithm base of the entropy (None for nats, 2 for bits).
+
+    Returns:
+      The gradient, with the shape of ``logits``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from infoloss_jax.gradients import entropy_grad
+      >>> g = entropy_grad(jnp.array([0.0, 1.0, 2.0]))
+      >>> print([round(float(v), 4) for v in g])
+      [0.1418, 0.1408, -0.2826]
+    """
+    log_p, axes, mask = _scaled_log_probs(logits, where, axis, 1.0)
+    return _zero_masked(_in_base(_formulas.entropy_grad(log_p, axes), base), mask)
+
+
+def _in_base(x: jax.Array, base) -> jax.Array:
+    log_b = log_of_base(base)
+    return x if log_b is None else x / log_b
+
+
+def _entropy_curvature_inputs(logits, axis, where):
+    """Returns p and a = p * (log p + H) (0 where p = 0), classes last."""
+    x = _prepare_logits(logits)
+    class_axis = _single_axis(axis, x.ndim)
+    mask = as_where(where, x.shape)
+    log_p = jnp.moveaxis(_log_softmax(_mask_logits(x, mask), (class_axis,)), class_axis, -1)
+    p = jnp.exp(log_p)
+    a = -_formulas.entropy_grad(log_p, (x.ndim - 1,))
+    return p, a, class_axis
+
+
+def entropy_hessian(
+    logits: ArrayLike, *, axis: int = -1, where: ArrayLike | None = None, base: float | None = None
+) -> jax.Array:
+    r"""Hessian of the entropy :math:`H(\mathrm{softmax}(z))` with respect to the logits.
+
+    Write :math:`a = p \odot (\log p + H)`, so that :math:`\nabla H = -a`. Differentiating
+    :math:`-p_i(\log p_i + H)` in :math:`z_j` with
+    :math:`\partial p_i / \partial z_j = p_i(\delta_{ij} - p_j)` and
+    :math:`\partial H / \partial z_j = -a_j` gives a symmetric matrix:
+
+    .. math::
+
+        \nabla^2_z H = -\mathrm{diag}(a + p) + a p^\top + p a^\top + p p^\top.
+
+    Args:
+      logits: unnormalized log-probabilities, classes along ``axis``.
+      axis: the class axis (a single int).
+      where: optional boolean mask; masked classes get zero rows and columns.
+      base: logarithm base of the entropy (None for nats).
+
+    Returns:
+      An array of shape ``batch + [K, K]``: the class axis moved to the end and doubled.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from infoloss_jax.gradients import entropy_hessian
+      >>> h = entropy_hessian(jnp.zeros(2))
+      >>> print([[round(float(v), 4) for v in row] for row in h])
+      [[-0.25, 0.25], [0.25, -0.25]]
+    """
+    p, a, _ = _entropy_curvature_inputs(logits, axis, where)
+    outer = lambda u, v: u[..., :, None] * v[..., None, :]
+    hess = -_diag(a + p) + outer(a, p) + outer(p, a) + outer(p, p)
+    return _in_base(hess, base)
+
+
+def entropy_hvp(
+    logits: ArrayLike,
+    tangent: ArrayLike,
+    *,
+    axis: int = -1,
+    where: ArrayLike | None = None,
+    base: float | None = None,
+) -> jax.Array:
+    r"""Hessian-vector product of the entropy, without forming the Hessian.
+
+    With :math:`a = p \odot (\log p + H)` as in :func:`entropy_hessian`:
+
+    .. math::
+
+        \nabla^2_z H \, v = -(a + p) \odot v + a\,(p^\top v) + p\,(a^\top v) + p\,(p^\top v).
+
+    Args:
+      logits: unnormalized log-probabilities, classes along ``axis``.
+      tangent: the vector :math:`v`, the shape of ``logits``.
+      axis: the class axis (a single int).
+      where: optional boolean mask; masked classes get 0.
+      base: logarithm base of the entropy (None for nats).
+
+    Returns:
+      :math:`\nabla^2 H \, v`, with the shape of ``logits``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from infoloss_jax.gradients import entropy_hvp
+      >>> hv = entropy_hvp(jnp.zeros(2), jnp.array([1.0, 0.0]))
+      >>> print([round(float(v), 4) for v in hv])
+      [-0.25, 0.25]
+    """
+    x = _prepare_logits(logits)
+    v = _prepare_tangent(tangent, x)
+    p, a, class_axis = _entropy_curvature_inputs(x, axis, where)
+    v = jnp.moveaxis(v, class_axis, -1)
+    dot = lambda u: jnp.sum(u * v, -1, keepdims=True)
+    hv = -(a + p) * v + a * dot(p) + p * dot(a) + p * dot(p)
+    return _in_base(jnp.moveaxis(hv, -1, class_axis), base)
+
+
+def log_partition_grad(logits: ArrayLike, *, axis=-1, where: ArrayLike | None = None) -> jax.Array:
+    r"""Gradient of :func:`infoloss_jax.log_partition` :math:`\log\sum_k e^{z_k}`: the softmax.
+
+    .. math::
+
+        \frac{\partial}{\partial z_j} \log \sum_k e^{z_k} = \frac{e^{z_j}}{\sum_k e^{z_k}} = q_j.
+
+    A fully masked row has log-partition 0 and gradient 0.
+
+    Args:
+      logits: unnormalized log-probabilities, classes along ``axis``.
+      axis: the class axis (or axes).
+      where: optional boolean mask; masked classes get 0.
+
+    Returns:
+      :math:`\mathrm{softmax}(z)`, with the shape of ``logits``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from infoloss_jax.gradients import log_partition_grad
+      >>> g = log_partition_grad(jnp.array([0.0, 0.0]))
+      >>> print([round(float(v), 4) for v in g])
+      [0.5, 0.5]
+    """
+    log_q, _, mask = _scaled_log_probs(logits, where, axis, 1.0)
+    return _zero_masked(jnp.exp(log_q), mask)
+
+
+def z_loss_grad(logits: ArrayLike, *, axis=-1, where: ArrayLike | None = None) -> jax.Array:
+    r"""Gradient of :func:`infoloss_jax.z_loss` :math:`(\log Z)^2`: :math:`2 \log Z \, q`.
+
+    .. math::
+
+        \frac{\partial (\log Z)^2}{\partial z_j} = 2 \log Z \; \mathrm{softmax}(z)_j.
+
+    Args:
+      logits: unnormalized log-probabilities, classes along ``axis``.
+      axis: the class axis (or axes).
+      where: optional boolean mask; masked classes get 0.
+
+    Returns:
+      The gradient, with the shape of ``logits``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from infoloss_jax.gradients import z_loss_grad
+      >>> g = z_loss_grad(jnp.array([0.0, 0.0]))
+      >>> print([round(float(v), 4) for v in g])
+      [0.6931, 0.6931]
+    """
+    x = _prepare_logits(logits)
+    axes = normalize_axis(axis, x.ndim)
+    mask = as_where(where, x.shape)
+    masked = _mask_logits(x, mask)
+    log_z = _log_partition(masked, axes)
+    return _zero_masked(2.0 * log_z * jnp.exp(masked - log_z), mask)
+
+
+# --------------------------------------------------------------------------------------------
+# KL divergences and Jensen-Shannon
+# --------------------------------------------------------------------------------------------
+
+
+def _log_prediction_pair(log_predictions, targets, targets_name, axis, where):
+    """Validates an optax-style (log_predictions, targets) pair and broadcasts the targets."""
+    lp = _prepare_logits(log_predictions, "log_predictions")
+    t = as_float_array(targets, targets_name)
+    check_broadcastable(t, targets_name, lp.shape, "log_predictions")
+    normalize_axis(axis, lp.ndim)
+    mask = as_where(where, lp.shape, "log_predictions")
+    dtype = jnp.result_type(lp.dtype, t.dtype)
+    return lp.astype(dtype), jnp.broadcast_to(t, lp.shape).astype(dtype), t.shape, mask
+
+
+def _sum_to_shape(grad: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """Sums a gradient over the axes along which an argument of ``shape`` was broadcast."""
+    extra = grad.ndim - len(shape)
+    grad = jnp.sum(grad, axis=tuple(range(extra))) if extra else grad
+    stretched = tuple(i for i, d in enumerate(shape) if d == 1 and grad.shape[i] != 1)
+    return jnp.sum(grad, axis=stretched, keepdims=True) if stretched else grad
+
+
+def _finish_elementwise(grad_predictions, grad_targets, targets_shape, mask, argnums):
+    grads = {
+        0: _zero_masked(grad_predictions, mask),
+        1: _sum_to_shape(_zero_masked(grad_targets, mask), targets_shape),
+    }
+    return _select(grads, argnums)
+
+
+def _log_ratio_plus_one(targets: jax.Array, log_predictions: jax.Array) -> jax.Array:
+    """log t - log q + 1 where t > 0, 0 where t = 0 (the library's 0 log 0 convention)."""
+    positive = targets > 0
+    safe_t = jnp.where(positive, targets, 1.0)
+    safe_lp = jnp.where(positive, log_predictions, 0.0)
+    return jnp.where(positive, jnp.log(safe_t) - safe_lp + 1.0, 0.0)
+
+
+def _poison_negative(grad: jax.Array, targets: jax.Array) -> jax.Array:
+    return jnp.where(targets < 0, jnp.nan, grad)
+
+
+def kl_divergence_grad(
+    log_predictions: ArrayLike,
+    targets: ArrayLike,
+    *,
+    axis=-1,
+    where: ArrayLike | None = None,
+    argnums: int | tuple[int, ...] = 0,
+) -> jax.Array | tuple[jax.Array, ...]:
+    r"""Gradient of :func:`infoloss_jax.kl_divergence`, KL(targets || predictions).
+
+    The loss takes **log**-predictions :math:`\ell = \log q` and probabilities :math:`p`:
+    :math:`\mathrm{KL}(p \,\|\, q) = \sum_k p_k (\log p_k - \ell_k)`. It is linear in
+    :math:`\ell`, so
+
+    .. math::
+
+        \frac{\partial\,\mathrm{KL}}{\partial \ell} = -p,
+        \qquad
+        \frac{\partial\,\mathrm{KL}}{\partial p} = \log p - \ell + 1,
+
+    with 0 for the second where :math:`p_k = 0` (the library's :math:`0 \log 0` convention,
+    rather than the one-sided :math:`-\infty`). No softmax is involved: if :math:`\ell` is a
+    log-softmax of logits, chain through it (or use :func:`forward_kl_grad`). A negative target
+    gives NaN, as the loss does.
+
+    Args:
+      log_predictions: log-probabilities :math:`\ell`.
+      targets: probabilities :math:`p`, broadcastable to ``log_predictions``.
+      axis: the class axis (validated only: the gradient is elementwise).
+      where: optional boolean mask; masked entries get 0.
+      argnums: 0 (log-predictions), 1 (targets) or a tuple of them, as in ``jax.grad``.
+
+    Returns:
+      The gradient, or a tuple of gradients when ``argnums`` is a tuple.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from infoloss_jax.gradients import kl_divergence_grad
+      >>> g = kl_divergence_grad(jnp.log(jnp.array([0.5, 0.5])), jnp.array([0.2, 0.8]))
+      >>> print([round(float(v), 4) for v in g])
+      [-0.2, -0.8]
+    """
+    lp, t, t_shape, mask = _log_prediction_pair(log_predictions, targets, "targets", axis, where)
+    grad_lp = _poison_negative(jnp.where(t > 0, -t, 0.0), t)
+    grad_t = _poison_negative(_log_ratio_plus_one(t, lp), t)
+    return _finish_elementwise(grad_lp, grad_t, t_shape, mask, argnums)
+
+
+def kl_divergence_with_log_targets_grad(
+    log_predictions: ArrayLike,
+    log_targets: ArrayLike,
+    *,
+    axis=-1,
+    where: ArrayLike | None = None,
+    argnums: int | tuple[int, ...] = 0,
+) -> jax.Array | tuple[jax.Array, ...]:
+    r"""Gradient of :func:`infoloss_jax.kl_divergence_with_log_targets` in both log inputs.
+
+    With :math:`\ell = \log q`, :math:`m = \log p` and
+    :math:`\mathrm{KL}(p \,\|\, q) = \sum_k e^{m_k} (m_k - \ell_k)`:
+
+    .. math::
+
+        \frac{\partial\,\mathrm{KL}}{\partial \ell} = -e^{m} = -p,
+        \qquad
+        \frac{\partial\,\mathrm{KL}}{\partial m} = e^{m} (m - \ell + 1),
+
+    both exactly 0 where :math:`m_k = -\infty`.
+
+    Args:
+      log_predictions: log-probabilities :math:`\ell`.
+      log_targets: log-probabilities :math:`m`, broadcastable to ``log_predictions``.
+      axis: the class axis (validated only: the gradient is elementwise).
+      where: optional boolean mask; masked entries get 0.
+      argnums: 0 (log-predictions), 1 (log-targets) or a tuple of them, as in ``jax.grad``.
+
+    Returns:
+      The gradient, or a tuple of gradients when ``argnums`` is a tuple.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from infoloss_jax.gradients import kl_divergence_with_log_targets_grad
+      >>> lq, lp = jnp.log(jnp.array([0.5, 0.5])), jnp.log(jnp.array([0.2, 0.8]))
+      >>> g = kl_divergence_with_log_targets_grad(lq, lp, argnums=1)
+      >>> print([round(float(v), 4) for v in g])
+      [0.0167, 1.176]
+    """
+    lp, lt, t_shape, mask = _log_prediction_pair(
+        log_predictions, log_targets, "log_targets", axis, where
+    )
+    present = lt > -jnp.inf
+    p = jnp.where(present, jnp.exp(jnp.where(present, lt, 0.0)), 0.0)
+    grad_lt = jnp.where(present, p * (jnp.where(present, lt, 0.0) - lp + 1.0), 0.0)
+    return _finish_elementwise(-p, grad_lt, t_shape, mask, argnums)
+
+
+def generalized_kl_divergence_grad(
+    log_predictions: ArrayLike,
+    targets: ArrayLike,
+    *,
+    axis=-1,
+    where: ArrayLike | None = None,
+    argnums: int | tuple[int, ...] = 0,
+) -> jax.Array | tuple[jax.Array, ...]:
+    r"""Gradient of :func:`infoloss_jax.generalized_kl_divergence` in both inputs.
+
+    With :math:`\ell = \log q` and
+    :math:`D(p \,\|\, q) = \sum_k p_k (\log p_k - \ell_k) - p_k + e^{\ell_k}`:
+
+    .. math::
+
+        \frac{\partial D}{\partial \ell} = e^{\ell} - p = q - p,
+        \qquad
+        \frac{\partial D}{\partial p} = \log p - \ell,
+
+    with :math:`-1` for the second where :math:`p_k = 0` (the :math:`p \log p` term contributes
+    0 there, the :math:`-p` term contributes :math:`-1`). A negative target gives NaN.
+
+    Args:
+      log_predictions: log-measure :math:`\ell` (need not be normalized).
+      targets: non-negative measure :math:`p`, broadcastable to ``log_predictions``.
+      axis: the class axis (validated only: the gradient is elementwise).
+      where: optional boolean mask; masked entries get 0.
+      argnums: 0 (log-predictions), 1 (targets) or a tuple of them, as in ``jax.grad``.
+
+    Returns:
+      The gradient, or a tuple of gradients when ``argnums`` is a tuple.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from infoloss_jax.gradients import generalized_kl_divergence_grad
+      >>> g = generalized_kl_divergence_grad(jnp.log(jnp.array([0.5, 0.5])), jnp.array([0.2, 0.8]))
+      >>> print([round(float(v), 4) for v in g])
+      [0.3, -0.3]
+    """
+    lp, t, t_shape, mask = _log_prediction_pair(log_predictions, targets, "targets", axis, where)
+    grad_lp = _poison_negative(jnp.exp(lp) - t, t)
+    grad_t = _poison_negative(_log_ratio_plus_one(t, lp) - 1.0, t)
+    return _finish_elementwise(grad_lp, grad_t, t_shape, mask, argnums)
+
+
+def _pair_log_probs(logits, target_logits, axis, where, temperature):
+    z = _prepare_logits(logits)
+    t = _prepare_logits(target_logits, "target_logits")
+    check_same_shape(z, "logits", t, "target_logits")
+    dtype = jnp.result_type(z.dtype, t.dtype)
+    log_q, axes, mask = _scaled_log_probs(z.astype(dtype), where, axis, temperature)
+    log_p, _, _ = _scaled_log_probs(t.astype(dtype), where, axis, temperature, "target_logits")
+    return log_q, log_p, axes, mask
+
+
+def _finish_pair(grad_model, grad_target, mask, temperature, argnums):
+    grads = {
+        0: _zero_masked(grad_model / temperature, mask),
+        1: _zero_masked(grad_target / temperature, mask),
+    }
+    return _select(grads, argnums)
+
+
+def forward_kl_grad(
+    logits: ArrayLike,
+    target_logits: ArrayLike,
+    *,
+    temperature: float = 1.0,
+    axis=-1,
+    where: ArrayLike | None = None,
+    argnums: int | tuple[int, ...] = 0,
+) -> jax.Array | tuple[jax.Array, ...]:
+    r"""Gradient of :func:`infoloss_jax.forward_kl`, KL(target || model), in both logits.
+
+    With the target :math:`p = \mathrm{softmax}(t / T)`, the model
+    :math:`q = \mathrm{softmax}(z / T)` and
+    :math:`\mathrm{KL}(p \,\|\, q) = \sum_k p_k (\log p_k - \log q_k)`:
+
+    .. math::
+
+        \frac{\partial\,\mathrm{KL}}{\partial z} = \frac{1}{T}\,(q - p),
+        \qquad
+        \frac{\partial\,\mathrm{KL}}{\partial t}
+        = \frac{1}{T}\, p \odot \big(\log p - \log q - \mathrm{KL}(p \,\|\, q)\big).
+
+    The model gradient equals the cross-entropy gradient: :math:`H(p, q) = H(p) + \mathrm{KL}`
+    and :math:`H(p)` does not depend on :math:`z`.
+
+    Args:
+      logits: the model's logits :math:`z`.
+      target_logits: the target's logits :math:`t`, the same shape.
+      temperature: :math:`T > 0`, applied to both.
+      axis: the class axis (or axes).
+      where: optional boolean mask; masked classes get 0.
+      argnums: 0 (model logits), 1 (target logits) or a tuple of them, as in ``jax.grad``.
+
+    Returns:
+      The gradient, or a tuple of gradients when ``argnums`` is a tuple.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from infoloss_jax.gradients import forward_kl_grad
+      >>> g = forward_kl_grad(jnp.array([0.5, 0.5]), jnp.array([0.2, 0.8]))
+      >>> print([round(float(v), 4) for v in g])
+      [0.1457, -0.1457]
+    """
+    log_q, log_p, axes, mask = _pair_log_probs(logits, target_logits, axis, where, temperature)
+    grad_model, grad_target = _formulas.forward_kl_grads(log_q, log_p, axes)
+    return _finish_pair(grad_model, grad_target, mask, temperature, argnums)
+
+
+def reverse_kl_grad(
+    logits: ArrayLike,
+    target_logits: ArrayLike,
+    *,
+    temperature: float = 1.0,
+    axis=-1,
+    where: ArrayLike | None = None,
+    argnums: int | tuple[int, ...] = 0,
+) -> jax.Array | tuple[jax.Array, ...]:
+    r"""Gradient of :func:`infoloss_jax.reverse_kl`, KL(model || target), in both logits.
+
+    With the model :math:`q = \mathrm{softmax}(z / T)`, the target
+    :math:`p = \mathrm{softmax}(t / T)` and
+    :math:`\mathrm{KL}(q \,\|\, p) = \sum_k q_k (\log q_k - \log p_k)`:
+
+    .. math::
+
+        \frac{\partial\,\mathrm{KL}}{\partial z}
+        = \frac{1}{T}\, q \odot \big(\log q - \log p - \mathrm{KL}(q \,\|\, p)\big),
+        \qquad
+        \frac{\partial\,\mathrm{KL}}{\partial t} = \frac{1}{T}\,(p - q).
+
+    The model gradient is weighted by :math:`q`: classes the model already ignores get little
+    push, which is why reverse KL is mode-seeking.
+
+    Args:
+      logits: the model's logits :math:`z`.
+      target_logits: the target's logits :math:`t`, the same shape.
+      temperature: :math:`T > 0`, applied to both.
+      axis: the class axis (or axes).
+      where: optional boolean mask; masked classes get 0.
+      argnums: 0 (model logits), 1 (target logits) or a tuple of them, as in ``jax.grad``.
+
+    Returns:
+      The gradient, or a tuple of gradients when ``argnums`` is a tuple.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from infoloss_jax.gradients import reverse_kl_grad
+      >>> g = reverse_kl_grad(jnp.array([0.5, 0.5]), jnp.array([0.2, 0.8]))
+      >>> print([round(float(v), 4) for v in g])
+      [0.15, -0.15]
+    """
+    log_q, log_p, axes, mask = _pair_log_probs(logits, target_logits, axis, where, temperature)
+    grad_model, grad_target = _formulas.reverse_kl_grads(log_q, log_p, axes)
+    return _finish_pair(grad_model, grad_target, mask, temperature, argnums)
+
+
+def jensen_shannon_grad(
+    logits: ArrayLike,
+    target_logits: ArrayLike,
+    *,
+    beta: float = 0.5,
+    temperature: float = 1.0,
+    axis=-1,
+    where: ArrayLike | None = None,
+    argnums: int | tuple[int, ...] = 0,
+) -> jax.Array | tuple[jax.Array, ...]:
+    r"""Gradient of :func:`infoloss_jax.jensen_shannon` (generalized JSD) in both logits.
+
+    With the target :math:`p`, the model :math:`q` (both softmax of logits over :math:`T`), the
+    mixture :math:`m = \beta p + (1 - \beta) q` and :math:`\mathrm{JS}_\beta =
+    \beta\,\mathrm{KL}(p \,\|\, m) + (1 - \beta)\,\mathrm{KL}(q \,\|\, m)`.
+    Treating :math:`q` as free, :math:`\partial \mathrm{JS} / \partial q_k
+    = (1 - \beta)(\log q_k - \log m_k)`: the terms from :math:`\partial m / \partial q` cancel.
+    The softmax Jacobian then centres it:
+
+    .. math::
+
+        \frac{\partial\,\mathrm{JS}}{\partial z}
+        = \frac{1 - \beta}{T}\, q \odot \big(\log q - \log m - \mathrm{KL}(q \,\|\, m)\big),
+        \qquad
+        \frac{\partial\,\mathrm{JS}}{\partial t}
+        = \frac{\beta}{T}\, p \odot \big(\log p - \log m - \mathrm{KL}(p \,\|\, m)\big).
+
+    At the endpoints the loss is defined as forward KL (:math:`\beta = 0`) and reverse KL
+    (:math:`\beta = 1`), and so are the gradients (:func:`forward_kl_grad`,
+    :func:`reverse_kl_grad`).
+
+    Args:
+      logits: the model's logits :math:`z`.
+      target_logits: the target's logits :math:`t`, the same shape.
+      beta: weight of the target in the mixture, in :math:`[0, 1]`.
+      temperature: :math:`T > 0`, applied to both.
+      axis: the class axis (or axes).
+      where: optional boolean mask; masked classes get 0.
+      argnums: 0 (model logits), 1 (target logits) or a tuple of them, as in ``jax.grad``.
+
+    Returns:
+      The gradient, or a tuple of gradients when ``argnums`` is a tuple.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from infoloss_jax.gradients import jensen_shannon_grad
+      >>> g = jensen_shannon_grad(jnp.array([0.5, 0.5]), jnp.array([0.2, 0.8]))
+      >>> print([round(float(v), 4) for v in g])
+      [0.0367, -0.0367]
+    """
+    b = check_beta(beta)
+    if b == 0.0:
+        return forward_kl_grad(
+            logits, target_logits, temperature=temperature, axis=axis, where=where, argnums=argnums
+        )
+    if b == 1.0:
+        return reverse_kl_grad(
+            logits, target_logits, temperature=temperature, axis=axis, where=where, argnums=argnums
+        )
+    log_q, log_p, axes, mask = _pair_log_probs(logits, target_logits, axis, where, temperature)
+    grad_model, grad_target = _formulas.jensen_shannon_grads(log_q, log_p, b, axes)
+    return _finish_pair(grad_model, grad_target, mask, temperature, argnums)
+
+
+# --------------------------------------------------------------------------------------------
+# Binary losses
+# --------------------------------------------------------------------------------------------
+
+
+def sigmoid_binary_cross_entropy_grad(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    pos_weight: ArrayLike | None = None,
+    argnums: int | tuple[int, ...] = 0,
+) -> jax.Array | tuple[jax.Array, ...]:
+    r"""Gradient of :func:`infoloss_jax.sigmoid_binary_cross_entropy` with ``pos_weight``.
+
+    With :math:`\sigma = \sigma(z)`, positive weight :math:`w` (PyTorch's ``pos_weight``) and
+    :math:`L = -w\, y \log \sigma - (1 - y) \log(1 - \sigma)
+    = w\, y\, \mathrm{softplus}(-z) + (1 - y)\, \mathrm{softplus}(z)`:
+
+    .. math::
+
+        \frac{\partial L}{\partial z} = \sigma\,\big(1 + (w - 1)\, y\big) - w\, y,
+        \qquad
+        \frac{\partial L}{\partial y} = w\,\mathrm{softplus}(-z) - \mathrm{softplus}(z).
+
+    With :math:`w = 1` the logit gradient is the familiar :math:`\sigma(z) - y`.
+
+    Args:
+      logits: logits of the positive class.
+      labels: target probabilities in :math:`[0, 1]`, the shape of ``logits``.
+      pos_weight: optional weight of positive examples, broadcastable to ``logits``.
+      argnums: 0 (logits), 1 (labels) or a tuple of them, as in ``jax.grad``.
+
+    Returns:
+      The gradient, or a tuple of gradients when ``argnums`` is a tuple.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from infoloss_jax.gradients import sigmoid_binary_cross_entropy_grad
+      >>> g = sigmoid_binary_cross_entropy_grad(jnp.array([0.0, 2.0]), jnp.array([1.0, 0.0]))
+      >>> print([round(float(v), 4) for v in g])
+      [-0.5, 0.8808]
+    """
+    z = _prepare_logits(logits)
+    y = as_float_array(labels, "labels").astype(z.dtype)
+    check_same_shape(z, "logits", y, "labels")
+    w = jnp.asarray(1.0, z.dtype)
+    if pos_weight is not None:
+        w = as_float_array(pos_weight, "pos_weight").astype(z.dtype)
+        check_broadcastable(w, "pos_weight", z.shape, "logits")
+    grads = {
+        0: jax.nn.sigmoid(z) * (1.0 + (w - 1.0) * y) - w * y,
+        1: jnp.broadcast_to(w * jax.nn.softplus(-z) - jax.nn.softplus(z), z.shape),
+    }
+    return _select(grads, argnums)
+
+
+def binary_entropy_grad(logits: ArrayLike, *, base: float | None = None) -> jax.Array:
+    r"""Gradient of :func:`infoloss_jax.binary_entropy` :math:`H(\sigma(z))` in the logit.
+
+    With :math:`H = -\sigma \log \sigma - (1 - \sigma) \log(1 - \sigma)`,
+    :math:`\sigma' = \sigma (1 - \sigma)` and :math:`\log\sigma - \log(1 - \sigma) = z`:
+
+    .. math::
+
+        \frac{dH}{dz} = -\sigma(z)\,\sigma(-z)\,\big(\log\sigma - \log(1 - \sigma)\big)
+        = -z\,\sigma(z)\,\sigma(-z).
+
+    It is 0 at :math:`z = 0` (the maximum, :math:`\log 2`) and tends to 0 as
+    :math:`|z| \to \infty`; infinite logits give exactly 0. In base :math:`b` divide by
+    :math:`\log b`.
+
+    Args:
+      logits: logits of the positive class, any shape.
+      base: logarithm base (None for nats, 2 for bits).
+
+    Returns:
+      The gradient, with the shape of ``logits``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from infoloss_jax.gradients import binary_entropy_grad
+      >>> g = binary_entropy_grad(jnp.array([-1.0, 1.0]))
+      >>> print([round(float(v), 4) for v in g])
+      [0.1966, -0.1966]
+    """
+    return _in_base(_formulas.binary_entropy_grad(_prepare_logits(logits)), base)

@@ -1,0 +1,532 @@
+r"""PyTorch's loss functions, with PyTorch's names, arguments, defaults, layouts and reductions.
+
+For porting PyTorch training code: each function here gives the same numbers as its namesake in
+``torch.nn.functional`` (checked against golden numbers made by torch itself), including the
+parts that surprise people:
+
+* The class dimension is **dimension 1**: ``input`` is ``[C]`` (unbatched), ``[N, C]`` or
+  ``[N, C, d1, ...]``, and index targets are ``[]``, ``[N]`` or ``[N, d1, ...]``.
+* ``reduction="mean"`` of :func:`cross_entropy` and :func:`nll_loss` with index targets and a
+  class ``weight`` divides by :math:`\sum_i w_{y_i}` over non-ignored examples, while
+  probability targets divide by the number of examples.
+* :func:`kl_div` takes **log-probabilities** as ``input`` and computes KL(target || input); its
+  ``reduction="mean"`` is the mean over *all elements*, and only ``"batchmean"`` gives the
+  mathematical KL averaged over the batch.
+* :func:`binary_cross_entropy` clamps each log at -100.
+
+The index-target cross-entropy and the logits binary cross-entropy are thin layout adapters
+over :func:`infoloss_jax.softmax_cross_entropy_with_integer_labels`,
+:func:`infoloss_jax.softmax_cross_entropy` and :func:`infoloss_jax.sigmoid_binary_cross_entropy`,
+so there is one implementation of each formula.
+
+Deliberate differences from torch, all where torch raises or returns NaN:
+
+* A ``"mean"`` over which nothing contributes (every target ignored) is 0 with a 0 gradient,
+  not NaN.
+* Out-of-range class indices make the affected example NaN instead of raising (JAX cannot raise
+  on array values inside ``jit``); probabilities outside [0, 1] in
+  :func:`binary_cross_entropy` likewise give NaN.
+* :func:`kl_div` with ``log_target=True`` gives 0, not NaN, where the target log-probability is
+  ``-inf`` (a class with target probability 0).
+* ``reduction="mean"`` in :func:`kl_div` does not warn.
+* The ``target`` gradient of :func:`binary_cross_entropy` at probabilities of exactly 0 or 1
+  is that of the clamped loss (:math:`\pm 100`), not torch's :math:`\pm\infty`.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+
+from ._cross_entropy import (
+    sigmoid_binary_cross_entropy,
+    softmax_cross_entropy,
+    softmax_cross_entropy_with_integer_labels,
+)
+from ._reductions import safe_divide
+from ._validation import (
+    as_float_array,
+    check_broadcastable,
+    check_same_shape,
+    describe,
+    upcast,
+)
+
+__all__ = [
+    "binary_cross_entropy",
+    "binary_cross_entropy_with_logits",
+    "cross_entropy",
+    "kl_div",
+    "nll_loss",
+]
+
+_REDUCTIONS = ("none", "mean", "sum")
+_KL_REDUCTIONS = ("none", "mean", "sum", "batchmean")
+# torch's binary_cross_entropy backward divides by max(p * (1 - p), EPSILON), with EPSILON the
+# float32 constant 1e-12.
+_BCE_GRAD_EPSILON = float(np.float32(1e-12))
+_LOG_CLAMP = -100.0
+
+
+# --- Validation and layout. -----------------------------------------------------------------
+
+
+def _check_reduction(reduction: str, valid: tuple[str, ...] = _REDUCTIONS) -> str:
+    if reduction not in valid:
+        names = ", ".join(repr(r) for r in valid)
+        raise ValueError(f"Unknown `reduction`={reduction!r}; expected one of {names}.")
+    return reduction
+
+
+def _check_class_input(input: jax.Array) -> None:
+    if input.ndim < 1:
+        raise ValueError(
+            "`input` must have the classes in dimension 1: shape [C], [N, C] or "
+            f"[N, C, d1, ...]; got a scalar {describe(input)}."
+        )
+
+
+def _index_target_shape(input: jax.Array) -> tuple[int, ...]:
+    """The shape index targets must have: ``input``'s shape without the class dimension."""
+    return () if input.ndim == 1 else (input.shape[0], *input.shape[2:])
+
+
+def _check_index_target(input: jax.Array, target: jax.Array) -> None:
+    expected = _index_target_shape(input)
+    if target.shape != expected:
+        raise ValueError(
+            f"`target` holds class indices, so it must have `input`'s shape without the class "
+            f"dimension 1, {list(expected)} for `input` {describe(input)}; got "
+            f"{describe(target)}."
+        )
+
+
+def _check_weight(weight, num_classes: int, name: str = "weight") -> jax.Array | None:
+    if weight is None:
+        return None
+    weight = as_float_array(weight, name)
+    if weight.shape != (num_classes,):
+        got = f"length {weight.shape[0]}" if weight.ndim == 1 else f"shape {list(weight.shape)}"
+        raise ValueError(
+            f"`{name}` must hold one weight per class: length {num_classes} for the "
+            f"{num_classes} classes of `input`; got {got} ({describe(weight)})."
+        )
+    return weight
+
+
+def _classes_last(x: jax.Array) -> jax.Array:
+    """Moves torch's class dimension 1 to the end, where the core functions expect it."""
+    return x if x.ndim == 1 else jnp.moveaxis(x, 1, -1)
+
+
+def _classes_second(x: jax.Array) -> jax.Array:
+    """Inverse of :func:`_classes_last`."""
+    return x if x.ndim == 1 else jnp.moveaxis(x, -1, 1)
+
+
+def _reduce_elements(loss: jax.Array, reduction: str) -> jax.Array:
+    if reduction == "sum":
+        return jnp.sum(loss)
+    if reduction == "mean":
+        return jnp.mean(loss)
+    return loss
+
+
+# --- Cross-entropy and negative log-likelihood. -----------------------------------------------
+
+
+def cross_entropy(
+    input: ArrayLike,
+    target: ArrayLike,
+    weight: ArrayLike | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+) -> jax.Array:
+    r"""``torch.nn.functional.cross_entropy``: softmax cross-entropy with classes in dimension 1.
+
+    With :math:`\log q = \operatorname{log\_softmax}(x)` over the :math:`C` classes, per
+    example:
+
+    * index targets :math:`y` (an integer array), label smoothing :math:`\varepsilon`, class
+      weights :math:`w` (all 1 if omitted):
+
+      .. math::
+          \ell_i = (1-\varepsilon)\, w_{y_i} (-\log q_{i,y_i})
+                   + \frac{\varepsilon}{C} \sum_k w_k (-\log q_{i,k}),
+
+      0 where :math:`y_i` is ``ignore_index``; ``"mean"`` divides :math:`\sum_i \ell_i` by
+      :math:`\sum_i w_{y_i}` over the non-ignored examples;
+    * probability targets :math:`p` (a float array of ``input``'s shape), smoothed to
+      :math:`\tilde p = (1-\varepsilon) p + \varepsilon / C`:
+
+      .. math::
+          \ell_i = -\sum_k w_k \tilde p_{i,k} \log q_{i,k},
+
+      and ``"mean"`` divides by the number of examples, whatever the weights.
+
+    This is the cross-entropy H(target, softmax(input)) = H(target) + KL(target || softmax(input)).
+
+    Args:
+      input: logits of shape ``[C]``, ``[N, C]`` or ``[N, C, d1, ...]``.
+      target: class indices of shape ``[]``, ``[N]`` or ``[N, d1, ...]`` (integer dtype), or
+        class probabilities of ``input``'s shape (floating dtype).
+      weight: optional per-class weights, shape ``[C]``.
+      ignore_index: index targets equal to it contribute 0 loss, 0 gradient and 0 weight.
+        Unused for probability targets.
+      reduction: ``"none"``, ``"mean"`` or ``"sum"``.
+      label_smoothing: :math:`\varepsilon` in [0, 1).
+
+    Returns:
+      The loss: per example (``input``'s shape without dimension 1) for ``"none"``, else a
+      scalar. Half-precision inputs give float32.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from infoloss_jax import torch as F
+      >>> logits = jnp.array([[2.0, 0.5, -1.0], [0.0, 1.0, 0.0]])
+      >>> print(round(float(F.cross_entropy(logits, jnp.array([0, 1]))), 6))
+      0.39568
+      >>> print(round(float(F.cross_entropy(logits, jnp.array([0, -100]))), 6))
+      0.241703
+
+    References:
+      ``torch.nn.functional.cross_entropy``; Szegedy et al., "Rethinking the Inception
+      Architecture for Computer Vision", 2016 (label smoothing).
+    """
+    _check_reduction(reduction)
+    input = as_float_array(input, "input")
+    _check_class_input(input)
+    target = jnp.asarray(target)
+    num_classes = input.shape[0 if input.ndim == 1 else 1]
+    weight = _check_weight(weight, num_classes)
+    logits = _classes_last(input)
+    if jnp.issubdtype(target.dtype, jnp.floating):
+        return _cross_entropy_probs(logits, target, input, weight, reduction, label_smoothing)
+    if not jnp.issubdtype(target.dtype, jnp.integer):
+        raise TypeError(
+            "`target` must hold class indices (an integer array) or class probabilities (a "
+            f"floating-point array of `input`'s shape); got {describe(target)}."
+        )
+    _check_index_target(input, target)
+    return softmax_cross_entropy_with_integer_labels(
+        logits,
+        target,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        class_weights=weight,
+        reduction=reduction,
+    )
+
+
+def _cross_entropy_probs(logits, target, input, weight, reduction, label_smoothing):
+    """Probability targets: smooth, weight per class, then the soft-label core loss."""
+    check_same_shape(input, "input", target, "target")
+    # Smoothing here keeps torch's order (smooth, then weight), which the core's own smoothing
+    # cannot express once the weights are folded into the labels.
+    _check_label_smoothing(label_smoothing)
+    labels = _classes_last(upcast(target, jnp.result_type(logits.dtype, target.dtype, jnp.float32)))
+    if label_smoothing:
+        labels = (1.0 - label_smoothing) * labels + label_smoothing / logits.shape[-1]
+    if weight is not None:
+        labels = labels * weight.astype(labels.dtype)
+    return _reduce_elements(softmax_cross_entropy(logits, labels), reduction)
+
+
+def _check_label_smoothing(label_smoothing) -> None:
+    eps = float(label_smoothing)
+    if not 0.0 <= eps < 1.0:
+        raise ValueError(f"`label_smoothing` must lie in [0, 1); got {label_smoothing!r}.")
+
+
+def nll_loss(
+    input: ArrayLike,
+    target: ArrayLike,
+    weight: ArrayLike | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+) -> jax.Array:
+    r"""``torch.nn.functional.nll_loss``: the negative log-likelihood of log-probabilities.
+
+    .. math::
+        \ell_i = -w_{y_i}\, x_{i, y_i}
+
+    where ``input`` :math:`x` holds log-probabilities (usually ``log_softmax`` output; nothing
+    checks that they are normalized) with classes in dimension 1, and :math:`w` is the class
+    weight (1 if omitted). Examples whose target is ``ignore_index`` give 0. ``"mean"`` divides
+    by :math:`\sum_i w_{y_i}` over the non-ignored examples (0 if there are none).
+    ``cross_entropy(x, y)`` equals ``nll_loss(log_softmax(x, axis=1), y)``.
+
+    Args:
+      input: log-probabilities of shape ``[C]``, ``[N, C]`` or ``[N, C, d1, ...]``.
+      target: class indices of shape ``[]``, ``[N]`` or ``[N, d1, ...]``.
+      weight: optional per-class weights, shape ``[C]``.
+      ignore_index: targets equal to it contribute nothing.
+      reduction: ``"none"``, ``"mean"`` or ``"sum"``.
+
+    Returns:
+      The per-example losses for ``"none"``, else a scalar. An index outside ``[0, C)`` that is
+      not ``ignore_index`` makes its example NaN.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from infoloss_jax import torch as F
+      >>> log_probs = jnp.log(jnp.array([[0.5, 0.25, 0.25], [0.1, 0.8, 0.1]]))
+      >>> print(round(float(F.nll_loss(log_probs, jnp.array([0, 1]))), 6))
+      0.458145
+
+    References:
+      ``torch.nn.functional.nll_loss``.
+    """
+    _check_reduction(reduction)
+    input = as_float_array(input, "input")
+    _check_class_input(input)
+    target = jnp.asarray(target)
+    if not jnp.issubdtype(target.dtype, jnp.integer):
+        raise TypeError(
+            f"`target` must hold class indices (an integer array); got {describe(target)}."
+        )
+    _check_index_target(input, target)
+    log_probs = upcast(_classes_last(input))
+    num_classes = log_probs.shape[-1]
+    weight = _check_weight(weight, num_classes)
+
+    kept = target != ignore_index
+    in_range = (target >= 0) & (target < num_classes)
+    safe_target = jnp.where(kept & in_range, target, 0)
+    picked = jnp.take_along_axis(log_probs, safe_target[..., None], axis=-1)[..., 0]
+    example_weight = (
+        jnp.ones_like(picked) if weight is None else weight.astype(picked.dtype)[safe_target]
+    )
+    example_weight = jnp.where(kept, example_weight, 0.0)
+    loss = jnp.where(kept, -example_weight * picked, 0.0)
+    loss = jnp.where(kept & ~in_range, jnp.nan, loss)
+    if reduction == "none":
+        return loss
+    if reduction == "sum":
+        return jnp.sum(loss)
+    return safe_divide(jnp.sum(loss), jnp.sum(example_weight))
+
+
+# --- KL divergence. ----------------------------------------------------------------------------
+
+
+def kl_div(
+    input: ArrayLike,
+    target: ArrayLike,
+    reduction: str = "mean",
+    log_target: bool = False,
+) -> jax.Array:
+    r"""``torch.nn.functional.kl_div``: pointwise KL(target || input) with log-probability input.
+
+    ``input`` must hold **log**-probabilities :math:`\log q`; ``target`` holds probabilities
+    :math:`p` (or log-probabilities :math:`\log p` with ``log_target=True``). Elementwise:
+
+    .. math::
+        \ell = p\,(\log p - \log q), \qquad \text{with } \ell = 0 \text{ where } p = 0,
+
+    so summing over the classes gives KL(target || input) = KL(p || q). The reductions:
+
+    * ``"none"``: the elementwise terms, broadcast shape of ``input`` and ``target``;
+    * ``"sum"``: the sum of all terms;
+    * ``"batchmean"``: the sum divided by ``input.shape[0]``, the batch KL mean;
+    * ``"mean"`` (torch's default): the mean over **all elements**, i.e. the batch KL divided
+      also by the number of classes. It is not a KL; prefer ``"batchmean"``.
+
+    Passing probabilities as ``input`` (``kl_div(softmax(x), softmax(y))``) is a common mistake
+    that gives a negative number, not a divergence; :func:`infoloss_jax.forward_kl` states the
+    direction and takes logits.
+
+    Args:
+      input: log-probabilities :math:`\log q`.
+      target: probabilities :math:`p`, or :math:`\log p` when ``log_target`` is True;
+        broadcastable with ``input``.
+      reduction: ``"none"``, ``"mean"``, ``"sum"`` or ``"batchmean"``.
+      log_target: whether ``target`` is given in log space.
+
+    Returns:
+      The elementwise terms for ``"none"``, else a scalar.
+
+    Example:
+      >>> import jax
+      >>> import jax.numpy as jnp
+      >>> from infoloss_jax import torch as F
+      >>> p = jax.nn.softmax(jnp.array([0.2, 0.8]))
+      >>> q = jax.nn.softmax(jnp.array([0.5, 0.5]))
+      >>> print(round(float(F.kl_div(jnp.log(q), p, reduction="sum")), 6))  # KL(p || q)
+      0.043053
+      >>> print(round(float(F.kl_div(q, p, reduction="sum")), 6))  # misuse: q is not log q
+      -1.150094
+
+    References:
+      ``torch.nn.functional.kl_div``; Kullback and Leibler, "On Information and Sufficiency",
+      1951.
+    """
+    _check_reduction(reduction, _KL_REDUCTIONS)
+    input = as_float_array(input, "input")
+    target = as_float_array(target, "target")
+    try:
+        shape = jnp.broadcast_shapes(input.shape, target.shape)
+    except ValueError:
+        raise ValueError(
+            f"`input` {describe(input)} and `target` {describe(target)} must be broadcastable."
+        ) from None
+    dtype = jnp.result_type(input.dtype, target.dtype, jnp.float32)
+    log_q = jnp.broadcast_to(input.astype(dtype), shape)
+    target = jnp.broadcast_to(target.astype(dtype), shape)
+    terms = _kl_terms_log_target(log_q, target) if log_target else _kl_terms(log_q, target)
+    if reduction == "batchmean":
+        return jnp.sum(terms) / (shape[0] if shape else 1)
+    return _reduce_elements(terms, reduction)
+
+
+def _kl_terms(log_q: jax.Array, p: jax.Array) -> jax.Array:
+    """p (log p - log q), 0 where p = 0 in value and gradient (double where)."""
+    positive = p > 0
+    safe_p = jnp.where(positive, p, 1.0)
+    return jnp.where(positive, p * (jnp.log(safe_p) - log_q), jnp.where(p == 0, 0.0, jnp.nan))
+
+
+def _kl_terms_log_target(log_q: jax.Array, log_p: jax.Array) -> jax.Array:
+    """exp(log p) (log p - log q), 0 where log p = -inf (torch gives NaN there)."""
+    included = log_p > -jnp.inf
+    safe_log_p = jnp.where(included, log_p, 0.0)
+    return jnp.where(included, jnp.exp(safe_log_p) * (safe_log_p - log_q), 0.0)
+
+
+# --- Binary cross-entropy. ---------------------------------------------------------------------
+
+
+def binary_cross_entropy_with_logits(
+    input: ArrayLike,
+    target: ArrayLike,
+    weight: ArrayLike | None = None,
+    reduction: str = "mean",
+    pos_weight: ArrayLike | None = None,
+) -> jax.Array:
+    r"""``torch.nn.functional.binary_cross_entropy_with_logits``: sigmoid cross-entropy.
+
+    With :math:`\sigma` the logistic sigmoid, elementwise:
+
+    .. math::
+        \ell = -w \big[\, p_w\, y \log \sigma(x) + (1 - y) \log(1 - \sigma(x)) \big],
+
+    computed stably from the logits :math:`x`. :math:`w` is ``weight`` and :math:`p_w` is
+    ``pos_weight`` (both broadcast against ``input``; ``pos_weight`` usually has one entry per
+    class, along the last dimension). Targets :math:`y` may be soft, in [0, 1]. ``"mean"`` is the
+    mean over all elements, whatever the weights.
+
+    Args:
+      input: logits, any shape.
+      target: targets of ``input``'s shape.
+      weight: optional rescaling weight broadcastable to ``input``.
+      reduction: ``"none"``, ``"mean"`` or ``"sum"``.
+      pos_weight: optional weight of the positive term, broadcastable to ``input``.
+
+    Returns:
+      The elementwise losses for ``"none"``, else a scalar.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from infoloss_jax import torch as F
+      >>> x = jnp.array([[1.0, -2.0], [0.5, 3.0]])
+      >>> y = jnp.array([[1.0, 0.0], [0.0, 1.0]])
+      >>> print(round(float(F.binary_cross_entropy_with_logits(x, y)), 6))
+      0.305048
+
+    References:
+      ``torch.nn.functional.binary_cross_entropy_with_logits``.
+    """
+    _check_reduction(reduction)
+    input = as_float_array(input, "input")
+    target = as_float_array(target, "target")
+    check_same_shape(input, "input", target, "target")
+    if pos_weight is not None:
+        pos_weight = as_float_array(pos_weight, "pos_weight")
+        check_broadcastable(pos_weight, "pos_weight", input.shape, "input")
+    loss = sigmoid_binary_cross_entropy(input, target, pos_weight=pos_weight)
+    return _reduce_elements(_apply_weight(loss, weight, input), reduction)
+
+
+def _apply_weight(loss: jax.Array, weight, input: jax.Array) -> jax.Array:
+    if weight is None:
+        return loss
+    weight = as_float_array(weight, "weight")
+    check_broadcastable(weight, "weight", input.shape, "input")
+    return loss * weight.astype(loss.dtype)
+
+
+def binary_cross_entropy(
+    input: ArrayLike,
+    target: ArrayLike,
+    weight: ArrayLike | None = None,
+    reduction: str = "mean",
+) -> jax.Array:
+    r"""``torch.nn.functional.binary_cross_entropy``: cross-entropy of probabilities, clamped.
+
+    Elementwise, with probabilities :math:`p \in [0, 1]` and targets :math:`y`:
+
+    .. math::
+        \ell = -w \big[\, y \max(\log p, -100) + (1 - y) \max(\log(1 - p), -100) \big].
+
+    The clamp at -100 is torch's: it keeps the loss finite (at most 100 per element) when a
+    probability is exactly 0 or 1. The gradient with respect to ``input`` is torch's
+    :math:`w (p - y) / \max(p (1 - p), 10^{-12})`, which equals the derivative of the formula
+    above for :math:`0 < p < 1` and stays finite (and points the right way) at 0 and 1. The
+    gradient with respect to ``target`` is the derivative of the clamped formula,
+    :math:`w\,(\max(\log(1-p), -100) - \max(\log p, -100))`; at :math:`p \in \{0, 1\}` torch
+    gives :math:`\pm\infty` there instead of :math:`\pm 100 w`. Prefer
+    :func:`binary_cross_entropy_with_logits`, which needs no clamp. Probabilities outside
+    [0, 1] give NaN (torch raises).
+
+    Args:
+      input: probabilities, any shape.
+      target: targets of ``input``'s shape.
+      weight: optional rescaling weight broadcastable to ``input``.
+      reduction: ``"none"``, ``"mean"`` or ``"sum"``.
+
+    Returns:
+      The elementwise losses for ``"none"``, else a scalar.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from infoloss_jax import torch as F
+      >>> p = jnp.array([0.0, 0.5, 1.0])
+      >>> y = jnp.array([1.0, 1.0, 1.0])
+      >>> print(F.binary_cross_entropy(p, y, reduction="none").round(6))
+      [100.         0.693147   0.      ]
+
+    References:
+      ``torch.nn.functional.binary_cross_entropy``.
+    """
+    _check_reduction(reduction)
+    input = as_float_array(input, "input")
+    target = as_float_array(target, "target")
+    check_same_shape(input, "input", target, "target")
+    dtype = jnp.result_type(input.dtype, target.dtype, jnp.float32)
+    loss = _clamped_binary_cross_entropy(input.astype(dtype), target.astype(dtype))
+    return _reduce_elements(_apply_weight(loss, weight, input), reduction)
+
+
+def _clamped_log(x: jax.Array) -> jax.Array:
+    """max(log x, -100); log 0 is never evaluated (no 0 * inf in derivatives); NaN for x < 0."""
+    zero = x == 0
+    return jnp.where(zero, _LOG_CLAMP, jnp.maximum(jnp.log(jnp.where(zero, 1.0, x)), _LOG_CLAMP))
+
+
+@jax.custom_jvp
+def _clamped_binary_cross_entropy(p: jax.Array, y: jax.Array) -> jax.Array:
+    return -(y * _clamped_log(p) + (1.0 - y) * _clamped_log(1.0 - p))
+
+
+@_clamped_binary_cross_entropy.defjvp
+def _clamped_binary_cross_entropy_jvp(primals, tangents):
+    p, y = primals
+    p_dot, y_dot = tangents
+    log_p, log_1mp = _clamped_log(p), _clamped_log(1.0 - p)
+    value = -(y * log_p + (1.0 - y) * log_1mp)
+    d_p = (p - y) / jnp.maximum(p * (1.0 - p), _BCE_GRAD_EPSILON)
+    d_y = log_1mp - log_p
+    return value, d_p * p_dot + d_y * y_dot
