@@ -225,8 +225,8 @@ def main(argv=None) -> dict:
         )
     print(f"{'teacher':18} {t_entropy:7.3f} {t_accuracy:7.3f}")
     print(
-        "\nforward KL hedges (higher entropy), reverse KL commits to a mode (lower entropy);\n"
-        "each student wins on the KL direction it was trained on (KLs at temperature 1)."
+        "\nforward KL hedges (entropy above the teacher's), reverse KL commits to a mode\n"
+        "(entropy below it) and pays with a large KL(p||q). KLs at temperature 1; p = teacher."
     )
 
     args.out_dir.mkdir(parents=True, exist_ok=True)

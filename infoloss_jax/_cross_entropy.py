@@ -131,7 +131,7 @@ def softmax_cross_entropy(
       labels: target probabilities, same shape as ``logits``.
       axis: the class axis or axes.
       where: optional boolean mask broadcastable to ``logits``; False excludes a class from
-        the normalizer (as in optax).
+        the normalizer and its label term from the sum (as in optax).
       label_smoothing: smoothing mass in [0, 1).
       z_loss: coefficient of the z-loss penalty, >= 0.
       logit_softcap: positive soft cap, or None.
@@ -164,6 +164,8 @@ def softmax_cross_entropy(
     mask = as_where(where, logits.shape)
     logits = exclude(soft_cap(logits.astype(dtype), logit_softcap), mask)
     labels = labels.astype(dtype)
+    if mask is not None:  # as in optax, masked classes drop out of the sum as well
+        labels = jnp.where(mask, labels, 0.0)
     normalized = stable_log_softmax(logits, axes)
     if eps:
         labels = (1.0 - eps) * labels + smoothing_mass(normalized, eps)

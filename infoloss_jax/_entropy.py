@@ -163,7 +163,7 @@ def entropy_from_counts(
         counts = list(counts.values())
     counts = jnp.asarray(counts)
     if jnp.issubdtype(counts.dtype, jnp.integer):
-        counts = counts.astype(jnp.float32)
+        counts = counts.astype(jax.dtypes.canonicalize_dtype(jnp.float64))
     counts = upcast(as_float_array(counts, "counts"))
     axes = normalize_axis(axis, counts.ndim)
     total = jnp.sum(counts, axis=axes, keepdims=True)

@@ -68,6 +68,7 @@ memory (see :func:`_choose_method`).
 from __future__ import annotations
 
 import functools
+import math
 from typing import NamedTuple
 
 import jax
@@ -159,23 +160,32 @@ class LinearCrossEntropyAux(NamedTuple):
 # ------------------------------------------------------------------------------------------------
 
 
-def _for_blocks(body, carry, size: int, block: int):
-    """Runs ``carry = body(carry, start, length)`` over [0, size) in blocks of ``block``.
+def _for_blocks(body, carry, size: int, block: int, pinned: tuple = ()):
+    """Runs ``carry = body(carry, start, length, pinned)`` over [0, size) in blocks of ``block``.
 
     Full blocks run in a ``lax.scan`` with a traced ``start``; the ragged remainder runs once
     more with a static shape, so nothing is ever padded (padding the weight would copy it).
+
+    ``pinned`` holds the large inputs the body slices (hidden states, weights). They travel
+    through the loop carry behind an optimization barrier, and the body must slice the copies
+    it is given. Otherwise XLA's CPU backend, which computes bfloat16 arithmetic in float32,
+    rewrites ``convert(dynamic_slice(W))`` into ``dynamic_slice(convert(W))`` and hoists the
+    convert out of the loop: a full float32 copy of the weight, the very memory this module
+    exists to save. Through the barrier the inputs are loop-variant, so nothing is hoisted.
     """
     n_full, rem = divmod(size, block)
     if n_full == 1:
-        carry = body(carry, 0, block)
+        carry = body(carry, 0, block, pinned)
     elif n_full > 1:
 
-        def step(c, i):
-            return body(c, i * block, block), None
+        def step(state, i):
+            c, p = state
+            p = lax.optimization_barrier(p)
+            return (body(c, i * block, block, p), p), None
 
-        carry, _ = lax.scan(step, carry, jnp.arange(n_full, dtype=jnp.int32))
+        (carry, _), _ = lax.scan(step, (carry, pinned), jnp.arange(n_full, dtype=jnp.int32))
     if rem:
-        carry = body(carry, n_full * block, rem)
+        carry = body(carry, n_full * block, rem, pinned)
     return carry
 
 
@@ -313,20 +323,21 @@ def _ce_slice_stats(h, labels, w, b, class_weights, *, vocab_offset, spec, block
     n, vs = h.shape[0], w.shape[1]
     acc = spec.accum_dtype
 
-    def token_body(out, t0, tl):
+    def token_body(out, t0, tl, pinned):
+        h, w = pinned
         h_blk, y_blk = _rows(h, t0, tl), _rows(labels, t0, tl)
 
-        def vocab_body(stats, v0, vl):
-            w_blk = _cols(w, v0, vl)
+        def vocab_body(stats, v0, vl, pinned):
+            (w,) = pinned
             b_blk = None if b is None else _cols(b, v0, vl)
-            z = _block_logits(h_blk, w_blk, b_blk, spec.softcap, acc)
+            z = _block_logits(h_blk, _cols(w, v0, vl), b_blk, spec.softcap, acc)
             cw_blk = _slice_weights(class_weights, vocab_offset + v0, vl, spec)
             return _merge_ce_stats(stats, _ce_tile_stats(z, y_blk, cw_blk, vocab_offset + v0, spec))
 
-        stats = _for_blocks(vocab_body, _empty_ce_stats(tl, acc), vs, blocks.vocab)
+        stats = _for_blocks(vocab_body, _empty_ce_stats(tl, acc), vs, blocks.vocab, (w,))
         return _CEStats(*(_set_rows(o, t0, s) for o, s in zip(out, stats, strict=True)))
 
-    return _for_blocks(token_body, _empty_ce_stats(n, acc), n, blocks.tokens)
+    return _for_blocks(token_body, _empty_ce_stats(n, acc), n, blocks.tokens, (h, w))
 
 
 def _ce_loss_from_stats(stats: _CEStats, labels, class_weights, spec: _CESpec):
@@ -387,14 +398,16 @@ def _ce_slice_grads(h, labels, w, b, class_weights, lse, row_scale, *, vocab_off
     coef, target_coef = _ce_grad_coefs(labels, class_weights, lse, spec)
     row_scale = row_scale.astype(acc)
 
-    def vocab_body(carry, v0, vl):
+    def vocab_body(carry, v0, vl, pinned):
         dh, dw, db = carry
+        h, w = pinned
         w_blk = _cols(w, v0, vl)
         b_blk = None if b is None else _cols(b, v0, vl)
         cw_blk = _slice_weights(class_weights, vocab_offset + v0, vl, spec)
 
-        def token_body(inner, t0, tl):
+        def token_body(inner, t0, tl, pinned):
             dh, dw_blk, db_blk = inner
+            h, w_blk = pinned
             h_blk = _rows(h, t0, tl)
             z = _block_logits(h_blk, w_blk, b_blk, spec.softcap, acc)
             dz = _ce_tile_dlogits(
@@ -417,7 +430,7 @@ def _ce_slice_grads(h, labels, w, b, class_weights, lse, row_scale, *, vocab_off
 
         db_init = None if b is None else jnp.zeros((vl,), acc)
         dh, dw_blk, db_blk = _for_blocks(
-            token_body, (dh, jnp.zeros((d, vl), acc), db_init), n, blocks.tokens
+            token_body, (dh, jnp.zeros((d, vl), acc), db_init), n, blocks.tokens, (h, w_blk)
         )
         dw = lax.dynamic_update_slice_in_dim(dw, dw_blk.astype(dw.dtype), v0, 1)
         if db is not None:
@@ -429,7 +442,7 @@ def _ce_slice_grads(h, labels, w, b, class_weights, lse, row_scale, *, vocab_off
         jnp.zeros(w.shape, w.dtype),
         None if b is None else jnp.zeros(b.shape, b.dtype),
     )
-    return _for_blocks(vocab_body, init, vs, blocks.vocab)
+    return _for_blocks(vocab_body, init, vs, blocks.vocab, (h, w))
 
 
 def _ce_fused_value_and_grads(h, labels, w, b, class_weights, row_scale, *, spec, blocks):
@@ -443,12 +456,14 @@ def _ce_fused_value_and_grads(h, labels, w, b, class_weights, row_scale, *, spec
     acc = spec.accum_dtype
     row_scale = row_scale.astype(acc)
 
-    def token_body(carry, t0, tl):
+    def token_body(carry, t0, tl, pinned):
         out_stats, dh, dw, db = carry
+        h, w = pinned
         h_blk, y_blk = _rows(h, t0, tl), _rows(labels, t0, tl)
 
-        def stats_body(inner, v0, vl):
+        def stats_body(inner, v0, vl, pinned):
             stats, row = inner
+            (w,) = pinned
             b_blk = None if b is None else _cols(b, v0, vl)
             z = _block_logits(h_blk, _cols(w, v0, vl), b_blk, spec.softcap, acc)
             cw_blk = _slice_weights(class_weights, v0, vl, spec)
@@ -456,14 +471,15 @@ def _ce_fused_value_and_grads(h, labels, w, b, class_weights, row_scale, *, spec
             return stats, lax.dynamic_update_slice_in_dim(row, z, v0, 1)
 
         stats, row = _for_blocks(
-            stats_body, (_empty_ce_stats(tl, acc), jnp.zeros((tl, v), acc)), v, blocks.vocab
+            stats_body, (_empty_ce_stats(tl, acc), jnp.zeros((tl, v), acc)), v, blocks.vocab, (w,)
         )
         lse = _safe_shift(stats.max) + jnp.log(stats.sumexp)
         coef, target_coef = _ce_grad_coefs(y_blk, class_weights, lse, spec)
         scale = _rows(row_scale, t0, tl)
 
-        def grad_body(inner, v0, vl):
+        def grad_body(inner, v0, vl, pinned):
             dh_blk, dw, db = inner
+            (w,) = pinned
             w_blk = _cols(w, v0, vl)
             cw_blk = _slice_weights(class_weights, v0, vl, spec)
             z = _cols(row, v0, vl)
@@ -477,7 +493,9 @@ def _ce_fused_value_and_grads(h, labels, w, b, class_weights, row_scale, *, spec
                 db = lax.dynamic_update_slice_in_dim(db, _cols(db, v0, vl) + dz.sum(0), v0, 0)
             return dh_blk, dw, db
 
-        dh_blk, dw, db = _for_blocks(grad_body, (jnp.zeros((tl, d), acc), dw, db), v, blocks.vocab)
+        dh_blk, dw, db = _for_blocks(
+            grad_body, (jnp.zeros((tl, d), acc), dw, db), v, blocks.vocab, (w,)
+        )
         out_stats = _CEStats(*(_set_rows(o, t0, s) for o, s in zip(out_stats, stats, strict=True)))
         return out_stats, _set_rows(dh, t0, dh_blk), dw, db
 
@@ -487,7 +505,7 @@ def _ce_fused_value_and_grads(h, labels, w, b, class_weights, row_scale, *, spec
         jnp.zeros((d, v), acc),
         None if b is None else jnp.zeros((v,), acc),
     )
-    return _for_blocks(token_body, init, n, blocks.tokens)
+    return _for_blocks(token_body, init, n, blocks.tokens, (h, w))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -544,7 +562,7 @@ def _ce_fused_fwd(h, w, b, labels, class_weights, row_scale, spec, blocks):
     )
     loss, lse, _, _ = _ce_loss_from_stats(stats, labels, class_weights, spec)
     out = (jnp.sum(loss * row_scale), loss, lse, stats.argmax)
-    return out, (dh, dw, db)
+    return out, (dh, dw.astype(w.dtype), None if db is None else db.astype(b.dtype))
 
 
 def _ce_fused_bwd(spec, blocks, res, cotangents):
@@ -589,13 +607,14 @@ def _choose_blocks(n, d, v, token_block_size, vocab_block_size) -> _Blocks:
     return _Blocks(max(1, min(tokens, max(n, 1))), max(1, min(vocab, v)))
 
 
-def _choose_method(method, reduction, n, v, blocks, token_block_size):
+def _choose_method(method, reduction, n, v, blocks, token_block_size, weight_dtype, accum_dtype):
     if method != "auto":
         return method
-    if reduction == "none":
+    if reduction == "none" or jnp.dtype(weight_dtype).itemsize < jnp.dtype(accum_dtype).itemsize:
         return "recompute"
-    # The fused gradient keeps a [Tb, V] row and a [D, V] accumulator; worth it only where the
-    # row fits comfortably with a token block big enough for efficient matmuls.
+    # The fused gradient keeps a [Tb, V] row and a [D, V] accumulator (free only when the weight
+    # is already in accum_dtype: it becomes the gradient's buffer); worth it only where the row
+    # fits comfortably with a token block big enough for efficient matmuls.
     tokens = blocks.tokens
     if token_block_size is None:
         tokens = min(n, _floor_pow2(max(_FUSED_ROW_ELEMENTS // v, 1)))
@@ -811,7 +830,7 @@ def _linear_softmax_cross_entropy(
         accum_dtype=acc,
     )
     blocks = _choose_blocks(n, hidden.shape[-1], v, token_block_size, vocab_block_size)
-    method = _choose_method(method, reduction, n, v, blocks, token_block_size)
+    method = _choose_method(method, reduction, n, v, blocks, token_block_size, weight.dtype, acc)
     cw = None if class_weights is None else lax.stop_gradient(class_weights)
     weight_per_token, valid, _ = _label_weight(y, cw, spec)
 
@@ -902,17 +921,19 @@ def _kl_slice_stats(h, w, th, tw, *, spec: _KLSpec, blocks: _Blocks) -> _KLStats
     n, vs = h.shape[0], w.shape[1]
     acc = spec.accum_dtype
 
-    def token_body(out, t0, tl):
+    def token_body(out, t0, tl, pinned):
+        h, w, th, tw = pinned
         h_blk, th_blk = _rows(h, t0, tl), _rows(th, t0, tl)
 
-        def vocab_body(stats, v0, vl):
+        def vocab_body(stats, v0, vl, pinned):
+            w, tw = pinned
             s, t = _kl_tile_logits(h_blk, _cols(w, v0, vl), th_blk, _cols(tw, v0, vl), spec)
             return _merge_kl_stats(stats, _kl_tile_stats(s, t))
 
-        stats = _for_blocks(vocab_body, _empty_kl_stats(tl, acc), vs, blocks.vocab)
+        stats = _for_blocks(vocab_body, _empty_kl_stats(tl, acc), vs, blocks.vocab, (w, tw))
         return _KLStats(*(_set_rows(o, t0, s) for o, s in zip(out, stats, strict=True)))
 
-    return _for_blocks(token_body, _empty_kl_stats(n, acc), n, blocks.tokens)
+    return _for_blocks(token_body, _empty_kl_stats(n, acc), n, blocks.tokens, (h, w, th, tw))
 
 
 def _lse(m, sumexp):
@@ -921,7 +942,7 @@ def _lse(m, sumexp):
 
 def _jsd_log_m(log_p, log_q, beta):
     """log(beta p + (1 - beta) q) for 0 < beta < 1."""
-    return jnp.logaddexp(np.log(beta) + log_p, np.log1p(-beta) + log_q)
+    return jnp.logaddexp(math.log(beta) + log_p, math.log1p(-beta) + log_q)
 
 
 def _jsd_slice_terms(h, w, th, tw, s_lse, t_lse, *, spec: _KLSpec, blocks: _Blocks):
@@ -929,11 +950,13 @@ def _jsd_slice_terms(h, w, th, tw, s_lse, t_lse, *, spec: _KLSpec, blocks: _Bloc
     n, vs = h.shape[0], w.shape[1]
     acc = spec.accum_dtype
 
-    def token_body(out, t0, tl):
+    def token_body(out, t0, tl, pinned):
+        h, w, th, tw = pinned
         h_blk, th_blk = _rows(h, t0, tl), _rows(th, t0, tl)
         sl, tl_ = _rows(s_lse, t0, tl)[:, None], _rows(t_lse, t0, tl)[:, None]
 
-        def vocab_body(terms, v0, vl):
+        def vocab_body(terms, v0, vl, pinned):
+            w, tw = pinned
             s, t = _kl_tile_logits(h_blk, _cols(w, v0, vl), th_blk, _cols(tw, v0, vl), spec)
             log_q, log_p = s - sl, t - tl_
             log_m = _jsd_log_m(log_p, log_q, spec.beta)
@@ -942,11 +965,11 @@ def _jsd_slice_terms(h, w, th, tw, s_lse, t_lse, *, spec: _KLSpec, blocks: _Bloc
             return terms[0] + p_term, terms[1] + q_term
 
         zero = jnp.zeros((tl,), acc)
-        p_term, q_term = _for_blocks(vocab_body, (zero, zero), vs, blocks.vocab)
+        p_term, q_term = _for_blocks(vocab_body, (zero, zero), vs, blocks.vocab, (w, tw))
         return _set_rows(out[0], t0, p_term), _set_rows(out[1], t0, q_term)
 
     zero = jnp.zeros((n,), acc)
-    return _for_blocks(token_body, (zero, zero), n, blocks.tokens)
+    return _for_blocks(token_body, (zero, zero), n, blocks.tokens, (h, w, th, tw))
 
 
 def _kl_tile_dlogits(s, t, s_lse, t_lse, kl_q, row_scale, spec: _KLSpec):
@@ -971,12 +994,14 @@ def _kl_slice_grads(h, w, th, tw, s_lse, t_lse, kl_q, row_scale, *, spec, blocks
     acc = spec.accum_dtype
     row_scale = row_scale.astype(acc)
 
-    def vocab_body(carry, v0, vl):
+    def vocab_body(carry, v0, vl, pinned):
         dh, dw = carry
+        h, w, th, tw = pinned
         w_blk, tw_blk = _cols(w, v0, vl), _cols(tw, v0, vl)
 
-        def token_body(inner, t0, tl):
+        def token_body(inner, t0, tl, pinned):
             dh, dw_blk = inner
+            h, th, w_blk, tw_blk = pinned
             h_blk = _rows(h, t0, tl)
             s, t = _kl_tile_logits(h_blk, w_blk, _rows(th, t0, tl), tw_blk, spec)
             ds = _kl_tile_dlogits(
@@ -992,11 +1017,13 @@ def _kl_slice_grads(h, w, th, tw, s_lse, t_lse, kl_q, row_scale, *, spec, blocks
             dh = _add_rows(dh, t0, _matmul_nt(ds, w_blk, acc))
             return dh, dw_blk + _matmul_tn(h_blk, ds, acc)
 
-        dh, dw_blk = _for_blocks(token_body, (dh, jnp.zeros((d, vl), acc)), n, blocks.tokens)
+        dh, dw_blk = _for_blocks(
+            token_body, (dh, jnp.zeros((d, vl), acc)), n, blocks.tokens, (h, th, w_blk, tw_blk)
+        )
         return dh, lax.dynamic_update_slice_in_dim(dw, dw_blk.astype(dw.dtype), v0, 1)
 
     init = (jnp.zeros((n, d), acc), jnp.zeros(w.shape, w.dtype))
-    return _for_blocks(vocab_body, init, vs, blocks.vocab)
+    return _for_blocks(vocab_body, init, vs, blocks.vocab, (h, w, th, tw))
 
 
 def _kl_forward(h, w, th, tw, spec, blocks):

@@ -48,9 +48,11 @@ from ._validation import (
 AxisName = Hashable | tuple[Hashable, ...]
 
 _REDUCTIONS = ("none", "sum", "mean")
-# Working-set budget (bytes of float32 block logits) for the automatic block sizes of the fused
-# linear loss: one [token_block, vocab_block] block lives at a time.
-_BLOCK_BUDGET_BYTES = 16 * 2**20
+# Working-set budget (elements) for the automatic block sizes of the fused linear loss: one
+# [token_block, vocab_block] logits tile lives at a time (4 MiB in float32: each device holds
+# only its slice of the vocabulary, so tiles half the single-device fused loss's default keep
+# the per-device working set small without making the matmuls inefficient).
+_BLOCK_ELEMENTS = 2**20
 
 
 # --------------------------------------------------------------------------------------------
@@ -79,12 +81,12 @@ def _check_reduction(reduction: str) -> str:
     return reduction
 
 
-def _check_fraction(value, name: str) -> float:
+def _check_label_smoothing(value) -> float:
     if isinstance(value, jax.core.Tracer):
-        raise TypeError(f"`{name}` must be a static Python float, not a traced array.")
+        raise TypeError("`label_smoothing` must be a static Python float, not a traced array.")
     v = float(value)
-    if not 0.0 <= v <= 1.0:
-        raise ValueError(f"`{name}` must lie in [0, 1]; got {value!r}.")
+    if not 0.0 <= v < 1.0:
+        raise ValueError(f"`label_smoothing` must lie in [0, 1); got {value!r}.")
     return v
 
 
@@ -104,7 +106,9 @@ def _check_softcap(value) -> float | None:
         raise TypeError("`logit_softcap` must be a static Python float or None.")
     v = float(value)
     if not (math.isfinite(v) and v > 0.0):
-        raise ValueError(f"`logit_softcap` must be a positive finite number or None; got {value!r}.")
+        raise ValueError(
+            f"`logit_softcap` must be a positive finite number or None; got {value!r}."
+        )
     return v
 
 
@@ -130,7 +134,8 @@ def _vocab_layout(
         raise ValueError(
             f"{what} holds {local_vocab} classes per device, but `vocab_size`={vocab_size} over "
             f"the {axis_size} devices of mesh axis {axis_name!r} needs ceil({vocab_size}/"
-            f"{axis_size}) = {expected} per device (the vocabulary padded to {expected * axis_size})."
+            f"{axis_size}) = {expected} per device (the vocabulary padded to "
+            f"{expected * axis_size})."
         )
     return vocab_size
 
@@ -192,7 +197,7 @@ def _ce_from_totals(
     label_smoothing: float,
     z_loss: float,
 ) -> tuple[jax.Array, jax.Array]:
-    """Per-token loss and global logsumexp from the all-reduced partial sums."""
+    """Per-token loss, global logsumexp and contributing-row mask from the all-reduced sums."""
     sumexp, target, sum_z, count = totals
     lse = jnp.where(sumexp > 0, shift + jnp.log(jnp.where(sumexp > 0, sumexp, 1.0)), 0.0)
     loss = lse - target
@@ -203,7 +208,9 @@ def _ce_from_totals(
         loss = loss + z_loss * jnp.square(lse)
     out_of_range = (labels < 0) | (labels >= vocab_size)
     loss = jnp.where(out_of_range, jnp.nan, loss)
-    return jnp.where(keep, loss, 0.0), lse
+    # A row with no class left (all masked) gives 0 and no weight in the mean, as in the core.
+    contributing = keep & (count > 0)
+    return jnp.where(contributing, loss, 0.0), lse, contributing
 
 
 def _ce_logit_grad(
@@ -279,8 +286,8 @@ def _match_cotangent(ct: jax.Array, like: jax.Array) -> jax.Array:
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7, 8))
 def _vp_ce(logits, labels, where, axis_name, vocab_size, ignore_index, eps, zc, cap):
-    loss, _ = _vp_ce_fwd(logits, labels, where, axis_name, vocab_size, ignore_index, eps, zc, cap)
-    return loss
+    out, _ = _vp_ce_fwd(logits, labels, where, axis_name, vocab_size, ignore_index, eps, zc, cap)
+    return out
 
 
 def _vp_ce_fwd(logits, labels, where, axis_name, vocab_size, ignore_index, eps, zc, cap):
@@ -292,13 +299,15 @@ def _vp_ce_fwd(logits, labels, where, axis_name, vocab_size, ignore_index, eps, 
     shift = lax.stop_gradient(_finite_or_zero(lax.pmax(local_max, axis_name)))
     totals = lax.psum(_ce_partials(z, classes, valid, labels, shift), axis_name)
     keep = _keep_mask(labels, ignore_index)
-    loss, lse = _ce_from_totals(shift, totals, labels, keep, vocab_size, eps, zc)
+    loss, lse, keep = _ce_from_totals(shift, totals, labels, keep, vocab_size, eps, zc)
     inv_count = 1.0 / jnp.maximum(totals[3], 1.0)
-    return loss, (logits, labels, where, lse, inv_count, keep)
+    # The second output (1.0 for rows that count in the mean) carries no gradient.
+    return (loss, keep.astype(acc)), (logits, labels, where, lse, inv_count, keep)
 
 
-def _vp_ce_bwd(axis_name, vocab_size, ignore_index, eps, zc, cap, residuals, g):
+def _vp_ce_bwd(axis_name, vocab_size, ignore_index, eps, zc, cap, residuals, cotangents):
     logits, labels, where, lse, inv_count, keep = residuals
+    g = cotangents[0]
     acc = lse.dtype
     raw = logits.astype(acc)
     z = _softcap(raw, cap)
@@ -355,7 +364,7 @@ def vocab_parallel_cross_entropy(
       vocab_size: the true vocabulary size when it was padded up to a multiple of the axis size;
         classes at or beyond it are excluded. ``V_local`` must equal ``ceil(vocab_size / d)``.
       ignore_index: tokens with this label get zero loss, zero gradient and no weight in the mean.
-      label_smoothing: ``eps`` in [0, 1]: the target is ``(1 - eps) onehot + eps / K``.
+      label_smoothing: ``eps`` in [0, 1): the target is ``(1 - eps) onehot + eps / K``.
       z_loss: coefficient ``c`` of the ``lse ** 2`` penalty (PaLM's z-loss).
       logit_softcap: cap ``s`` applied as ``s * tanh(logits / s)`` before everything else.
       reduction: ``"none"`` (per token, shape ``[...]``), ``"sum"`` or ``"mean"`` (over
@@ -376,8 +385,8 @@ def vocab_parallel_cross_entropy(
       ...     lambda z, y: vocab_parallel_cross_entropy(z, y, axis_name="vocab"),
       ...     mesh=mesh, in_specs=(P(None, "vocab"), P()), out_specs=P())
       >>> logits = jnp.array([[2.0, 0.5, -1.0], [0.0, 0.0, 0.0]])
-      >>> print(jnp.round(loss(logits, jnp.array([0, 2])), 4))
-      [0.2413 1.0986]
+      >>> print([round(float(v), 4) for v in loss(logits, jnp.array([0, 2]))])
+      [0.2413, 1.0986]
 
     References:
       Shoeybi et al., "Megatron-LM: Training Multi-Billion Parameter Language Models Using Model
@@ -395,7 +404,7 @@ def vocab_parallel_cross_entropy(
     vocab = _vocab_layout(logits.shape[-1], d, vocab_size, "`logits_shard`", axis_name)
     if data_axis_name is not None:
         _axis_size(data_axis_name, "data_axis_name", fn)
-    eps = _check_fraction(label_smoothing, "label_smoothing")
+    eps = _check_label_smoothing(label_smoothing)
     zc = _check_nonnegative(z_loss, "z_loss")
     cap = _check_softcap(logit_softcap)
     _check_reduction(reduction)
@@ -407,11 +416,12 @@ def vocab_parallel_cross_entropy(
     batch_shape = labels.shape
     flat_logits = logits.reshape(-1, logits.shape[-1])
     flat_labels = labels.reshape(-1)
-    loss = _vp_ce(flat_logits, flat_labels, where, axis_name, vocab, ignore_index, eps, zc, cap)
-    keep = _keep_mask(flat_labels, ignore_index)
+    loss, keep = _vp_ce(
+        flat_logits, flat_labels, where, axis_name, vocab, ignore_index, eps, zc, cap
+    )
     if reduction == "none":
         return loss.reshape(batch_shape)
-    return _reduce(loss, keep, reduction, data_axis_name)
+    return _reduce(loss, lax.stop_gradient(keep), reduction, data_axis_name)
 
 
 # --------------------------------------------------------------------------------------------
@@ -420,11 +430,20 @@ def vocab_parallel_cross_entropy(
 # --------------------------------------------------------------------------------------------
 
 
-def _auto_blocks(n_tokens: int, local_vocab: int, token_block, vocab_block) -> tuple[int, int]:
-    bt = token_block or min(n_tokens, 1024)
-    bt = max(1, min(bt, n_tokens))
-    bv = vocab_block or max(128, _BLOCK_BUDGET_BYTES // (4 * bt))
-    return bt, max(1, min(bv, local_vocab))
+def _floor_pow2(x: int) -> int:
+    return 1 << (max(int(x), 1).bit_length() - 1)
+
+
+def _auto_blocks(
+    n_tokens: int, hidden_size: int, local_vocab: int, token_block, vocab_block
+) -> tuple[int, int]:
+    """Block sizes: a [Bt, Bv] logits tile, a [D, Bv] weight slice and a [Bt, D] hidden block
+    each hold at most _BLOCK_ELEMENTS elements (power-of-two sizes, overridable)."""
+    bv = vocab_block or max(128, _floor_pow2(_BLOCK_ELEMENTS // max(hidden_size, 1)))
+    bv = max(1, min(bv, local_vocab))
+    limit = min(_BLOCK_ELEMENTS // bv, _BLOCK_ELEMENTS // max(hidden_size, 1))
+    bt = token_block or max(8, _floor_pow2(limit))
+    return max(1, min(bt, n_tokens)), bv
 
 
 def _vocab_block_start(j, block: int, local_vocab: int):
@@ -440,9 +459,11 @@ def _linear_block(h_blk, weight, bias, start, j, ctx):
     raw = jnp.dot(h_blk, w, preferred_element_type=acc).astype(acc)
     if bias is not None:
         raw = raw + lax.dynamic_slice_in_dim(bias, start, bv).astype(acc)
-    column = start + lax.broadcasted_iota(jnp.int32, raw.shape, 1)
-    classes, valid = _class_mask(raw, ctx["offset"] + start, ctx["vocab_size"], None)
-    valid = valid & (column >= j * bv)
+    # Column masks are [1, Bv] rows (broadcast against the tile): a class is valid when it lies
+    # in the true vocabulary and was not already covered by the previous (shifted) block.
+    column = start + lax.broadcasted_iota(jnp.int32, (1, bv), 1)
+    classes = ctx["offset"] + column
+    valid = (classes < ctx["vocab_size"]) & (column >= j * bv)
     return raw, _softcap(raw, cap), classes, valid, w
 
 
@@ -463,8 +484,9 @@ def _linear_token_stats(h_blk, labels_blk, weight, bias, ctx):
         )
         hit = valid & (classes == labels_blk[:, None])
         target = target + jnp.sum(jnp.where(hit, z, 0.0), axis=-1)
-        sum_z = sum_z + jnp.sum(jnp.where(valid, z, 0.0), axis=-1)
-        count = count + jnp.sum(valid, axis=-1).astype(acc)
+        if ctx["eps"]:
+            sum_z = sum_z + jnp.sum(jnp.where(valid, z, 0.0), axis=-1)
+        count = count + jnp.sum(valid).astype(acc)
         return (m_new, s, target, sum_z, count), None
 
     zeros = _vary_like(jnp.zeros((rows,), acc), h_blk, weight, bias, labels_blk)
@@ -500,76 +522,152 @@ def _linear_ctx(hidden, weight, axis_name, vocab_size, eps, zc, cap, bt, bv):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7, 8, 9, 10, 11))
-def _vp_linear_ce(hidden, labels, weight, bias, axis_name, vocab_size, ignore, eps, zc, cap, bt, bv):
+def _vp_linear_ce(
+    hidden, labels, weight, bias, axis_name, vocab_size, ignore, eps, zc, cap, bt, bv
+):
     args = (axis_name, vocab_size, ignore, eps, zc, cap, bt, bv)
-    loss, _ = _vp_linear_ce_fwd(hidden, labels, weight, bias, *args)
-    return loss
+    out, _ = _vp_linear_ce_fwd(hidden, labels, weight, bias, *args)
+    return out
 
 
-def _vp_linear_ce_fwd(hidden, labels, weight, bias, axis_name, vocab_size, ignore, eps, zc, cap, bt, bv):
+def _vp_linear_ce_fwd(
+    hidden, labels, weight, bias, axis_name, vocab_size, ignore, eps, zc, cap, bt, bv
+):
     ctx = _linear_ctx(hidden, weight, axis_name, vocab_size, eps, zc, cap, bt, bv)
     n = hidden.shape[0]
     h_blocks = _split_tokens(hidden, bt)
     y_blocks = _split_tokens(labels, bt)
-    stats = lax.map(lambda hy: _linear_token_stats(hy[0], hy[1], weight, bias, ctx), (h_blocks, y_blocks))
+    stats = lax.map(
+        lambda hy: _linear_token_stats(hy[0], hy[1], weight, bias, ctx), (h_blocks, y_blocks)
+    )
     m, s, target, sum_z, count = (x.reshape(-1)[:n] for x in stats)
     shift = lax.stop_gradient(_finite_or_zero(lax.pmax(m, axis_name)))
     rescale = jnp.exp(jnp.where(jnp.isfinite(m), m - shift, -jnp.inf))
     totals = lax.psum(jnp.stack([s * rescale, target, sum_z, count]), axis_name)
     keep = _keep_mask(labels, ignore)
-    loss, lse = _ce_from_totals(shift, totals, labels, keep, vocab_size, eps, zc)
+    loss, lse, keep = _ce_from_totals(shift, totals, labels, keep, vocab_size, eps, zc)
     inv_count = 1.0 / jnp.maximum(totals[3], 1.0)
-    return loss, (hidden, labels, weight, bias, lse, inv_count, keep)
+    return (loss, keep.astype(loss.dtype)), (hidden, labels, weight, bias, lse, inv_count, keep)
 
 
-def _vp_linear_ce_bwd(axis_name, vocab_size, ignore, eps, zc, cap, bt, bv, residuals, g):
+def _vp_linear_ce_bwd(axis_name, vocab_size, ignore, eps, zc, cap, bt, bv, residuals, cotangents):
     hidden, labels, weight, bias, lse, inv_count, keep = residuals
     ctx = _linear_ctx(hidden, weight, axis_name, vocab_size, eps, zc, cap, bt, bv)
     acc = ctx["acc"]
-    n = hidden.shape[0]
-    coef = jnp.where(keep, g.astype(acc), 0.0)
-    blocks = tuple(_split_tokens(x, bt) for x in (hidden, labels, lse, coef, inv_count))
-
-    def token_step(carry, blk):
-        dweight, dbias = carry
-        h_blk, y_blk, lse_blk, coef_blk, inv_blk = blk
-
-        def vocab_step(inner, j):
-            dh, dweight, dbias = inner
-            start = _vocab_block_start(j, bv, ctx["local_vocab"])
-            _, z, classes, valid, w = _linear_block(h_blk, weight, bias, start, j, ctx)
-            dz = _ce_logit_grad(z, classes, valid, y_blk, lse_blk, coef_blk, inv_blk, eps, zc)
-            dz = dz * _softcap_derivative(z, cap)
-            dh = dh + jnp.dot(dz, w.astype(acc).T)
-            dw_blk = jnp.dot(h_blk.astype(acc).T, dz)
-            old = lax.dynamic_slice_in_dim(dweight, start, bv, axis=1)
-            dweight = lax.dynamic_update_slice_in_dim(dweight, old + dw_blk, start, axis=1)
-            if dbias is not None:
-                old_b = lax.dynamic_slice_in_dim(dbias, start, bv)
-                dbias = lax.dynamic_update_slice_in_dim(dbias, old_b + dz.sum(0), start, axis=0)
-            return (dh, dweight, dbias), None
-
-        dh0 = _vary_like(jnp.zeros((h_blk.shape[0], hidden.shape[1]), acc), *vary)
-        (dh, dweight, dbias), _ = lax.scan(vocab_step, (dh0, dweight, dbias), jnp.arange(ctx["nv"]))
-        return (dweight, dbias), dh
-
-    vary = (hidden, weight, bias, labels, g)
-    dweight0 = _vary_like(jnp.zeros(weight.shape, acc), *vary)
-    dbias0 = None if bias is None else _vary_like(jnp.zeros(bias.shape, acc), *vary)
-    (dweight, dbias), dh = lax.scan(token_step, (dweight0, dbias0), blocks)
-    # Every device of the vocabulary axis holds the same hidden states: their cotangent is the sum
-    # of the per-slice contributions (Megatron's all-reduce in the backward of the LM head input).
-    # _match_cotangent finds that psum (and one over a data axis for the replicated weight) from
-    # the varying-axes types; without those types (check_vma=False) the weight shard carries none
-    # and the vocabulary-axis psum is done explicitly.
-    dhidden = dh.reshape(-1, hidden.shape[1])[:n]
-    if not _varying_axes(weight):
-        dhidden = lax.psum(dhidden, axis_name)
+    coef = jnp.where(keep, cotangents[0].astype(acc), 0.0)
+    rows = (hidden, labels, lse, coef, inv_count)
+    vary = (hidden, weight, bias, labels, cotangents[0])
+    # Each order needs one full-size float32 accumulator: [D, V_local] for the weight gradient
+    # (token blocks outside; free when the weight is float32, as it becomes the output) or
+    # [N, D] for the hidden gradient (vocabulary blocks outside). Pick the smaller.
+    weight_acc = 0 if weight.dtype == acc else weight.shape[1]
+    if weight_acc <= hidden.shape[0]:
+        dhidden, dweight, dbias = _linear_grads_tokens_outer(rows, weight, bias, ctx, vary)
+    else:
+        dhidden, dweight, dbias = _linear_grads_vocab_outer(rows, weight, bias, ctx, vary)
+    # The weight (and bias) may be replicated over a data axis: _match_cotangent sums their
+    # per-device contributions over it.
     dhidden = _match_cotangent(dhidden, hidden).astype(hidden.dtype)
     dweight = _match_cotangent(dweight, weight).astype(weight.dtype)
     if dbias is not None:
         dbias = _match_cotangent(dbias, bias).astype(bias.dtype)
     return dhidden, None, dweight, dbias
+
+
+def _linear_tile_grad(h_blk, y_blk, lse_blk, coef_blk, inv_blk, weight, bias, start, j, ctx):
+    """d loss / d logits on one tile (pre-softcap) and the tile's weight slice."""
+    _, z, classes, valid, w = _linear_block(h_blk, weight, bias, start, j, ctx)
+    dz = _ce_logit_grad(z, classes, valid, y_blk, lse_blk, coef_blk, inv_blk, ctx["eps"], ctx["zc"])
+    return dz * _softcap_derivative(z, ctx["cap"]), w
+
+
+def _linear_grads_tokens_outer(rows, weight, bias, ctx, vary):
+    """Token blocks outside: each token block's hidden gradient is finished (and all-reduced over
+    the vocabulary axis) in turn; the weight gradient accumulates over all of them."""
+    acc, bt, bv = ctx["acc"], ctx["bt"], ctx["bv"]
+    n, d = rows[0].shape
+
+    def token_step(carry, blk):
+        dweight, dbias = carry
+        h_blk = blk[0]
+
+        def vocab_step(inner, j):
+            dh, dweight, dbias = inner
+            start = _vocab_block_start(j, bv, ctx["local_vocab"])
+            dz, w = _linear_tile_grad(*blk, weight, bias, start, j, ctx)
+            dh = dh + jnp.dot(dz, w.astype(acc).T)
+            old = lax.dynamic_slice_in_dim(dweight, start, bv, axis=1)
+            new = old + jnp.dot(h_blk.astype(acc).T, dz)
+            dweight = lax.dynamic_update_slice_in_dim(dweight, new, start, axis=1)
+            if dbias is not None:
+                old_b = lax.dynamic_slice_in_dim(dbias, start, bv)
+                dbias = lax.dynamic_update_slice_in_dim(dbias, old_b + dz.sum(0), start, axis=0)
+            return (dh, dweight, dbias), None
+
+        dh0 = _vary_like(jnp.zeros((h_blk.shape[0], d), acc), *vary)
+        (dh, dweight, dbias), _ = lax.scan(vocab_step, (dh0, dweight, dbias), jnp.arange(ctx["nv"]))
+        # hidden is replicated along the vocabulary axis: its cotangent is the sum of the slices'
+        # contributions (Megatron's all-reduce in the backward pass of the LM-head input).
+        return (dweight, dbias), lax.psum(dh, ctx["axis_name"]).astype(rows[0].dtype)
+
+    dweight0 = _vary_like(jnp.zeros(weight.shape, acc), *vary)
+    dbias0 = None if bias is None else _vary_like(jnp.zeros(bias.shape, acc), *vary)
+    blocks = tuple(_split_tokens(x, bt) for x in rows)
+    (dweight, dbias), dh = lax.scan(token_step, (dweight0, dbias0), blocks)
+    return dh.reshape(-1, d)[:n], dweight, dbias
+
+
+def _linear_grads_vocab_outer(rows, weight, bias, ctx, vary):
+    """Vocabulary blocks outside: each [D, Bv] weight-gradient block is finished and written
+    once in the weight's dtype; the hidden gradient accumulates over all of them."""
+    acc, bt, bv = ctx["acc"], ctx["bt"], ctx["bv"]
+    n, d = rows[0].shape
+    padded = tuple(_split_tokens(x, bt).reshape((-1,) + x.shape[1:]) for x in rows)
+    n_blocks = padded[0].shape[0] // bt
+
+    def vocab_step(carry, j):
+        dh, dweight, dbias = carry
+        start = _vocab_block_start(j, bv, ctx["local_vocab"])
+
+        def token_step(inner, i):
+            dh, dw_blk, db_blk = inner
+            blk = tuple(lax.dynamic_slice_in_dim(x, i * bt, bt) for x in padded)
+            dz, w = _linear_tile_grad(*blk, weight, bias, start, j, ctx)
+            dh_rows = lax.dynamic_slice_in_dim(dh, i * bt, bt) + jnp.dot(dz, w.astype(acc).T)
+            dh = lax.dynamic_update_slice_in_dim(dh, dh_rows, i * bt, axis=0)
+            dw_blk = dw_blk + jnp.dot(blk[0].astype(acc).T, dz)
+            if db_blk is not None:
+                db_blk = db_blk + dz.sum(0)
+            return (dh, dw_blk, db_blk), None
+
+        dw0 = _vary_like(jnp.zeros((d, bv), acc), *vary)
+        db0 = None if dbias is None else _vary_like(jnp.zeros((bv,), acc), *vary)
+        (dh, dw_blk, db_blk), _ = lax.scan(token_step, (dh, dw0, db0), jnp.arange(n_blocks))
+        # Columns shared with the previous (shifted) block have a zero gradient here: adding is
+        # exact for them and for the fresh columns (which hold zeros).
+        old = lax.dynamic_slice_in_dim(dweight, start, bv, axis=1)
+        new = old + dw_blk.astype(dweight.dtype)
+        dweight = lax.dynamic_update_slice_in_dim(dweight, new, start, axis=1)
+        if dbias is not None:
+            old_b = lax.dynamic_slice_in_dim(dbias, start, bv)
+            new_b = old_b + db_blk.astype(dbias.dtype)
+            dbias = lax.dynamic_update_slice_in_dim(dbias, new_b, start, axis=0)
+        return (dh, dweight, dbias), None
+
+    dh0 = _vary_like(jnp.zeros((padded[0].shape[0], d), acc), *vary)
+    dweight0 = _vary_like(jnp.zeros(weight.shape, weight.dtype), *vary)
+    dbias0 = None if bias is None else _vary_like(jnp.zeros(bias.shape, bias.dtype), *vary)
+    (dh, dweight, dbias), _ = lax.scan(
+        vocab_step, (dh0, dweight0, dbias0), jnp.arange(ctx["nv"])
+    )
+    # All-reduce the hidden gradient one token block at a time, writing the hidden's dtype, so
+    # that no second [N, D] float32 buffer is needed for the result.
+    def reduce_rows(_, i):
+        rows_i = lax.dynamic_slice_in_dim(dh, i * bt, bt)
+        return None, lax.psum(rows_i, ctx["axis_name"]).astype(rows[0].dtype)
+
+    _, dh = lax.scan(reduce_rows, None, jnp.arange(n_blocks))
+    return dh.reshape(-1, d)[:n], dweight, dbias
 
 
 _vp_linear_ce.defvjp(_vp_linear_ce_fwd, _vp_linear_ce_bwd)
@@ -628,8 +726,8 @@ def vocab_parallel_linear_cross_entropy(
       reduction: ``"mean"`` (default, over non-ignored tokens), ``"sum"`` or ``"none"``.
       data_axis_name: mesh axis (or axes) the tokens are split over; the mean is then exact over
         the global batch.
-      token_block_size, vocab_block_size: block sizes (positive ints); by default about 16 MiB
-        of float32 block logits.
+      token_block_size, vocab_block_size: block sizes (positive ints); by default a tile of
+        at most 2**20 elements (4 MiB of float32 logits).
 
     Returns:
       The reduced loss, or per-token losses ``[...]`` for ``reduction="none"``.
@@ -644,8 +742,8 @@ def vocab_parallel_linear_cross_entropy(
       ...     mesh=mesh, in_specs=(P(), P(), P(None, "vocab")), out_specs=P())
       >>> hidden = jnp.array([[1.0, 0.0], [0.0, 1.0]])
       >>> weight = jnp.array([[2.0, 0.5, -1.0], [0.0, 0.0, 0.0]])
-      >>> print(jnp.round(loss(hidden, jnp.array([0, 2]), weight), 4))
-      0.6699
+      >>> print(round(float(loss(hidden, jnp.array([0, 2]), weight)), 4))
+      0.67
 
     References:
       Shoeybi et al., "Megatron-LM", 2019; Wijmans et al., "Cut Your Losses in Large-Vocabulary
@@ -679,7 +777,7 @@ def vocab_parallel_linear_cross_entropy(
     vocab = _vocab_layout(weight.shape[1], d, vocab_size, "`weight_shard`", axis_name)
     if data_axis_name is not None:
         _axis_size(data_axis_name, "data_axis_name", fn)
-    eps = _check_fraction(label_smoothing, "label_smoothing")
+    eps = _check_label_smoothing(label_smoothing)
     zc = _check_nonnegative(z_loss, "z_loss")
     cap = _check_softcap(logit_softcap)
     _check_reduction(reduction)
@@ -689,15 +787,19 @@ def vocab_parallel_linear_cross_entropy(
     flat_hidden = hidden.reshape(-1, hidden.shape[-1])
     flat_labels = labels.reshape(-1)
     if flat_labels.shape[0] == 0:
-        return _reduce(jnp.zeros((0,), accumulation_dtype(hidden.dtype)), flat_labels > 0,
-                       reduction, data_axis_name).reshape(batch_shape if reduction == "none" else ())
-    bt, bv = _auto_blocks(flat_labels.shape[0], weight.shape[1], tb, vb)
-    loss = _vp_linear_ce(
+        return _reduce(
+            jnp.zeros((0,), accumulation_dtype(hidden.dtype)),
+            flat_labels > 0,
+            reduction,
+            data_axis_name,
+        ).reshape(batch_shape if reduction == "none" else ())
+    bt, bv = _auto_blocks(flat_labels.shape[0], weight.shape[0], weight.shape[1], tb, vb)
+    loss, keep = _vp_linear_ce(
         flat_hidden, flat_labels, weight, bias, axis_name, vocab, ignore_index, eps, zc, cap, bt, bv
     )
     if reduction == "none":
         return loss.reshape(batch_shape)
-    return _reduce(loss, _keep_mask(flat_labels, ignore_index), reduction, data_axis_name)
+    return _reduce(loss, lax.stop_gradient(keep), reduction, data_axis_name)
 
 
 # --------------------------------------------------------------------------------------------
@@ -907,8 +1009,8 @@ vocab_parallel_forward_kl.__doc__ = (
       >>> kl = jax.shard_map(
       ...     lambda s, t: vocab_parallel_forward_kl(s, t, axis_name="vocab"),
       ...     mesh=mesh, in_specs=P(None, "vocab"), out_specs=P())
-      >>> print(jnp.round(kl(jnp.array([[0.5, 0.5]]), jnp.array([[0.2, 0.8]])), 6))
-      [0.011217]
+      >>> print(round(float(kl(jnp.array([[0.5, 0.5]]), jnp.array([[0.2, 0.8]]))[0]), 6))
+      0.043053
 """
 )
 
@@ -932,8 +1034,8 @@ vocab_parallel_reverse_kl.__doc__ = (
       >>> kl = jax.shard_map(
       ...     lambda s, t: vocab_parallel_reverse_kl(s, t, axis_name="vocab"),
       ...     mesh=mesh, in_specs=P(None, "vocab"), out_specs=P())
-      >>> print(jnp.round(kl(jnp.array([[0.5, 0.5]]), jnp.array([[0.2, 0.8]])), 6))
-      [0.011292]
+      >>> print(round(float(kl(jnp.array([[0.5, 0.5]]), jnp.array([[0.2, 0.8]]))[0]), 6))
+      0.044341
 """
 )
 
@@ -950,8 +1052,8 @@ vocab_parallel_jensen_shannon.__doc__ = (
     Liger-Kernel convention), as ``infoloss_jax.jensen_shannon`` does.
 """
     + _DISTILL_ARGS_DOC.replace(
-        "      temperature:", "      beta: weight of the teacher in the mixture, in [0, 1].\n"
-        "      temperature:"
+        "      temperature:",
+        "      beta: weight of the teacher in the mixture, in [0, 1].\n      temperature:",
     )
     + """
     Example:
@@ -962,7 +1064,271 @@ vocab_parallel_jensen_shannon.__doc__ = (
       >>> js = jax.shard_map(
       ...     lambda s, t: vocab_parallel_jensen_shannon(s, t, axis_name="vocab"),
       ...     mesh=mesh, in_specs=P(None, "vocab"), out_specs=P())
-      >>> print(jnp.round(js(jnp.array([[0.5, 0.5]]), jnp.array([[0.2, 0.8]])), 6))
-      [0.002806]
+      >>> print(round(float(js(jnp.array([[0.5, 0.5]]), jnp.array([[0.2, 0.8]]))[0]), 6))
+      0.010881
 """
 )
+
+
+# --------------------------------------------------------------------------------------------
+# Convenience wrappers: whole arrays in, shard_map built here.
+# --------------------------------------------------------------------------------------------
+
+
+def _mesh_axes(mesh: Mesh, axis: AxisName | None, name: str, fn: str) -> int:
+    """Product of the sizes of ``axis`` (a mesh axis name or tuple of them); 1 for None."""
+    if not isinstance(mesh, Mesh):
+        raise TypeError(f"`mesh` must be a jax.sharding.Mesh; got {type(mesh).__name__}.")
+    if axis is None:
+        return 1
+    names = axis if isinstance(axis, tuple) else (axis,)
+    size = 1
+    for a in names:
+        if a not in mesh.shape:
+            raise ValueError(
+                f"`{name}`={axis!r} is not an axis of the mesh passed to `{fn}`; the mesh has "
+                f"axes {tuple(mesh.axis_names)} with sizes {dict(mesh.shape)}."
+            )
+        size *= mesh.shape[a]
+    return size
+
+
+def _check_token_split(n: int, data_size: int, data_axis, what: str) -> None:
+    if n % data_size:
+        raise ValueError(
+            f"{what} has {n} tokens, not a multiple of the {data_size} devices of data axis "
+            f"{data_axis!r}; pad the batch (with ignored labels) to a multiple of {data_size}."
+        )
+
+
+def _pad_last(x: jax.Array, size: int) -> jax.Array:
+    pad = size - x.shape[-1]
+    return x if pad == 0 else jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, pad)])
+
+
+def _run(fn, mesh, in_specs, out_specs, *args):
+    return jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs))(*args)
+
+
+def vocab_parallel_cross_entropy_on_mesh(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    mesh: Mesh,
+    vocab_axis: AxisName,
+    data_axis: AxisName | None = None,
+    reduction: str = "mean",
+    **options,
+) -> jax.Array:
+    """:func:`vocab_parallel_cross_entropy` on whole ``[..., V]`` logits and a ``Mesh``.
+
+    Splits the tokens over ``data_axis`` (optional) and the vocabulary over ``vocab_axis``,
+    padding ``V`` up to a multiple of the vocabulary axis size (the padded classes are masked),
+    and builds the ``shard_map``. Inputs that are already sharded that way (``NamedSharding``
+    with ``P(data_axis, vocab_axis)``) are not moved. ``options`` are the keyword options of
+    :func:`vocab_parallel_cross_entropy` (ignore_index, label_smoothing, z_loss, logit_softcap).
+
+    Returns:
+      The ``"mean"`` (default) or ``"sum"`` over tokens, or per-token losses ``[...]``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from infoloss_jax.sharded import vocab_parallel_cross_entropy_on_mesh
+      >>> mesh = jax.make_mesh((1,), ("vocab",), axis_types=(jax.sharding.AxisType.Auto,))
+      >>> logits = jnp.array([[2.0, 0.5, -1.0], [0.0, 0.0, 0.0]])
+      >>> loss = vocab_parallel_cross_entropy_on_mesh(
+      ...     logits, jnp.array([0, 2]), mesh=mesh, vocab_axis="vocab")
+      >>> print(round(float(loss), 4))
+      0.67
+    """
+    fn = "vocab_parallel_cross_entropy"
+    d = _mesh_axes(mesh, vocab_axis, "vocab_axis", fn + "_on_mesh")
+    dp = _mesh_axes(mesh, data_axis, "data_axis", fn + "_on_mesh")
+    _check_reduction(reduction)
+    logits = as_float_array(logits, "logits")
+    labels = as_integer_array(labels, "labels")
+    if logits.ndim < 1 or labels.shape != logits.shape[:-1]:
+        raise ValueError(
+            f"`labels` must have the shape of `logits` without its last (vocabulary) axis; got "
+            f"`logits` {describe(logits)} and `labels` {describe(labels)}."
+        )
+    vocab = logits.shape[-1]
+    batch_shape = labels.shape
+    flat_logits = _pad_last(logits.reshape(-1, vocab), d * -(-vocab // d))
+    flat_labels = labels.reshape(-1)
+    _check_token_split(flat_labels.shape[0], dp, data_axis, "`labels`")
+
+    def local(z, y):
+        return vocab_parallel_cross_entropy(
+            z, y, axis_name=vocab_axis, vocab_size=vocab, reduction=reduction,
+            data_axis_name=data_axis, **options,
+        )  # fmt: skip
+
+    out_spec = P(data_axis) if reduction == "none" else P()
+    out = _run(local, mesh, (P(data_axis, vocab_axis), P(data_axis)), out_spec, flat_logits,
+               flat_labels)  # fmt: skip
+    return out.reshape(batch_shape) if reduction == "none" else out
+
+
+def vocab_parallel_linear_cross_entropy_on_mesh(
+    hidden: ArrayLike,
+    labels: ArrayLike,
+    weight: ArrayLike,
+    *,
+    mesh: Mesh,
+    vocab_axis: AxisName,
+    data_axis: AxisName | None = None,
+    bias: ArrayLike | None = None,
+    reduction: str = "mean",
+    **options,
+) -> jax.Array:
+    """:func:`vocab_parallel_linear_cross_entropy` on a whole ``[D, V]`` weight and a ``Mesh``.
+
+    Splits the weight (and bias) columns over ``vocab_axis``, padding ``V`` to a multiple of its
+    size (padded classes are masked), the tokens over ``data_axis`` (optional), and builds the
+    ``shard_map``. Pass a weight already sharded as ``P(None, vocab_axis)`` to avoid moving it.
+    ``options``: ignore_index, label_smoothing, z_loss, logit_softcap, token_block_size,
+    vocab_block_size.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from infoloss_jax.sharded import vocab_parallel_linear_cross_entropy_on_mesh
+      >>> mesh = jax.make_mesh((1,), ("vocab",), axis_types=(jax.sharding.AxisType.Auto,))
+      >>> hidden = jnp.array([[1.0, 0.0], [0.0, 1.0]])
+      >>> weight = jnp.array([[2.0, 0.5, -1.0], [0.0, 0.0, 0.0]])
+      >>> loss = vocab_parallel_linear_cross_entropy_on_mesh(
+      ...     hidden, jnp.array([0, 2]), weight, mesh=mesh, vocab_axis="vocab")
+      >>> print(round(float(loss), 4))
+      0.67
+    """
+    fn = "vocab_parallel_linear_cross_entropy"
+    d = _mesh_axes(mesh, vocab_axis, "vocab_axis", fn + "_on_mesh")
+    dp = _mesh_axes(mesh, data_axis, "data_axis", fn + "_on_mesh")
+    _check_reduction(reduction)
+    hidden = as_float_array(hidden, "hidden")
+    weight = as_float_array(weight, "weight")
+    labels = as_integer_array(labels, "labels")
+    if weight.ndim != 2 or hidden.ndim < 1 or hidden.shape[-1] != weight.shape[0]:
+        raise ValueError(
+            f"`hidden` [..., D] and `weight` [D, V] must agree on D; got `hidden` "
+            f"{describe(hidden)} and `weight` {describe(weight)}."
+        )
+    if labels.shape != hidden.shape[:-1]:
+        raise ValueError(
+            f"`labels` must have the shape of `hidden` without its last axis; got `hidden` "
+            f"{describe(hidden)} and `labels` {describe(labels)}."
+        )
+    vocab = weight.shape[1]
+    padded = d * -(-vocab // d)
+    batch_shape = labels.shape
+    flat_hidden = hidden.reshape(-1, hidden.shape[-1])
+    flat_labels = labels.reshape(-1)
+    _check_token_split(flat_labels.shape[0], dp, data_axis, "`labels`")
+    args = [flat_hidden, flat_labels, _pad_last(weight, padded)]
+    specs = [P(data_axis, None), P(data_axis), P(None, vocab_axis)]
+    if bias is not None:
+        bias = as_float_array(bias, "bias")
+        if bias.shape != (vocab,):
+            raise ValueError(f"`bias` must have shape [V] = [{vocab}]; got {describe(bias)}.")
+        args.append(_pad_last(bias, padded))
+        specs.append(P(vocab_axis))
+
+    def local(h, y, w, b=None):
+        return vocab_parallel_linear_cross_entropy(
+            h, y, w, bias_shard=b, axis_name=vocab_axis, vocab_size=vocab, reduction=reduction,
+            data_axis_name=data_axis, **options,
+        )  # fmt: skip
+
+    out_spec = P(data_axis) if reduction == "none" else P()
+    out = _run(local, mesh, tuple(specs), out_spec, *args)
+    return out.reshape(batch_shape) if reduction == "none" else out
+
+
+def _divergence_on_mesh(fn, name, logits, target_logits, mesh, vocab_axis, data_axis,
+                        reduction, options):  # fmt: skip
+    d = _mesh_axes(mesh, vocab_axis, "vocab_axis", name)
+    dp = _mesh_axes(mesh, data_axis, "data_axis", name)
+    _check_reduction(reduction)
+    student = as_float_array(logits, "logits")
+    teacher = as_float_array(target_logits, "target_logits")
+    if student.shape != teacher.shape or student.ndim < 1:
+        raise ValueError(
+            f"`logits` and `target_logits` must have the same shape; got {describe(student)} and "
+            f"{describe(teacher)}."
+        )
+    vocab = student.shape[-1]
+    padded = d * -(-vocab // d)
+    batch_shape = student.shape[:-1]
+    s = _pad_last(student.reshape(-1, vocab), padded)
+    t = _pad_last(teacher.reshape(-1, vocab), padded)
+    _check_token_split(s.shape[0], dp, data_axis, "`logits`")
+
+    def local(a, b):
+        return fn(a, b, axis_name=vocab_axis, vocab_size=vocab, reduction=reduction,
+                  data_axis_name=data_axis, **options)  # fmt: skip
+
+    out_spec = P(data_axis) if reduction == "none" else P()
+    spec = P(data_axis, vocab_axis)
+    out = _run(local, mesh, (spec, spec), out_spec, s, t)
+    return out.reshape(batch_shape) if reduction == "none" else out
+
+
+def vocab_parallel_forward_kl_on_mesh(
+    logits: ArrayLike,
+    target_logits: ArrayLike,
+    *,
+    mesh: Mesh,
+    vocab_axis: AxisName,
+    data_axis: AxisName | None = None,
+    reduction: str = "mean",
+    **options,
+) -> jax.Array:
+    """:func:`vocab_parallel_forward_kl`, KL(teacher || student), on whole logits and a Mesh.
+
+    Pads ``V`` to a multiple of the ``vocab_axis`` size (masked), splits tokens over
+    ``data_axis`` and the vocabulary over ``vocab_axis``. ``options``: temperature.
+    """
+    return _divergence_on_mesh(vocab_parallel_forward_kl, "vocab_parallel_forward_kl_on_mesh",
+                               logits, target_logits, mesh, vocab_axis, data_axis, reduction,
+                               options)  # fmt: skip
+
+
+def vocab_parallel_reverse_kl_on_mesh(
+    logits: ArrayLike,
+    target_logits: ArrayLike,
+    *,
+    mesh: Mesh,
+    vocab_axis: AxisName,
+    data_axis: AxisName | None = None,
+    reduction: str = "mean",
+    **options,
+) -> jax.Array:
+    """:func:`vocab_parallel_reverse_kl`, KL(student || teacher), on whole logits and a Mesh.
+
+    Pads ``V`` to a multiple of the ``vocab_axis`` size (masked), splits tokens over
+    ``data_axis`` and the vocabulary over ``vocab_axis``. ``options``: temperature.
+    """
+    return _divergence_on_mesh(vocab_parallel_reverse_kl, "vocab_parallel_reverse_kl_on_mesh",
+                               logits, target_logits, mesh, vocab_axis, data_axis, reduction,
+                               options)  # fmt: skip
+
+
+def vocab_parallel_jensen_shannon_on_mesh(
+    logits: ArrayLike,
+    target_logits: ArrayLike,
+    *,
+    mesh: Mesh,
+    vocab_axis: AxisName,
+    data_axis: AxisName | None = None,
+    reduction: str = "mean",
+    **options,
+) -> jax.Array:
+    """:func:`vocab_parallel_jensen_shannon` (teacher P, student Q) on whole logits and a Mesh.
+
+    Pads ``V`` to a multiple of the ``vocab_axis`` size (masked), splits tokens over
+    ``data_axis`` and the vocabulary over ``vocab_axis``. ``options``: beta, temperature.
+    """
+    return _divergence_on_mesh(
+        vocab_parallel_jensen_shannon, "vocab_parallel_jensen_shannon_on_mesh", logits,
+        target_logits, mesh, vocab_axis, data_axis, reduction, options,
+    )  # fmt: skip

@@ -38,9 +38,12 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import checkify
 from jax.typing import ArrayLike
 
+from ._checked import check_label_range, check_logits, check_probabilities, register_value_checks
 from ._cross_entropy import (
+    check_label_smoothing,
     sigmoid_binary_cross_entropy,
     softmax_cross_entropy,
     softmax_cross_entropy_with_integer_labels,
@@ -121,11 +124,6 @@ def _classes_last(x: jax.Array) -> jax.Array:
     return x if x.ndim == 1 else jnp.moveaxis(x, 1, -1)
 
 
-def _classes_second(x: jax.Array) -> jax.Array:
-    """Inverse of :func:`_classes_last`."""
-    return x if x.ndim == 1 else jnp.moveaxis(x, -1, 1)
-
-
 def _reduce_elements(loss: jax.Array, reduction: str) -> jax.Array:
     if reduction == "sum":
         return jnp.sum(loss)
@@ -188,9 +186,9 @@ def cross_entropy(
       >>> from infoloss_jax import torch as F
       >>> logits = jnp.array([[2.0, 0.5, -1.0], [0.0, 1.0, 0.0]])
       >>> print(round(float(F.cross_entropy(logits, jnp.array([0, 1]))), 6))
-      0.39568
-      >>> print(round(float(F.cross_entropy(logits, jnp.array([0, -100]))), 6))
-      0.241703
+      0.396378
+      >>> print(round(float(F.cross_entropy(logits, jnp.array([0, -100]))), 6))  # ignored
+      0.241311
 
     References:
       ``torch.nn.functional.cross_entropy``; Szegedy et al., "Rethinking the Inception
@@ -226,19 +224,13 @@ def _cross_entropy_probs(logits, target, input, weight, reduction, label_smoothi
     check_same_shape(input, "input", target, "target")
     # Smoothing here keeps torch's order (smooth, then weight), which the core's own smoothing
     # cannot express once the weights are folded into the labels.
-    _check_label_smoothing(label_smoothing)
+    label_smoothing = check_label_smoothing(label_smoothing)
     labels = _classes_last(upcast(target, jnp.result_type(logits.dtype, target.dtype, jnp.float32)))
     if label_smoothing:
         labels = (1.0 - label_smoothing) * labels + label_smoothing / logits.shape[-1]
     if weight is not None:
         labels = labels * weight.astype(labels.dtype)
     return _reduce_elements(softmax_cross_entropy(logits, labels), reduction)
-
-
-def _check_label_smoothing(label_smoothing) -> None:
-    eps = float(label_smoothing)
-    if not 0.0 <= eps < 1.0:
-        raise ValueError(f"`label_smoothing` must lie in [0, 1); got {label_smoothing!r}.")
 
 
 def nll_loss(
@@ -253,8 +245,9 @@ def nll_loss(
     .. math::
         \ell_i = -w_{y_i}\, x_{i, y_i}
 
-    where ``input`` :math:`x` holds log-probabilities (usually ``log_softmax`` output; nothing
-    checks that they are normalized) with classes in dimension 1, and :math:`w` is the class
+    where ``input`` :math:`x` holds log-probabilities (usually ``log_softmax`` output;
+    :func:`infoloss_jax.checked` catches probabilities passed instead) with classes in
+    dimension 1, and :math:`w` is the class
     weight (1 if omitted). Examples whose target is ``ignore_index`` give 0. ``"mean"`` divides
     by :math:`\sum_i w_{y_i}` over the non-ignored examples (0 if there are none).
     ``cross_entropy(x, y)`` equals ``nll_loss(log_softmax(x, axis=1), y)``.
@@ -434,7 +427,7 @@ def binary_cross_entropy_with_logits(
       >>> x = jnp.array([[1.0, -2.0], [0.5, 3.0]])
       >>> y = jnp.array([[1.0, 0.0], [0.0, 1.0]])
       >>> print(round(float(F.binary_cross_entropy_with_logits(x, y)), 6))
-      0.305048
+      0.365714
 
     References:
       ``torch.nn.functional.binary_cross_entropy_with_logits``.
@@ -495,8 +488,8 @@ def binary_cross_entropy(
       >>> from infoloss_jax import torch as F
       >>> p = jnp.array([0.0, 0.5, 1.0])
       >>> y = jnp.array([1.0, 1.0, 1.0])
-      >>> print(F.binary_cross_entropy(p, y, reduction="none").round(6))
-      [100.         0.693147   0.      ]
+      >>> print(round(float(F.binary_cross_entropy(p, y, reduction="sum")), 4))  # 100 + log 2
+      100.6931
 
     References:
       ``torch.nn.functional.binary_cross_entropy``.
@@ -530,3 +523,79 @@ def _clamped_binary_cross_entropy_jvp(primals, tangents):
     d_p = (p - y) / jnp.maximum(p * (1.0 - p), _BCE_GRAD_EPSILON)
     d_y = log_1mp - log_p
     return value, d_p * p_dot + d_y * y_dot
+
+
+# --- Value checks for infoloss_jax.checked. ----------------------------------------------------
+
+
+def _check_log_probability_input(input, name: str = "input", *, hint: str) -> None:
+    input = jnp.asarray(input)
+    checkify.check(
+        jnp.all(input <= 1e-3),
+        f"`{name}` must hold log-probabilities (all <= 0), but its largest value is {{m}}: it "
+        f"looks like probabilities, not log-probabilities. {hint}",
+        m=jnp.max(input),
+    )
+
+
+def _check_unit_interval(x, name: str, hint: str = "") -> None:
+    x = jnp.asarray(x)
+    checkify.check(
+        jnp.all((x >= 0) & (x <= 1)),
+        f"`{name}` must hold probabilities in [0, 1], but it ranges over [{{lo}}, {{hi}}].{hint}",
+        lo=jnp.min(x),
+        hi=jnp.max(x),
+    )
+
+
+def _cross_entropy_checks(input, target, weight=None, ignore_index=-100, **_) -> None:
+    input, target = jnp.asarray(input), jnp.asarray(target)
+    check_logits(_classes_last(input), "input")
+    if jnp.issubdtype(target.dtype, jnp.floating):
+        check_probabilities(_classes_last(target), "target")
+    else:
+        check_label_range(_classes_last(input), target, ignore_index=ignore_index)
+
+
+def _nll_loss_checks(input, target, weight=None, ignore_index=-100, **_) -> None:
+    _check_log_probability_input(
+        input, hint="Pass `jax.nn.log_softmax(logits, axis=1)`, or use `cross_entropy` on logits."
+    )
+    check_label_range(_classes_last(jnp.asarray(input)), target, ignore_index=ignore_index)
+
+
+def _kl_div_checks(input, target, reduction="mean", log_target=False) -> None:
+    _check_log_probability_input(
+        input, hint="kl_div's `input` is log q: pass `jnp.log(q)` or `jax.nn.log_softmax(x)`."
+    )
+    if log_target:
+        _check_log_probability_input(target, "target", hint="Or pass `log_target=False`.")
+    else:
+        checkify.check(
+            jnp.all(jnp.asarray(target) >= 0),
+            "`target` must hold probabilities (>= 0), but it has a negative value: for "
+            "log-probabilities pass `log_target=True`.",
+        )
+
+
+def _binary_cross_entropy_checks(input, target, weight=None, **_) -> None:
+    _check_unit_interval(
+        input, "input", " For logits use `binary_cross_entropy_with_logits` instead."
+    )
+    _check_unit_interval(target, "target")
+
+
+def _binary_cross_entropy_with_logits_checks(input, target, weight=None, **_) -> None:
+    check_logits(input, "input")
+    _check_unit_interval(target, "target")
+
+
+for _fn, _check in [
+    (cross_entropy, _cross_entropy_checks),
+    (nll_loss, _nll_loss_checks),
+    (kl_div, _kl_div_checks),
+    (binary_cross_entropy, _binary_cross_entropy_checks),
+    (binary_cross_entropy_with_logits, _binary_cross_entropy_with_logits_checks),
+]:
+    register_value_checks(_fn, _check)
+del _fn, _check

@@ -188,7 +188,7 @@ def test_all_ignored_gives_zero_loss_and_zero_gradient():
             def loss(x, fn=fn, reduction=reduction):
                 return jnp.sum(fn(x, labels("all_ignored"), arr("weight"), reduction=reduction))
 
-            value, grad = jax.value_and_grad(loss)(x)
+            value, grad = jax.jit(jax.value_and_grad(loss))(x)
             assert float(value) == 0.0
             np.testing.assert_array_equal(grad, 0.0)
 
@@ -198,6 +198,14 @@ def test_cross_entropy_equals_nll_of_log_softmax_in_nd_layout():
     kw = {"weight": arr("weight_nd")}
     expected = F.nll_loss(jax.nn.log_softmax(x, axis=1), y, **kw)
     np.testing.assert_allclose(F.cross_entropy(x, y, **kw), expected, rtol=1e-12)
+
+
+def test_unbatched_nll_loss_matches_unbatched_cross_entropy():
+    x = arr("logits_1d")
+    y = jnp.int32(INPUTS["label_1d"])
+    out = F.nll_loss(jax.nn.log_softmax(x), y, reduction="none")
+    assert out.shape == ()
+    np.testing.assert_allclose(out, GOLDEN["cross_entropy/unbatched_index/none"], rtol=1e-12)
 
 
 def test_out_of_range_index_poisons_its_example():
@@ -337,3 +345,40 @@ def test_binary_losses_need_same_shapes():
 def test_kl_div_shapes_must_broadcast():
     with pytest.raises(ValueError, match="`input`.*`target`.*broadcastable"):
         F.kl_div(arr("kl_input"), jnp.ones((3, 4)))
+
+
+# --- infoloss_jax.checked catches the value-level mistakes. ------------------------------------
+
+
+def test_checked_kl_div_catches_probabilities_passed_as_log_probabilities():
+    import infoloss_jax as il
+
+    q = jax.nn.softmax(jnp.asarray([0.5, 0.5]))
+    p = jax.nn.softmax(jnp.asarray([0.2, 0.8]))
+    with pytest.raises(ValueError, match="looks like probabilities, not log-probabilities"):
+        il.checked(F.kl_div)(q, p, reduction="sum")
+    value = il.checked(F.kl_div)(jnp.log(q), p, reduction="sum")
+    np.testing.assert_allclose(value, GOLDEN["kl_div/notes_correct_float64/sum"], rtol=1e-12)
+    with pytest.raises(ValueError, match="log_target=True"):
+        il.checked(F.kl_div)(jnp.log(q), jnp.log(p), reduction="sum")
+
+
+def test_checked_catches_bad_values_in_the_other_torch_losses():
+    import infoloss_jax as il
+
+    x = arr("logits")
+    with pytest.raises(ValueError, match=r"\[0, 5\).*7"):
+        il.checked(F.cross_entropy)(x, jnp.asarray([0, 7, -100, 1]))
+    np.testing.assert_allclose(
+        il.checked(F.cross_entropy)(x, labels("labels_ignored")),
+        GOLDEN["cross_entropy/ignore/mean"],
+        rtol=1e-12,
+    )
+    with pytest.raises(ValueError, match="`target` must sum to 1"):
+        il.checked(F.cross_entropy)(x, 2.0 * arr("probs"))
+    with pytest.raises(ValueError, match="looks like probabilities"):
+        il.checked(F.nll_loss)(jax.nn.softmax(x, axis=1), labels("labels"))
+    with pytest.raises(ValueError, match="binary_cross_entropy_with_logits"):
+        il.checked(F.binary_cross_entropy)(arr("bce_logits"), arr("bce_targets"))
+    with pytest.raises(ValueError, match="`target`.*\\[0, 1\\]"):
+        il.checked(F.binary_cross_entropy_with_logits)(arr("bce_logits"), 2 * arr("bce_targets"))

@@ -3,7 +3,7 @@ compare against.
 
 Usage (needs ``torch`` and ``numpy``; neither is a test dependency of infoloss_jax)::
 
-    python3 -m venv /tmp/torchvenv && /tmp/torchvenv/bin/pip install torch numpy
+    python3 -m venv /tmp/torchvenv && /tmp/torchvenv/bin/pip install torch==2.13.0 numpy
     /tmp/torchvenv/bin/python tests/golden/make_torch_golden.py > tests/golden/torch_golden.py
     ruff format tests/golden/torch_golden.py
 

@@ -1,0 +1,39 @@
+"""Vocabulary-parallel losses on ``jax.sharding`` meshes (``jax.shard_map``).
+
+The ``vocab_parallel_*`` functions are called INSIDE ``jax.shard_map`` on each device's slice of
+the vocabulary (Megatron-LM's algorithm: no device ever holds a full ``[N, V]`` row); the
+``*_on_mesh`` wrappers take whole arrays and a :class:`jax.sharding.Mesh` and build the
+``shard_map`` for you. For automatic partitioning of the ordinary losses instead, give
+``infoloss_jax`` functions logits with a ``NamedSharding`` under ``jax.jit``: they partition
+over a sharded vocabulary axis without gathering it.
+"""
+
+from ._sharded import vocab_parallel_cross_entropy as vocab_parallel_cross_entropy
+from ._sharded import vocab_parallel_cross_entropy_on_mesh as vocab_parallel_cross_entropy_on_mesh
+from ._sharded import vocab_parallel_forward_kl as vocab_parallel_forward_kl
+from ._sharded import vocab_parallel_forward_kl_on_mesh as vocab_parallel_forward_kl_on_mesh
+from ._sharded import vocab_parallel_jensen_shannon as vocab_parallel_jensen_shannon
+from ._sharded import (
+    vocab_parallel_jensen_shannon_on_mesh as vocab_parallel_jensen_shannon_on_mesh,
+)
+from ._sharded import (
+    vocab_parallel_linear_cross_entropy as vocab_parallel_linear_cross_entropy,
+)
+from ._sharded import (
+    vocab_parallel_linear_cross_entropy_on_mesh as vocab_parallel_linear_cross_entropy_on_mesh,
+)
+from ._sharded import vocab_parallel_reverse_kl as vocab_parallel_reverse_kl
+from ._sharded import vocab_parallel_reverse_kl_on_mesh as vocab_parallel_reverse_kl_on_mesh
+
+__all__ = [
+    "vocab_parallel_cross_entropy",
+    "vocab_parallel_cross_entropy_on_mesh",
+    "vocab_parallel_forward_kl",
+    "vocab_parallel_forward_kl_on_mesh",
+    "vocab_parallel_jensen_shannon",
+    "vocab_parallel_jensen_shannon_on_mesh",
+    "vocab_parallel_linear_cross_entropy",
+    "vocab_parallel_linear_cross_entropy_on_mesh",
+    "vocab_parallel_reverse_kl",
+    "vocab_parallel_reverse_kl_on_mesh",
+]

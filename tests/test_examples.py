@@ -1,0 +1,95 @@
+"""The examples, run as a user runs them (a subprocess, no x64) in tiny configurations."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def run_example(name: str, *args: str, timeout: int = 240) -> str:
+    env = {**os.environ, "MPLBACKEND": "Agg", "JAX_PLATFORMS": "cpu"}
+    env.pop("JAX_ENABLE_X64", None)
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / name), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+    assert result.returncode == 0, f"{name} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+TINY_LM = [
+    "--steps", "40", "--batch-size", "8", "--seq-len", "32", "--d-model", "32", "--layers", "1",
+    "--heads", "2", "--eval-every", "20", "--eval-windows", "8", "--sample-length", "16",
+    "--lr", "1e-2", "--no-progress",
+]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_train_char_lm_on_the_corpus_learns_and_writes_its_outputs(tmp_path):
+    out = run_example("train_char_lm.py", *TINY_LM, "--out-dir", str(tmp_path))
+    results = json.loads((tmp_path / "train_char_lm.json").read_text())
+    png = (tmp_path / "train_char_lm.png").read_bytes()
+    assert png.startswith(b"\x89PNG")
+    assert results["val_loss"] < results["initial_val_loss"] - 0.3
+    assert results["val_bits_per_char"] == pytest.approx(results["val_loss"] / 0.6931471805599453)
+    history = results["history"]
+    assert history["train_loss"][-1] < history["train_loss"][0]
+    assert len(history["val_entropy"]) == len(history["eval_step"]) == 3
+    for label in ("train loss", "val loss", "perplexity", "bits per character", "mean entropy"):
+        assert label in out
+    assert "unigram entropy" in out
+    assert results["floor_nats"] == pytest.approx(3.016, abs=0.01)  # the KJV corpus, in nats
+    assert len(results["sample"]) == 16
+
+
+@pytest.mark.slow
+def test_train_char_lm_markov_source_prints_the_entropy_rate_floor(tmp_path):
+    out = run_example(
+        "train_char_lm.py", *TINY_LM, "--source", "markov", "--markov-length", "5000",
+        "--out-dir", str(tmp_path),
+    )  # fmt: skip
+    results = json.loads((tmp_path / "train_char_lm.json").read_text())
+    assert "entropy rate" in out
+    assert "true source's CE on val" in out
+    # The true source is (nearly) the best predictor: the model, trained for 40 steps, is worse.
+    assert results["oracle_val_loss"] < results["val_loss"]
+    assert abs(results["oracle_val_loss"] - results["floor_nats"]) < 0.3
+
+
+@pytest.mark.slow
+def test_optax_plugin_gives_the_same_trajectory_and_saves_memory():
+    out = run_example(
+        "optax_plugin.py", "--steps", "20", "--examples", "256", "--tokens", "512",
+        "--vocab", "2048", "--d-model", "32",
+    )  # fmt: skip
+    max_diff = float(re.search(r"largest difference over 20 steps: (\S+)", out).group(1))
+    assert max_diff < 1e-5
+    naive = float(re.search(r"materialized logits\s+(\S+) MiB", out).group(1))
+    fused = float(re.search(r"fused head\s+(\S+) MiB", out).group(1))
+    assert fused < naive  # at realistic sizes (the defaults) the saving is about 20x
+
+
+@pytest.mark.slow
+def test_distillation_runs_every_objective(tmp_path):
+    out = run_example(
+        "distillation.py", "--teacher-steps", "60", "--steps", "60", "--eval-every", "30",
+        "--teacher-width", "32", "--temperature", "2", "--beta", "0.3",
+        "--out-dir", str(tmp_path),
+    )  # fmt: skip
+    summary = json.loads((tmp_path / "distillation.json").read_text())
+    assert (tmp_path / "distillation.png").read_bytes().startswith(b"\x89PNG")
+    assert set(summary["students"]) == {"forward KL", "reverse KL", "JSD (beta=0.3)"}
+    for stats in summary["students"].values():
+        assert 0.0 <= stats["entropy"] <= 1.3863  # at most log 4
+        assert 0.0 <= stats["accuracy"] <= 1.0
+        assert stats["forward_kl"] >= 0 and stats["reverse_kl"] >= 0
+    assert "JSD (beta=0.3)" in out

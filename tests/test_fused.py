@@ -1,0 +1,370 @@
+"""Fused linear losses against the naive path: ``hidden @ weight`` then the core loss.
+
+Shapes are small and ragged (N, V and D are not multiples of the block sizes) so that both the
+scanned full blocks and the static remainder blocks are exercised. Every comparison runs under
+``jax.jit``; one jitted function per configuration keeps compilation to a minimum.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+from infoloss_jax._cross_entropy import softmax_cross_entropy_with_integer_labels
+from infoloss_jax._divergences import forward_kl, jensen_shannon, reverse_kl
+from infoloss_jax._fused import (
+    _choose_blocks,
+    _linear_softmax_cross_entropy,
+    linear_forward_kl,
+    linear_jensen_shannon,
+    linear_reverse_kl,
+    linear_softmax_cross_entropy,
+)
+
+N, D, V, DT = 37, 13, 101, 7
+BLOCKS = dict(token_block_size=8, vocab_block_size=16)
+REDUCTIONS = ["none", "sum", "mean", "batchmean"]
+RTOL = 1e-5
+
+
+def _inputs(dtype=jnp.float32, seed=0, lead=(N,)):
+    k = jax.random.split(jax.random.key(seed), 6)
+    hidden = jax.random.normal(k[0], (*lead, D), dtype)
+    weight = (jax.random.normal(k[1], (D, V)) * 0.7).astype(dtype)
+    bias = (jax.random.normal(k[2], (V,)) * 0.5).astype(dtype)
+    labels = jax.random.randint(k[3], lead, 0, V)
+    class_weights = jax.random.uniform(k[4], (V,), jnp.float32, 0.5, 2.0)
+    target_hidden = jax.random.normal(k[5], (*lead, DT), dtype)
+    return hidden, weight, bias, labels, class_weights, target_hidden
+
+
+OPTION_SETS = {
+    "plain": dict(),
+    "all": dict(
+        ignore_index=-100, label_smoothing=0.1, z_loss=1e-3, logit_softcap=4.0, class_weights=True
+    ),
+}
+
+
+def _options(name, class_weights):
+    opts = dict(OPTION_SETS[name])
+    if opts.pop("class_weights", False):
+        opts["class_weights"] = class_weights
+    return opts
+
+
+def _assert_close(actual, expected, rtol=RTOL, atol=0.0):
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    scale = max(np.max(np.abs(expected)), 1e-30)
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol + rtol * scale)
+
+
+# ------------------------------------------------------------------------------- cross-entropy
+
+
+@pytest.mark.parametrize("method", ["recompute", "fused"])
+@pytest.mark.parametrize("options", list(OPTION_SETS))
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_cross_entropy_matches_naive_core_loss(reduction, options, method):
+    hidden, weight, bias, labels, class_weights, _ = _inputs()
+    opts = _options(options, class_weights)
+    if "ignore_index" in opts:
+        labels = labels.at[::5].set(-100)
+
+    def fused(h, w, b):
+        out = _linear_softmax_cross_entropy(
+            h, labels, w, bias=b, reduction=reduction, method=method, **BLOCKS, **opts
+        )
+        return jnp.sum(out), out
+
+    def naive(h, w, b):
+        out = softmax_cross_entropy_with_integer_labels(
+            h @ w + b, labels, reduction=reduction, **opts
+        )
+        return jnp.sum(out), out
+
+    grad = functools.partial(jax.value_and_grad, argnums=(0, 1, 2), has_aux=True)
+    (_, value), grads = jax.jit(grad(fused))(hidden, weight, bias)
+    (_, expected), expected_grads = jax.jit(grad(naive))(hidden, weight, bias)
+    assert value.dtype == jnp.float32 and value.shape == expected.shape
+    _assert_close(value, expected)
+    for g, e, x in zip(grads, expected_grads, (hidden, weight, bias), strict=True):
+        assert g.dtype == x.dtype and g.shape == x.shape
+        _assert_close(g, e)
+
+
+def test_cross_entropy_flattens_leading_dims_and_chooses_blocks():
+    hidden, weight, _, labels, _, _ = _inputs(lead=(3, 11))
+    fused = jax.jit(
+        jax.value_and_grad(
+            lambda h, w: linear_softmax_cross_entropy(h, labels, w, reduction="batchmean"), (0, 1)
+        )
+    )
+    naive = jax.jit(
+        jax.value_and_grad(
+            lambda h, w: softmax_cross_entropy_with_integer_labels(
+                h @ w, labels, reduction="batchmean"
+            ),
+            (0, 1),
+        )
+    )
+    (value, grads), (expected, expected_grads) = fused(hidden, weight), naive(hidden, weight)
+    _assert_close(value, expected)
+    for g, e in zip(grads, expected_grads, strict=True):
+        _assert_close(g, e)
+    per_token = linear_softmax_cross_entropy(hidden, labels, weight, reduction="none")
+    assert per_token.shape == (3, 11)
+
+
+def test_cross_entropy_aux_matches_materialized_logits():
+    hidden, weight, bias, labels, _, _ = _inputs()
+    labels = labels.at[0].set(-100)
+    logits = hidden @ weight + bias
+    labels = labels.at[1].set(jnp.argmax(4.0 * jnp.tanh(logits[1] / 4.0)))
+    _, aux = jax.jit(
+        lambda h, w, b: linear_softmax_cross_entropy(
+            h,
+            labels,
+            w,
+            bias=b,
+            ignore_index=-100,
+            z_loss=0.01,
+            logit_softcap=4.0,
+            return_aux=True,
+            **BLOCKS,
+        )
+    )(hidden, weight, bias)
+    capped = 4.0 * jnp.tanh(logits / 4.0)
+    lse = jax.nn.logsumexp(capped, axis=-1)
+    _assert_close(aux.logsumexp, lse)
+    valid = labels != -100
+    _assert_close(aux.z_loss, jnp.where(valid, 0.01 * lse**2, 0.0))
+    np.testing.assert_array_equal(aux.correct, valid & (jnp.argmax(capped, -1) == labels))
+    assert bool(aux.correct[1]) and not bool(aux.correct[0])
+
+
+def test_cross_entropy_bfloat16_is_no_worse_than_the_naive_bfloat16_path():
+    hidden, weight, _, labels, _, _ = _inputs(jnp.bfloat16, seed=3)
+    reference = softmax_cross_entropy_with_integer_labels(
+        hidden.astype(jnp.float64) @ weight.astype(jnp.float64), labels, reduction="mean"
+    )
+    naive = softmax_cross_entropy_with_integer_labels(hidden @ weight, labels, reduction="mean")
+
+    def fused(h, w):
+        return linear_softmax_cross_entropy(h, labels, w, **BLOCKS)
+
+    value, grads = jax.jit(jax.value_and_grad(fused, (0, 1)))(hidden, weight)
+    assert value.dtype == jnp.float32
+    assert grads[0].dtype == jnp.bfloat16 and grads[1].dtype == jnp.bfloat16
+    assert abs(float(value) - float(reference)) <= abs(float(naive) - float(reference)) + 1e-6
+    # The gradient accumulates in float32: it is close to the float64 gradient.
+    ref_grads = jax.grad(
+        lambda h, w: softmax_cross_entropy_with_integer_labels(h @ w, labels, reduction="mean"),
+        (0, 1),
+    )(hidden.astype(jnp.float64), weight.astype(jnp.float64))
+    for g, e in zip(grads, ref_grads, strict=True):
+        _assert_close(g, e, rtol=2e-2)
+
+
+def test_cross_entropy_check_grads_float64():
+    hidden, weight, bias, labels, class_weights, _ = _inputs(jnp.float64, lead=(9,))
+
+    def loss(h, w, b):
+        return linear_softmax_cross_entropy(
+            h,
+            labels,
+            w,
+            bias=b,
+            label_smoothing=0.2,
+            class_weights=class_weights,
+            z_loss=0.01,
+            logit_softcap=3.0,
+            token_block_size=4,
+            vocab_block_size=32,
+        )
+
+    check_grads(loss, (hidden, weight, bias), order=1, modes=["rev"])
+
+
+def test_cross_entropy_ignored_and_out_of_range_labels():
+    hidden, weight, _, labels, _, _ = _inputs()
+    ignored = jnp.full_like(labels, -100)
+
+    def loss(h, w, y):
+        return linear_softmax_cross_entropy(h, y, w, ignore_index=-100, **BLOCKS)
+
+    value, grads = jax.jit(jax.value_and_grad(loss, (0, 1)))(hidden, weight, ignored)
+    assert float(value) == 0.0
+    assert all(bool(jnp.all(g == 0)) for g in grads)
+    bad = labels.at[2].set(V)
+    per_token = linear_softmax_cross_entropy(hidden, bad, weight, reduction="none", **BLOCKS)
+    assert bool(jnp.isnan(per_token[2])) and bool(jnp.all(jnp.isfinite(per_token.at[2].set(0))))
+
+
+def test_cross_entropy_under_vmap():
+    hidden, weight, _, labels, _, _ = _inputs(lead=(2, 9))
+    fused = jax.jit(jax.vmap(lambda h, y: linear_softmax_cross_entropy(h, y, weight, **BLOCKS)))(
+        hidden, labels
+    )
+    naive = softmax_cross_entropy_with_integer_labels(hidden @ weight, labels).mean(axis=1)
+    _assert_close(fused, naive)
+
+
+def test_loss_only_call_computes_no_gradient():
+    hidden, weight, _, labels, _, _ = _inputs()
+    for method in ("recompute", "fused"):
+        jaxpr = jax.make_jaxpr(
+            lambda h, w, m=method: _linear_softmax_cross_entropy(h, labels, w, method=m, **BLOCKS)
+        )(hidden, weight)
+        text = str(jaxpr)
+        # One logits matmul in the scanned vocabulary loop and one in its ragged remainder,
+        # traced once each for the scanned and the remainder token blocks: no gradient matmuls.
+        assert text.count("dot_general") == 4, text
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [
+        lambda h, w: linear_softmax_cross_entropy(h, jnp.zeros(h.shape[:-1], int), w),
+        lambda h, w: linear_forward_kl(h, w, h, w),
+    ],
+)
+def test_forward_mode_raises_a_clear_error(fn):
+    hidden, weight, *_ = _inputs()
+    with pytest.raises(TypeError, match=r"linear_.*forward-mode.*jax\.grad"):
+        jax.jvp(fn, (hidden, weight), (hidden, weight))
+
+
+def test_automatic_blocks_respect_the_budget():
+    blocks = _choose_blocks(8192, 4096, 128256, None, None)
+    assert blocks.vocab * 4096 <= 2**21 and blocks.tokens * blocks.vocab <= 2**21
+    assert _choose_blocks(5, 3, 7, None, None) == (5, 7)
+    assert _choose_blocks(100, 3, 70, 16, 32) == (16, 32)
+
+
+# ------------------------------------------------------------------------------- bad input
+
+
+def test_bad_input_errors_name_the_arguments():
+    hidden, weight, bias, labels, _, target_hidden = _inputs()
+    with pytest.raises(ValueError, match=r"`hidden`.*`weight`.*\[37, 13\].*\[12, 101\]"):
+        linear_softmax_cross_entropy(hidden, labels, weight[:12])
+    with pytest.raises(ValueError, match="`labels`"):
+        linear_softmax_cross_entropy(hidden, labels[:5], weight)
+    with pytest.raises(TypeError, match="`labels`"):
+        linear_softmax_cross_entropy(hidden, labels.astype(jnp.float32), weight)
+    with pytest.raises(ValueError, match="`bias`"):
+        linear_softmax_cross_entropy(hidden, labels, weight, bias=bias[:5])
+    with pytest.raises(ValueError, match="`weight`"):
+        linear_softmax_cross_entropy(hidden, labels, weight[None])
+    for bad in (0, -3, 2.5, True, "8"):
+        with pytest.raises(ValueError, match="`token_block_size`"):
+            linear_softmax_cross_entropy(hidden, labels, weight, token_block_size=bad)
+        with pytest.raises(ValueError, match="`vocab_block_size`"):
+            linear_forward_kl(hidden, weight, hidden, weight, vocab_block_size=bad)
+    with pytest.raises(ValueError, match="`reduction`"):
+        linear_softmax_cross_entropy(hidden, labels, weight, reduction="avg")
+    with pytest.raises(ValueError, match="`label_smoothing`"):
+        linear_softmax_cross_entropy(hidden, labels, weight, label_smoothing=1.5)
+    teacher_weight = jnp.ones((DT, V + 1), jnp.float32)
+    with pytest.raises(ValueError, match=r"`target_weight`.*102.*`weight`.*101"):
+        linear_forward_kl(hidden, weight, target_hidden, teacher_weight)
+    with pytest.raises(ValueError, match="`target_hidden`"):
+        linear_reverse_kl(hidden, weight, target_hidden[:4], weight[:DT])
+    with pytest.raises(ValueError, match="`beta`"):
+        linear_jensen_shannon(hidden, weight, target_hidden, weight[:DT], beta=1.5)
+    with pytest.raises(ValueError, match="`where`"):
+        linear_forward_kl(hidden, weight, hidden, weight, where=jnp.ones((3,), bool))
+
+
+# ------------------------------------------------------------------------------- distillation
+
+DIVERGENCES = {
+    "forward": (linear_forward_kl, forward_kl, {}),
+    "reverse": (linear_reverse_kl, reverse_kl, {}),
+    "jsd": (linear_jensen_shannon, jensen_shannon, {"beta": 0.3}),
+}
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+@pytest.mark.parametrize("kind", list(DIVERGENCES))
+def test_distillation_matches_naive_core_divergence(kind, reduction):
+    hidden, weight, _, _, _, target_hidden = _inputs()
+    target_weight = jax.random.normal(jax.random.key(9), (DT, V), jnp.float32)
+    keep = jnp.arange(N) % 4 != 1
+    fused_fn, core_fn, extra = DIVERGENCES[kind]
+
+    def fused(h, w, th, tw):
+        out = fused_fn(
+            h, w, th, tw, temperature=2.0, where=keep, reduction=reduction, **extra, **BLOCKS
+        )
+        return jnp.sum(out), out
+
+    def naive(h, w, th, tw):
+        per_token = core_fn(h @ w, th @ tw, temperature=2.0, **extra)
+        out = jnp.where(keep, per_token, 0.0)
+        if reduction == "mean":
+            out = jnp.sum(out) / jnp.sum(keep)
+        return jnp.sum(out), out
+
+    grad = functools.partial(jax.value_and_grad, argnums=(0, 1, 2, 3), has_aux=True)
+    args = (hidden, weight, target_hidden, target_weight)
+    (_, value), grads = jax.jit(grad(fused))(*args)
+    (_, expected), expected_grads = jax.jit(grad(naive))(*args)
+    _assert_close(value, expected, atol=1e-6)
+    _assert_close(grads[0], expected_grads[0])
+    _assert_close(grads[1], expected_grads[1])
+    # The teacher is a fixed target: no gradient reaches it.
+    assert bool(jnp.all(grads[2] == 0)) and bool(jnp.all(grads[3] == 0))
+
+
+def test_jensen_shannon_end_points_are_the_two_kls():
+    hidden, weight, _, _, _, target_hidden = _inputs()
+    target_weight = jax.random.normal(jax.random.key(9), (DT, V), jnp.float32)
+    args = (hidden, weight, target_hidden, target_weight)
+    _assert_close(
+        linear_jensen_shannon(*args, beta=0.0, **BLOCKS), linear_forward_kl(*args, **BLOCKS)
+    )
+    _assert_close(
+        linear_jensen_shannon(*args, beta=1.0, **BLOCKS), linear_reverse_kl(*args, **BLOCKS)
+    )
+
+
+@pytest.mark.parametrize("kind", list(DIVERGENCES))
+def test_distillation_check_grads_float64(kind):
+    hidden, weight, _, _, _, target_hidden = _inputs(jnp.float64, lead=(9,))
+    target_weight = jax.random.normal(jax.random.key(9), (DT, V), jnp.float64)
+    fused_fn, _, extra = DIVERGENCES[kind]
+
+    def loss(h, w):
+        return fused_fn(
+            h,
+            w,
+            target_hidden,
+            target_weight,
+            temperature=1.5,
+            token_block_size=4,
+            vocab_block_size=32,
+            **extra,
+        )
+
+    check_grads(loss, (hidden, weight), order=1, modes=["rev"])
+
+
+def test_distillation_bfloat16_accumulates_in_float32():
+    hidden, weight, _, _, _, target_hidden = _inputs(jnp.bfloat16, seed=4)
+    target_weight = jax.random.normal(jax.random.key(9), (DT, V), jnp.bfloat16)
+    value, grads = jax.jit(
+        jax.value_and_grad(
+            lambda h, w: linear_jensen_shannon(h, w, target_hidden, target_weight, **BLOCKS),
+            (0, 1),
+        )
+    )(hidden, weight)
+    assert value.dtype == jnp.float32 and grads[1].dtype == jnp.bfloat16
+    f64 = [x.astype(jnp.float64) for x in (hidden, weight, target_hidden, target_weight)]
+    reference = jnp.mean(jensen_shannon(f64[0] @ f64[1], f64[2] @ f64[3]))
+    naive = jnp.mean(jensen_shannon(hidden @ weight, target_hidden @ target_weight))
+    assert abs(float(value) - float(reference)) <= abs(float(naive) - float(reference)) + 1e-6

@@ -1,0 +1,550 @@
+"""Vocabulary-parallel losses (infoloss_jax.sharded) on 8 simulated CPU devices.
+
+Every sharded result is compared with the core loss on the gathered (unpadded) inputs, values and
+gradients, in float64 (conftest enables x64). The vocabulary (13 classes) is not a multiple of any
+mesh axis, so the padding path is always exercised; ignored tokens are spread unevenly across the
+data shards, so a mean of per-shard means would be wrong.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import AxisType
+from jax.sharding import PartitionSpec as P
+from jax.test_util import check_grads
+
+import infoloss_jax as il
+from infoloss_jax import sharded
+
+N, D, V = 8, 6, 13
+IGNORE = -100
+ROOT = Path(__file__).resolve().parents[1]
+
+MESHES = {
+    "8": ((8,), ("model",)),
+    "2x4": ((2, 4), ("data", "model")),
+    "4x2": ((4, 2), ("data", "model")),
+}
+CE_OPTIONS = {
+    "plain": {},
+    "all": dict(ignore_index=IGNORE, label_smoothing=0.1, z_loss=1e-3, logit_softcap=4.0),
+}
+
+
+def make_mesh(name):
+    shape, names = MESHES[name]
+    return jax.make_mesh(shape, names, axis_types=(AxisType.Auto,) * len(names))
+
+
+def data_axis(mesh):
+    return "data" if "data" in mesh.axis_names else None
+
+
+def padded_size(mesh, vocab=V):
+    d = mesh.shape["model"]
+    return d * -(-vocab // d)
+
+
+def pad_vocab(x, size):
+    return jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, size - x.shape[-1])])
+
+
+def make_inputs(dtype=jnp.float64, seed=0):
+    rng = np.random.default_rng(seed)
+    logits = jnp.asarray(rng.normal(size=(N, V)) * 2, dtype)
+    target = jnp.asarray(rng.normal(size=(N, V)) * 2, dtype)
+    hidden = jnp.asarray(rng.normal(size=(N, D)), dtype)
+    weight = jnp.asarray(rng.normal(size=(D, V)), dtype)
+    bias = jnp.asarray(rng.normal(size=(V,)), dtype)
+    labels = rng.integers(0, V, N)
+    labels[[0, 1, 2, 5]] = IGNORE  # 3 of the first 4 tokens, 1 of the last 4: uneven shards
+    return logits, target, hidden, weight, bias, jnp.asarray(labels, jnp.int32)
+
+
+def core_ce(logits, labels, options, reduction="mean"):
+    options = dict(options)
+    if "ignore_index" not in options:
+        labels = jnp.where(labels == IGNORE, 0, labels)
+    return il.softmax_cross_entropy_with_integer_labels(
+        logits, labels, reduction=reduction, **options
+    )
+
+
+def ce_labels(labels, options):
+    return labels if "ignore_index" in options else jnp.where(labels == IGNORE, 0, labels)
+
+
+def assert_close(actual, expected, tol=1e-10):
+    np.testing.assert_allclose(np.asarray(actual), np.asarray(expected), rtol=tol, atol=tol)
+
+
+# ------------------------------------------------------------------------ vocab-parallel CE
+
+
+@pytest.mark.parametrize("options", sorted(CE_OPTIONS))
+@pytest.mark.parametrize("mesh_name", sorted(MESHES))
+def test_cross_entropy_matches_core(mesh_name, options):
+    mesh = make_mesh(mesh_name)
+    opts = CE_OPTIONS[options]
+    logits, _, _, _, _, labels = make_inputs()
+    labels = ce_labels(labels, opts)
+    padded = pad_vocab(logits, padded_size(mesh))
+    dp = data_axis(mesh)
+
+    def local(z, y):
+        per_token = sharded.vocab_parallel_cross_entropy(
+            z, y, axis_name="model", vocab_size=V, **opts
+        )
+        mean = sharded.vocab_parallel_cross_entropy(
+            z, y, axis_name="model", vocab_size=V, reduction="mean", data_axis_name=dp, **opts
+        )
+        return per_token, mean
+
+    fn = jax.shard_map(
+        local, mesh=mesh, in_specs=(P(dp, "model"), P(dp)), out_specs=(P(dp), P())
+    )
+    per_token, mean = jax.jit(fn)(padded, labels)
+    assert_close(per_token, core_ce(logits, labels, opts, "none"))
+    assert_close(mean, core_ce(logits, labels, opts))
+    grad = jax.jit(jax.grad(lambda z: fn(z, labels)[1]))(padded)
+    expected = jax.grad(lambda z: core_ce(z, labels, opts))(logits)
+    assert_close(grad[:, :V], expected)
+    assert_close(grad[:, V:], 0.0)
+
+
+def test_data_parallel_mean_is_exact_not_a_mean_of_means():
+    mesh = make_mesh("2x4")
+    logits, _, _, _, _, labels = make_inputs()
+    opts = dict(ignore_index=IGNORE)
+    loss = sharded.vocab_parallel_cross_entropy_on_mesh(
+        logits, labels, mesh=mesh, vocab_axis="model", data_axis="data", **opts
+    )
+    assert_close(loss, core_ce(logits, labels, opts))
+    per_token = core_ce(logits, labels, opts, "none")
+    keep = labels != IGNORE
+    shard_means = [
+        per_token[s].sum() / keep[s].sum() for s in (slice(0, N // 2), slice(N // 2, N))
+    ]
+    assert abs(float(np.mean(shard_means)) - float(loss)) > 1e-3
+
+
+def test_grad_taken_inside_shard_map():
+    mesh = make_mesh("2x4")
+    logits, _, _, _, _, labels = make_inputs()
+    opts = CE_OPTIONS["all"]
+    padded = pad_vocab(logits, padded_size(mesh))
+
+    def local_grad(z, y):
+        def loss(z):
+            return sharded.vocab_parallel_cross_entropy(
+                z, y, axis_name="model", vocab_size=V, reduction="sum", data_axis_name="data",
+                **opts,
+            )  # fmt: skip
+
+        return jax.grad(loss)(z)
+
+    spec = P("data", "model")
+    grad = jax.jit(
+        jax.shard_map(local_grad, mesh=mesh, in_specs=(spec, P("data")), out_specs=spec)
+    )(padded, labels)
+    expected = jax.grad(lambda z: core_ce(z, labels, opts, "sum"))(logits)
+    assert_close(grad[:, :V], expected)
+
+
+def test_cross_entropy_where_and_excluded_classes():
+    mesh = make_mesh("8")
+    logits, _, _, _, _, labels = make_inputs(seed=1)
+    labels = jnp.where(labels == IGNORE, 1, labels)
+    where = jnp.asarray(np.random.default_rng(2).random((N, V)) > 0.3).at[:, 1].set(True)
+    where = where.at[jnp.arange(N), labels].set(True)
+    logits = logits.at[:, 4].set(-jnp.inf).at[:, 4].set(
+        jnp.where(labels == 4, 0.0, -jnp.inf)
+    )
+    opts = dict(label_smoothing=0.2, logit_softcap=3.0)
+    size = padded_size(mesh)
+
+    def local(z, y, w):
+        return sharded.vocab_parallel_cross_entropy(
+            z, y, axis_name="model", vocab_size=V, where=w, reduction="sum", **opts
+        )
+
+    fn = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P(None, "model"), P(), P(None, "model")),
+                               out_specs=P()))  # fmt: skip
+    z, w = pad_vocab(logits, size), pad_vocab(where, size)
+    value, grad = jax.value_and_grad(fn)(z, labels, w)
+    expected = il.softmax_cross_entropy_with_integer_labels(
+        logits, labels, where=where, reduction="sum", **opts
+    )
+    assert_close(value, expected)
+    assert np.isfinite(np.asarray(grad)).all()
+    ref_grad = jax.grad(
+        lambda z: il.softmax_cross_entropy_with_integer_labels(
+            z, labels, where=where, reduction="sum", **opts
+        )
+    )(logits)
+    assert_close(jnp.where(jnp.isfinite(ref_grad), grad[:, :V], 0.0), jnp.nan_to_num(ref_grad))
+
+
+def test_cross_entropy_value_level_mistakes():
+    """Out-of-range labels poison their row; an all-ignored batch gives 0 with a 0 gradient."""
+    mesh = make_mesh("8")
+    logits = make_inputs()[0]
+    labels = jnp.array([0, V, -1, IGNORE, 3, 4, 5, 6], jnp.int32)
+    out = sharded.vocab_parallel_cross_entropy_on_mesh(
+        logits, labels, mesh=mesh, vocab_axis="model", ignore_index=IGNORE, reduction="none"
+    )
+    out = np.asarray(out)
+    assert np.isnan(out[[1, 2]]).all() and out[3] == 0 and np.isfinite(out[[0, 4, 5, 6, 7]]).all()
+
+    all_ignored = jnp.full((N,), IGNORE, jnp.int32)
+
+    def mean(z):
+        return sharded.vocab_parallel_cross_entropy_on_mesh(
+            z, all_ignored, mesh=mesh, vocab_axis="model", ignore_index=IGNORE
+        )
+
+    value, grad = jax.value_and_grad(mean)(logits)
+    assert float(value) == 0.0 and not np.asarray(grad).any()
+
+
+def test_cross_entropy_bfloat16():
+    mesh = make_mesh("2x4")
+    logits, _, _, _, _, labels = make_inputs()
+    logits = logits.astype(jnp.bfloat16)
+    opts = CE_OPTIONS["all"]
+
+    def loss(z):
+        return sharded.vocab_parallel_cross_entropy_on_mesh(
+            z, labels, mesh=mesh, vocab_axis="model", data_axis="data", **opts
+        )
+
+    value, grad = jax.value_and_grad(loss)(logits)
+    assert value.dtype == jnp.float32 and grad.dtype == jnp.bfloat16
+    expected, ref_grad = jax.value_and_grad(lambda z: core_ce(z, labels, opts))(logits)
+    assert_close(value, expected, tol=1e-5)
+    assert_close(grad.astype(jnp.float32), ref_grad.astype(jnp.float32), tol=1e-2)
+
+
+def test_cross_entropy_check_grads():
+    mesh = make_mesh("2x4")
+    logits, _, _, _, _, labels = make_inputs()
+    opts = CE_OPTIONS["all"]
+    fn = jax.jit(
+        lambda z: sharded.vocab_parallel_cross_entropy_on_mesh(
+            z, labels, mesh=mesh, vocab_axis="model", data_axis="data", **opts
+        )
+    )
+    check_grads(fn, (logits,), order=1, modes=["rev"])
+
+
+# ---------------------------------------------------------------- vocab-parallel fused linear CE
+
+
+def core_linear_ce(hidden, weight, bias, labels, options):
+    return core_ce(hidden @ weight + bias, labels, options)
+
+
+@pytest.mark.parametrize(
+    "mesh_name, options, blocks",
+    [
+        ("8", "all", (3, 1)),
+        ("2x4", "all", (3, 2)),
+        ("4x2", "plain", (None, None)),
+        ("4x2", "all", (1, 4)),
+    ],
+)
+def test_linear_cross_entropy_matches_core(mesh_name, options, blocks):
+    mesh = make_mesh(mesh_name)
+    opts = CE_OPTIONS[options]
+    _, _, hidden, weight, bias, labels = make_inputs()
+    labels = ce_labels(labels, opts)
+    block_opts = dict(token_block_size=blocks[0], vocab_block_size=blocks[1])
+
+    def loss(h, w, b):
+        return sharded.vocab_parallel_linear_cross_entropy_on_mesh(
+            h, labels, w, bias=b, mesh=mesh, vocab_axis="model", data_axis=data_axis(mesh),
+            **opts, **block_opts,
+        )  # fmt: skip
+
+    value, grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(hidden, weight, bias)
+    expected, ref_grads = jax.value_and_grad(core_linear_ce, argnums=(0, 1, 2))(
+        hidden, weight, bias, labels, opts
+    )
+    assert_close(value, expected)
+    for g, r in zip(grads, ref_grads, strict=True):
+        assert_close(g, r)
+
+
+def test_linear_cross_entropy_per_token_and_without_check_vma():
+    """reduction="none" inside a user-built shard_map, also with check_vma=False."""
+    mesh = make_mesh("2x4")
+    _, _, hidden, weight, bias, labels = make_inputs()
+    labels = jnp.where(labels == IGNORE, 2, labels)
+    size = padded_size(mesh)
+
+    def local(h, y, w):
+        return sharded.vocab_parallel_linear_cross_entropy(
+            h, y, w, axis_name="model", vocab_size=V, reduction="none", vocab_block_size=2
+        )
+
+    specs = (P("data", None), P("data"), P(None, "model"))
+    w = pad_vocab(weight, size)
+    expected = core_ce(hidden @ weight, labels, {}, "none")
+    ref_grads = jax.grad(lambda h, w: (core_ce(h @ w, labels, {}, "none") ** 2).sum(), (0, 1))(
+        hidden, weight
+    )
+    for check_vma in (True, False):
+        fn = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=P("data"),
+                                   check_vma=check_vma))  # fmt: skip
+        assert_close(fn(hidden, labels, w), expected)
+        grads = jax.grad(lambda h, w: (fn(h, labels, w) ** 2).sum(), (0, 1))(hidden, w)
+        assert_close(grads[0], ref_grads[0])
+        assert_close(grads[1][:, :V], ref_grads[1])
+
+
+def test_linear_cross_entropy_bfloat16():
+    mesh = make_mesh("2x4")
+    _, _, hidden, weight, bias, labels = make_inputs()
+    h, w = hidden.astype(jnp.bfloat16), weight.astype(jnp.bfloat16)
+    opts = dict(ignore_index=IGNORE, z_loss=1e-3)
+
+    def loss(h, w):
+        return sharded.vocab_parallel_linear_cross_entropy_on_mesh(
+            h, labels, w, mesh=mesh, vocab_axis="model", data_axis="data", **opts
+        )
+
+    value, grads = jax.value_and_grad(loss, argnums=(0, 1))(h, w)
+    assert value.dtype == jnp.float32
+    assert grads[0].dtype == jnp.bfloat16 and grads[1].dtype == jnp.bfloat16
+    exact = core_ce(h.astype(jnp.float64) @ w.astype(jnp.float64), labels, opts)
+    assert_close(value, exact, tol=1e-5)
+    ref = jax.grad(lambda h, w: core_ce(h @ w, labels, opts), (0, 1))(
+        h.astype(jnp.float64), w.astype(jnp.float64)
+    )
+    for g, r in zip(grads, ref, strict=True):
+        assert_close(g.astype(jnp.float64), r, tol=2e-2)
+
+
+def test_linear_cross_entropy_check_grads():
+    mesh = make_mesh("4x2")
+    _, _, hidden, weight, bias, labels = make_inputs()
+    opts = dict(ignore_index=IGNORE, label_smoothing=0.1, logit_softcap=3.0)
+    fn = jax.jit(
+        lambda h, w, b: sharded.vocab_parallel_linear_cross_entropy_on_mesh(
+            h, labels, w, bias=b, mesh=mesh, vocab_axis="model", data_axis="data",
+            token_block_size=1, vocab_block_size=3, **opts,
+        )  # fmt: skip
+    )
+    check_grads(fn, (hidden, weight, bias), order=1, modes=["rev"])
+
+
+# ------------------------------------------------------------------------ distillation
+
+DIVERGENCES = {
+    "forward_kl": (sharded.vocab_parallel_forward_kl_on_mesh, il.forward_kl, {}),
+    "reverse_kl": (sharded.vocab_parallel_reverse_kl_on_mesh, il.reverse_kl, {}),
+    "jensen_shannon": (sharded.vocab_parallel_jensen_shannon_on_mesh, il.jensen_shannon,
+                       dict(beta=0.3)),  # fmt: skip
+}
+
+
+@pytest.mark.parametrize(
+    "mesh_name, kind",
+    [("8", "forward_kl"), ("2x4", "reverse_kl"), ("4x2", "jensen_shannon"),
+     ("2x4", "jensen_shannon")],
+)  # fmt: skip
+def test_distillation_matches_core(mesh_name, kind):
+    mesh = make_mesh(mesh_name)
+    ours, core, opts = DIVERGENCES[kind]
+    student, teacher, *_ = make_inputs()
+    opts = dict(opts, temperature=2.0)
+
+    def loss(s, t):
+        return ours(s, t, mesh=mesh, vocab_axis="model", data_axis=data_axis(mesh),
+                    reduction="none", **opts)  # fmt: skip
+
+    per_token = jax.jit(loss)(student, teacher)
+    assert_close(per_token, core(student, teacher, **opts))
+    weights = jnp.arange(1.0, N + 1.0)
+    grads = jax.jit(jax.grad(lambda s, t: (loss(s, t) * weights).sum(), (0, 1)))(student, teacher)
+    ref = jax.grad(lambda s, t: (core(s, t, **opts) * weights).sum(), (0, 1))(student, teacher)
+    for g, r in zip(grads, ref, strict=True):
+        assert_close(g, r)
+
+
+def test_distillation_mean_beta_limits_and_excluded_classes():
+    mesh = make_mesh("2x4")
+    student, teacher, *_ = make_inputs(seed=3)
+    # Class 2 excluded from both; class 5 impossible for the teacher only.
+    student = student.at[:, 2].set(-jnp.inf)
+    teacher = teacher.at[:, 2].set(-jnp.inf).at[:, 5].set(-jnp.inf)
+    common = dict(mesh=mesh, vocab_axis="model", data_axis="data")
+    fwd = sharded.vocab_parallel_forward_kl_on_mesh(student, teacher, **common)
+    assert_close(fwd, il.forward_kl(student, teacher).mean())
+    for beta, core in ((0.0, il.forward_kl), (1.0, il.reverse_kl)):
+        js = sharded.vocab_parallel_jensen_shannon_on_mesh(student, teacher, beta=beta, **common)
+        assert_close(js, core(student, teacher).mean())
+    grads = jax.grad(
+        lambda s, t: sharded.vocab_parallel_jensen_shannon_on_mesh(s, t, beta=0.4, **common),
+        (0, 1),
+    )(student, teacher)
+    ref = jax.grad(lambda s, t: il.jensen_shannon(s, t, beta=0.4).mean(), (0, 1))(
+        student, teacher
+    )
+    for g, r in zip(grads, ref, strict=True):
+        assert np.isfinite(np.asarray(g)).all()
+        assert_close(g, jnp.nan_to_num(r))
+
+
+def test_distillation_bfloat16():
+    mesh = make_mesh("8")
+    student, teacher, *_ = make_inputs()
+    s, t = student.astype(jnp.bfloat16), teacher.astype(jnp.bfloat16)
+    out = sharded.vocab_parallel_reverse_kl_on_mesh(
+        s, t, mesh=mesh, vocab_axis="model", reduction="none"
+    )
+    assert out.dtype == jnp.float32
+    assert_close(out, il.reverse_kl(s, t), tol=1e-5)
+
+
+# ------------------------------------------------------------------------ bad input
+
+
+def _inside(mesh, fn, *args, in_specs, out_specs=P()):
+    return jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs))(*args)
+
+
+def test_axis_name_not_in_mesh():
+    mesh = make_mesh("2x4")
+    logits, _, hidden, weight, _, labels = make_inputs()
+    labels = jnp.where(labels == IGNORE, 0, labels)
+    z = pad_vocab(logits, 16)
+    with pytest.raises(ValueError, match=r"`axis_name`='vocab' is not an axis"):
+        _inside(mesh, lambda z, y: sharded.vocab_parallel_cross_entropy(
+            z, y, axis_name="vocab", reduction="sum"), z, labels,
+            in_specs=(P("data", "model"), P("data")), out_specs=P("data"))  # fmt: skip
+    with pytest.raises(ValueError, match=r"`data_axis_name`='batch'"):
+        _inside(mesh, lambda z, y: sharded.vocab_parallel_cross_entropy(
+            z, y, axis_name="model", reduction="sum", data_axis_name="batch"), z, labels,
+            in_specs=(P("data", "model"), P("data")), out_specs=P("data"))  # fmt: skip
+    with pytest.raises(ValueError, match=r"`vocab_axis`='vocab'.*axes \('data', 'model'\)"):
+        sharded.vocab_parallel_linear_cross_entropy_on_mesh(
+            hidden, labels, weight, mesh=mesh, vocab_axis="vocab"
+        )
+    with pytest.raises(ValueError, match=r"`data_axis`='batch'"):
+        sharded.vocab_parallel_forward_kl_on_mesh(
+            logits, logits, mesh=mesh, vocab_axis="model", data_axis="batch"
+        )
+
+
+def test_weight_shard_disagreeing_with_mesh():
+    mesh = make_mesh("8")
+    _, _, hidden, weight, _, labels = make_inputs()
+    labels = jnp.where(labels == IGNORE, 0, labels)
+    # 13 classes over 8 devices need 2 per device; a [D, 8] weight gives 1 per device.
+    w = weight[:, :8]
+    with pytest.raises(ValueError, match=r"`weight_shard` holds 1 classes.*vocab_size`=13.*2 per"):
+        _inside(mesh, lambda h, y, w: sharded.vocab_parallel_linear_cross_entropy(
+            h, y, w, axis_name="model", vocab_size=V), hidden, labels, w,
+            in_specs=(P(), P(), P(None, "model")))  # fmt: skip
+    with pytest.raises(ValueError, match=r"`hidden`.*`weight_shard`.*agree on D"):
+        _inside(mesh, lambda h, y, w: sharded.vocab_parallel_linear_cross_entropy(
+            h[:, :4], y, w, axis_name="model"), hidden, labels, pad_vocab(weight, 16),
+            in_specs=(P(), P(), P(None, "model")))  # fmt: skip
+    with pytest.raises(ValueError, match=r"`bias_shard`.*\[2\]"):
+        _inside(mesh, lambda h, y, w, b: sharded.vocab_parallel_linear_cross_entropy(
+            h, y, w, bias_shard=b[:1], axis_name="model"), hidden, labels,
+            pad_vocab(weight, 16), jnp.zeros(16),
+            in_specs=(P(), P(), P(None, "model"), P("model")))  # fmt: skip
+
+
+def test_other_bad_arguments():
+    mesh = make_mesh("8")
+    logits, _, hidden, weight, _, labels = make_inputs()
+    labels = jnp.where(labels == IGNORE, 0, labels)
+    kw = dict(mesh=mesh, vocab_axis="model")
+    with pytest.raises(TypeError, match="`labels`"):
+        sharded.vocab_parallel_cross_entropy_on_mesh(logits, labels.astype(jnp.float32), **kw)
+    with pytest.raises(TypeError, match="`logits`"):
+        sharded.vocab_parallel_cross_entropy_on_mesh(labels[:, None], labels, **kw)
+    with pytest.raises(ValueError, match="`labels`.*shape"):
+        sharded.vocab_parallel_cross_entropy_on_mesh(logits, labels[:3], **kw)
+    with pytest.raises(ValueError, match="`reduction`='batchmean'"):
+        sharded.vocab_parallel_cross_entropy_on_mesh(logits, labels, reduction="batchmean", **kw)
+    with pytest.raises(ValueError, match="`label_smoothing`"):
+        sharded.vocab_parallel_cross_entropy_on_mesh(logits, labels, label_smoothing=1.0, **kw)
+    with pytest.raises(ValueError, match="`z_loss`"):
+        sharded.vocab_parallel_cross_entropy_on_mesh(logits, labels, z_loss=-1.0, **kw)
+    with pytest.raises(ValueError, match="`logit_softcap`"):
+        sharded.vocab_parallel_cross_entropy_on_mesh(logits, labels, logit_softcap=0.0, **kw)
+    with pytest.raises(ValueError, match="`vocab_block_size`"):
+        sharded.vocab_parallel_linear_cross_entropy_on_mesh(
+            hidden, labels, weight, vocab_block_size=0, **kw
+        )
+    with pytest.raises(ValueError, match="`bias`"):
+        sharded.vocab_parallel_linear_cross_entropy_on_mesh(
+            hidden, labels, weight, bias=jnp.zeros(3), **kw
+        )
+    with pytest.raises(ValueError, match="`logits` and `target_logits`"):
+        sharded.vocab_parallel_forward_kl_on_mesh(logits, logits[:, :5], **kw)
+    with pytest.raises(ValueError, match="`beta`"):
+        sharded.vocab_parallel_jensen_shannon_on_mesh(logits, logits, beta=1.5, **kw)
+    with pytest.raises(ValueError, match="`temperature`"):
+        sharded.vocab_parallel_reverse_kl_on_mesh(logits, logits, temperature=0.0, **kw)
+    with pytest.raises(ValueError, match="7 tokens.*data axis 'data'"):
+        sharded.vocab_parallel_cross_entropy_on_mesh(
+            logits[:7], labels[:7], mesh=make_mesh("2x4"), vocab_axis="model", data_axis="data"
+        )
+    with pytest.raises(TypeError, match="`mesh`"):
+        sharded.vocab_parallel_cross_entropy_on_mesh(logits, labels, mesh=None, vocab_axis="model")
+
+
+# ------------------------------------------------------------------------ memory and example
+
+
+def test_sharded_fused_memory_ratio():
+    """Per-device temporaries of the 8-way vocab-parallel fused loss vs the single-device fused
+    loss (infoloss_jax._fused), both value_and_grad, compile-only (memory_analysis is
+    deterministic). See benchmarks/sharded_memory.py for the full-size figures."""
+    from infoloss_jax._fused import linear_softmax_cross_entropy
+
+    n, d, v = 4096, 128, 32000
+    mesh = jax.make_mesh((8,), ("model",), axis_types=(AxisType.Auto,))
+    structs = [
+        jax.ShapeDtypeStruct((n, d), jnp.float32),
+        jax.ShapeDtypeStruct((n,), jnp.int32),
+        jax.ShapeDtypeStruct((d, v), jnp.float32),
+    ]
+    single = jax.jit(
+        jax.value_and_grad(lambda h, y, w: linear_softmax_cross_entropy(h, y, w), (0, 2))
+    )
+    single_temp = single.lower(*structs).compile().memory_analysis().temp_size_in_bytes
+
+    def local(h, y, w):
+        return sharded.vocab_parallel_linear_cross_entropy(h, y, w, axis_name="model")
+
+    loss = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P(None, "model")), out_specs=P())
+    multi = jax.jit(jax.value_and_grad(loss, (0, 2)))
+    multi_temp = multi.lower(*structs).compile().memory_analysis().temp_size_in_bytes
+    assert multi_temp <= single_temp / 6, (multi_temp, single_temp)
+
+
+@pytest.mark.slow
+def test_example_runs_tiny():
+    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "sharded_lm_head.py"), "--tiny"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "per-device" in result.stdout and "loss" in result.stdout
