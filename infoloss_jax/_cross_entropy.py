@@ -343,7 +343,9 @@ def softmax_cross_entropy_with_integer_labels(
     weights = check_class_weights(class_weights, num_classes)
 
     normalized = stable_log_softmax(logits, (logits.ndim - 1,))
-    is_label = lax.broadcasted_iota(labels.dtype, logits.shape, logits.ndim - 1) == labels[..., None]
+    is_label = (
+        lax.broadcasted_iota(labels.dtype, logits.shape, logits.ndim - 1) == labels[..., None]
+    )
     nll = -pick_class(normalized.log_probs, is_label)
     label_weight = 1.0 if weights is None else pick_class(weights, is_label)
     loss = label_weight * nll

@@ -35,7 +35,9 @@ def test_soft_label_cross_entropy_matches_optax(shape, axis, masked):
     np.testing.assert_allclose(grad_ours, grad_theirs, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("shape,axis", [((9,), -1), ((4, 9), -1), ((3, 5, 4), 1), ((2, 3, 4), (1, 2))])
+@pytest.mark.parametrize(
+    "shape,axis", [((9,), -1), ((4, 9), -1), ((3, 5, 4), 1), ((2, 3, 4), (1, 2))]
+)
 @pytest.mark.parametrize("masked", [False, True])
 def test_integer_label_cross_entropy_matches_optax(shape, axis, masked):
     logits = RNG.normal(size=shape) * 2
@@ -49,7 +51,9 @@ def test_integer_label_cross_entropy_matches_optax(shape, axis, masked):
         where = RNG.random(shape) > 0.3
         flat = np.moveaxis(where, axes, range(-len(axes), 0)).reshape(label_shape + (-1,))
         labels = np.argmax(flat, axis=-1)  # a label on an included class
-    ours = jax.jit(lambda x, y: il.softmax_cross_entropy_with_integer_labels(x, y, axis=axis, where=where))
+    ours = jax.jit(
+        lambda x, y: il.softmax_cross_entropy_with_integer_labels(x, y, axis=axis, where=where)
+    )
     theirs = optax.losses.softmax_cross_entropy_with_integer_labels(
         logits, labels, axis=axis, where=where
     )
@@ -158,9 +162,9 @@ def test_sigmoid_binary_cross_entropy_matches_optax_and_torch_formula(pos_weight
         log_p, log_not_p = jax.nn.log_sigmoid(logits), jax.nn.log_sigmoid(-logits)
         theirs = -(pos_weight * labels * log_p + (1 - labels) * log_not_p)
     np.testing.assert_allclose(ours, theirs, rtol=1e-12)
-    grad = jax.grad(lambda z: il.sigmoid_binary_cross_entropy(z, labels, pos_weight=pos_weight).sum())(
-        jnp.asarray(logits)
-    )
+    grad = jax.grad(
+        lambda z: il.sigmoid_binary_cross_entropy(z, labels, pos_weight=pos_weight).sum()
+    )(jnp.asarray(logits))
     w = 1.0 if pos_weight is None else pos_weight
     expected = (w * labels + 1 - labels) * jax.nn.sigmoid(logits) - w * labels
     np.testing.assert_allclose(grad, expected, rtol=1e-10, atol=1e-14)
@@ -208,7 +212,9 @@ def test_custom_jvp_matches_plain_autodiff_and_finite_differences():
 def test_cross_entropy_errors_name_the_argument():
     logits = jnp.zeros((4, 5))
     with pytest.raises(TypeError, match="`logits`"):
-        il.softmax_cross_entropy_with_integer_labels(jnp.zeros((4, 5), jnp.int32), jnp.zeros(4, int))
+        il.softmax_cross_entropy_with_integer_labels(
+            jnp.zeros((4, 5), jnp.int32), jnp.zeros(4, int)
+        )
     with pytest.raises(TypeError, match="`labels`.*float"):
         il.softmax_cross_entropy_with_integer_labels(logits, jnp.zeros(4))
     with pytest.raises(ValueError, match="`labels`.*\\[4\\].*\\[3\\]"):

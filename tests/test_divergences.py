@@ -30,7 +30,9 @@ def test_background_notes_kl_value_and_direction():
     assert float(il.forward_kl(y, x)) != pytest.approx(float(il.forward_kl(x, y)), rel=1e-3)
 
 
-@pytest.mark.parametrize("shape,axis", [((6,), -1), ((4, 6), -1), ((3, 4, 5), 1), ((2, 3, 4), (1, 2))])
+@pytest.mark.parametrize(
+    "shape,axis", [((6,), -1), ((4, 6), -1), ((3, 4, 5), 1), ((2, 3, 4), (1, 2))]
+)
 def test_kl_divergences_match_scipy_and_optax(shape, axis):
     p = softmax_np(RNG.normal(size=shape), axis)
     q = softmax_np(RNG.normal(size=shape), axis)
@@ -78,9 +80,9 @@ def test_kl_where_matches_optax():
 def test_zero_targets_and_neg_inf_log_targets_have_finite_gradients():
     log_q = jnp.array([[-jnp.inf, np.log(0.5), np.log(0.5)]])
     p = jnp.array([[0.0, 0.3, 0.7]])
-    value, grads = jax.value_and_grad(
-        lambda a, b: il.kl_divergence(a, b).sum(), argnums=(0, 1)
-    )(log_q, p)
+    value, grads = jax.value_and_grad(lambda a, b: il.kl_divergence(a, b).sum(), argnums=(0, 1))(
+        log_q, p
+    )
     assert np.isfinite(value) and all(np.all(np.isfinite(g)) for g in grads)
     optax_grad = jax.grad(lambda a: optax.losses.kl_divergence(a, p).sum())(log_q)
     ours = grads[0]
@@ -177,9 +179,7 @@ def test_custom_jvps_match_plain_autodiff_and_finite_differences():
             atol=1e-12,
         )
         check_grads(jax.jit(ours), (z, t), order=2)
-    check_grads(
-        jax.jit(lambda a, b: il.forward_kl(a, b, temperature=2.0)), (z, t), order=1
-    )
+    check_grads(jax.jit(lambda a, b: il.forward_kl(a, b, temperature=2.0)), (z, t), order=1)
 
 
 def test_temperature_chain_factor():
