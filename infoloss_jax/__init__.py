@@ -5,6 +5,7 @@ exact, NaN-free, optax-compatible, with closed-form gradients, fused large-vocab
 sharded versions.
 """
 
+from ._accumulation import accumulate_value_and_grad as accumulate_value_and_grad
 from ._checked import checked as checked
 from ._checked import register_value_checks as register_value_checks
 from ._cross_entropy import safe_softmax_cross_entropy as safe_softmax_cross_entropy
@@ -31,6 +32,7 @@ from ._reductions import reduce_loss as reduce_loss
 __version__ = "0.1.0"
 
 __all__ = [
+    "accumulate_value_and_grad",
     "binary_entropy",
     "checked",
     "entropy",

@@ -452,28 +452,59 @@ def _vocab_block_start(j, block: int, local_vocab: int):
     return jnp.minimum(j * block, local_vocab - block)
 
 
+def _pad_rows(x, bt: int):
+    """Pads the token axis to a multiple of ``bt`` (padded rows get zero cotangent)."""
+    pad = -x.shape[0] % bt
+    return x if pad == 0 else jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1))
+
+
+def _pinned_scan(body, carry, xs, pinned):
+    """``lax.scan`` whose body also gets ``pinned`` (the large inputs it slices) through the carry,
+    behind an optimization barrier. Without it XLA's CPU backend, which computes bfloat16 in
+    float32, hoists ``convert(weight)`` out of the loop: a float32 copy of the whole weight shard,
+    the memory this loss exists to save."""
+
+    def step(state, x):
+        c, p = state
+        # One barrier per array keeps each its own varying-mesh-axes type.
+        p = jax.tree.map(lax.optimization_barrier, p)
+        c, y = body(c, x, p)
+        return (c, p), y
+
+    (carry, _), ys = lax.scan(step, (carry, pinned), xs)
+    return carry, ys
+
+
+def _matmul(a, b, contract, ctx):
+    """``a`` x ``b`` contracted over ``contract`` in the inputs' dtype, accumulated in acc."""
+    dtype = ctx["compute"]
+    return lax.dot_general(
+        a.astype(dtype), b.astype(dtype), (contract, ((), ())), preferred_element_type=ctx["acc"]
+    ).astype(ctx["acc"])
+
+
 def _linear_block(h_blk, weight, bias, start, j, ctx):
     """Raw and capped logits, global classes and the valid mask of one [Bt, Bv] block."""
-    bv, acc, cap = ctx["bv"], ctx["acc"], ctx["cap"]
+    bv = ctx["bv"]
     w = lax.dynamic_slice_in_dim(weight, start, bv, axis=1)
-    raw = jnp.dot(h_blk, w, preferred_element_type=acc).astype(acc)
+    raw = _matmul(h_blk, w, ((1,), (0,)), ctx)
     if bias is not None:
-        raw = raw + lax.dynamic_slice_in_dim(bias, start, bv).astype(acc)
+        raw = raw + lax.dynamic_slice_in_dim(bias, start, bv).astype(ctx["acc"])
     # Column masks are [1, Bv] rows (broadcast against the tile): a class is valid when it lies
     # in the true vocabulary and was not already covered by the previous (shifted) block.
     column = start + lax.broadcasted_iota(jnp.int32, (1, bv), 1)
     classes = ctx["offset"] + column
     valid = (classes < ctx["vocab_size"]) & (column >= j * bv)
-    return raw, _softcap(raw, cap), classes, valid, w
+    return raw, _softcap(raw, ctx["cap"]), classes, valid, w
 
 
-def _linear_token_stats(h_blk, labels_blk, weight, bias, ctx):
+def _linear_token_stats(h_blk, labels_blk, weight, bias, ctx, vary):
     """Online (max, sumexp, target, sum_z, count) over this device's vocabulary slice."""
-    rows = h_blk.shape[0]
     acc = ctx["acc"]
 
-    def step(carry, j):
+    def step(carry, j, pinned):
         m, s, target, sum_z, count = carry
+        weight, bias = pinned
         start = _vocab_block_start(j, ctx["bv"], ctx["local_vocab"])
         _, z, classes, valid, _ = _linear_block(h_blk, weight, bias, start, j, ctx)
         zm = jnp.where(valid, z, -jnp.inf)
@@ -489,25 +520,17 @@ def _linear_token_stats(h_blk, labels_blk, weight, bias, ctx):
         count = count + jnp.sum(valid).astype(acc)
         return (m_new, s, target, sum_z, count), None
 
-    zeros = _vary_like(jnp.zeros((rows,), acc), h_blk, weight, bias, labels_blk)
+    zeros = _vary_like(jnp.zeros((h_blk.shape[0],), acc), *vary)
     init = (zeros - jnp.inf, zeros, zeros, zeros, zeros)
-    (m, s, target, sum_z, count), _ = lax.scan(step, init, jnp.arange(ctx["nv"]))
-    return m, s, target, sum_z, count
-
-
-def _split_tokens(x, bt: int):
-    n = x.shape[0]
-    nt = -(-n // bt)
-    pad = nt * bt - n
-    if pad:
-        x = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1))
-    return x.reshape((nt, bt) + x.shape[1:])
+    stats, _ = _pinned_scan(step, init, jnp.arange(ctx["nv"]), (weight, bias))
+    return stats
 
 
 def _linear_ctx(hidden, weight, axis_name, vocab_size, eps, zc, cap, bt, bv):
     local_vocab = weight.shape[1]
     return dict(
         acc=accumulation_dtype(hidden.dtype, weight.dtype),
+        compute=jnp.result_type(hidden.dtype, weight.dtype),
         axis_name=axis_name,
         vocab_size=vocab_size,
         local_vocab=local_vocab,
@@ -535,11 +558,17 @@ def _vp_linear_ce_fwd(
 ):
     ctx = _linear_ctx(hidden, weight, axis_name, vocab_size, eps, zc, cap, bt, bv)
     n = hidden.shape[0]
-    h_blocks = _split_tokens(hidden, bt)
-    y_blocks = _split_tokens(labels, bt)
-    stats = lax.map(
-        lambda hy: _linear_token_stats(hy[0], hy[1], weight, bias, ctx), (h_blocks, y_blocks)
-    )
+    padded_h, padded_y = _pad_rows(hidden, bt), _pad_rows(labels, bt)
+    vary = (hidden, weight, bias, labels)
+
+    def token_step(_, i, pinned):
+        h, y, weight, bias = pinned
+        h_blk = lax.dynamic_slice_in_dim(h, i * bt, bt)
+        y_blk = lax.dynamic_slice_in_dim(y, i * bt, bt)
+        return None, _linear_token_stats(h_blk, y_blk, weight, bias, ctx, vary)
+
+    pinned = (padded_h, padded_y, weight, bias)
+    _, stats = _pinned_scan(token_step, None, jnp.arange(padded_h.shape[0] // bt), pinned)
     m, s, target, sum_z, count = (x.reshape(-1)[:n] for x in stats)
     shift = lax.stop_gradient(_finite_or_zero(lax.pmax(m, axis_name)))
     rescale = jnp.exp(jnp.where(jnp.isfinite(m), m - shift, -jnp.inf))
@@ -550,99 +579,114 @@ def _vp_linear_ce_fwd(
     return (loss, keep.astype(loss.dtype)), (hidden, labels, weight, bias, lse, inv_count, keep)
 
 
+def _choose_backward_order(n_tokens: int, local_vocab: int, weight_dtype, acc) -> str:
+    """Each loop order needs one full-size float32 accumulator: [D, V_local] for the weight
+    gradient (token blocks outside; free when the weight is float32, as the accumulator becomes
+    the output) or [N, D] for the hidden gradient (vocabulary blocks outside). Pick the smaller."""
+    weight_accumulator = 0 if jnp.dtype(weight_dtype) == jnp.dtype(acc) else local_vocab
+    return "tokens_outer" if weight_accumulator <= n_tokens else "vocab_outer"
+
+
 def _vp_linear_ce_bwd(axis_name, vocab_size, ignore, eps, zc, cap, bt, bv, residuals, cotangents):
     hidden, labels, weight, bias, lse, inv_count, keep = residuals
     ctx = _linear_ctx(hidden, weight, axis_name, vocab_size, eps, zc, cap, bt, bv)
     acc = ctx["acc"]
     coef = jnp.where(keep, cotangents[0].astype(acc), 0.0)
-    rows = (hidden, labels, lse, coef, inv_count)
+    rows = tuple(_pad_rows(x, bt) for x in (hidden, labels, lse, coef, inv_count))
     vary = (hidden, weight, bias, labels, cotangents[0])
-    # Each order needs one full-size float32 accumulator: [D, V_local] for the weight gradient
-    # (token blocks outside; free when the weight is float32, as it becomes the output) or
-    # [N, D] for the hidden gradient (vocabulary blocks outside). Pick the smaller.
-    weight_acc = 0 if weight.dtype == acc else weight.shape[1]
-    if weight_acc <= hidden.shape[0]:
-        dhidden, dweight, dbias = _linear_grads_tokens_outer(rows, weight, bias, ctx, vary)
-    else:
-        dhidden, dweight, dbias = _linear_grads_vocab_outer(rows, weight, bias, ctx, vary)
+    order = _choose_backward_order(hidden.shape[0], weight.shape[1], weight.dtype, acc)
+    grads = _linear_grads_tokens_outer if order == "tokens_outer" else _linear_grads_vocab_outer
+    dhidden, dweight, dbias = grads(rows, weight, bias, ctx, vary)
     # The weight (and bias) may be replicated over a data axis: _match_cotangent sums their
     # per-device contributions over it.
-    dhidden = _match_cotangent(dhidden, hidden).astype(hidden.dtype)
+    dhidden = _match_cotangent(dhidden[: hidden.shape[0]], hidden).astype(hidden.dtype)
     dweight = _match_cotangent(dweight, weight).astype(weight.dtype)
     if dbias is not None:
         dbias = _match_cotangent(dbias, bias).astype(bias.dtype)
     return dhidden, None, dweight, dbias
 
 
-def _linear_tile_grad(h_blk, y_blk, lse_blk, coef_blk, inv_blk, weight, bias, start, j, ctx):
-    """d loss / d logits on one tile (pre-softcap) and the tile's weight slice."""
+def _tile_grad(blk, weight, bias, start, j, ctx):
+    """d loss / d logits (pre-softcap) of one tile, in the matmul dtype, and its weight slice."""
+    h_blk, y_blk, lse_blk, coef_blk, inv_blk = blk
     _, z, classes, valid, w = _linear_block(h_blk, weight, bias, start, j, ctx)
     dz = _ce_logit_grad(z, classes, valid, y_blk, lse_blk, coef_blk, inv_blk, ctx["eps"], ctx["zc"])
-    return dz * _softcap_derivative(z, ctx["cap"]), w
+    dz = dz * _softcap_derivative(z, ctx["cap"])
+    return dz, w
+
+
+def _token_block(rows, i, bt):
+    return tuple(lax.dynamic_slice_in_dim(x, i * bt, bt) for x in rows)
 
 
 def _linear_grads_tokens_outer(rows, weight, bias, ctx, vary):
     """Token blocks outside: each token block's hidden gradient is finished (and all-reduced over
     the vocabulary axis) in turn; the weight gradient accumulates over all of them."""
     acc, bt, bv = ctx["acc"], ctx["bt"], ctx["bv"]
-    n, d = rows[0].shape
+    d = weight.shape[0]
 
-    def token_step(carry, blk):
-        dweight, dbias = carry
-        h_blk = blk[0]
+    def token_step(carry, i, pinned):
+        blk = _token_block(pinned[0], i, bt)
 
-        def vocab_step(inner, j):
+        def vocab_step(inner, j, pinned_w):
             dh, dweight, dbias = inner
+            weight, bias = pinned_w
             start = _vocab_block_start(j, bv, ctx["local_vocab"])
-            dz, w = _linear_tile_grad(*blk, weight, bias, start, j, ctx)
-            dh = dh + jnp.dot(dz, w.astype(acc).T)
+            dz, w = _tile_grad(blk, weight, bias, start, j, ctx)
+            dh = dh + _matmul(dz, w, ((1,), (1,)), ctx)
             old = lax.dynamic_slice_in_dim(dweight, start, bv, axis=1)
-            new = old + jnp.dot(h_blk.astype(acc).T, dz)
+            new = old + _matmul(blk[0], dz, ((0,), (0,)), ctx)
             dweight = lax.dynamic_update_slice_in_dim(dweight, new, start, axis=1)
             if dbias is not None:
                 old_b = lax.dynamic_slice_in_dim(dbias, start, bv)
                 dbias = lax.dynamic_update_slice_in_dim(dbias, old_b + dz.sum(0), start, axis=0)
             return (dh, dweight, dbias), None
 
-        dh0 = _vary_like(jnp.zeros((h_blk.shape[0], d), acc), *vary)
-        (dh, dweight, dbias), _ = lax.scan(vocab_step, (dh0, dweight, dbias), jnp.arange(ctx["nv"]))
+        dh0 = _vary_like(jnp.zeros((bt, d), acc), *vary)
+        (dh, *carry), _ = _pinned_scan(
+            vocab_step, (dh0, *carry), jnp.arange(ctx["nv"]), pinned[1:]
+        )
         # hidden is replicated along the vocabulary axis: its cotangent is the sum of the slices'
         # contributions (Megatron's all-reduce in the backward pass of the LM-head input).
-        return (dweight, dbias), lax.psum(dh, ctx["axis_name"]).astype(rows[0].dtype)
+        return tuple(carry), lax.psum(dh, ctx["axis_name"]).astype(rows[0].dtype)
 
     dweight0 = _vary_like(jnp.zeros(weight.shape, acc), *vary)
     dbias0 = None if bias is None else _vary_like(jnp.zeros(bias.shape, acc), *vary)
-    blocks = tuple(_split_tokens(x, bt) for x in rows)
-    (dweight, dbias), dh = lax.scan(token_step, (dweight0, dbias0), blocks)
-    return dh.reshape(-1, d)[:n], dweight, dbias
+    n_blocks = rows[0].shape[0] // bt
+    (dweight, dbias), dh = _pinned_scan(
+        token_step, (dweight0, dbias0), jnp.arange(n_blocks), (rows, weight, bias)
+    )
+    return dh.reshape(-1, d), dweight, dbias
 
 
 def _linear_grads_vocab_outer(rows, weight, bias, ctx, vary):
     """Vocabulary blocks outside: each [D, Bv] weight-gradient block is finished and written
     once in the weight's dtype; the hidden gradient accumulates over all of them."""
     acc, bt, bv = ctx["acc"], ctx["bt"], ctx["bv"]
-    n, d = rows[0].shape
-    padded = tuple(_split_tokens(x, bt).reshape((-1,) + x.shape[1:]) for x in rows)
-    n_blocks = padded[0].shape[0] // bt
+    d = weight.shape[0]
+    n_blocks = rows[0].shape[0] // bt
 
-    def vocab_step(carry, j):
+    def vocab_step(carry, j, pinned):
         dh, dweight, dbias = carry
+        rows, weight, bias = pinned
         start = _vocab_block_start(j, bv, ctx["local_vocab"])
 
-        def token_step(inner, i):
+        def token_step(inner, i, pinned_rows):
             dh, dw_blk, db_blk = inner
-            blk = tuple(lax.dynamic_slice_in_dim(x, i * bt, bt) for x in padded)
-            dz, w = _linear_tile_grad(*blk, weight, bias, start, j, ctx)
-            dh_rows = lax.dynamic_slice_in_dim(dh, i * bt, bt) + jnp.dot(dz, w.astype(acc).T)
+            blk = _token_block(pinned_rows, i, bt)
+            dz, w = _tile_grad(blk, weight, bias, start, j, ctx)
+            dh_rows = lax.dynamic_slice_in_dim(dh, i * bt, bt) + _matmul(dz, w, ((1,), (1,)), ctx)
             dh = lax.dynamic_update_slice_in_dim(dh, dh_rows, i * bt, axis=0)
-            dw_blk = dw_blk + jnp.dot(blk[0].astype(acc).T, dz)
+            dw_blk = dw_blk + _matmul(blk[0], dz, ((0,), (0,)), ctx)
             if db_blk is not None:
                 db_blk = db_blk + dz.sum(0)
             return (dh, dw_blk, db_blk), None
 
         dw0 = _vary_like(jnp.zeros((d, bv), acc), *vary)
         db0 = None if dbias is None else _vary_like(jnp.zeros((bv,), acc), *vary)
-        (dh, dw_blk, db_blk), _ = lax.scan(token_step, (dh, dw0, db0), jnp.arange(n_blocks))
+        (dh, dw_blk, db_blk), _ = _pinned_scan(
+            token_step, (dh, dw0, db0), jnp.arange(n_blocks), rows
+        )
         # Columns shared with the previous (shifted) block have a zero gradient here: adding is
         # exact for them and for the fresh columns (which hold zeros).
         old = lax.dynamic_slice_in_dim(dweight, start, bv, axis=1)
@@ -654,12 +698,13 @@ def _linear_grads_vocab_outer(rows, weight, bias, ctx, vary):
             dbias = lax.dynamic_update_slice_in_dim(dbias, new_b, start, axis=0)
         return (dh, dweight, dbias), None
 
-    dh0 = _vary_like(jnp.zeros((padded[0].shape[0], d), acc), *vary)
+    dh0 = _vary_like(jnp.zeros((rows[0].shape[0], d), acc), *vary)
     dweight0 = _vary_like(jnp.zeros(weight.shape, weight.dtype), *vary)
     dbias0 = None if bias is None else _vary_like(jnp.zeros(bias.shape, bias.dtype), *vary)
-    (dh, dweight, dbias), _ = lax.scan(
-        vocab_step, (dh0, dweight0, dbias0), jnp.arange(ctx["nv"])
+    (dh, dweight, dbias), _ = _pinned_scan(
+        vocab_step, (dh0, dweight0, dbias0), jnp.arange(ctx["nv"]), (rows, weight, bias)
     )
+
     # All-reduce the hidden gradient one token block at a time, writing the hidden's dtype, so
     # that no second [N, D] float32 buffer is needed for the result.
     def reduce_rows(_, i):
@@ -667,7 +712,7 @@ def _linear_grads_vocab_outer(rows, weight, bias, ctx, vary):
         return None, lax.psum(rows_i, ctx["axis_name"]).astype(rows[0].dtype)
 
     _, dh = lax.scan(reduce_rows, None, jnp.arange(n_blocks))
-    return dh.reshape(-1, d)[:n], dweight, dbias
+    return dh.reshape(-1, d), dweight, dbias
 
 
 _vp_linear_ce.defvjp(_vp_linear_ce_fwd, _vp_linear_ce_bwd)
