@@ -5,7 +5,8 @@ compiles ``value_and_grad`` of
 
 * ``naive``: ``hidden @ weight`` then the core integer-label cross-entropy, on one device;
 * ``fused``: ``infoloss_jax._fused.linear_softmax_cross_entropy`` on one device;
-* ``sharded``: ``infoloss_jax.sharded.vocab_parallel_linear_cross_entropy`` inside
+* ``sharded``: ``infoloss_jax.sharded.vocab_parallel_linear_cross_entropy`` (with
+  ``--distill``: ``linear_forward_kl`` vs ``vocab_parallel_linear_forward_kl``) inside
   ``jax.shard_map`` with the weight split 8 ways along the vocabulary (mesh ``(8,)``) and, with
   ``--data 2``, a ``(2, 4)`` data x vocabulary mesh;
 
@@ -37,6 +38,9 @@ def _parse():
     p.add_argument("--data", type=int, default=1, help="also split tokens over this many")
     p.add_argument("--no-naive", action="store_true", help="skip the materialized-logits baseline")
     p.add_argument("--real-devices", action="store_true", help="do not simulate CPU devices")
+    p.add_argument(
+        "--distill", action="store_true", help="forward KL between two heads instead of CE"
+    )
     return p.parse_args()
 
 
@@ -53,8 +57,11 @@ from jax.sharding import AxisType, NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
 import infoloss_jax as il  # noqa: E402
-from infoloss_jax._fused import linear_softmax_cross_entropy  # noqa: E402
-from infoloss_jax.sharded import vocab_parallel_linear_cross_entropy  # noqa: E402
+from infoloss_jax._fused import linear_forward_kl, linear_softmax_cross_entropy  # noqa: E402
+from infoloss_jax.sharded import (  # noqa: E402
+    vocab_parallel_linear_cross_entropy,
+    vocab_parallel_linear_forward_kl,
+)
 
 MiB = 2**20
 PRESETS = {
@@ -95,16 +102,55 @@ def fused_memory(n, d, v, dtype):
     return _memory(fn.lower(*_structs(n, d, v, dtype)).compile())
 
 
-def sharded_memory(n, d, v, dtype, vocab_shards, data_shards):
+def fused_kl_memory(n, d, v, dtype):
+    def loss(h, w, th, tw):
+        return linear_forward_kl(h, w, th, tw)
+
+    structs = _structs(n, d, v, dtype)
+    fn = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+    return _memory(fn.lower(structs[0], structs[2], structs[0], structs[2]).compile())
+
+
+def naive_kl_memory(n, d, v, dtype):
+    def loss(h, w, th, tw):
+        dot = lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32)
+        return jnp.mean(il.forward_kl(dot(h, w), jax.lax.stop_gradient(dot(th, tw))))
+
+    structs = _structs(n, d, v, dtype)
+    fn = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+    return _memory(fn.lower(structs[0], structs[2], structs[0], structs[2]).compile())
+
+
+def sharded_kl_memory(n, d, v, dtype, vocab_shards, data_shards):
+    mesh, data = _mesh(vocab_shards, data_shards)
+    padded = vocab_shards * -(-v // vocab_shards)
+    rows, cols = P(data, None), P(None, "vocab")
+
+    def local(h, w, th, tw):
+        return vocab_parallel_linear_forward_kl(
+            h, w, th, tw, axis_name="vocab", vocab_size=v, data_axis_name=data
+        )
+
+    loss = jax.shard_map(local, mesh=mesh, in_specs=(rows, cols, rows, cols), out_specs=P())
+    fn = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+    h, _, w = _structs(
+        n, d, padded, dtype, [NamedSharding(mesh, rows), None, NamedSharding(mesh, cols)]
+    )
+    return _memory(fn.lower(h, w, h, w).compile())
+
+
+def _mesh(vocab_shards, data_shards):
     devices = jax.devices()[: vocab_shards * data_shards]
     if data_shards > 1:
         mesh = jax.make_mesh(
             (data_shards, vocab_shards), ("data", "vocab"), (AxisType.Auto,) * 2, devices=devices
         )
-        data = "data"
-    else:
-        mesh = jax.make_mesh((vocab_shards,), ("vocab",), (AxisType.Auto,), devices=devices)
-        data = None
+        return mesh, "data"
+    return jax.make_mesh((vocab_shards,), ("vocab",), (AxisType.Auto,), devices=devices), None
+
+
+def sharded_memory(n, d, v, dtype, vocab_shards, data_shards):
+    mesh, data = _mesh(vocab_shards, data_shards)
     padded = vocab_shards * -(-v // vocab_shards)
     specs = (P(data, None), P(data), P(None, "vocab"))
 
@@ -133,7 +179,8 @@ def main(args):
     mesh_name = f"({args.data}, {args.devices})" if args.data > 1 else f"({args.devices},)"
     print(
         "memory_analysis per device, MiB (temp = temporaries; args/out = arguments/outputs); "
-        f"sharded mesh {mesh_name}; value_and_grad wrt hidden and weight, mean reduction\n"
+        f"sharded mesh {mesh_name}; {'forward KL' if args.distill else 'cross-entropy'}, "
+        "value_and_grad wrt hidden and weight, mean reduction\n"
     )
     header = (
         f"{'head':<10} {'N':>5} {'D':>5} {'V':>6} {'dtype':<8} | {'naive temp':>10} "
@@ -145,9 +192,13 @@ def main(args):
     for name, (n, d, v) in heads.items():
         for dtype_name in dtypes:
             dtype = jnp.dtype(dtype_name)
-            naive = (float("nan"),) * 3 if args.no_naive else naive_memory(n, d, v, dtype)
-            fused = fused_memory(n, d, v, dtype)
-            shard = sharded_memory(n, d, v, dtype, args.devices, args.data)
+            if args.distill:
+                naive_fn, fused_fn, shard_fn = naive_kl_memory, fused_kl_memory, sharded_kl_memory
+            else:
+                naive_fn, fused_fn, shard_fn = naive_memory, fused_memory, sharded_memory
+            naive = (float("nan"),) * 3 if args.no_naive else naive_fn(n, d, v, dtype)
+            fused = fused_fn(n, d, v, dtype)
+            shard = shard_fn(n, d, v, dtype, args.devices, args.data)
             ratio = shard[0] / fused[0] if fused[0] else float("nan")
             print(
                 f"{name:<10} {n:>5} {d:>5} {v:>6} {dtype_name:<8} | {naive[0] / MiB:>10.1f} "

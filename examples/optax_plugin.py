@@ -26,7 +26,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import optax.losses
 
 import infoloss_jax
 

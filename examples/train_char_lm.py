@@ -156,10 +156,10 @@ def init_params(key, *, vocab: int, d_model: int, n_layers: int, seq_len: int):
     for _ in range(n_layers):
         blocks.append(
             {
-                "ln1": jnp.ones(d_model),
+                "norm1": jnp.ones(d_model),
                 "qkv": dense(next(keys), d_model, 3 * d_model),
                 "proj": dense(next(keys), d_model, d_model) / math.sqrt(2 * n_layers),
-                "ln2": jnp.ones(d_model),
+                "norm2": jnp.ones(d_model),
                 "up": dense(next(keys), d_model, 4 * d_model),
                 "down": dense(next(keys), 4 * d_model, d_model) / math.sqrt(2 * n_layers),
             }
@@ -168,7 +168,7 @@ def init_params(key, *, vocab: int, d_model: int, n_layers: int, seq_len: int):
         "embed": 0.5 * jax.random.normal(next(keys), (vocab, d_model), jnp.float32),
         "pos": 0.1 * jax.random.normal(next(keys), (seq_len, d_model), jnp.float32),
         "blocks": blocks,
-        "ln_f": jnp.ones(d_model),
+        "norm_f": jnp.ones(d_model),
         "head": dense(next(keys), d_model, vocab) * 0.5,  # [D, V]: logits = hidden @ head
         "head_bias": jnp.zeros(vocab),
     }
@@ -193,9 +193,9 @@ def hidden_states(params, tokens, n_heads):
     """``[B, T]`` character ids -> ``[B, T, D]`` final hidden states (before the head)."""
     x = params["embed"][tokens] + params["pos"][: tokens.shape[1]]
     for block in params["blocks"]:
-        x = x + attention(rms_norm(x, block["ln1"]), block, n_heads)
-        x = x + jax.nn.gelu(rms_norm(x, block["ln2"]) @ block["up"]) @ block["down"]
-    return rms_norm(x, params["ln_f"])
+        x = x + attention(rms_norm(x, block["norm1"]), block, n_heads)
+        x = x + jax.nn.gelu(rms_norm(x, block["norm2"]) @ block["up"]) @ block["down"]
+    return rms_norm(x, params["norm_f"])
 
 
 def logits_fn(params, tokens, n_heads):
@@ -271,7 +271,13 @@ def plot(history, data: Dataset, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax_loss, ax_ent) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
-    ax_loss.plot(history["train_step"], history["train_loss"], lw=0.8, alpha=0.6, label="train")
+    ax_loss.plot(
+        history["train_step"],
+        history["train_loss"],
+        lw=0.8,
+        alpha=0.6,
+        label="train objective (smoothed CE + z-loss)",
+    )
     ax_loss.plot(history["eval_step"], history["val_loss"], "o-", label="validation (plain CE)")
     ax_loss.axhline(data.floor_nats, color="k", ls="--", label=data.floor_name)
     ax_loss.set(xlabel="step", ylabel="nats per character", title="Cross-entropy")
@@ -325,6 +331,11 @@ def main(argv=None) -> dict:
         print(
             f"source: order-{args.markov_order} Markov chain over {args.markov_alphabet} "
             f"symbols, {args.markov_length:,} samples"
+        )
+    if len(data.val) < args.seq_len + 2:
+        raise SystemExit(
+            f"the corpus is too short: its validation split ({len(data.val)} characters, the "
+            f"last 10%) needs at least --seq-len + 2 = {args.seq_len + 2}"
         )
     vocab = len(data.alphabet)
     print(

@@ -61,8 +61,14 @@ pass only computes statistics, the backward pass recomputes every logits block; 
 value-and-grad, minimal memory) and ``"fused"`` (for scalar reductions: the custom_vjp forward
 rule computes the gradient for a unit cotangent while it has each token block's logits row in
 hand, as Liger-Kernel does; 3 matmuls, but a ``[Tb, V]`` row buffer and a ``[D, V]``
-accumulator in ``accum_dtype``). ``"auto"`` picks ``"fused"`` only where that is cheap in
-memory (see :func:`_choose_method`).
+accumulator in ``accum_dtype``). ``"auto"`` picks ``"fused"`` only on CPU, for a scalar
+reduction, a float32 weight (the accumulator is then the gradient's own buffer) and a row buffer
+that fits _FUSED_ROW_ELEMENTS (see :func:`_choose_method`); everywhere else ``"recompute"``.
+
+Every loop carries the large inputs it slices (``pinned`` in :func:`_for_blocks`) through an
+optimization barrier. Without it XLA's CPU backend hoists a convert of a bfloat16 weight out of
+the loop, a full float32 copy of W (2 GiB for the Llama-3-8B head). Vocabulary-parallel code
+that loops over tiles of bf16 weights needs the same guard.
 """
 
 from __future__ import annotations
@@ -92,9 +98,16 @@ from ._validation import (
 # A [token block, vocab block] tile, or a [D, vocab block] slice of the weight, holds at most this
 # many elements when block sizes are chosen automatically (8 MiB in float32).
 _BLOCK_ELEMENTS = 2**21
+# On GPUs and TPUs each loop step costs kernel launches, so tiles are larger there: a [Tb, Vb]
+# tile of at most 2**23 elements and [D, Vb] / [Tb, D] slices of at most 2**24. Measured on an
+# H200 for the bf16 Llama-3-8B head (N=8192, D=4096, V=128256), value_and_grad: the CPU sizes
+# (512 x 512) ran at 6.6x the three-matmul floor with 2.4% of naive's temp memory, 2048 x 4096
+# at 1.7x with 4.3%. See benchmarks/README.md.
+_ACCEL_TILE_ELEMENTS = 2**23
+_ACCEL_SLICE_ELEMENTS = 2**24
 # "auto" computes the gradient in the forward pass when the [Tb, V] row buffer it needs, with a
-# token block of at least _FUSED_MIN_TOKENS, fits in this many elements (64 MiB in float32).
-_FUSED_ROW_ELEMENTS = 2**24
+# token block of at least _FUSED_MIN_TOKENS, fits in this many elements (32 MiB in float32).
+_FUSED_ROW_ELEMENTS = 2**23
 _FUSED_MIN_TOKENS = 128
 
 
@@ -594,16 +607,24 @@ def _check_block(value, name):
     return int(value)
 
 
-def _choose_blocks(n, d, v, token_block_size, vocab_block_size) -> _Blocks:
-    """Tile sizes: a [Tb, Vb] tile, a [D, Vb] weight slice and a [Tb, D] hidden block each hold
-    at most _BLOCK_ELEMENTS elements, with power-of-two sizes for efficient matmuls."""
+def _choose_blocks(n, d, v, token_block_size, vocab_block_size, backend=None) -> _Blocks:
+    """Tile sizes from the shapes and a memory budget, power-of-two for efficient matmuls.
+
+    On CPU a [Tb, Vb] tile, a [D, Vb] weight slice and a [Tb, D] hidden block each hold at most
+    _BLOCK_ELEMENTS elements; on accelerators the larger _ACCEL_* budgets apply."""
     vocab = _check_block(vocab_block_size, "vocab_block_size")
     tokens = _check_block(token_block_size, "token_block_size")
+    backend = backend or jax.default_backend()
+    tile, slab = (
+        (_BLOCK_ELEMENTS, _BLOCK_ELEMENTS)
+        if backend == "cpu"
+        else (_ACCEL_TILE_ELEMENTS, _ACCEL_SLICE_ELEMENTS)
+    )
+    d = max(d, 1)
     if vocab is None:
-        vocab = min(v, max(128, _floor_pow2(_BLOCK_ELEMENTS // max(d, 1))))
+        vocab = min(v, max(128, _floor_pow2(slab // d)))
     if tokens is None:
-        limit = min(_BLOCK_ELEMENTS // vocab, _BLOCK_ELEMENTS // max(d, 1))
-        tokens = min(n, max(8, _floor_pow2(limit)))
+        tokens = min(n, max(8, _floor_pow2(min(tile // vocab, slab // d))))
     return _Blocks(max(1, min(tokens, max(n, 1))), max(1, min(vocab, v)))
 
 
@@ -611,6 +632,9 @@ def _choose_method(method, reduction, n, v, blocks, token_block_size, weight_dty
     if method != "auto":
         return method
     if reduction == "none" or jnp.dtype(weight_dtype).itemsize < jnp.dtype(accum_dtype).itemsize:
+        return "recompute"
+    if jax.default_backend() != "cpu":
+        # Measured on an H200: the [Tb, V] row loop is slower than recomputing there.
         return "recompute"
     # The fused gradient keeps a [Tb, V] row and a [D, V] accumulator (free only when the weight
     # is already in accum_dtype: it becomes the gradient's buffer); worth it only where the row

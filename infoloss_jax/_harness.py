@@ -31,6 +31,7 @@ __all__ = [
 # two balance at h ~ eps^(1/3), about 6e-6 in float64, for a relative error near 1e-10.
 _FD_STEP = float(np.finfo(np.float64).eps ** (1.0 / 3.0))
 _FD_CHUNK = 128
+_FD_FLOOR = 1e-6
 
 
 # --------------------------------------------------------------------------------------------
@@ -56,8 +57,9 @@ class ArgumentReport:
       max_rel_error: ``max_abs_error`` / max |autodiff|.
       cosine_similarity: cosine of the angle between the two gradients (1.0 when both are 0).
       scale: max |autodiff|.
-      analytic_fd_error: normwise relative error of the analytic gradient against central
-        finite differences of the loss in float64; None when finite differences were skipped.
+      analytic_fd_error: max |analytic - finite differences| over the checked entries,
+        divided by the gradient's scale (the largest of max |differences|, ``scale`` and
+        1e-6); the differences are central, of the loss in float64. None when skipped.
       autodiff_fd_error: the same for the autodiff gradient.
       fd_entries: how many entries the finite differences checked (a seeded sample for large
         arguments).
@@ -92,7 +94,8 @@ class ArgumentReport:
         """True when both gradients are finite and agree to ``atol + rtol * scale``.
 
         Args:
-          rtol: relative tolerance; default 1e-10 for float64 and 1e-5 otherwise.
+          rtol: relative tolerance; default 1e-10 for float64, 1e-5 for float32 and 1e-2 for
+            16-bit floats.
           atol: absolute tolerance; default 10 machine epsilons of ``dtype``.
           fd_rtol: if given, both gradients must also match finite differences to this
             normwise relative error.
@@ -107,7 +110,7 @@ class ArgumentReport:
 
 def _default_tolerances(dtype: str, rtol, atol) -> tuple[float, float]:
     if rtol is None:
-        rtol = 1e-10 if dtype == "float64" else 1e-5
+        rtol = {"float64": 1e-10, "float32": 1e-5}.get(dtype, 1e-2)
     if atol is None:
         atol = 10 * float(jnp.finfo(dtype).eps)
     return rtol, atol
@@ -148,6 +151,9 @@ class GradientReport:
     def _repr_markdown_(self) -> str:
         return _markdown_table(_rows([self]))
 
+    def _repr_pretty_(self, printer, cycle) -> None:
+        printer.text(str(self))
+
     def _repr_html_(self) -> str:
         return _html_table(_rows([self]))
 
@@ -187,6 +193,9 @@ class GradientTable:
 
     def _repr_markdown_(self) -> str:
         return _markdown_table(_rows(self.reports))
+
+    def _repr_pretty_(self, printer, cycle) -> None:
+        printer.text(str(self))
 
     def _repr_html_(self) -> str:
         return _html_table(_rows(self.reports))
@@ -264,7 +273,7 @@ def _rows(reports: Sequence[GradientReport]) -> list[tuple[str, ...]]:
 
 def _text_table(rows: list[tuple[str, ...]]) -> str:
     widths = [max(len(r[i]) for r in [_HEADER, *rows]) for i in range(len(_HEADER))]
-    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True))
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
     rule = "  ".join("-" * w for w in widths)
     return "\n".join([line(_HEADER), rule, *(line(r) for r in rows)]).rstrip()
 
@@ -362,9 +371,8 @@ def compare_gradients(
       >>> bad.ok(), round(bad.arguments[0].cosine_similarity, 6)
       (False, -1.0)
     """
-    argnums = _as_tuple(argnums)
     args = tuple(jnp.asarray(a) if _is_array_like(a) else a for a in args)
-    _check_differentiable(args, argnums)
+    argnums = _check_differentiable(args, _as_tuple(argnums))
     total = _summed(loss_fn)
     autodiff = jax.grad(total, argnums=argnums)
     analytic = grad_fn
@@ -394,8 +402,13 @@ def compare_gradients(
         if finite_differences:
             fd = _finite_differences(total, args, argnum, fd_step, fd_max_entries, seed)
         reports.append(_argument_report(argnum, args[argnum], ana_g, auto_g, fd))
-    label = name if name is not None else getattr(loss_fn, "__name__", repr(loss_fn))
-    return GradientReport(name=label, arguments=tuple(reports))
+    return GradientReport(name=name or _name_of(loss_fn), arguments=tuple(reports))
+
+
+def _name_of(fn: Callable) -> str:
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return getattr(fn, "__name__", type(fn).__name__)
 
 
 def _is_array_like(x) -> bool:
@@ -404,7 +417,8 @@ def _is_array_like(x) -> bool:
     )
 
 
-def _check_differentiable(args: tuple, argnums: tuple[int, ...]) -> None:
+def _check_differentiable(args: tuple, argnums: tuple[int, ...]) -> tuple[int, ...]:
+    """Checks that ``argnums`` name floating-point arrays; returns them as non-negative ints."""
     for argnum in argnums:
         if not -len(args) <= argnum < len(args):
             raise ValueError(f"`argnums` entry {argnum} is out of range for {len(args)} args.")
@@ -415,6 +429,7 @@ def _check_differentiable(args: tuple, argnums: tuple[int, ...]) -> None:
                 f"`argnums` entry {argnum} names an argument of type {kind}; only "
                 "floating-point arrays can be differentiated."
             )
+    return tuple(argnum % len(args) for argnum in argnums)
 
 
 def _argument_report(argnum, arg, analytic, autodiff, fd) -> ArgumentReport:
@@ -429,9 +444,12 @@ def _argument_report(argnum, arg, analytic, autodiff, fd) -> ArgumentReport:
         index, values = fd
         usable = np.isfinite(values)
         index, values = index[usable], values[usable]
+        # Differences carry ~1e-10 of noise (round-off of the loss over the step), so the scale
+        # is floored at 1e-6: a gradient that is 0 everywhere is not a relative error of 1.
+        fd_scale = max(float(np.abs(values).max(initial=0.0)), scale, _FD_FLOOR)
         fd_errors = (
-            _normwise_error(a64.reshape(-1)[index], values),
-            _normwise_error(g64.reshape(-1)[index], values),
+            _fd_error(a64.reshape(-1)[index], values, fd_scale),
+            _fd_error(g64.reshape(-1)[index], values, fd_scale),
             int(usable.size),
             int(np.sum(~usable)),
         )
@@ -452,12 +470,11 @@ def _argument_report(argnum, arg, analytic, autodiff, fd) -> ArgumentReport:
     )
 
 
-def _normwise_error(x: np.ndarray, reference: np.ndarray) -> float:
-    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(reference))):
+def _fd_error(x: np.ndarray, differences: np.ndarray, scale: float) -> float:
+    """max |x - differences| relative to the gradient's scale (NaN if x has NaN or inf)."""
+    if not np.all(np.isfinite(x)):
         return math.nan
-    scale = float(np.abs(reference).max(initial=0.0))
-    err = float(np.abs(x - reference).max(initial=0.0))
-    return err / scale if scale > 0 else err
+    return float(np.abs(x - differences).max(initial=0.0)) / scale
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -499,12 +516,15 @@ def _finite_differences(total, args, argnum, fd_step, max_entries, seed):
         estimates = []
         for start in range(0, index.size, _FD_CHUNK):
             chunk = index[start : start + _FD_CHUNK]
+            if index.size > _FD_CHUNK:  # equal chunks: one compilation
+                chunk = np.pad(chunk, (0, _FD_CHUNK - chunk.size), mode="edge")
             steps = h[chunk]
             # An infinite input (a -inf logit) gets derivative 0: perturbing it changes nothing.
             safe_steps = np.where(steps > 0, steps, 1.0)
             values = np.asarray(batched(flat, jnp.asarray(chunk), jnp.asarray(safe_steps)))
             estimates.append(np.where(steps > 0, values, 0.0))
-        return index, np.concatenate(estimates) if estimates else np.zeros(0)
+        values = np.concatenate(estimates) if estimates else np.zeros(0)
+        return index, values[: index.size]
 
 
 def _to_float64(a):
@@ -598,6 +618,8 @@ def _cases(inputs: dict) -> list[_Case]:
               p(g.softmax_cross_entropy_with_integer_labels_grad, **int_options), (x, labels)),
         _Case("entropy", p(en.entropy, where=where), entropy_grad, (x,)),
         _Case("entropy (bits)", p(en.entropy, base=2), p(g.entropy_grad, base=2), (x,)),
+        _Case("entropy_from_probs", p(en.entropy_from_probs, where=where),
+              p(g.entropy_from_probs_grad, where=where), (probs,)),
         _Case("log_partition", lp.log_partition, g.log_partition_grad, (x,)),
         _Case("z_loss", lp.z_loss, g.z_loss_grad, (x,)),
         _Case("forward_kl (T=2)", p(dv.forward_kl, temperature=2.0),

@@ -48,11 +48,17 @@ from ._validation import (
 AxisName = Hashable | tuple[Hashable, ...]
 
 _REDUCTIONS = ("none", "sum", "mean")
-# Working-set budget (elements) for the automatic block sizes of the fused linear loss: one
-# [token_block, vocab_block] logits tile lives at a time (4 MiB in float32: each device holds
-# only its slice of the vocabulary, so tiles half the single-device fused loss's default keep
-# the per-device working set small without making the matmuls inefficient).
-_BLOCK_ELEMENTS = 2**20
+# Working-set budget (elements) for the automatic block sizes of the fused linear losses: one
+# [token_block, vocab_block] logits tile lives at a time. The budget is split over the d devices
+# of the vocabulary axis, like the vocabulary itself (2**21 elements = 8 MiB of float32 over the
+# whole axis, so per-device memory shrinks with d), but never below 2**17 elements per device
+# (512 KiB) so that the matmuls stay efficient.
+_BLOCK_ELEMENTS = 2**21
+_MIN_BLOCK_ELEMENTS = 2**17
+
+
+def _block_budget(axis_size: int) -> int:
+    return max(_MIN_BLOCK_ELEMENTS, _BLOCK_ELEMENTS // max(axis_size, 1))
 
 
 # --------------------------------------------------------------------------------------------
@@ -72,6 +78,25 @@ def _axis_size(axis_name: AxisName, name: str, fn: str) -> int:
             f"inside `jax.shard_map` over a mesh that has this axis (or use `{fn}_on_mesh`, "
             "which builds the shard_map for you)."
         ) from err
+
+
+def _require_split(x: jax.Array, name: str, axis_name: AxisName) -> None:
+    """Raises unless ``x`` is typed as varying over ``axis_name`` (a per-device slice).
+
+    With ``shard_map(..., check_vma=False)`` JAX does not track which values differ across
+    devices, and the transpose of the collectives then gives wrong gradients; a value that is
+    replicated over the vocabulary axis is not a vocabulary slice at all.
+    """
+    varying = _varying_axes(x)
+    names = axis_name if isinstance(axis_name, tuple) else (axis_name,)
+    missing = [a for a in names if a not in varying]
+    if missing:
+        raise ValueError(
+            f"`{name}` {describe(x)} is not split over mesh axis {axis_name!r}: pass each "
+            f"device's slice of the vocabulary (shard_map in_specs splitting its last axis over "
+            f"{axis_name!r}) inside `jax.shard_map` with check_vma=True (the default); with "
+            "check_vma=False the gradients of the collectives would be wrong."
+        )
 
 
 def _check_reduction(reduction: str) -> str:
@@ -402,6 +427,7 @@ def vocab_parallel_cross_entropy(
         )
     d = _axis_size(axis_name, "axis_name", fn)
     vocab = _vocab_layout(logits.shape[-1], d, vocab_size, "`logits_shard`", axis_name)
+    _require_split(logits, "logits_shard", axis_name)
     if data_axis_name is not None:
         _axis_size(data_axis_name, "data_axis_name", fn)
     eps = _check_label_smoothing(label_smoothing)
@@ -435,13 +461,14 @@ def _floor_pow2(x: int) -> int:
 
 
 def _auto_blocks(
-    n_tokens: int, hidden_size: int, local_vocab: int, token_block, vocab_block
+    n_tokens: int, hidden_size: int, local_vocab: int, axis_size: int, token_block, vocab_block
 ) -> tuple[int, int]:
     """Block sizes: a [Bt, Bv] logits tile, a [D, Bv] weight slice and a [Bt, D] hidden block
-    each hold at most _BLOCK_ELEMENTS elements (power-of-two sizes, overridable)."""
-    bv = vocab_block or max(128, _floor_pow2(_BLOCK_ELEMENTS // max(hidden_size, 1)))
+    each hold at most ``_block_budget(axis_size)`` elements (powers of two, overridable)."""
+    budget = _block_budget(axis_size)
+    bv = vocab_block or max(128, _floor_pow2(budget // max(hidden_size, 1)))
     bv = max(1, min(bv, local_vocab))
-    limit = min(_BLOCK_ELEMENTS // bv, _BLOCK_ELEMENTS // max(hidden_size, 1))
+    limit = min(budget // bv, budget // max(hidden_size, 1))
     bt = token_block or max(8, _floor_pow2(limit))
     return max(1, min(bt, n_tokens)), bv
 
@@ -483,16 +510,18 @@ def _matmul(a, b, contract, ctx):
     ).astype(ctx["acc"])
 
 
-def _linear_block(h_blk, weight, bias, start, j, ctx):
-    """Raw and capped logits, global classes and the valid mask of one [Bt, Bv] block."""
+def _linear_block(h_blk, weight, bias, start, j, ctx, size=None):
+    """Raw and capped logits, global classes and the valid mask of one [Bt, Bv] block (or of a
+    narrower static ``size`` for a ragged last block)."""
     bv = ctx["bv"]
-    w = lax.dynamic_slice_in_dim(weight, start, bv, axis=1)
+    width = bv if size is None else size
+    w = lax.dynamic_slice_in_dim(weight, start, width, axis=1)
     raw = _matmul(h_blk, w, ((1,), (0,)), ctx)
     if bias is not None:
-        raw = raw + lax.dynamic_slice_in_dim(bias, start, bv).astype(ctx["acc"])
+        raw = raw + lax.dynamic_slice_in_dim(bias, start, width).astype(ctx["acc"])
     # Column masks are [1, Bv] rows (broadcast against the tile): a class is valid when it lies
     # in the true vocabulary and was not already covered by the previous (shifted) block.
-    column = start + lax.broadcasted_iota(jnp.int32, (1, bv), 1)
+    column = start + lax.broadcasted_iota(jnp.int32, (1, width), 1)
     classes = ctx["offset"] + column
     valid = (classes < ctx["vocab_size"]) & (column >= j * bv)
     return raw, _softcap(raw, ctx["cap"]), classes, valid, w
@@ -541,6 +570,7 @@ def _linear_ctx(hidden, weight, axis_name, vocab_size, eps, zc, cap, bt, bv):
         bt=bt,
         bv=bv,
         nv=-(-local_vocab // bv),
+        tile_grad=_ce_tile_grad,
     )
 
 
@@ -579,11 +609,23 @@ def _vp_linear_ce_fwd(
     return (loss, keep.astype(loss.dtype)), (hidden, labels, weight, bias, lse, inv_count, keep)
 
 
-def _choose_backward_order(n_tokens: int, local_vocab: int, weight_dtype, acc) -> str:
+def _weight_psum_axes(weight: jax.Array, *contributors) -> tuple:
+    """Mesh axes the weight is replicated over but its gradient contributions vary over (a data
+    axis): the weight gradient is summed over them."""
+    varying = frozenset().union(*(_varying_axes(x) for x in contributors if x is not None))
+    return tuple(sorted(varying - _varying_axes(weight), key=str))
+
+
+def _choose_backward_order(
+    n_tokens: int, local_vocab: int, weight_dtype, acc, weight_psum: bool = False
+) -> str:
     """Each loop order needs one full-size float32 accumulator: [D, V_local] for the weight
-    gradient (token blocks outside; free when the weight is float32, as the accumulator becomes
-    the output) or [N, D] for the hidden gradient (vocabulary blocks outside). Pick the smaller."""
-    weight_accumulator = 0 if jnp.dtype(weight_dtype) == jnp.dtype(acc) else local_vocab
+    gradient (token blocks outside; free when the weight is float32 and needs no all-reduce over
+    a data axis, as the accumulator becomes the output) or [N, D] for the hidden gradient
+    (vocabulary blocks outside, where each weight-gradient block is all-reduced on its own).
+    Pick the smaller."""
+    free = jnp.dtype(weight_dtype) == jnp.dtype(acc) and not weight_psum
+    weight_accumulator = 0 if free else local_vocab
     return "tokens_outer" if weight_accumulator <= n_tokens else "vocab_outer"
 
 
@@ -594,7 +636,10 @@ def _vp_linear_ce_bwd(axis_name, vocab_size, ignore, eps, zc, cap, bt, bv, resid
     coef = jnp.where(keep, cotangents[0].astype(acc), 0.0)
     rows = tuple(_pad_rows(x, bt) for x in (hidden, labels, lse, coef, inv_count))
     vary = (hidden, weight, bias, labels, cotangents[0])
-    order = _choose_backward_order(hidden.shape[0], weight.shape[1], weight.dtype, acc)
+    ctx["weight_psum"] = _weight_psum_axes(weight, hidden, cotangents[0], labels)
+    order = _choose_backward_order(
+        hidden.shape[0], weight.shape[1], weight.dtype, acc, bool(ctx["weight_psum"])
+    )
     grads = _linear_grads_tokens_outer if order == "tokens_outer" else _linear_grads_vocab_outer
     dhidden, dweight, dbias = grads(rows, weight, bias, ctx, vary)
     # The weight (and bias) may be replicated over a data axis: _match_cotangent sums their
@@ -606,10 +651,10 @@ def _vp_linear_ce_bwd(axis_name, vocab_size, ignore, eps, zc, cap, bt, bv, resid
     return dhidden, None, dweight, dbias
 
 
-def _tile_grad(blk, weight, bias, start, j, ctx):
+def _ce_tile_grad(blk, weight, bias, extra, start, j, ctx, size=None):
     """d loss / d logits (pre-softcap) of one tile, in the matmul dtype, and its weight slice."""
     h_blk, y_blk, lse_blk, coef_blk, inv_blk = blk
-    _, z, classes, valid, w = _linear_block(h_blk, weight, bias, start, j, ctx)
+    _, z, classes, valid, w = _linear_block(h_blk, weight, bias, start, j, ctx, size)
     dz = _ce_logit_grad(z, classes, valid, y_blk, lse_blk, coef_blk, inv_blk, ctx["eps"], ctx["zc"])
     dz = dz * _softcap_derivative(z, ctx["cap"])
     return dz, w
@@ -619,7 +664,7 @@ def _token_block(rows, i, bt):
     return tuple(lax.dynamic_slice_in_dim(x, i * bt, bt) for x in rows)
 
 
-def _linear_grads_tokens_outer(rows, weight, bias, ctx, vary):
+def _linear_grads_tokens_outer(rows, weight, bias, ctx, vary, extra=None):
     """Token blocks outside: each token block's hidden gradient is finished (and all-reduced over
     the vocabulary axis) in turn; the weight gradient accumulates over all of them."""
     acc, bt, bv = ctx["acc"], ctx["bt"], ctx["bv"]
@@ -630,9 +675,9 @@ def _linear_grads_tokens_outer(rows, weight, bias, ctx, vary):
 
         def vocab_step(inner, j, pinned_w):
             dh, dweight, dbias = inner
-            weight, bias = pinned_w
+            weight, bias, extra = pinned_w
             start = _vocab_block_start(j, bv, ctx["local_vocab"])
-            dz, w = _tile_grad(blk, weight, bias, start, j, ctx)
+            dz, w = ctx["tile_grad"](blk, weight, bias, extra, start, j, ctx)
             dh = dh + _matmul(dz, w, ((1,), (1,)), ctx)
             old = lax.dynamic_slice_in_dim(dweight, start, bv, axis=1)
             new = old + _matmul(blk[0], dz, ((0,), (0,)), ctx)
@@ -643,9 +688,7 @@ def _linear_grads_tokens_outer(rows, weight, bias, ctx, vary):
             return (dh, dweight, dbias), None
 
         dh0 = _vary_like(jnp.zeros((bt, d), acc), *vary)
-        (dh, *carry), _ = _pinned_scan(
-            vocab_step, (dh0, *carry), jnp.arange(ctx["nv"]), pinned[1:]
-        )
+        (dh, *carry), _ = _pinned_scan(vocab_step, (dh0, *carry), jnp.arange(ctx["nv"]), pinned[1:])
         # hidden is replicated along the vocabulary axis: its cotangent is the sum of the slices'
         # contributions (Megatron's all-reduce in the backward pass of the LM-head input).
         return tuple(carry), lax.psum(dh, ctx["axis_name"]).astype(rows[0].dtype)
@@ -654,27 +697,29 @@ def _linear_grads_tokens_outer(rows, weight, bias, ctx, vary):
     dbias0 = None if bias is None else _vary_like(jnp.zeros(bias.shape, acc), *vary)
     n_blocks = rows[0].shape[0] // bt
     (dweight, dbias), dh = _pinned_scan(
-        token_step, (dweight0, dbias0), jnp.arange(n_blocks), (rows, weight, bias)
+        token_step, (dweight0, dbias0), jnp.arange(n_blocks), (rows, weight, bias, extra)
     )
     return dh.reshape(-1, d), dweight, dbias
 
 
-def _linear_grads_vocab_outer(rows, weight, bias, ctx, vary):
+def _linear_grads_vocab_outer(rows, weight, bias, ctx, vary, extra=None):
     """Vocabulary blocks outside: each [D, Bv] weight-gradient block is finished and written
-    once in the weight's dtype; the hidden gradient accumulates over all of them."""
+    once in the weight's dtype; the hidden gradient accumulates over all of them. Full blocks
+    run in a scan and a ragged last block once more with its static width, so that every block
+    only writes fresh columns (an update that read the buffer back would stop XLA from writing
+    the weight gradient in place)."""
     acc, bt, bv = ctx["acc"], ctx["bt"], ctx["bv"]
     d = weight.shape[0]
     n_blocks = rows[0].shape[0] // bt
 
-    def vocab_step(carry, j, pinned):
+    def vocab_block(carry, j, start, size, pinned):
         dh, dweight, dbias = carry
-        rows, weight, bias = pinned
-        start = _vocab_block_start(j, bv, ctx["local_vocab"])
+        rows, weight, bias, extra = pinned
 
         def token_step(inner, i, pinned_rows):
             dh, dw_blk, db_blk = inner
             blk = _token_block(pinned_rows, i, bt)
-            dz, w = _tile_grad(blk, weight, bias, start, j, ctx)
+            dz, w = ctx["tile_grad"](blk, weight, bias, extra, start, j, ctx, size)
             dh_rows = lax.dynamic_slice_in_dim(dh, i * bt, bt) + _matmul(dz, w, ((1,), (1,)), ctx)
             dh = lax.dynamic_update_slice_in_dim(dh, dh_rows, i * bt, axis=0)
             dw_blk = dw_blk + _matmul(blk[0], dz, ((0,), (0,)), ctx)
@@ -682,28 +727,39 @@ def _linear_grads_vocab_outer(rows, weight, bias, ctx, vary):
                 db_blk = db_blk + dz.sum(0)
             return (dh, dw_blk, db_blk), None
 
-        dw0 = _vary_like(jnp.zeros((d, bv), acc), *vary)
-        db0 = None if dbias is None else _vary_like(jnp.zeros((bv,), acc), *vary)
+        dw0 = _vary_like(jnp.zeros((d, size), acc), *vary)
+        db0 = None if dbias is None else _vary_like(jnp.zeros((size,), acc), *vary)
         (dh, dw_blk, db_blk), _ = _pinned_scan(
             token_step, (dh, dw0, db0), jnp.arange(n_blocks), rows
         )
-        # Columns shared with the previous (shifted) block have a zero gradient here: adding is
-        # exact for them and for the fresh columns (which hold zeros).
-        old = lax.dynamic_slice_in_dim(dweight, start, bv, axis=1)
-        new = old + dw_blk.astype(dweight.dtype)
-        dweight = lax.dynamic_update_slice_in_dim(dweight, new, start, axis=1)
+        if ctx.get("weight_psum"):
+            # The weight is replicated over a data axis: sum this block's gradient over it
+            # now, so that no full-size buffer is needed for that all-reduce.
+            dw_blk = lax.psum(dw_blk, ctx["weight_psum"])
+            db_blk = None if db_blk is None else lax.psum(db_blk, ctx["weight_psum"])
+        dweight = lax.dynamic_update_slice_in_dim(
+            dweight, dw_blk.astype(dweight.dtype), start, axis=1
+        )
         if dbias is not None:
-            old_b = lax.dynamic_slice_in_dim(dbias, start, bv)
-            new_b = old_b + db_blk.astype(dbias.dtype)
-            dbias = lax.dynamic_update_slice_in_dim(dbias, new_b, start, axis=0)
-        return (dh, dweight, dbias), None
+            dbias = lax.dynamic_update_slice_in_dim(
+                dbias, db_blk.astype(dbias.dtype), start, axis=0
+            )
+        return dh, dweight, dbias
 
     dh0 = _vary_like(jnp.zeros((rows[0].shape[0], d), acc), *vary)
-    dweight0 = _vary_like(jnp.zeros(weight.shape, weight.dtype), *vary)
-    dbias0 = None if bias is None else _vary_like(jnp.zeros(bias.shape, bias.dtype), *vary)
-    (dh, dweight, dbias), _ = _pinned_scan(
-        vocab_step, (dh0, dweight0, dbias0), jnp.arange(ctx["nv"]), (rows, weight, bias)
+    # Typed like the weight (and bias) when their blocks are all-reduced in the loop.
+    like = (weight, bias) if ctx.get("weight_psum") else vary
+    dweight0 = _vary_like(jnp.zeros(weight.shape, weight.dtype), *like)
+    dbias0 = None if bias is None else _vary_like(jnp.zeros(bias.shape, bias.dtype), *like)
+    carry = (dh0, dweight0, dbias0)
+    pinned = (rows, weight, bias, extra)
+    n_full, ragged = divmod(ctx["local_vocab"], bv)
+    carry, _ = _pinned_scan(
+        lambda c, j, p: (vocab_block(c, j, j * bv, bv, p), None), carry, jnp.arange(n_full), pinned
     )
+    if ragged:
+        carry = vocab_block(carry, n_full, n_full * bv, ragged, pinned)
+    dh, dweight, dbias = carry
 
     # All-reduce the hidden gradient one token block at a time, writing the hidden's dtype, so
     # that no second [N, D] float32 buffer is needed for the result.
@@ -742,8 +798,13 @@ def vocab_parallel_linear_cross_entropy(
     concatenation of the ``weight_shard`` slices along ``axis_name``, without ever storing the
     local ``[N, V_local]`` logits: they are formed block by block (``token_block_size`` x
     ``vocab_block_size``) in the forward pass and again in the backward pass, as in the
-    single-device fused loss. Per device the memory is one block plus ``[N, D]`` and
-    ``[D, V_local]`` gradient accumulators.
+    single-device fused loss. Per device the temporary memory is one tile (the default tile
+    budget is split over the ``d`` devices of ``axis_name``) plus one float32 gradient
+    accumulator: ``[D, V_local]`` for the weight (none extra when the weight is float32) or
+    ``[N, D]`` for the hidden states, whichever is smaller. With ``d = 8`` this is about 1/10
+    of the single-device fused loss's temporaries in float32; in bfloat16 the ``[N, D]``
+    accumulator, which vocabulary sharding cannot shrink, dominates both (split the tokens
+    over a data axis to shrink it).
 
     .. math::
 
@@ -772,7 +833,7 @@ def vocab_parallel_linear_cross_entropy(
       data_axis_name: mesh axis (or axes) the tokens are split over; the mean is then exact over
         the global batch.
       token_block_size, vocab_block_size: block sizes (positive ints); by default a tile of
-        at most 2**20 elements (4 MiB of float32 logits).
+        at most max(2**17, 2**21 / d) elements (1 MiB of float32 logits for d = 8).
 
     Returns:
       The reduced loss, or per-token losses ``[...]`` for ``reduction="none"``.
@@ -820,6 +881,7 @@ def vocab_parallel_linear_cross_entropy(
             )
     d = _axis_size(axis_name, "axis_name", fn)
     vocab = _vocab_layout(weight.shape[1], d, vocab_size, "`weight_shard`", axis_name)
+    _require_split(weight, "weight_shard", axis_name)
     if data_axis_name is not None:
         _axis_size(data_axis_name, "data_axis_name", fn)
     eps = _check_label_smoothing(label_smoothing)
@@ -838,7 +900,7 @@ def vocab_parallel_linear_cross_entropy(
             reduction,
             data_axis_name,
         ).reshape(batch_shape if reduction == "none" else ())
-    bt, bv = _auto_blocks(flat_labels.shape[0], weight.shape[0], weight.shape[1], tb, vb)
+    bt, bv = _auto_blocks(flat_labels.shape[0], weight.shape[0], weight.shape[1], d, tb, vb)
     loss, keep = _vp_linear_ce(
         flat_hidden, flat_labels, weight, bias, axis_name, vocab, ignore_index, eps, zc, cap, bt, bv
     )
@@ -920,6 +982,8 @@ def _vp_divergence(
         )
     d = _axis_size(axis_name, "axis_name", fn)
     vocab = _vocab_layout(student.shape[-1], d, vocab_size, "`logits_shard`", axis_name)
+    _require_split(student, "logits_shard", axis_name)
+    _require_split(teacher, "target_logits_shard", axis_name)
     if data_axis_name is not None:
         _axis_size(data_axis_name, "data_axis_name", fn)
     check_temperature(temperature)
@@ -929,28 +993,36 @@ def _vp_divergence(
     v_local = student.shape[-1]
     s = student.reshape(-1, v_local).astype(acc)
     t = teacher.reshape(-1, v_local).astype(acc)
-    offset = _vocab_offset(v_local, axis_name)
-    classes = offset + lax.broadcasted_iota(jnp.int32, s.shape, 1)
-    in_vocab = classes < vocab
     if where is not None:
         where = jnp.asarray(where)
         if where.dtype != jnp.bool_:
             raise TypeError(f"`where` must be a boolean mask; got {describe(where)}.")
-        in_vocab = in_vocab & jnp.broadcast_to(where, student.shape).reshape(s.shape)
-    # -inf logits are excluded classes of their own distribution only.
-    valid = jnp.stack([in_vocab & (s > -jnp.inf), in_vocab & (t > -jnp.inf)])
-    z = jnp.stack([s, t]) / temperature
-    log_q, log_p = _global_log_softmax(z, valid, axis_name)
-    if kind == "forward":
-        terms = _kl_terms(log_p, log_q)
-    elif kind == "reverse":
-        terms = _kl_terms(log_q, log_p)
-    else:
-        terms = _js_terms(log_p, log_q, beta)
-    per_token = lax.psum(jnp.sum(terms, axis=-1), axis_name)
+        where = jnp.broadcast_to(where, student.shape).reshape(s.shape)
+    ctx = dict(axis_name=axis_name, vocab_size=vocab, kind=kind, beta=beta, temperature=temperature)
+    per_token = _divergence_rows(s, t, where, ctx)
     if reduction == "none":
         return per_token.reshape(batch_shape)
     return _reduce(per_token, jnp.ones(per_token.shape, bool), reduction, data_axis_name)
+
+
+def _divergence_rows(s: jax.Array, t: jax.Array, where, ctx) -> jax.Array:
+    """Per-row divergence between the sharded student ``s`` and teacher ``t`` ([rows, V_local])."""
+    axis_name = ctx["axis_name"]
+    classes = _vocab_offset(s.shape[-1], axis_name) + lax.broadcasted_iota(jnp.int32, s.shape, 1)
+    in_vocab = classes < ctx["vocab_size"]
+    if where is not None:
+        in_vocab = in_vocab & where
+    # -inf logits are excluded classes of their own distribution only.
+    valid = jnp.stack([in_vocab & (s > -jnp.inf), in_vocab & (t > -jnp.inf)])
+    z = jnp.where(valid, jnp.stack([s, t]), 0.0) / ctx["temperature"]
+    log_q, log_p = _global_log_softmax(z, valid, axis_name)
+    if ctx["kind"] == "forward":
+        terms = _kl_terms(log_p, log_q)
+    elif ctx["kind"] == "reverse":
+        terms = _kl_terms(log_q, log_p)
+    else:
+        terms = _js_terms(log_p, log_q, ctx["beta"])
+    return lax.psum(jnp.sum(terms, axis=-1), axis_name)
 
 
 _DISTILL_ARGS_DOC = """
@@ -989,10 +1061,18 @@ def vocab_parallel_forward_kl(
     data_axis_name: AxisName | None = None,
 ) -> jax.Array:
     return _vp_divergence(
-        logits_shard, target_logits_shard, "forward", axis_name=axis_name, beta=0.0,
-        temperature=temperature, where=where, vocab_size=vocab_size, reduction=reduction,
-        data_axis_name=data_axis_name, fn="vocab_parallel_forward_kl",
-    )  # fmt: skip
+        logits_shard,
+        target_logits_shard,
+        "forward",
+        axis_name=axis_name,
+        beta=0.0,
+        temperature=temperature,
+        where=where,
+        vocab_size=vocab_size,
+        reduction=reduction,
+        data_axis_name=data_axis_name,
+        fn="vocab_parallel_forward_kl",
+    )
 
 
 def vocab_parallel_reverse_kl(
@@ -1007,10 +1087,18 @@ def vocab_parallel_reverse_kl(
     data_axis_name: AxisName | None = None,
 ) -> jax.Array:
     return _vp_divergence(
-        logits_shard, target_logits_shard, "reverse", axis_name=axis_name, beta=1.0,
-        temperature=temperature, where=where, vocab_size=vocab_size, reduction=reduction,
-        data_axis_name=data_axis_name, fn="vocab_parallel_reverse_kl",
-    )  # fmt: skip
+        logits_shard,
+        target_logits_shard,
+        "reverse",
+        axis_name=axis_name,
+        beta=1.0,
+        temperature=temperature,
+        where=where,
+        vocab_size=vocab_size,
+        reduction=reduction,
+        data_axis_name=data_axis_name,
+        fn="vocab_parallel_reverse_kl",
+    )
 
 
 def vocab_parallel_jensen_shannon(
@@ -1028,10 +1116,18 @@ def vocab_parallel_jensen_shannon(
     b = check_beta(beta)
     kind = "forward" if b == 0.0 else "reverse" if b == 1.0 else "js"
     return _vp_divergence(
-        logits_shard, target_logits_shard, kind, axis_name=axis_name, beta=b,
-        temperature=temperature, where=where, vocab_size=vocab_size, reduction=reduction,
-        data_axis_name=data_axis_name, fn="vocab_parallel_jensen_shannon",
-    )  # fmt: skip
+        logits_shard,
+        target_logits_shard,
+        kind,
+        axis_name=axis_name,
+        beta=b,
+        temperature=temperature,
+        where=where,
+        vocab_size=vocab_size,
+        reduction=reduction,
+        data_axis_name=data_axis_name,
+        fn="vocab_parallel_jensen_shannon",
+    )
 
 
 vocab_parallel_forward_kl.__doc__ = (
@@ -1112,6 +1208,487 @@ vocab_parallel_jensen_shannon.__doc__ = (
       >>> print(round(float(js(jnp.array([[0.5, 0.5]]), jnp.array([[0.2, 0.8]]))[0]), 6))
       0.010881
 """
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Vocab-parallel linear distillation: student logits hidden @ weight_shard, teacher logits
+# target_hidden @ target_weight_shard, both split along the vocabulary. Same tiling as the
+# cross-entropy: two forward passes over [token_block, vocab_block] tile pairs (global
+# logsumexps, then the divergence's partial sums), a custom_vjp whose backward pass recomputes
+# each tile and reuses the cross-entropy's gradient loops (ctx["tile_grad"] gives d/d logits).
+# The teacher is frozen.
+# --------------------------------------------------------------------------------------------
+
+
+def _kl_matmul(a, b, dtype, acc):
+    return lax.dot_general(
+        a.astype(dtype), b.astype(dtype), (((1,), (0,)), ((), ())), preferred_element_type=acc
+    ).astype(acc)
+
+
+def _kl_tile(h_blk, th_blk, weight, t_weight, start, j, ctx, size=None):
+    """Temperature-scaled student and teacher logits of one tile, its valid columns and the
+    student weight slice."""
+    width = ctx["bv"] if size is None else size
+    w = lax.dynamic_slice_in_dim(weight, start, width, axis=1)
+    tw = lax.dynamic_slice_in_dim(t_weight, start, width, axis=1)
+    s = _kl_matmul(h_blk, w, ctx["compute"], ctx["acc"]) * ctx["inv_t"]
+    t = _kl_matmul(th_blk, tw, ctx["t_compute"], ctx["acc"]) * ctx["inv_t"]
+    column = start + lax.broadcasted_iota(jnp.int32, (1, width), 1)
+    valid = (ctx["offset"] + column < ctx["vocab_size"]) & (column >= j * ctx["bv"])
+    return s, t, valid, w
+
+
+def _kl_log_probs(s, t, s_lse, t_lse):
+    return s - s_lse[:, None], t - t_lse[:, None]
+
+
+def _kl_log_mixture(log_q, log_p, beta):
+    return jnp.logaddexp(math.log(beta) + log_p, math.log1p(-beta) + log_q)
+
+
+def _kl_tile_terms(log_q, log_p, valid, ctx):
+    """[2, rows] partial sums of one tile: (KL value, 0) for the KLs; (KL(P||M), KL(Q||M))
+    for the Jensen-Shannon divergence."""
+    kind = ctx["kind"]
+    if kind == "js":
+        log_m = _kl_log_mixture(log_q, log_p, ctx["beta"])
+        first = jnp.exp(log_p) * (log_p - log_m)
+        second = jnp.exp(log_q) * (log_q - log_m)
+    elif kind == "forward":
+        first, second = jnp.exp(log_p) * (log_p - log_q), None
+    else:
+        first, second = jnp.exp(log_q) * (log_q - log_p), None
+    first = jnp.sum(jnp.where(valid, first, 0.0), axis=-1)
+    second = jnp.zeros_like(first) if second is None else jnp.sum(jnp.where(valid, second, 0.0), -1)
+    return jnp.stack([first, second])
+
+
+def _kl_tile_grad(blk, weight, bias, t_weight, start, j, ctx, size=None):
+    """d divergence / d student logits (before the temperature) of one tile.
+
+    forward KL: q - p; reverse KL: q (log q - log p - KL(Q||P));
+    Jensen-Shannon: (1 - beta) q (log q - log m - KL(Q||M)); all times g / T.
+    """
+    h_blk, th_blk, s_lse, t_lse, coef, stat = blk
+    s, t, valid, w = _kl_tile(h_blk, th_blk, weight, t_weight, start, j, ctx, size)
+    log_q, log_p = _kl_log_probs(s, t, s_lse, t_lse)
+    q = jnp.exp(log_q)
+    if ctx["kind"] == "forward":
+        dz = q - jnp.exp(log_p)
+    elif ctx["kind"] == "reverse":
+        dz = q * (log_q - log_p - stat[:, None])
+    else:
+        log_m = _kl_log_mixture(log_q, log_p, ctx["beta"])
+        dz = (1.0 - ctx["beta"]) * q * (log_q - log_m - stat[:, None])
+    return jnp.where(valid, dz, 0.0) * coef[:, None], w
+
+
+def _kl_ctx(hidden, weight, t_hidden, t_weight, axis_name, vocab_size, kind, beta, temp, bt, bv):
+    local_vocab = weight.shape[1]
+    return dict(
+        acc=accumulation_dtype(hidden.dtype, weight.dtype, t_hidden.dtype, t_weight.dtype),
+        compute=jnp.result_type(hidden.dtype, weight.dtype),
+        t_compute=jnp.result_type(t_hidden.dtype, t_weight.dtype),
+        axis_name=axis_name,
+        vocab_size=vocab_size,
+        local_vocab=local_vocab,
+        offset=_vocab_offset(local_vocab, axis_name),
+        kind=kind,
+        beta=beta,
+        inv_t=1.0 / temp,
+        bt=bt,
+        bv=bv,
+        nv=-(-local_vocab // bv),
+        tile_grad=_kl_tile_grad,
+    )
+
+
+def _kl_pass(rows, weight, t_weight, ctx, vary, tile_fn, init_fn):
+    """One forward pass over (token block, vocabulary block) tiles: ``tile_fn(carry, s, t,
+    valid, rows_blk) -> carry`` per tile, ``init_fn(zeros [Bt]) -> carry`` per token block."""
+    bt, acc = ctx["bt"], ctx["acc"]
+
+    def token_step(_, i, pinned):
+        rows, weight, t_weight = pinned
+        blk = _token_block(rows, i, bt)
+
+        def vocab_step(carry, j, pinned_w):
+            weight, t_weight = pinned_w
+            start = _vocab_block_start(j, ctx["bv"], ctx["local_vocab"])
+            s, t, valid, _ = _kl_tile(blk[0], blk[1], weight, t_weight, start, j, ctx)
+            return tile_fn(carry, s, t, valid, blk), None
+
+        zeros = _vary_like(jnp.zeros((bt,), acc), *vary)
+        out, _ = _pinned_scan(vocab_step, init_fn(zeros), jnp.arange(ctx["nv"]), (weight, t_weight))
+        return None, out
+
+    n_blocks = rows[0].shape[0] // bt
+    _, out = _pinned_scan(token_step, None, jnp.arange(n_blocks), (rows, weight, t_weight))
+    return jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), out)
+
+
+def _online_lse(m, total, z, valid):
+    zm = jnp.where(valid, z, -jnp.inf)
+    m_new = jnp.maximum(m, jnp.max(zm, axis=-1))
+    safe = _finite_or_zero(m_new)
+    total = total * jnp.exp(jnp.where(jnp.isfinite(m), m - safe, -jnp.inf)) + jnp.sum(
+        jnp.exp(zm - safe[:, None]), axis=-1
+    )
+    return m_new, total
+
+
+def _global_lse(m, total, axis_name):
+    shift = _finite_or_zero(lax.pmax(m, axis_name))
+    rescale = jnp.exp(jnp.where(jnp.isfinite(m), m - shift, -jnp.inf))
+    total = lax.psum(total * rescale, axis_name)
+    return shift + jnp.log(jnp.where(total > 0, total, 1.0))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7, 8, 9, 10))
+def _vp_linear_kl(hidden, weight, t_hidden, t_weight, axis_name, vocab, kind, beta, temp, bt, bv):
+    args = (axis_name, vocab, kind, beta, temp, bt, bv)
+    per_token, _ = _vp_linear_kl_fwd(hidden, weight, t_hidden, t_weight, *args)
+    return per_token
+
+
+def _vp_linear_kl_fwd(
+    hidden, weight, t_hidden, t_weight, axis_name, vocab, kind, beta, temp, bt, bv
+):
+    ctx = _kl_ctx(hidden, weight, t_hidden, t_weight, axis_name, vocab, kind, beta, temp, bt, bv)
+    n = hidden.shape[0]
+    vary = (hidden, weight, t_hidden, t_weight)
+    rows = (_pad_rows(hidden, bt), _pad_rows(t_hidden, bt))
+
+    def lse_tile(carry, s, t, valid, _):
+        ms, ss, mt, st = carry
+        return (*_online_lse(ms, ss, s, valid), *_online_lse(mt, st, t, valid))
+
+    ms, ss, mt, st = _kl_pass(
+        rows, weight, t_weight, ctx, vary, lse_tile, lambda z: (z - jnp.inf, z, z - jnp.inf, z)
+    )
+    s_lse = lax.stop_gradient(_global_lse(ms, ss, axis_name))
+    t_lse = lax.stop_gradient(_global_lse(mt, st, axis_name))
+
+    def terms_tile(carry, s, t, valid, blk):
+        log_q, log_p = _kl_log_probs(s, t, blk[2], blk[3])
+        return carry + _kl_tile_terms(log_q, log_p, valid, ctx)
+
+    rows_with_lse = (*rows, s_lse, t_lse)
+    terms = _kl_pass(
+        rows_with_lse, weight, t_weight, ctx, vary, terms_tile, lambda z: jnp.stack([z, z])
+    )
+    first, second = lax.psum(terms.reshape(-1, 2, bt).transpose(1, 0, 2).reshape(2, -1), axis_name)
+    if kind == "js":
+        per_token, stat = beta * first + (1.0 - beta) * second, second
+    else:
+        per_token, stat = first, first
+    residuals = (hidden, weight, t_hidden, t_weight, s_lse, t_lse, stat)
+    return per_token[:n], residuals
+
+
+def _vp_linear_kl_bwd(axis_name, vocab, kind, beta, temp, bt, bv, residuals, g):
+    hidden, weight, t_hidden, t_weight, s_lse, t_lse, stat = residuals
+    ctx = _kl_ctx(hidden, weight, t_hidden, t_weight, axis_name, vocab, kind, beta, temp, bt, bv)
+    coef = _pad_rows(g.astype(ctx["acc"]), bt) * ctx["inv_t"]
+    rows = (_pad_rows(hidden, bt), _pad_rows(t_hidden, bt), s_lse, t_lse, coef, stat)
+    vary = (hidden, weight, t_hidden, t_weight, g)
+    ctx["weight_psum"] = _weight_psum_axes(weight, hidden, t_hidden, g)
+    order = _choose_backward_order(
+        hidden.shape[0], weight.shape[1], weight.dtype, ctx["acc"], bool(ctx["weight_psum"])
+    )
+    grads = _linear_grads_tokens_outer if order == "tokens_outer" else _linear_grads_vocab_outer
+    dhidden, dweight, _ = grads(rows, weight, None, ctx, vary, extra=t_weight)
+    dhidden = _match_cotangent(dhidden[: hidden.shape[0]], hidden).astype(hidden.dtype)
+    dweight = _match_cotangent(dweight, weight).astype(weight.dtype)
+    zero_teacher = tuple(_vary_like(jnp.zeros(x.shape, x.dtype), x) for x in (t_hidden, t_weight))
+    return (dhidden, dweight, *zero_teacher)
+
+
+_vp_linear_kl.defvjp(_vp_linear_kl_fwd, _vp_linear_kl_bwd)
+
+
+def _vp_linear_divergence(
+    hidden,
+    weight_shard,
+    target_hidden,
+    target_weight_shard,
+    kind: str,
+    *,
+    axis_name,
+    beta: float,
+    temperature,
+    where,
+    vocab_size,
+    reduction,
+    data_axis_name,
+    token_block_size,
+    vocab_block_size,
+    fn: str,
+) -> jax.Array:
+    hidden = as_float_array(hidden, "hidden")
+    weight = as_float_array(weight_shard, "weight_shard")
+    t_hidden = as_float_array(target_hidden, "target_hidden")
+    t_weight = as_float_array(target_weight_shard, "target_weight_shard")
+    for h, h_name, w, w_name in (
+        (hidden, "hidden", weight, "weight_shard"),
+        (t_hidden, "target_hidden", t_weight, "target_weight_shard"),
+    ):
+        if w.ndim != 2 or h.ndim < 1 or h.shape[-1] != w.shape[0]:
+            raise ValueError(
+                f"`{h_name}` [..., D] and `{w_name}` [D, V_local] must agree on D; got "
+                f"`{h_name}` {describe(h)} and `{w_name}` {describe(w)}."
+            )
+    if hidden.shape[:-1] != t_hidden.shape[:-1]:
+        raise ValueError(
+            f"`hidden` and `target_hidden` must hold the same tokens; got {describe(hidden)} and "
+            f"{describe(t_hidden)}."
+        )
+    if weight.shape[1] != t_weight.shape[1]:
+        raise ValueError(
+            "The student and teacher vocabulary slices differ: `weight_shard` holds "
+            f"{weight.shape[1]} classes and `target_weight_shard` {t_weight.shape[1]} per device."
+        )
+    d = _axis_size(axis_name, "axis_name", fn)
+    vocab = _vocab_layout(weight.shape[1], d, vocab_size, "`weight_shard`", axis_name)
+    _require_split(weight, "weight_shard", axis_name)
+    _require_split(t_weight, "target_weight_shard", axis_name)
+    if data_axis_name is not None:
+        _axis_size(data_axis_name, "data_axis_name", fn)
+    check_temperature(temperature)
+    _check_reduction(reduction)
+    block = _check_block(token_block_size, "token_block_size")
+    batch_shape = hidden.shape[:-1]
+    keep = jnp.ones(batch_shape, bool)
+    if where is not None:
+        where = jnp.asarray(where)
+        if where.dtype != jnp.bool_ or where.shape != batch_shape:
+            raise ValueError(
+                f"`where` must be a boolean per-token mask of shape {list(batch_shape)}; got "
+                f"{describe(where)}."
+            )
+        keep = where
+    keep = keep.reshape(-1)
+    n, v_local = keep.shape[0], weight.shape[1]
+    if n == 0:
+        per_token = jnp.zeros((0,), accumulation_dtype(hidden.dtype, weight.dtype))
+        return per_token.reshape(batch_shape) if reduction == "none" else jnp.sum(per_token)
+    vb = _check_block(vocab_block_size, "vocab_block_size")
+    bt, bv = _auto_blocks(n, max(hidden.shape[-1], t_hidden.shape[-1]), v_local, d, block, vb)
+    per_token = _vp_linear_kl(
+        hidden.reshape(n, -1),
+        weight,
+        t_hidden.reshape(n, -1),
+        t_weight,
+        axis_name,
+        vocab,
+        kind,
+        float(beta),
+        float(temperature),
+        bt,
+        bv,
+    )
+    per_token = jnp.where(keep, per_token.reshape(-1)[:n], 0.0)
+    if reduction == "none":
+        return per_token.reshape(batch_shape)
+    return _reduce(per_token, keep, reduction, data_axis_name)
+
+
+_LINEAR_DISTILL_DOC = """
+    Call it **inside** ``jax.shard_map``. The student logits are ``hidden @ weight_shard`` and the
+    teacher logits ``target_hidden @ target_weight_shard``, both ``[D, V_local]`` slices of heads
+    split along ``axis_name`` (the teacher's hidden size may differ). Neither the ``[N, V]`` nor
+    the local ``[N, V_local]`` logits are ever stored: tiles of ``token_block_size`` x
+    ``vocab_block_size`` are formed in two forward passes (logsumexps, then the divergence) and
+    again in the backward pass, a ``jax.custom_vjp`` with closed-form gradients. Collectives over
+    ``axis_name``: one ``pmax`` and two ``psum`` of ``[2, N]`` numbers forward, one ``psum`` of
+    the ``[N, D]`` hidden gradient backward. The teacher gets no gradient (zero cotangents);
+    forward mode (``jax.jvp``) is unsupported.
+
+    Args:
+      hidden: student hidden states ``[..., D]``, identical along ``axis_name``.
+      weight_shard: student head slice ``[D, V_local]``.
+      target_hidden: teacher hidden states ``[..., D_teacher]``.
+      target_weight_shard: teacher head slice ``[D_teacher, V_local]``.
+      axis_name: mesh axis (or axes) the vocabulary is split over.
+      temperature: both logits are divided by it first (no ``T**2`` factor).
+      where: optional boolean per-token mask ``[...]``: False drops the token (0, not counted).
+      vocab_size: the true vocabulary size when the heads were padded to a multiple of the axis.
+      reduction: ``"mean"`` (default, over kept tokens), ``"sum"`` or ``"none"``.
+      data_axis_name: mesh axis the tokens are split over; the mean is exact across it.
+      token_block_size, vocab_block_size: block sizes (positive ints); by default a tile of
+        at most max(2**17, 2**21 / d) elements.
+
+    Returns:
+      The reduced divergence in nats, or per-token values ``[...]``.
+"""
+
+
+def vocab_parallel_linear_forward_kl(
+    hidden: ArrayLike,
+    weight_shard: ArrayLike,
+    target_hidden: ArrayLike,
+    target_weight_shard: ArrayLike,
+    *,
+    axis_name: AxisName,
+    temperature: float = 1.0,
+    where: ArrayLike | None = None,
+    vocab_size: int | None = None,
+    reduction: str = "mean",
+    data_axis_name: AxisName | None = None,
+    token_block_size: int | None = None,
+    vocab_block_size: int | None = None,
+) -> jax.Array:
+    return _vp_linear_divergence(
+        hidden,
+        weight_shard,
+        target_hidden,
+        target_weight_shard,
+        "forward",
+        axis_name=axis_name,
+        beta=0.0,
+        temperature=temperature,
+        where=where,
+        vocab_size=vocab_size,
+        reduction=reduction,
+        data_axis_name=data_axis_name,
+        token_block_size=token_block_size,
+        vocab_block_size=vocab_block_size,
+        fn="vocab_parallel_linear_forward_kl",
+    )
+
+
+def vocab_parallel_linear_reverse_kl(
+    hidden: ArrayLike,
+    weight_shard: ArrayLike,
+    target_hidden: ArrayLike,
+    target_weight_shard: ArrayLike,
+    *,
+    axis_name: AxisName,
+    temperature: float = 1.0,
+    where: ArrayLike | None = None,
+    vocab_size: int | None = None,
+    reduction: str = "mean",
+    data_axis_name: AxisName | None = None,
+    token_block_size: int | None = None,
+    vocab_block_size: int | None = None,
+) -> jax.Array:
+    return _vp_linear_divergence(
+        hidden,
+        weight_shard,
+        target_hidden,
+        target_weight_shard,
+        "reverse",
+        axis_name=axis_name,
+        beta=1.0,
+        temperature=temperature,
+        where=where,
+        vocab_size=vocab_size,
+        reduction=reduction,
+        data_axis_name=data_axis_name,
+        token_block_size=token_block_size,
+        vocab_block_size=vocab_block_size,
+        fn="vocab_parallel_linear_reverse_kl",
+    )
+
+
+def vocab_parallel_linear_jensen_shannon(
+    hidden: ArrayLike,
+    weight_shard: ArrayLike,
+    target_hidden: ArrayLike,
+    target_weight_shard: ArrayLike,
+    *,
+    axis_name: AxisName,
+    beta: float = 0.5,
+    temperature: float = 1.0,
+    where: ArrayLike | None = None,
+    vocab_size: int | None = None,
+    reduction: str = "mean",
+    data_axis_name: AxisName | None = None,
+    token_block_size: int | None = None,
+    vocab_block_size: int | None = None,
+) -> jax.Array:
+    b = check_beta(beta)
+    kind = "forward" if b == 0.0 else "reverse" if b == 1.0 else "js"
+    return _vp_linear_divergence(
+        hidden,
+        weight_shard,
+        target_hidden,
+        target_weight_shard,
+        kind,
+        axis_name=axis_name,
+        beta=b,
+        temperature=temperature,
+        where=where,
+        vocab_size=vocab_size,
+        reduction=reduction,
+        data_axis_name=data_axis_name,
+        token_block_size=token_block_size,
+        vocab_block_size=vocab_block_size,
+        fn="vocab_parallel_linear_jensen_shannon",
+    )
+
+
+_LINEAR_EXAMPLE = """
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from jax.sharding import PartitionSpec as P
+      >>> from infoloss_jax.sharded import {name}
+      >>> mesh = jax.make_mesh((1,), ("vocab",), axis_types=(jax.sharding.AxisType.Auto,))
+      >>> loss = jax.shard_map(
+      ...     lambda h, w, th, tw: {name}(h, w, th, tw, axis_name="vocab"),
+      ...     mesh=mesh, in_specs=(P(), P(None, "vocab"), P(), P(None, "vocab")),
+      ...     out_specs=P())
+      >>> h = jnp.array([[1.0, 0.0]])
+      >>> w = jnp.array([[0.5, 0.5], [0.0, 0.0]])
+      >>> teacher_w = jnp.array([[0.2, 0.8], [0.0, 0.0]])
+      >>> print(round(float(loss(h, w, h, teacher_w)), 6))
+      {value}
+"""
+
+vocab_parallel_linear_forward_kl.__doc__ = (
+    r"""Forward KL(teacher || student) of two LM heads, vocabulary split over a mesh axis.
+
+    .. math::
+
+        \mathrm{KL}(P \,\|\, Q), \quad P = \mathrm{softmax}(h_t W_t / T),\
+        Q = \mathrm{softmax}(h W / T).
+
+    Equals ``infoloss_jax.forward_kl`` on the gathered logits, without forming them.
+"""
+    + _LINEAR_DISTILL_DOC
+    + _LINEAR_EXAMPLE.format(name="vocab_parallel_linear_forward_kl", value="0.043053")
+)
+vocab_parallel_linear_reverse_kl.__doc__ = (
+    r"""Reverse KL(student || teacher) of two LM heads, vocabulary split over a mesh axis.
+
+    .. math::
+
+        \mathrm{KL}(Q \,\|\, P), \quad Q = \mathrm{softmax}(h W / T),\
+        P = \mathrm{softmax}(h_t W_t / T).
+
+    Equals ``infoloss_jax.reverse_kl`` on the gathered logits, without forming them.
+"""
+    + _LINEAR_DISTILL_DOC
+    + _LINEAR_EXAMPLE.format(name="vocab_parallel_linear_reverse_kl", value="0.044341")
+)
+vocab_parallel_linear_jensen_shannon.__doc__ = (
+    r"""Generalized Jensen-Shannon divergence of two LM heads, vocabulary split over a mesh axis.
+
+    .. math::
+
+        \beta\,\mathrm{KL}(P \,\|\, M) + (1 - \beta)\,\mathrm{KL}(Q \,\|\, M),
+        \quad M = \beta P + (1 - \beta) Q,
+
+    teacher ``P``, student ``Q``; ``beta=0`` is the forward KL(P || Q) and ``beta=1`` the
+    reverse KL(Q || P), as in ``infoloss_jax.jensen_shannon``.
+"""
+    + _LINEAR_DISTILL_DOC.replace(
+        "      temperature:",
+        "      beta: weight of the teacher in the mixture, in [0, 1].\n      temperature:",
+    )
+    + _LINEAR_EXAMPLE.format(name="vocab_parallel_linear_jensen_shannon", value="0.010881")
 )
 
 
@@ -1205,13 +1782,19 @@ def vocab_parallel_cross_entropy_on_mesh(
 
     def local(z, y):
         return vocab_parallel_cross_entropy(
-            z, y, axis_name=vocab_axis, vocab_size=vocab, reduction=reduction,
-            data_axis_name=data_axis, **options,
-        )  # fmt: skip
+            z,
+            y,
+            axis_name=vocab_axis,
+            vocab_size=vocab,
+            reduction=reduction,
+            data_axis_name=data_axis,
+            **options,
+        )
 
     out_spec = P(data_axis) if reduction == "none" else P()
-    out = _run(local, mesh, (P(data_axis, vocab_axis), P(data_axis)), out_spec, flat_logits,
-               flat_labels)  # fmt: skip
+    out = _run(
+        local, mesh, (P(data_axis, vocab_axis), P(data_axis)), out_spec, flat_logits, flat_labels
+    )
     return out.reshape(batch_shape) if reduction == "none" else out
 
 
@@ -1280,17 +1863,25 @@ def vocab_parallel_linear_cross_entropy_on_mesh(
 
     def local(h, y, w, b=None):
         return vocab_parallel_linear_cross_entropy(
-            h, y, w, bias_shard=b, axis_name=vocab_axis, vocab_size=vocab, reduction=reduction,
-            data_axis_name=data_axis, **options,
-        )  # fmt: skip
+            h,
+            y,
+            w,
+            bias_shard=b,
+            axis_name=vocab_axis,
+            vocab_size=vocab,
+            reduction=reduction,
+            data_axis_name=data_axis,
+            **options,
+        )
 
     out_spec = P(data_axis) if reduction == "none" else P()
     out = _run(local, mesh, tuple(specs), out_spec, *args)
     return out.reshape(batch_shape) if reduction == "none" else out
 
 
-def _divergence_on_mesh(fn, name, logits, target_logits, mesh, vocab_axis, data_axis,
-                        reduction, options):  # fmt: skip
+def _divergence_on_mesh(
+    fn, name, logits, target_logits, mesh, vocab_axis, data_axis, reduction, options
+):
     d = _mesh_axes(mesh, vocab_axis, "vocab_axis", name)
     dp = _mesh_axes(mesh, data_axis, "data_axis", name)
     _check_reduction(reduction)
@@ -1309,8 +1900,15 @@ def _divergence_on_mesh(fn, name, logits, target_logits, mesh, vocab_axis, data_
     _check_token_split(s.shape[0], dp, data_axis, "`logits`")
 
     def local(a, b):
-        return fn(a, b, axis_name=vocab_axis, vocab_size=vocab, reduction=reduction,
-                  data_axis_name=data_axis, **options)  # fmt: skip
+        return fn(
+            a,
+            b,
+            axis_name=vocab_axis,
+            vocab_size=vocab,
+            reduction=reduction,
+            data_axis_name=data_axis,
+            **options,
+        )
 
     out_spec = P(data_axis) if reduction == "none" else P()
     spec = P(data_axis, vocab_axis)
@@ -1333,9 +1931,17 @@ def vocab_parallel_forward_kl_on_mesh(
     Pads ``V`` to a multiple of the ``vocab_axis`` size (masked), splits tokens over
     ``data_axis`` and the vocabulary over ``vocab_axis``. ``options``: temperature.
     """
-    return _divergence_on_mesh(vocab_parallel_forward_kl, "vocab_parallel_forward_kl_on_mesh",
-                               logits, target_logits, mesh, vocab_axis, data_axis, reduction,
-                               options)  # fmt: skip
+    return _divergence_on_mesh(
+        vocab_parallel_forward_kl,
+        "vocab_parallel_forward_kl_on_mesh",
+        logits,
+        target_logits,
+        mesh,
+        vocab_axis,
+        data_axis,
+        reduction,
+        options,
+    )
 
 
 def vocab_parallel_reverse_kl_on_mesh(
@@ -1353,9 +1959,17 @@ def vocab_parallel_reverse_kl_on_mesh(
     Pads ``V`` to a multiple of the ``vocab_axis`` size (masked), splits tokens over
     ``data_axis`` and the vocabulary over ``vocab_axis``. ``options``: temperature.
     """
-    return _divergence_on_mesh(vocab_parallel_reverse_kl, "vocab_parallel_reverse_kl_on_mesh",
-                               logits, target_logits, mesh, vocab_axis, data_axis, reduction,
-                               options)  # fmt: skip
+    return _divergence_on_mesh(
+        vocab_parallel_reverse_kl,
+        "vocab_parallel_reverse_kl_on_mesh",
+        logits,
+        target_logits,
+        mesh,
+        vocab_axis,
+        data_axis,
+        reduction,
+        options,
+    )
 
 
 def vocab_parallel_jensen_shannon_on_mesh(
@@ -1374,6 +1988,131 @@ def vocab_parallel_jensen_shannon_on_mesh(
     ``data_axis`` and the vocabulary over ``vocab_axis``. ``options``: beta, temperature.
     """
     return _divergence_on_mesh(
-        vocab_parallel_jensen_shannon, "vocab_parallel_jensen_shannon_on_mesh", logits,
-        target_logits, mesh, vocab_axis, data_axis, reduction, options,
-    )  # fmt: skip
+        vocab_parallel_jensen_shannon,
+        "vocab_parallel_jensen_shannon_on_mesh",
+        logits,
+        target_logits,
+        mesh,
+        vocab_axis,
+        data_axis,
+        reduction,
+        options,
+    )
+
+
+def _linear_divergence_on_mesh(
+    fn,
+    name,
+    hidden,
+    weight,
+    target_hidden,
+    target_weight,
+    mesh,
+    vocab_axis,
+    data_axis,
+    reduction,
+    options,
+):
+    d = _mesh_axes(mesh, vocab_axis, "vocab_axis", name)
+    dp = _mesh_axes(mesh, data_axis, "data_axis", name)
+    _check_reduction(reduction)
+    hidden = as_float_array(hidden, "hidden")
+    weight = as_float_array(weight, "weight")
+    target_hidden = as_float_array(target_hidden, "target_hidden")
+    target_weight = as_float_array(target_weight, "target_weight")
+    if weight.ndim != 2 or target_weight.ndim != 2 or weight.shape[1] != target_weight.shape[1]:
+        raise ValueError(
+            f"`weight` [D, V] and `target_weight` [D_teacher, V] must be matrices over the same "
+            f"vocabulary; got {describe(weight)} and {describe(target_weight)}."
+        )
+    if hidden.ndim < 1 or hidden.shape[:-1] != target_hidden.shape[:-1]:
+        raise ValueError(
+            f"`hidden` and `target_hidden` must hold the same tokens; got {describe(hidden)} and "
+            f"{describe(target_hidden)}."
+        )
+    vocab = weight.shape[1]
+    padded = d * -(-vocab // d)
+    batch_shape = hidden.shape[:-1]
+    h = hidden.reshape(-1, hidden.shape[-1])
+    th = target_hidden.reshape(-1, target_hidden.shape[-1])
+    _check_token_split(h.shape[0], dp, data_axis, "`hidden`")
+
+    options = dict(options)
+    where = options.pop("where", None)
+    keep = jnp.ones(batch_shape, bool) if where is None else jnp.asarray(where)
+    if keep.dtype != jnp.bool_ or keep.shape != batch_shape:
+        raise ValueError(
+            f"`where` must be a boolean per-token mask of shape {list(batch_shape)}; got "
+            f"{describe(keep)}."
+        )
+
+    def local(h, w, th, tw, keep):
+        return fn(
+            h,
+            w,
+            th,
+            tw,
+            axis_name=vocab_axis,
+            vocab_size=vocab,
+            where=keep,
+            reduction=reduction,
+            data_axis_name=data_axis,
+            **options,
+        )
+
+    rows, cols = P(data_axis, None), P(None, vocab_axis)
+    out_spec = P(data_axis) if reduction == "none" else P()
+    args = (h, _pad_last(weight, padded), th, _pad_last(target_weight, padded), keep.reshape(-1))
+    out = _run(local, mesh, (rows, cols, rows, cols, P(data_axis)), out_spec, *args)
+    return out.reshape(batch_shape) if reduction == "none" else out
+
+
+def _linear_distillation_wrapper(fn, what):
+    name = fn.__name__ + "_on_mesh"
+
+    def wrapper(
+        hidden: ArrayLike,
+        weight: ArrayLike,
+        target_hidden: ArrayLike,
+        target_weight: ArrayLike,
+        *,
+        mesh: Mesh,
+        vocab_axis: AxisName,
+        data_axis: AxisName | None = None,
+        reduction: str = "mean",
+        **options,
+    ) -> jax.Array:
+        return _linear_divergence_on_mesh(
+            fn,
+            name,
+            hidden,
+            weight,
+            target_hidden,
+            target_weight,
+            mesh,
+            vocab_axis,
+            data_axis,
+            reduction,
+            options,
+        )
+
+    wrapper.__name__ = wrapper.__qualname__ = name
+    wrapper.__doc__ = (
+        f":func:`{fn.__name__}`, {what}, on whole ``[D, V]`` heads and a ``Mesh``.\n\n"
+        "    Pads ``V`` to a multiple of the ``vocab_axis`` size (masked), splits the head\n"
+        "    columns over ``vocab_axis`` and the tokens over ``data_axis`` (optional), and builds\n"
+        "    the ``shard_map``. ``options``: temperature, beta (Jensen-Shannon), where,\n"
+        "    token_block_size.\n"
+    )
+    return wrapper
+
+
+vocab_parallel_linear_forward_kl_on_mesh = _linear_distillation_wrapper(
+    vocab_parallel_linear_forward_kl, "KL(teacher || student)"
+)
+vocab_parallel_linear_reverse_kl_on_mesh = _linear_distillation_wrapper(
+    vocab_parallel_linear_reverse_kl, "KL(student || teacher)"
+)
+vocab_parallel_linear_jensen_shannon_on_mesh = _linear_distillation_wrapper(
+    vocab_parallel_linear_jensen_shannon, "the generalized Jensen-Shannon divergence"
+)

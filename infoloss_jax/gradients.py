@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike
 
 from . import _formulas
@@ -52,6 +53,7 @@ from ._validation import (
 
 __all__ = [
     "binary_entropy_grad",
+    "entropy_from_probs_grad",
     "entropy_grad",
     "entropy_hessian",
     "entropy_hvp",
@@ -88,15 +90,6 @@ def _single_axis(axis, ndim: int) -> int:
     return axes[0]
 
 
-def _mask_logits(logits: jax.Array, where: jax.Array | None) -> jax.Array:
-    return exclude(logits, where)
-
-
-def _log_partition(logits: jax.Array, axes: tuple[int, ...]) -> jax.Array:
-    """logsumexp with keepdims; 0 for a row with no included class."""
-    return stable_log_softmax(logits, axes).log_partition
-
-
 def _log_softmax(logits: jax.Array, axes: tuple[int, ...]) -> jax.Array:
     """log_softmax with -inf at excluded classes (everywhere, not NaN, for an empty row)."""
     return stable_log_softmax(logits, axes).log_probs
@@ -112,21 +105,26 @@ def _scaled_log_probs(logits, where, axis, temperature, name="logits"):
     axes = normalize_axis(axis, x.ndim)
     mask = as_where(where, x.shape, name)
     check_temperature(temperature)
-    return _log_softmax(_mask_logits(x / temperature, mask), axes), axes, mask
+    return _log_softmax(exclude(x / temperature, mask), axes), axes, mask
 
 
 def _select(grads: dict[int, jax.Array], argnums) -> jax.Array | tuple[jax.Array, ...]:
     """Picks gradients the way ``jax.grad(..., argnums=argnums)`` would return them."""
-    if isinstance(argnums, int):
+    if not isinstance(argnums, tuple | list):
         return grads[_check_argnum(argnums, grads)]
     return tuple(grads[_check_argnum(a, grads)] for a in argnums)
 
 
 def _check_argnum(argnum, grads) -> int:
+    if isinstance(argnum, jax.core.Tracer) or not isinstance(argnum, int | np.integer):
+        raise TypeError(
+            f"`argnums` must hold static Python ints; got {type(argnum).__name__}. Under "
+            "jax.jit, bind it with functools.partial or pass static_argnames=('argnums',)."
+        )
     if argnum not in grads:
         valid = ", ".join(str(k) for k in sorted(grads))
         raise ValueError(f"`argnums` may contain only {valid}; got {argnum!r}.")
-    return argnum
+    return int(argnum)
 
 
 # --------------------------------------------------------------------------------------------
@@ -209,7 +207,7 @@ def softmax_cross_entropy_with_integer_labels_grad(
     logits: ArrayLike,
     labels: ArrayLike,
     *,
-    axis: int = -1,
+    axis=-1,
     where: ArrayLike | None = None,
     ignore_index: int | None = None,
     label_smoothing: float = 0.0,
@@ -243,8 +241,9 @@ def softmax_cross_entropy_with_integer_labels_grad(
 
     Args:
       logits: unnormalized log-probabilities, classes along ``axis``.
-      labels: integer class indices, the shape of ``logits`` without ``axis``.
-      axis: the class axis (a single int).
+      labels: integer class indices, the shape of ``logits`` without ``axis``; with a tuple
+        ``axis``, the row-major flat index into those axes.
+      axis: the class axis, or a tuple of axes that together index the classes.
       where: optional boolean mask, broadcastable to ``logits``; False removes a class.
       ignore_index: a label value whose rows contribute nothing.
       label_smoothing: :math:`\varepsilon \in [0, 1)`.
@@ -264,17 +263,18 @@ def softmax_cross_entropy_with_integer_labels_grad(
     """
     eps, coefficient = check_label_smoothing(label_smoothing), check_z_loss(z_loss)
     x = _prepare_logits(logits)
-    class_axis = _single_axis(axis, x.ndim)
+    axes = normalize_axis(axis, x.ndim)
     y = as_integer_array(labels, "labels")
-    expected = x.shape[:class_axis] + x.shape[class_axis + 1 :]
+    expected = tuple(d for a, d in enumerate(x.shape) if a not in axes)
     if y.shape != expected:
         raise ValueError(
-            f"`labels` must have the shape of `logits` without the class axis {class_axis}: "
+            f"`labels` must have the shape of `logits` without the class axis {axes}: "
             f"expected {list(expected)} for `logits` {describe(x)}; got `labels` {describe(y)}."
         )
-    mask = integer_where(where, x, y, (class_axis,))
+    mask = integer_where(where, x, y, axes)
     capped, cap_slope = _softcap(x, logit_softcap)
-    z = jnp.moveaxis(exclude(capped, mask), class_axis, -1)
+    # Work with the class axes moved last and flattened into one (labels index them row-major).
+    z, restore = _classes_last(exclude(capped, mask), axes)
     normalized = stable_log_softmax(z, (z.ndim - 1,))
     q = jnp.exp(normalized.log_probs)
     num_classes = z.shape[-1]
@@ -286,18 +286,29 @@ def softmax_cross_entropy_with_integer_labels_grad(
     label_weight = (1.0 - eps) * weights[label]
     grad = _scatter_add(label_weight * q, label, -label_weight)
     if eps:
-        smoothing = smoothing_mass(normalized, eps)
-        weighted = smoothing * weights
+        weighted = smoothing_mass(normalized, eps) * weights
         grad = grad + q * jnp.sum(weighted, -1, keepdims=True) - weighted
     if coefficient:
         grad = grad + 2.0 * coefficient * normalized.log_partition * q
-    grad = jnp.moveaxis(grad, -1, class_axis) * cap_slope
 
     ignored = jnp.zeros(y.shape, bool) if ignore_index is None else y == ignore_index
     contributing = ~ignored & (normalized.num_included[..., 0] > 0)
-    grad = jnp.where(jnp.expand_dims(ignored | in_range, class_axis), grad, jnp.nan)
-    grad = jnp.where(jnp.expand_dims(contributing, class_axis), grad, 0.0)
-    return _zero_masked(grad, mask)
+    grad = jnp.where((ignored | in_range)[..., None], grad, jnp.nan)
+    grad = jnp.where(contributing[..., None], grad, 0.0)
+    return _zero_masked(restore(grad) * cap_slope, mask)
+
+
+def _classes_last(x: jax.Array, axes: tuple[int, ...]):
+    """Moves ``axes`` last and flattens them; returns the array and the inverse transform."""
+    batch_axes = tuple(a for a in range(x.ndim) if a not in axes)
+    order = batch_axes + axes
+    moved = jnp.transpose(x, order)
+    flat = moved.reshape(moved.shape[: len(batch_axes)] + (-1,))
+
+    def restore(y: jax.Array) -> jax.Array:
+        return jnp.transpose(y.reshape(moved.shape), np.argsort(order))
+
+    return flat, restore
 
 
 def _scatter_add(x: jax.Array, index: jax.Array, value: jax.Array) -> jax.Array:
@@ -396,7 +407,7 @@ def _cross_entropy_curvature_inputs(logits, labels, axis, where):
     x = _prepare_logits(logits)
     class_axis = _single_axis(axis, x.ndim)
     mask = as_where(where, x.shape)
-    q = jnp.moveaxis(jnp.exp(_log_softmax(_mask_logits(x, mask), (class_axis,))), class_axis, -1)
+    q = jnp.moveaxis(jnp.exp(_log_softmax(exclude(x, mask), (class_axis,))), class_axis, -1)
     labels = jnp.asarray(labels)
     if jnp.issubdtype(labels.dtype, jnp.integer):
         return q, jnp.ones(q.shape[:-1] + (1,), q.dtype)
@@ -457,12 +468,51 @@ def _in_base(x: jax.Array, base) -> jax.Array:
     return x if log_b is None else x / log_b
 
 
+def entropy_from_probs_grad(
+    probs: ArrayLike, *, axis=-1, where: ArrayLike | None = None, base: float | None = None
+) -> jax.Array:
+    r"""Gradient of :func:`infoloss_jax.entropy_from_probs` with respect to the probabilities.
+
+    The probabilities are used as given (no renormalization), so each term is independent:
+
+    .. math::
+
+        \frac{\partial}{\partial p_k}\Big(-\sum_j p_j \log p_j\Big) = -(\log p_k + 1).
+
+    Where :math:`p_k = 0` the library takes the derivative as 0 rather than the one-sided
+    :math:`+\infty`, as the loss does; a negative probability gives NaN. To differentiate
+    through a softmax instead, use :func:`entropy_grad` on the logits.
+
+    Args:
+      probs: probabilities, classes along ``axis``.
+      axis: the class axis (validated only: the gradient is elementwise).
+      where: optional boolean mask; masked entries get 0.
+      base: logarithm base of the entropy (None for nats).
+
+    Returns:
+      The gradient, with the shape of ``probs``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from infoloss_jax.gradients import entropy_from_probs_grad
+      >>> g = entropy_from_probs_grad(jnp.array([0.25, 0.75, 0.0]))
+      >>> print([round(float(v), 4) for v in g])
+      [0.3863, -0.7123, 0.0]
+    """
+    p = _prepare_logits(probs, "probs")
+    normalize_axis(axis, p.ndim)
+    mask = as_where(where, p.shape, "probs")
+    positive = p > 0
+    grad = jnp.where(positive, -(jnp.log(jnp.where(positive, p, 1.0)) + 1.0), 0.0)
+    return _zero_masked(_in_base(_poison_negative(grad, p), base), mask)
+
+
 def _entropy_curvature_inputs(logits, axis, where):
     """Returns p and a = p * (log p + H) (0 where p = 0), classes last."""
     x = _prepare_logits(logits)
     class_axis = _single_axis(axis, x.ndim)
     mask = as_where(where, x.shape)
-    log_p = jnp.moveaxis(_log_softmax(_mask_logits(x, mask), (class_axis,)), class_axis, -1)
+    log_p = jnp.moveaxis(_log_softmax(exclude(x, mask), (class_axis,)), class_axis, -1)
     p = jnp.exp(log_p)
     a = -_formulas.entropy_grad(log_p, (x.ndim - 1,))
     return p, a, class_axis
@@ -599,9 +649,8 @@ def z_loss_grad(logits: ArrayLike, *, axis=-1, where: ArrayLike | None = None) -
     x = _prepare_logits(logits)
     axes = normalize_axis(axis, x.ndim)
     mask = as_where(where, x.shape)
-    masked = _mask_logits(x, mask)
-    log_z = _log_partition(masked, axes)
-    return _zero_masked(2.0 * log_z * jnp.exp(masked - log_z), mask)
+    normalized = stable_log_softmax(exclude(x, mask), axes)
+    return _zero_masked(2.0 * normalized.log_partition * jnp.exp(normalized.log_probs), mask)
 
 
 # --------------------------------------------------------------------------------------------

@@ -22,6 +22,18 @@ from ._sharded import (
 from ._sharded import (
     vocab_parallel_linear_cross_entropy_on_mesh as vocab_parallel_linear_cross_entropy_on_mesh,
 )
+from ._sharded import vocab_parallel_linear_forward_kl as vocab_parallel_linear_forward_kl
+from ._sharded import (
+    vocab_parallel_linear_forward_kl_on_mesh as vocab_parallel_linear_forward_kl_on_mesh,
+)
+from ._sharded import vocab_parallel_linear_jensen_shannon as vocab_parallel_linear_jensen_shannon
+from ._sharded import (
+    vocab_parallel_linear_jensen_shannon_on_mesh as vocab_parallel_linear_jensen_shannon_on_mesh,
+)
+from ._sharded import vocab_parallel_linear_reverse_kl as vocab_parallel_linear_reverse_kl
+from ._sharded import (
+    vocab_parallel_linear_reverse_kl_on_mesh as vocab_parallel_linear_reverse_kl_on_mesh,
+)
 from ._sharded import vocab_parallel_reverse_kl as vocab_parallel_reverse_kl
 from ._sharded import vocab_parallel_reverse_kl_on_mesh as vocab_parallel_reverse_kl_on_mesh
 
@@ -34,6 +46,12 @@ __all__ = [
     "vocab_parallel_jensen_shannon_on_mesh",
     "vocab_parallel_linear_cross_entropy",
     "vocab_parallel_linear_cross_entropy_on_mesh",
+    "vocab_parallel_linear_forward_kl",
+    "vocab_parallel_linear_forward_kl_on_mesh",
+    "vocab_parallel_linear_jensen_shannon",
+    "vocab_parallel_linear_jensen_shannon_on_mesh",
+    "vocab_parallel_linear_reverse_kl",
+    "vocab_parallel_linear_reverse_kl_on_mesh",
     "vocab_parallel_reverse_kl",
     "vocab_parallel_reverse_kl_on_mesh",
 ]

@@ -5,6 +5,7 @@ test per public object so that a failure names it.
 """
 
 import importlib.util
+import re
 import sys
 from pathlib import Path
 
@@ -30,3 +31,22 @@ def test_docstring_example(test):
     with jax.enable_x64(False):
         failures, report = check_docstrings.run_doctest(test)
     assert failures == 0, report
+
+
+# The docs pages' Python code blocks run too, except the ones showing another library's code
+# (their titles name it: ```python title="PyTorch"```, ```python title="optax"```).
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+_BLOCK = re.compile(r"^```python([^\n]*)\n(.*?)^```", flags=re.DOTALL | re.MULTILINE)
+
+
+def _docs_code_blocks():
+    for page in sorted(DOCS.glob("*.md")):
+        for index, (info, code) in enumerate(_BLOCK.findall(page.read_text())):
+            if "PyTorch" not in info and 'title="optax"' not in info:
+                yield pytest.param(code, id=f"{page.name}[{index}]")
+
+
+@pytest.mark.parametrize("code", list(_docs_code_blocks()))
+def test_docs_page_code_block_runs(code):
+    with jax.enable_x64(False):
+        exec(compile(code, "<docs>", "exec"), {})

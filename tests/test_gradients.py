@@ -181,6 +181,11 @@ def ref_binary_entropy(z, base=None):
     return h if base is None else h / np.log(base)
 
 
+def ref_entropy_from_probs(p, where=None):
+    terms = -_xlogy_terms(p, jnp.log(jnp.where(p > 0, p, 1.0)))
+    return jnp.sum(terms if where is None else jnp.where(where, terms, 0.0), -1)
+
+
 def ref_log_partition(z, where=None):
     return jax.nn.logsumexp(_exclude(z, where), -1)
 
@@ -207,6 +212,8 @@ CASES = {
     "entropy": (ref_entropy, en.entropy, g.entropy_grad, ("z",), 0, {}),
     "entropy_where_bits": (ref_entropy, en.entropy, g.entropy_grad, ("z",), 0,
                            dict(where="where", base=2)),
+    "entropy_from_probs": (ref_entropy_from_probs, en.entropy_from_probs,
+                           g.entropy_from_probs_grad, ("y",), 0, {"where": "where"}),
     "log_partition": (ref_log_partition, lp.log_partition, g.log_partition_grad, ("z",), 0,
                       {"where": "where"}),
     "z_loss": (lambda z, where=None: ref_log_partition(z, where) ** 2, lp.z_loss, g.z_loss_grad,
@@ -320,13 +327,18 @@ def test_temperature_is_a_one_over_t_chain_factor():
 
 
 def test_fully_masked_row_has_zero_gradient():
-    z = jnp.asarray(_LOGITS)
+    @jax.jit
+    def grads(z, y, labels, where):
+        return (
+            g.softmax_cross_entropy_grad(z, y, where=where),
+            g.entropy_grad(z, where=where),
+            g.softmax_cross_entropy_with_integer_labels_grad(z, labels, where=where),
+        )
+
     where = jnp.asarray(_WHERE).at[1].set(False)
     y = jnp.asarray(_PROBS).at[1].set(0.0)
-    labels = jnp.asarray(_LABELS)
-    assert np.all(g.softmax_cross_entropy_grad(z, y, where=where)[1] == 0)
-    assert np.all(g.entropy_grad(z, where=where)[1] == 0)
-    assert np.all(g.softmax_cross_entropy_with_integer_labels_grad(z, labels, where=where)[1] == 0)
+    for grad in grads(jnp.asarray(_LOGITS), y, jnp.asarray(_LABELS), where):
+        assert np.all(grad[1] == 0)
 
 
 def test_integer_labels_ignore_and_out_of_range():
@@ -339,13 +351,38 @@ def test_integer_labels_ignore_and_out_of_range():
 
 
 def test_integer_labels_other_class_axis_and_vmap():
-    z = jnp.asarray(_LOGITS[1:])
-    labels = jnp.asarray(_LABELS[1:])
-    by_rows = g.softmax_cross_entropy_with_integer_labels_grad(z, labels)
-    by_columns = g.softmax_cross_entropy_with_integer_labels_grad(z.T, labels, axis=0)
-    np.testing.assert_allclose(by_columns.T, by_rows, rtol=1e-14)
-    mapped = jax.vmap(g.softmax_cross_entropy_with_integer_labels_grad)(z, labels)
+    grad = g.softmax_cross_entropy_with_integer_labels_grad
+
+    @jax.jit
+    def three_ways(z, labels):
+        return grad(z, labels), grad(z.T, labels, axis=0).T, jax.vmap(grad)(z, labels)
+
+    by_rows, by_columns, mapped = three_ways(jnp.asarray(_LOGITS[1:]), jnp.asarray(_LABELS[1:]))
+    np.testing.assert_allclose(by_columns, by_rows, rtol=1e-14)
     np.testing.assert_allclose(mapped, by_rows, rtol=1e-14)
+
+
+def test_integer_labels_tuple_axis_and_per_example_where():
+    grad = g.softmax_cross_entropy_with_integer_labels_grad
+    z = jnp.asarray(_rng.standard_normal((2, 3, 4)))
+    labels = jnp.array([5, 11])  # row-major flat indices into the (3, 4) class block
+    keep = jnp.array([True, False])  # a per-example mask shaped like the labels
+
+    @jax.jit
+    def compute(z, labels, keep):
+        loss = lambda x: jnp.sum(
+            ce.softmax_cross_entropy_with_integer_labels(x, labels, axis=(1, 2), where=keep)
+        )
+        return (
+            grad(z, labels, axis=(1, 2), where=keep),
+            jax.grad(loss)(z),
+            grad(z.reshape(2, 12), labels),
+        )
+
+    by_block, autodiff, flat = compute(z, labels, keep)
+    assert _normwise(by_block, autodiff) <= 1e-12
+    np.testing.assert_allclose(by_block[0].reshape(12), flat[0], rtol=1e-14)
+    assert np.all(by_block[1] == 0)  # the dropped example
 
 
 def test_half_precision_returns_float32():
@@ -467,6 +504,8 @@ def test_errors_name_the_argument():
         g.entropy_hessian(z, axis=(0, 1))
     with pytest.raises(ValueError, match="`argnums`"):
         g.forward_kl_grad(z, z, argnums=2)
+    with pytest.raises(TypeError, match="`argnums`"):
+        jax.jit(g.forward_kl_grad)(z, z, argnums=(0, 1))
     with pytest.raises(ValueError, match="`target_logits`"):
         g.reverse_kl_grad(z, z[:2])
     with pytest.raises(ValueError, match="`beta`"):

@@ -44,22 +44,18 @@ LOSSES = {
         z, jax.nn.softmax(t)
     ),
     "integer_labels": lambda z, t, y, w: il.softmax_cross_entropy_with_integer_labels(z, y),
-    "integer_labels_all_options": lambda z, t, y, w: (
-        il.softmax_cross_entropy_with_integer_labels(
-            z,
-            y,
-            where=w,
-            ignore_index=3,
-            label_smoothing=0.1,
-            class_weights=CLASS_WEIGHTS,
-            z_loss=1e-3,
-            logit_softcap=5.0,
-            reduction="mean",
-        )
+    "integer_labels_all_options": lambda z, t, y, w: il.softmax_cross_entropy_with_integer_labels(
+        z,
+        y,
+        where=w,
+        ignore_index=3,
+        label_smoothing=0.1,
+        class_weights=CLASS_WEIGHTS,
+        z_loss=1e-3,
+        logit_softcap=5.0,
+        reduction="mean",
     ),
-    "kl_divergence": lambda z, t, y, w: il.kl_divergence(
-        jax.nn.log_softmax(z), jax.nn.softmax(t)
-    ),
+    "kl_divergence": lambda z, t, y, w: il.kl_divergence(jax.nn.log_softmax(z), jax.nn.softmax(t)),
     "kl_divergence_with_log_targets": lambda z, t, y, w: il.kl_divergence_with_log_targets(
         jax.nn.log_softmax(z), jax.nn.log_softmax(t)
     ),

@@ -88,6 +88,14 @@ def test_nan_and_inf_are_reported_explicitly():
     assert arg.analytic_fd_error is None and arg.fd_entries == 0
 
 
+def test_zero_gradient_is_not_a_relative_error():
+    # Uniform logits: the entropy is at its maximum and its gradient is exactly 0.
+    report = compare_gradients(il.entropy, g.entropy_grad, jnp.zeros((2, 3), jnp.float32))
+    (arg,) = report.arguments
+    assert arg.scale == 0 and arg.max_rel_error == 0
+    assert arg.analytic_fd_error < 1e-3 and report.ok(fd_rtol=1e-3)
+
+
 def test_float32_inputs_and_float64_finite_differences():
     z, y = jnp.asarray(LOGITS, jnp.float32), jnp.asarray(TARGETS, jnp.float32)
     report = compare_gradients(il.softmax_cross_entropy, g.softmax_cross_entropy_grad, z, y)
@@ -107,6 +115,7 @@ def test_two_arguments_and_jitted_or_eager_functions():
     loss = functools.partial(il.forward_kl, temperature=2.0)
     for jit in (True, False):
         report = compare_gradients(loss, grad, z, t, argnums=(0, 1), jit=jit)
+        assert report.name == "forward_kl"  # unwrapped from the partial
         assert [a.argnum for a in report] == [0, 1]
         assert report.ok(rtol=1e-12, atol=0.0, fd_rtol=1e-8)
 

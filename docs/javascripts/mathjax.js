@@ -1,12 +1,13 @@
-// MathJax settings for pymdownx.arithmatex (generic mode): $...$ inline, $$...$$ display.
+// MathJax settings. pymdownx.arithmatex (generic mode) wraps the math of the Markdown pages and
+// docstrings in \( \) and \[ \]; the rendered notebook keeps Jupyter's $ and $$. Code blocks
+// (<pre>, <code>) are never typeset.
 window.MathJax = {
   tex: {
-    inlineMath: [["\\(", "\\)"]],
-    displayMath: [["\\[", "\\]"]],
+    inlineMath: [["\\(", "\\)"], ["$", "$"]],
+    displayMath: [["\\[", "\\]"], ["$$", "$$"]],
     processEscapes: true,
     processEnvironments: true,
   },
-  options: { ignoreHtmlClass: ".*|", processHtmlClass: "arithmatex" },
 };
 
 document$.subscribe(() => {

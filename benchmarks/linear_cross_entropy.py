@@ -1,0 +1,196 @@
+"""Fused linear cross-entropy vs the naive head: XLA temp memory at LLM scale, and speed.
+
+    python benchmarks/linear_cross_entropy.py            # full sizes
+    python benchmarks/linear_cross_entropy.py --quick    # small sizes, a smoke run
+
+Memory (compile-only, no allocation): value_and_grad w.r.t. hidden and weight of
+  * naive + optax: ``optax.softmax_cross_entropy_with_integer_labels(hidden @ W, labels).mean()``
+  * naive + core:  ``il.softmax_cross_entropy_with_integer_labels(hidden @ W, labels, "mean")``
+  * fused:         ``il.linear_softmax_cross_entropy(hidden, labels, W)`` (automatic method),
+    and each explicit method ("recompute": 4 matmuls, minimal memory; "fused": 3 matmuls)
+for the Llama-3-8B head (N=8192, D=4096, V=128256) and the Gemma-2-2B head (N=8192, D=2304,
+V=256000), float32 and bfloat16 inputs. The "[D,V] arrays" column lists every array type of
+The "W copies in loops" column lists weight-sized arrays of another dtype carried by the compiled
+while loops (e.g. an ``f32`` copy of a ``bf16`` weight, hoisted out of the block loop); "temp /
+f32 W" below 1 shows that no full float32 copy of the weight can exist at all.
+
+Speed: value_and_grad at N=4096, D=256, V=32768 float32 against naive + optax, naive + core and
+the floor, the three matmuls alone (logits, dh, dW); a loss-only call against one matmul.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+from _common import (
+    compile_only,
+    gib,
+    loop_copies_of,
+    machine,
+    parser,
+    ratio,
+    table,
+    temp_bytes,
+    time_interleaved,
+)
+
+import infoloss_jax as il
+from infoloss_jax._fused import _linear_softmax_cross_entropy
+
+HEADS = {
+    "llama3-8b": (8192, 4096, 128256),
+    "gemma2-2b": (8192, 2304, 256000),
+}
+QUICK_HEADS = {"small": (1024, 512, 16384)}
+
+
+def naive_optax(h, w, y):
+    logits = (h @ w).astype(jnp.float32)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+
+def naive_core(h, w, y):
+    return il.softmax_cross_entropy_with_integer_labels(h @ w, y, reduction="mean")
+
+
+def fused(method, blocks=None):
+    tokens, vocab = blocks or (None, None)
+
+    def loss(h, w, y):
+        return _linear_softmax_cross_entropy(
+            h, y, w, method=method, token_block_size=tokens, vocab_block_size=vocab
+        )
+
+    return loss
+
+
+def variants(blocks):
+    """The fused variants under test: automatic, each method, and explicit block sizes."""
+    out = {
+        "fused (auto)": fused("auto"),
+        "fused recompute": fused("recompute"),
+        "fused fused": fused("fused"),
+    }
+    for tokens, vocab in blocks:
+        out[f"fused recompute {tokens}x{vocab}"] = fused("recompute", (tokens, vocab))
+    return out
+
+
+def grad_of(loss):
+    return jax.value_and_grad(loss, argnums=(0, 1))
+
+
+def memory(heads, dtypes, blocks):
+    rows = []
+    for name, (n, d, v) in heads.items():
+        for dtype in dtypes:
+            specs = (
+                jax.ShapeDtypeStruct((n, d), dtype),
+                jax.ShapeDtypeStruct((d, v), dtype),
+                jax.ShapeDtypeStruct((n,), jnp.int32),
+            )
+            base = temp_bytes(compile_only(grad_of(naive_optax), *specs))
+            fns = {"naive+optax": grad_of(naive_optax), "naive+core": grad_of(naive_core)}
+            fns.update({k: grad_of(f) for k, f in variants(blocks).items()})
+            for label, fn in fns.items():
+                compiled = compile_only(fn, *specs)
+                temp = temp_bytes(compiled)
+                extra = loop_copies_of(compiled, (d, v), dtype)
+                w_f32 = 4 * d * v
+                rows.append(
+                    [
+                        name,
+                        jnp.dtype(dtype).name,
+                        label,
+                        gib(temp),
+                        f"{100 * temp / base:.2f}%",
+                        f"{temp / w_f32:.3f}",
+                        ", ".join(extra) or "none",
+                    ]
+                )
+                print(f"  {rows[-1]}", flush=True)
+    return table(
+        [
+            "head",
+            "dtype",
+            "fwd+bwd",
+            "temp GiB",
+            "vs naive+optax",
+            "temp / f32 W",
+            "W copies in loops",
+        ],
+        rows,
+    )
+
+
+def speed(n, d, v, reps, dtype=jnp.float32, blocks=()):
+    keys = jax.random.split(jax.random.key(0), 3)
+    h = jax.random.normal(keys[0], (n, d), jnp.float32).astype(dtype)
+    w = (jax.random.normal(keys[1], (d, v), jnp.float32) / jnp.sqrt(d)).astype(dtype)
+    y = jax.random.randint(keys[2], (n,), 0, v)
+
+    def floor(h, w):
+        z = h @ w
+        return z @ w.T, h.T @ z
+
+    fns = {
+        "naive+optax": jax.jit(grad_of(naive_optax)),
+        "naive+core": jax.jit(grad_of(naive_core)),
+        **{k: jax.jit(grad_of(f)) for k, f in variants(blocks).items()},
+        "3 matmuls (floor)": jax.jit(floor),
+        "loss only, fused": jax.jit(fused("auto")),
+        "1 matmul": jax.jit(lambda h, w: h @ w),
+    }
+    args = {k: ((h, w) if k in ("3 matmuls (floor)", "1 matmul") else (h, w, y)) for k in fns}
+    t = time_interleaved(fns, args, reps)
+    rows = []
+    for k in fns:
+        if k.startswith(("loss only", "1 matmul")):
+            rows.append([k, f"{1e3 * t[k]:.1f}", "", "", ratio(t[k], t["1 matmul"])])
+        else:
+            rows.append(
+                [
+                    k,
+                    f"{1e3 * t[k]:.1f}",
+                    ratio(t[k], t["naive+optax"]),
+                    ratio(t[k], t["3 matmuls (floor)"]),
+                    "",
+                ]
+            )
+    title = f"value_and_grad, N={n} D={d} V={v} {jnp.dtype(dtype).name}, median of {reps}"
+    headers = ["variant", "ms", "vs naive+optax", "vs floor", "vs 1 matmul"]
+    return title + "\n" + table(headers, rows)
+
+
+def main():
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--shape", type=int, nargs=3, metavar=("N", "D", "V"), help="speed sizes")
+    p.add_argument("--dtype", default="float32", help="speed input dtype, e.g. bfloat16")
+    p.add_argument("--heads", nargs="*", default=None, help=f"memory heads of {list(HEADS)}")
+    p.add_argument("--dtypes", nargs="*", default=["float32", "bfloat16"], help="memory dtypes")
+    p.add_argument(
+        "--blocks",
+        nargs="*",
+        default=[],
+        metavar="TxV",
+        help="extra explicit block sizes, 512x4096",
+    )
+    args = p.parse_args()
+    blocks = [tuple(int(x) for x in b.split("x")) for b in args.blocks]
+    print(machine())
+    if not args.no_memory:
+        heads = QUICK_HEADS if args.quick else HEADS
+        if args.heads:
+            heads = {k: heads[k] for k in args.heads}
+        print("\nTemp memory, value_and_grad (compile-only):")
+        print(memory(heads, [jnp.dtype(t) for t in args.dtypes], blocks))
+    if not args.no_speed:
+        n, d, v = args.shape or ((1024, 128, 8192) if args.quick else (4096, 256, 32768))
+        print()
+        reps = args.reps or (3 if args.quick else 7)
+        print(speed(n, d, v, reps, jnp.dtype(args.dtype), blocks))
+
+
+if __name__ == "__main__":
+    main()
