@@ -11,9 +11,12 @@ compiles ``value_and_grad`` of
   ``--data 2``, a ``(2, 4)`` data x vocabulary mesh;
 
 and prints ``memory_analysis()`` figures per device: temporaries, arguments and outputs (MiB),
-and the ratio of the sharded to the single-device fused temporaries. By default it simulates 8
-CPU devices (XLA_FLAGS is set before JAX is imported); on a real 8-GPU/TPU host pass
-``--real-devices``.
+the ratio of the sharded to the single-device fused temporaries, and which backward pass the
+sharded loss ran (``backward="auto"`` by default: ``two_pass`` when a one-pass backward would
+keep a float32 ``[N, D]`` or ``[D, V/d]`` gradient accumulator larger than a logits tile, else
+the one-pass loop order ``tokens_outer`` or ``vocab_outer``; force one with ``--backward``).
+By default it simulates 8 CPU devices (XLA_FLAGS is set before JAX is imported); on a real
+8-GPU/TPU host pass ``--real-devices``.
 
     python benchmarks/sharded_memory.py            # Llama-3-8B and Gemma-2-2B heads, f32 + bf16
     python benchmarks/sharded_memory.py --quick    # small head, seconds
@@ -41,6 +44,12 @@ def _parse():
     p.add_argument(
         "--distill", action="store_true", help="forward KL between two heads instead of CE"
     )
+    p.add_argument(
+        "--backward",
+        choices=["auto", "one_pass", "two_pass"],
+        default="auto",
+        help="backward pass of the sharded loss (default auto)",
+    )
     return p.parse_args()
 
 
@@ -58,6 +67,8 @@ from jax.sharding import PartitionSpec as P  # noqa: E402
 
 import infoloss_jax as il  # noqa: E402
 from infoloss_jax._fused import linear_forward_kl, linear_softmax_cross_entropy  # noqa: E402
+from infoloss_jax._sharded import _backward_plan  # noqa: E402
+from infoloss_jax._validation import accumulation_dtype  # noqa: E402
 from infoloss_jax.sharded import (  # noqa: E402
     vocab_parallel_linear_cross_entropy,
     vocab_parallel_linear_forward_kl,
@@ -121,14 +132,29 @@ def naive_kl_memory(n, d, v, dtype):
     return _memory(fn.lower(structs[0], structs[2], structs[0], structs[2]).compile())
 
 
-def sharded_kl_memory(n, d, v, dtype, vocab_shards, data_shards):
+def backward_plan(n, d, v, dtype, vocab_shards, data_shards, backward):
+    """The backward the sharded loss runs, from the per-device sizes (same rule as the loss)."""
+    local_vocab = -(-v // vocab_shards)
+    return _backward_plan(
+        backward,
+        n // data_shards,
+        d,
+        local_vocab,
+        dtype,
+        accumulation_dtype(dtype),
+        data_shards > 1,
+        vocab_shards,
+    )
+
+
+def sharded_kl_memory(n, d, v, dtype, vocab_shards, data_shards, backward="auto"):
     mesh, data = _mesh(vocab_shards, data_shards)
     padded = vocab_shards * -(-v // vocab_shards)
     rows, cols = P(data, None), P(None, "vocab")
 
     def local(h, w, th, tw):
         return vocab_parallel_linear_forward_kl(
-            h, w, th, tw, axis_name="vocab", vocab_size=v, data_axis_name=data
+            h, w, th, tw, axis_name="vocab", vocab_size=v, data_axis_name=data, backward=backward
         )
 
     loss = jax.shard_map(local, mesh=mesh, in_specs=(rows, cols, rows, cols), out_specs=P())
@@ -149,14 +175,14 @@ def _mesh(vocab_shards, data_shards):
     return jax.make_mesh((vocab_shards,), ("vocab",), (AxisType.Auto,), devices=devices), None
 
 
-def sharded_memory(n, d, v, dtype, vocab_shards, data_shards):
+def sharded_memory(n, d, v, dtype, vocab_shards, data_shards, backward="auto"):
     mesh, data = _mesh(vocab_shards, data_shards)
     padded = vocab_shards * -(-v // vocab_shards)
     specs = (P(data, None), P(data), P(None, "vocab"))
 
     def local(h, y, w):
         return vocab_parallel_linear_cross_entropy(
-            h, y, w, axis_name="vocab", vocab_size=v, data_axis_name=data
+            h, y, w, axis_name="vocab", vocab_size=v, data_axis_name=data, backward=backward
         )
 
     loss = jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=P())
@@ -185,7 +211,7 @@ def main(args):
     header = (
         f"{'head':<10} {'N':>5} {'D':>5} {'V':>6} {'dtype':<8} | {'naive temp':>10} "
         f"{'fused temp':>10} {'fused args':>10} | {'shard temp':>10} {'shard args':>10} "
-        f"{'shard out':>9} | {'temp ratio':>10}"
+        f"{'shard out':>9} | {'temp ratio':>10} {'backward':>12}"
     )
     print(header)
     print("-" * len(header))
@@ -198,12 +224,13 @@ def main(args):
                 naive_fn, fused_fn, shard_fn = naive_memory, fused_memory, sharded_memory
             naive = (float("nan"),) * 3 if args.no_naive else naive_fn(n, d, v, dtype)
             fused = fused_fn(n, d, v, dtype)
-            shard = shard_fn(n, d, v, dtype, args.devices, args.data)
+            shard = shard_fn(n, d, v, dtype, args.devices, args.data, args.backward)
+            plan = backward_plan(n, d, v, dtype, args.devices, args.data, args.backward)
             ratio = shard[0] / fused[0] if fused[0] else float("nan")
             print(
                 f"{name:<10} {n:>5} {d:>5} {v:>6} {dtype_name:<8} | {naive[0] / MiB:>10.1f} "
                 f"{fused[0] / MiB:>10.1f} {fused[1] / MiB:>10.1f} | {shard[0] / MiB:>10.1f} "
-                f"{shard[1] / MiB:>10.1f} {shard[2] / MiB:>9.1f} | {ratio:>10.3f}",
+                f"{shard[1] / MiB:>10.1f} {shard[2] / MiB:>9.1f} | {ratio:>10.3f} {plan:>12}",
                 flush=True,
             )
 

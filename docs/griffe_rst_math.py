@@ -4,9 +4,9 @@ The docstrings follow reST conventions that read well in a terminal: ``.. math::
 ``:math:`` and ``:func:`` roles, and ``>>>`` doctest examples. mkdocstrings renders Markdown, so
 while the API is loaded this rewrites math to ``$...$`` / ``$$...$$`` (rendered by MathJax
 through ``pymdownx.arithmatex``), cross-reference roles to inline code, and doctest examples to
-fenced ``pycon`` code blocks. A function whose docstring is attached at import time
-(``f.__doc__ = ...``), which static analysis cannot see, gets its docstring from the imported
-object.
+fenced ``pycon`` code blocks. Two things static analysis cannot see are taken from the imported
+module instead: a docstring attached at import time (``f.__doc__ = ...``), and a public
+function built by a factory (``f = make_wrapper(...)``), which the parser takes for a variable.
 """
 
 from __future__ import annotations
@@ -78,10 +78,35 @@ class RstToMarkdown(griffe.Extension):
                 )
 
     def on_package(self, *, pkg: griffe.Module, **kwargs) -> None:
-        # After the whole package is loaded (including docstrings found at import time).
+        # After the whole package is loaded.
+        for obj in list(_walk(pkg)):
+            if obj.is_module:
+                _replace_factory_functions(obj)
         for obj in _walk(pkg):
             if obj.docstring is not None:
                 obj.docstring.value = rst_to_markdown(obj.docstring.value)
+
+
+def _replace_factory_functions(module: griffe.Module) -> None:
+    """Public module-level "variables" that are functions at run time become functions."""
+    candidates = [
+        name
+        for name, member in module.members.items()
+        if not member.is_alias and member.is_attribute and not name.startswith("_")
+    ]
+    if not candidates:
+        return
+    try:
+        runtime = importlib.import_module(module.path)
+    except ImportError:
+        return
+    names = [n for n in candidates if inspect.isfunction(getattr(runtime, n, None))]
+    if names:
+        inspected = griffe.inspect(module.path)
+        for name in names:
+            function = inspected[name]
+            function.parent = module
+            module.set_member(name, function)
 
 
 def _walk(obj: griffe.Object):

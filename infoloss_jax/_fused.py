@@ -55,6 +55,8 @@ Distillation (student ``s = h @ w / T``, teacher ``t = th @ tw / T``):
 * ``_kl_slice_grads(h, w, th, tw, s_lse, t_lse, kl_q, row_scale, *, spec, blocks) -> (dh, dw)``:
   ``kl_q`` is the per-token KL(Q||P) (reverse) or KL(Q||M) (JSD) needed by the gradient,
   ignored for the forward KL.
+* ``_kl_loss_from_stats(stats, spec, jsd_terms)`` turns merged statistics into the per-token
+  divergence, its logsumexps and ``kl_q``.
 
 Two implementations of the cross-entropy gradient exist: ``"recompute"`` (above: the forward
 pass only computes statistics, the backward pass recomputes every logits block; 4 matmuls for
@@ -64,6 +66,9 @@ hand, as Liger-Kernel does; 3 matmuls, but a ``[Tb, V]`` row buffer and a ``[D, 
 accumulator in ``accum_dtype``). ``"auto"`` picks ``"fused"`` only on CPU, for a scalar
 reduction, a float32 weight (the accumulator is then the gradient's own buffer) and a row buffer
 that fits _FUSED_ROW_ELEMENTS (see :func:`_choose_method`); everywhere else ``"recompute"``.
+The distillation losses have the same two methods (``_kl_loss`` and ``_kl_fused``; the fused one
+keeps a student and a teacher row, 4 matmuls like the naive path instead of 6, or 8 for the
+JSD's second pass).
 
 Every loop carries the large inputs it slices (``pinned`` in :func:`_for_blocks`) through an
 optimization barrier. Without it XLA's CPU backend hoists a convert of a bfloat16 weight out of
@@ -758,7 +763,9 @@ def linear_softmax_cross_entropy(
       logit_softcap: optional cap :math:`s > 0`.
       reduction: ``"none"`` (shape of ``labels``), ``"sum"``, ``"mean"`` or ``"batchmean"``
         (sum over the size of the first dimension of ``labels``).
-      token_block_size: tokens per tile; ``None`` chooses from the shapes.
+      token_block_size: tokens per tile; ``None`` chooses from the shapes and a memory budget
+        (larger on GPU/TPU, where each loop step costs kernel launches). Larger tiles trade
+        memory for speed.
       vocab_block_size: classes per tile; ``None`` chooses from the shapes.
       accum_dtype: accumulation dtype (float32 by default; float64 inputs use float64).
       return_aux: also return a :class:`LinearCrossEntropyAux` of per-token logsumexp, z-loss
@@ -1050,9 +1057,10 @@ def _kl_slice_grads(h, w, th, tw, s_lse, t_lse, kl_q, row_scale, *, spec, blocks
     return _for_blocks(vocab_body, init, vs, blocks.vocab, (h, w, th, tw))
 
 
-def _kl_forward(h, w, th, tw, spec, blocks):
-    """Per-token divergence plus what its gradient needs: (loss, s_lse, t_lse, kl_q)."""
-    stats = _kl_slice_stats(h, w, th, tw, spec=spec, blocks=blocks)
+def _kl_loss_from_stats(stats: _KLStats, spec: _KLSpec, jsd_terms):
+    """Per-token divergence plus what its gradient needs: (loss, s_lse, t_lse, kl_q).
+
+    ``jsd_terms(s_lse, t_lse)`` returns the JSD's (p_term, q_term); unused for the KLs."""
     s_lse, t_lse = _lse(stats.s_max, stats.s_sumexp), _lse(stats.t_max, stats.t_sumexp)
     if spec.kind == "forward":
         loss = stats.fwd / stats.t_sumexp - t_lse + s_lse
@@ -1060,8 +1068,99 @@ def _kl_forward(h, w, th, tw, spec, blocks):
     if spec.kind == "reverse":
         loss = stats.rev / stats.s_sumexp - s_lse + t_lse
         return loss, s_lse, t_lse, loss
-    p_term, q_term = _jsd_slice_terms(h, w, th, tw, s_lse, t_lse, spec=spec, blocks=blocks)
+    p_term, q_term = jsd_terms(s_lse, t_lse)
     return spec.beta * p_term + (1.0 - spec.beta) * q_term, s_lse, t_lse, q_term
+
+
+def _jsd_row_terms(s, t, s_lse, t_lse, beta):
+    """sum p (log p - log m) and sum q (log q - log m) over full rows of logits."""
+    log_q, log_p = s - s_lse[:, None], t - t_lse[:, None]
+    log_m = _jsd_log_m(log_p, log_q, beta)
+    p_term = jnp.sum(jnp.exp(log_p) * (log_p - log_m), axis=1)
+    return p_term, jnp.sum(jnp.exp(log_q) * (log_q - log_m), axis=1)
+
+
+def _kl_forward(h, w, th, tw, spec, blocks):
+    stats = _kl_slice_stats(h, w, th, tw, spec=spec, blocks=blocks)
+
+    def jsd_terms(s_lse, t_lse):
+        return _jsd_slice_terms(h, w, th, tw, s_lse, t_lse, spec=spec, blocks=blocks)
+
+    return _kl_loss_from_stats(stats, spec, jsd_terms)
+
+
+def _kl_fused_value_and_grads(h, w, th, tw, row_scale, *, spec, blocks):
+    """Per-token divergence and the student gradient of sum_i row_scale_i loss_i in one sweep.
+
+    As :func:`_ce_fused_value_and_grads`: token blocks outside, each block's student and teacher
+    logits rows [Tb, V] kept and reused, so four matmuls in all, as many as the naive path."""
+    n, d = h.shape
+    v = w.shape[1]
+    acc = spec.accum_dtype
+    row_scale = row_scale.astype(acc)
+
+    def token_body(carry, t0, tl, pinned):
+        loss_out, dh, dw = carry
+        h, w, th, tw = pinned
+        h_blk, th_blk = _rows(h, t0, tl), _rows(th, t0, tl)
+
+        def stats_body(inner, v0, vl, pinned):
+            stats, s_row, t_row = inner
+            w, tw = pinned
+            s, t = _kl_tile_logits(h_blk, _cols(w, v0, vl), th_blk, _cols(tw, v0, vl), spec)
+            s_row = lax.dynamic_update_slice_in_dim(s_row, s, v0, 1)
+            t_row = lax.dynamic_update_slice_in_dim(t_row, t, v0, 1)
+            return _merge_kl_stats(stats, _kl_tile_stats(s, t)), s_row, t_row
+
+        rows = jnp.zeros((tl, v), acc)
+        init = (_empty_kl_stats(tl, acc), rows, rows)
+        stats, s_row, t_row = _for_blocks(stats_body, init, v, blocks.vocab, (w, tw))
+        loss, s_lse, t_lse, kl_q = _kl_loss_from_stats(
+            stats, spec, lambda sl, tl_: _jsd_row_terms(s_row, t_row, sl, tl_, spec.beta)
+        )
+        scale = _rows(row_scale, t0, tl)
+
+        def grad_body(inner, v0, vl, pinned):
+            dh_blk, dw = inner
+            (w,) = pinned
+            w_blk = _cols(w, v0, vl)
+            ds = _kl_tile_dlogits(
+                _cols(s_row, v0, vl), _cols(t_row, v0, vl), s_lse, t_lse, kl_q, scale, spec
+            )
+            ds = ds.astype(jnp.result_type(h.dtype, w.dtype))
+            dh_blk = dh_blk + _matmul_nt(ds, w_blk, acc)
+            dw = lax.dynamic_update_slice_in_dim(
+                dw, _cols(dw, v0, vl) + _matmul_tn(h_blk, ds, acc), v0, 1
+            )
+            return dh_blk, dw
+
+        dh_blk, dw = _for_blocks(grad_body, (jnp.zeros((tl, d), acc), dw), v, blocks.vocab, (w,))
+        return _set_rows(loss_out, t0, loss), _set_rows(dh, t0, dh_blk), dw
+
+    init = (jnp.zeros((n,), acc), jnp.zeros((n, d), h.dtype), jnp.zeros((d, v), acc))
+    return _for_blocks(token_body, init, n, blocks.tokens, (h, w, th, tw))
+
+
+# Scalar sum_i row_scale_i loss_i; the forward rule computes the student gradient too.
+# Outputs: (total, loss); only total carries a gradient.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def _kl_fused(h, w, th, tw, row_scale, spec, blocks):
+    loss = _kl_forward(h, w, th, tw, spec, blocks)[0]
+    return jnp.sum(loss * row_scale), loss
+
+
+def _kl_fused_fwd(h, w, th, tw, row_scale, spec, blocks):
+    loss, dh, dw = _kl_fused_value_and_grads(h, w, th, tw, row_scale, spec=spec, blocks=blocks)
+    return (jnp.sum(loss * row_scale), loss), (dh, dw.astype(w.dtype))
+
+
+def _kl_fused_bwd(spec, blocks, res, cotangents):
+    dh, dw = res
+    g = cotangents[0]
+    return dh * g.astype(dh.dtype), dw * g.astype(dw.dtype), None, None, None
+
+
+_kl_fused.defvjp(_kl_fused_fwd, _kl_fused_bwd)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
@@ -1098,6 +1197,7 @@ def _linear_divergence(
     token_block_size,
     vocab_block_size,
     accum_dtype,
+    method="auto",
 ):
     hidden = as_float_array(hidden, "hidden")
     weight = as_float_array(weight, "weight")
@@ -1137,14 +1237,25 @@ def _linear_divergence(
     blocks = _choose_blocks(
         n, max(d, target_hidden.shape[-1]), v, token_block_size, vocab_block_size
     )
-    loss = _kl_loss(
+    args = (
         hidden.reshape(n, d),
         weight,
         lax.stop_gradient(target_hidden.reshape(n, target_hidden.shape[-1])),
         lax.stop_gradient(target_weight),
-        spec,
-        blocks,
     )
+    # Two [Tb, V] rows (student and teacher) for the fused gradient.
+    method = _choose_method(
+        method, reduction, n, 2 * v, blocks, token_block_size, weight.dtype, acc
+    )
+    if method == "fused" and reduction != "none":
+        if token_block_size is None:
+            rows = _FUSED_ROW_ELEMENTS // (2 * v)
+            blocks = blocks._replace(tokens=min(n, _floor_pow2(max(rows, 1))))
+        keep = jnp.ones((n,), bool) if where is None else where.reshape(n)
+        scale = _reduction_scale(reduction, jnp.ones((n,), acc), keep, lead, acc)
+        total, _ = _kl_fused(*args, jnp.where(keep, scale, 0.0), spec, blocks)
+        return total
+    loss = _kl_loss(*args, spec, blocks)
     return reduce_loss(loss.reshape(lead), reduction=reduction, where=where)
 
 
@@ -1165,7 +1276,9 @@ _DISTILL_ARGS = """
       where: optional boolean per-token mask (shape ``hidden.shape[:-1]``); False drops a token
         from the loss and from the mean.
       reduction: ``"none"``, ``"sum"``, ``"mean"`` (over kept tokens) or ``"batchmean"``.
-      token_block_size: tokens per tile; ``None`` chooses from the shapes.
+      token_block_size: tokens per tile; ``None`` chooses from the shapes and a memory budget
+        (larger on GPU/TPU, where each loop step costs kernel launches). Larger tiles trade
+        memory for speed.
       vocab_block_size: classes per tile; ``None`` chooses from the shapes.
       accum_dtype: accumulation dtype (float32 by default; float64 inputs use float64).
 

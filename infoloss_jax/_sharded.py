@@ -574,17 +574,17 @@ def _linear_ctx(hidden, weight, axis_name, vocab_size, eps, zc, cap, bt, bv):
     )
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7, 8, 9, 10, 11))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7, 8, 9, 10, 11, 12))
 def _vp_linear_ce(
-    hidden, labels, weight, bias, axis_name, vocab_size, ignore, eps, zc, cap, bt, bv
+    hidden, labels, weight, bias, axis_name, vocab_size, ignore, eps, zc, cap, bt, bv, backward
 ):
-    args = (axis_name, vocab_size, ignore, eps, zc, cap, bt, bv)
+    args = (axis_name, vocab_size, ignore, eps, zc, cap, bt, bv, backward)
     out, _ = _vp_linear_ce_fwd(hidden, labels, weight, bias, *args)
     return out
 
 
 def _vp_linear_ce_fwd(
-    hidden, labels, weight, bias, axis_name, vocab_size, ignore, eps, zc, cap, bt, bv
+    hidden, labels, weight, bias, axis_name, vocab_size, ignore, eps, zc, cap, bt, bv, backward
 ):
     ctx = _linear_ctx(hidden, weight, axis_name, vocab_size, eps, zc, cap, bt, bv)
     n = hidden.shape[0]
@@ -616,20 +616,80 @@ def _weight_psum_axes(weight: jax.Array, *contributors) -> tuple:
     return tuple(sorted(varying - _varying_axes(weight), key=str))
 
 
-def _choose_backward_order(
-    n_tokens: int, local_vocab: int, weight_dtype, acc, weight_psum: bool = False
-) -> str:
-    """Each loop order needs one full-size float32 accumulator: [D, V_local] for the weight
-    gradient (token blocks outside; free when the weight is float32 and needs no all-reduce over
-    a data axis, as the accumulator becomes the output) or [N, D] for the hidden gradient
-    (vocabulary blocks outside, where each weight-gradient block is all-reduced on its own).
-    Pick the smaller."""
+_BACKWARDS = ("auto", "one_pass", "two_pass")
+
+
+def _check_backward(value) -> str:
+    if not isinstance(value, str) or value not in _BACKWARDS:
+        valid = ", ".join(repr(b) for b in _BACKWARDS)
+        raise ValueError(f"Unknown `backward`={value!r}; expected one of {valid}.")
+    return value
+
+
+def _one_pass_accumulators(
+    n_tokens: int, hidden_size: int, local_vocab: int, weight_dtype, acc, weight_psum: bool
+) -> dict[str, int]:
+    """Elements of the full-size float32 accumulator each one-pass loop order needs: [D, V_local]
+    for the weight gradient (token blocks outside; free when the weight is float32 and needs no
+    all-reduce over a data axis, as the accumulator becomes the output) or [N, D] for the hidden
+    gradient (vocabulary blocks outside, where each weight-gradient block is all-reduced on its
+    own)."""
     free = jnp.dtype(weight_dtype) == jnp.dtype(acc) and not weight_psum
-    weight_accumulator = 0 if free else local_vocab
-    return "tokens_outer" if weight_accumulator <= n_tokens else "vocab_outer"
+    return {
+        "tokens_outer": 0 if free else hidden_size * local_vocab,
+        "vocab_outer": n_tokens * hidden_size,
+    }
 
 
-def _vp_linear_ce_bwd(axis_name, vocab_size, ignore, eps, zc, cap, bt, bv, residuals, cotangents):
+def _backward_plan(
+    backward: str,
+    n_tokens: int,
+    hidden_size: int,
+    local_vocab: int,
+    weight_dtype,
+    acc,
+    weight_psum: bool,
+    axis_size: int,
+) -> str:
+    """The backward pass to run: ``"two_pass"``, ``"tokens_outer"`` or ``"vocab_outer"``.
+
+    A one-pass backward recomputes each logits tile once (3 matmuls per tile with the forward)
+    but keeps one full-size float32 accumulator (see :func:`_one_pass_accumulators`); the smaller
+    order is taken. The two-pass backward recomputes every tile twice (4 matmuls) and keeps only
+    tile-sized accumulators. ``"auto"`` picks two passes when the one-pass accumulator would be
+    larger than a logits tile (``_block_budget`` elements), which is what happens in half
+    precision or when the weight gradient must be all-reduced over a data axis, at LLM sizes.
+    """
+    sizes = _one_pass_accumulators(
+        n_tokens, hidden_size, local_vocab, weight_dtype, acc, weight_psum
+    )
+    order = min(sizes, key=lambda k: (sizes[k], k != "tokens_outer"))
+    if backward == "two_pass" or (backward == "auto" and sizes[order] > _block_budget(axis_size)):
+        return "two_pass"
+    return order
+
+
+def _linear_grads(plan: str, rows, weight, bias, ctx, vary, extra=None):
+    """(hidden, weight, bias) gradients of a fused linear loss, by the backward ``plan``."""
+    if plan == "tokens_outer":
+        return _linear_grads_tokens_outer(rows, weight, bias, ctx, vary, extra)
+    if plan == "vocab_outer":
+        return _linear_grads_vocab_outer(rows, weight, bias, ctx, vary, extra)
+    # Two passes: the weight gradient block by block (vocabulary outside, each [D, Bv] block
+    # finished over all tokens), then the hidden gradient block by block (tokens outside, each
+    # [Bt, D] block finished over the local vocabulary and all-reduced).
+    _, dweight, dbias = _linear_grads_vocab_outer(
+        rows, weight, bias, ctx, vary, extra, hidden_grad=False
+    )
+    dhidden, _, _ = _linear_grads_tokens_outer(
+        rows, weight, bias, ctx, vary, extra, weight_grads=False
+    )
+    return dhidden, dweight, dbias
+
+
+def _vp_linear_ce_bwd(
+    axis_name, vocab_size, ignore, eps, zc, cap, bt, bv, backward, residuals, cotangents
+):
     hidden, labels, weight, bias, lse, inv_count, keep = residuals
     ctx = _linear_ctx(hidden, weight, axis_name, vocab_size, eps, zc, cap, bt, bv)
     acc = ctx["acc"]
@@ -637,11 +697,17 @@ def _vp_linear_ce_bwd(axis_name, vocab_size, ignore, eps, zc, cap, bt, bv, resid
     rows = tuple(_pad_rows(x, bt) for x in (hidden, labels, lse, coef, inv_count))
     vary = (hidden, weight, bias, labels, cotangents[0])
     ctx["weight_psum"] = _weight_psum_axes(weight, hidden, cotangents[0], labels)
-    order = _choose_backward_order(
-        hidden.shape[0], weight.shape[1], weight.dtype, acc, bool(ctx["weight_psum"])
+    plan = _backward_plan(
+        backward,
+        hidden.shape[0],
+        weight.shape[0],
+        weight.shape[1],
+        weight.dtype,
+        acc,
+        bool(ctx["weight_psum"]),
+        lax.axis_size(axis_name),
     )
-    grads = _linear_grads_tokens_outer if order == "tokens_outer" else _linear_grads_vocab_outer
-    dhidden, dweight, dbias = grads(rows, weight, bias, ctx, vary)
+    dhidden, dweight, dbias = _linear_grads(plan, rows, weight, bias, ctx, vary)
     # The weight (and bias) may be replicated over a data axis: _match_cotangent sums their
     # per-device contributions over it.
     dhidden = _match_cotangent(dhidden[: hidden.shape[0]], hidden).astype(hidden.dtype)
@@ -664,9 +730,10 @@ def _token_block(rows, i, bt):
     return tuple(lax.dynamic_slice_in_dim(x, i * bt, bt) for x in rows)
 
 
-def _linear_grads_tokens_outer(rows, weight, bias, ctx, vary, extra=None):
+def _linear_grads_tokens_outer(rows, weight, bias, ctx, vary, extra=None, weight_grads=True):
     """Token blocks outside: each token block's hidden gradient is finished (and all-reduced over
-    the vocabulary axis) in turn; the weight gradient accumulates over all of them."""
+    the vocabulary axis) in turn; the weight gradient accumulates over all of them (skipped, and
+    returned as None, with ``weight_grads=False``: the second pass of the two-pass backward)."""
     acc, bt, bv = ctx["acc"], ctx["bt"], ctx["bv"]
     d = weight.shape[0]
 
@@ -679,9 +746,10 @@ def _linear_grads_tokens_outer(rows, weight, bias, ctx, vary, extra=None):
             start = _vocab_block_start(j, bv, ctx["local_vocab"])
             dz, w = ctx["tile_grad"](blk, weight, bias, extra, start, j, ctx)
             dh = dh + _matmul(dz, w, ((1,), (1,)), ctx)
-            old = lax.dynamic_slice_in_dim(dweight, start, bv, axis=1)
-            new = old + _matmul(blk[0], dz, ((0,), (0,)), ctx)
-            dweight = lax.dynamic_update_slice_in_dim(dweight, new, start, axis=1)
+            if dweight is not None:
+                old = lax.dynamic_slice_in_dim(dweight, start, bv, axis=1)
+                new = old + _matmul(blk[0], dz, ((0,), (0,)), ctx)
+                dweight = lax.dynamic_update_slice_in_dim(dweight, new, start, axis=1)
             if dbias is not None:
                 old_b = lax.dynamic_slice_in_dim(dbias, start, bv)
                 dbias = lax.dynamic_update_slice_in_dim(dbias, old_b + dz.sum(0), start, axis=0)
@@ -693,8 +761,10 @@ def _linear_grads_tokens_outer(rows, weight, bias, ctx, vary, extra=None):
         # contributions (Megatron's all-reduce in the backward pass of the LM-head input).
         return tuple(carry), lax.psum(dh, ctx["axis_name"]).astype(rows[0].dtype)
 
-    dweight0 = _vary_like(jnp.zeros(weight.shape, acc), *vary)
-    dbias0 = None if bias is None else _vary_like(jnp.zeros(bias.shape, acc), *vary)
+    dweight0 = dbias0 = None
+    if weight_grads:
+        dweight0 = _vary_like(jnp.zeros(weight.shape, acc), *vary)
+        dbias0 = None if bias is None else _vary_like(jnp.zeros(bias.shape, acc), *vary)
     n_blocks = rows[0].shape[0] // bt
     (dweight, dbias), dh = _pinned_scan(
         token_step, (dweight0, dbias0), jnp.arange(n_blocks), (rows, weight, bias, extra)
@@ -702,11 +772,12 @@ def _linear_grads_tokens_outer(rows, weight, bias, ctx, vary, extra=None):
     return dh.reshape(-1, d), dweight, dbias
 
 
-def _linear_grads_vocab_outer(rows, weight, bias, ctx, vary, extra=None):
+def _linear_grads_vocab_outer(rows, weight, bias, ctx, vary, extra=None, hidden_grad=True):
     """Vocabulary blocks outside: each [D, Bv] weight-gradient block is finished and written
-    once in the weight's dtype; the hidden gradient accumulates over all of them. Full blocks
-    run in a scan and a ragged last block once more with its static width, so that every block
-    only writes fresh columns (an update that read the buffer back would stop XLA from writing
+    once in the weight's dtype; the hidden gradient accumulates over all of them (skipped, and
+    returned as None, with ``hidden_grad=False``: the first pass of the two-pass backward). Full
+    blocks run in a scan and a ragged last block once more with its static width, so that every
+    block only writes fresh columns (an update that read the buffer back would stop XLA from writing
     the weight gradient in place)."""
     acc, bt, bv = ctx["acc"], ctx["bt"], ctx["bv"]
     d = weight.shape[0]
@@ -720,8 +791,10 @@ def _linear_grads_vocab_outer(rows, weight, bias, ctx, vary, extra=None):
             dh, dw_blk, db_blk = inner
             blk = _token_block(pinned_rows, i, bt)
             dz, w = ctx["tile_grad"](blk, weight, bias, extra, start, j, ctx, size)
-            dh_rows = lax.dynamic_slice_in_dim(dh, i * bt, bt) + _matmul(dz, w, ((1,), (1,)), ctx)
-            dh = lax.dynamic_update_slice_in_dim(dh, dh_rows, i * bt, axis=0)
+            if dh is not None:
+                dh_rows = lax.dynamic_slice_in_dim(dh, i * bt, bt)
+                dh_rows = dh_rows + _matmul(dz, w, ((1,), (1,)), ctx)
+                dh = lax.dynamic_update_slice_in_dim(dh, dh_rows, i * bt, axis=0)
             dw_blk = dw_blk + _matmul(blk[0], dz, ((0,), (0,)), ctx)
             if db_blk is not None:
                 db_blk = db_blk + dz.sum(0)
@@ -746,7 +819,7 @@ def _linear_grads_vocab_outer(rows, weight, bias, ctx, vary, extra=None):
             )
         return dh, dweight, dbias
 
-    dh0 = _vary_like(jnp.zeros((rows[0].shape[0], d), acc), *vary)
+    dh0 = _vary_like(jnp.zeros((rows[0].shape[0], d), acc), *vary) if hidden_grad else None
     # Typed like the weight (and bias) when their blocks are all-reduced in the loop.
     like = (weight, bias) if ctx.get("weight_psum") else vary
     dweight0 = _vary_like(jnp.zeros(weight.shape, weight.dtype), *like)
@@ -760,6 +833,8 @@ def _linear_grads_vocab_outer(rows, weight, bias, ctx, vary, extra=None):
     if ragged:
         carry = vocab_block(carry, n_full, n_full * bv, ragged, pinned)
     dh, dweight, dbias = carry
+    if dh is None:
+        return None, dweight, dbias
 
     # All-reduce the hidden gradient one token block at a time, writing the hidden's dtype, so
     # that no second [N, D] float32 buffer is needed for the result.
@@ -790,6 +865,7 @@ def vocab_parallel_linear_cross_entropy(
     data_axis_name: AxisName | None = None,
     token_block_size: int | None = None,
     vocab_block_size: int | None = None,
+    backward: str = "auto",
 ) -> jax.Array:
     r"""Fused LM-head cross-entropy with the head weight split along the vocabulary.
 
@@ -798,13 +874,31 @@ def vocab_parallel_linear_cross_entropy(
     concatenation of the ``weight_shard`` slices along ``axis_name``, without ever storing the
     local ``[N, V_local]`` logits: they are formed block by block (``token_block_size`` x
     ``vocab_block_size``) in the forward pass and again in the backward pass, as in the
-    single-device fused loss. Per device the temporary memory is one tile (the default tile
-    budget is split over the ``d`` devices of ``axis_name``) plus one float32 gradient
-    accumulator: ``[D, V_local]`` for the weight (none extra when the weight is float32) or
-    ``[N, D]`` for the hidden states, whichever is smaller. With ``d = 8`` this is about 1/10
-    of the single-device fused loss's temporaries in float32; in bfloat16 the ``[N, D]``
-    accumulator, which vocabulary sharding cannot shrink, dominates both (split the tokens
-    over a data axis to shrink it).
+    single-device fused loss. The tile budget is split over the ``d`` devices of
+    ``axis_name``, so per-device temporaries shrink with ``d``.
+
+    Backward pass (``backward``): the gradients are
+
+    .. math::
+
+        \partial_W = h^\top G, \qquad \partial_h = \textstyle\sum_{\text{devices}} G W^\top,
+        \qquad G = \partial \ell / \partial z \ \text{(per tile, from the saved lse)}.
+
+    * ``"one_pass"`` forms each tile's ``G`` once (3 matmuls per tile counting the forward) but
+      keeps one full-size float32 accumulator: ``[D, V_local]`` for ``dW`` (token blocks
+      outside; free when the weight is float32 with no data axis, as it becomes the output) or
+      ``[N, D]`` for ``dh`` (vocabulary blocks outside), whichever is smaller. Vocabulary
+      sharding cannot shrink ``[N, D]``; in bfloat16 it dominates.
+    * ``"two_pass"`` forms every tile's ``G`` twice (4 matmuls per tile): pass 1, vocabulary
+      blocks outside, finishes each ``[D, Bv]`` block of ``dW`` over all tokens and writes it;
+      pass 2, token blocks outside, finishes each ``[Bt, D]`` block of ``dh`` over the local
+      vocabulary, all-reduces it over ``axis_name`` and writes it in ``hidden``'s dtype. Only
+      tile-sized float32 accumulators live: about 1/20 of the single-device fused loss's
+      temporaries for ``d = 8`` in float32 and bfloat16 alike (Llama-3-8B head, bfloat16:
+      6.8 MiB against 155.6 MiB).
+    * ``"auto"`` (default) takes ``"two_pass"`` when the one-pass accumulator would be larger
+      than a logits tile (half precision, or a weight gradient to all-reduce over a data axis,
+      at LLM sizes), else ``"one_pass"``.
 
     .. math::
 
@@ -814,9 +908,9 @@ def vocab_parallel_linear_cross_entropy(
         \qquad z = \mathrm{softcap}(h W + b).
 
     Collectives: one ``pmax`` and one fused ``psum`` (``[4, N]``) over ``axis_name`` in the
-    forward pass, and one ``psum`` of the ``[N, D]`` hidden-state gradient in the backward pass
-    (``hidden`` is replicated along the vocabulary axis). Differentiable with ``jax.grad`` /
-    ``jax.vjp`` (a ``custom_vjp``); forward mode (``jax.jvp``) is unsupported.
+    forward pass, and one ``psum`` of the ``[N, D]`` hidden-state gradient, block by block, in
+    the backward pass (``hidden`` is replicated along the vocabulary axis). Differentiable with
+    ``jax.grad`` / ``jax.vjp`` (a ``custom_vjp``); forward mode (``jax.jvp``) is unsupported.
 
     Args:
       hidden: ``[..., D]`` hidden states, identical on every device of ``axis_name`` (they may be
@@ -834,6 +928,8 @@ def vocab_parallel_linear_cross_entropy(
         the global batch.
       token_block_size, vocab_block_size: block sizes (positive ints); by default a tile of
         at most max(2**17, 2**21 / d) elements (1 MiB of float32 logits for d = 8).
+      backward: ``"auto"`` (default), ``"one_pass"`` or ``"two_pass"``: the memory/compute
+        trade-off of the backward pass described above; all three give the same gradients.
 
     Returns:
       The reduced loss, or per-token losses ``[...]`` for ``reduction="none"``.
@@ -890,6 +986,7 @@ def vocab_parallel_linear_cross_entropy(
     _check_reduction(reduction)
     tb = _check_block(token_block_size, "token_block_size")
     vb = _check_block(vocab_block_size, "vocab_block_size")
+    backward = _check_backward(backward)
     batch_shape = labels.shape
     flat_hidden = hidden.reshape(-1, hidden.shape[-1])
     flat_labels = labels.reshape(-1)
@@ -902,7 +999,19 @@ def vocab_parallel_linear_cross_entropy(
         ).reshape(batch_shape if reduction == "none" else ())
     bt, bv = _auto_blocks(flat_labels.shape[0], weight.shape[0], weight.shape[1], d, tb, vb)
     loss, keep = _vp_linear_ce(
-        flat_hidden, flat_labels, weight, bias, axis_name, vocab, ignore_index, eps, zc, cap, bt, bv
+        flat_hidden,
+        flat_labels,
+        weight,
+        bias,
+        axis_name,
+        vocab,
+        ignore_index,
+        eps,
+        zc,
+        cap,
+        bt,
+        bv,
+        backward,
     )
     if reduction == "none":
         return loss.reshape(batch_shape)
@@ -1346,15 +1455,17 @@ def _global_lse(m, total, axis_name):
     return shift + jnp.log(jnp.where(total > 0, total, 1.0))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7, 8, 9, 10))
-def _vp_linear_kl(hidden, weight, t_hidden, t_weight, axis_name, vocab, kind, beta, temp, bt, bv):
-    args = (axis_name, vocab, kind, beta, temp, bt, bv)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7, 8, 9, 10, 11))
+def _vp_linear_kl(
+    hidden, weight, t_hidden, t_weight, axis_name, vocab, kind, beta, temp, bt, bv, backward
+):
+    args = (axis_name, vocab, kind, beta, temp, bt, bv, backward)
     per_token, _ = _vp_linear_kl_fwd(hidden, weight, t_hidden, t_weight, *args)
     return per_token
 
 
 def _vp_linear_kl_fwd(
-    hidden, weight, t_hidden, t_weight, axis_name, vocab, kind, beta, temp, bt, bv
+    hidden, weight, t_hidden, t_weight, axis_name, vocab, kind, beta, temp, bt, bv, backward
 ):
     ctx = _kl_ctx(hidden, weight, t_hidden, t_weight, axis_name, vocab, kind, beta, temp, bt, bv)
     n = hidden.shape[0]
@@ -1388,18 +1499,24 @@ def _vp_linear_kl_fwd(
     return per_token[:n], residuals
 
 
-def _vp_linear_kl_bwd(axis_name, vocab, kind, beta, temp, bt, bv, residuals, g):
+def _vp_linear_kl_bwd(axis_name, vocab, kind, beta, temp, bt, bv, backward, residuals, g):
     hidden, weight, t_hidden, t_weight, s_lse, t_lse, stat = residuals
     ctx = _kl_ctx(hidden, weight, t_hidden, t_weight, axis_name, vocab, kind, beta, temp, bt, bv)
     coef = _pad_rows(g.astype(ctx["acc"]), bt) * ctx["inv_t"]
     rows = (_pad_rows(hidden, bt), _pad_rows(t_hidden, bt), s_lse, t_lse, coef, stat)
     vary = (hidden, weight, t_hidden, t_weight, g)
     ctx["weight_psum"] = _weight_psum_axes(weight, hidden, t_hidden, g)
-    order = _choose_backward_order(
-        hidden.shape[0], weight.shape[1], weight.dtype, ctx["acc"], bool(ctx["weight_psum"])
+    plan = _backward_plan(
+        backward,
+        hidden.shape[0],
+        weight.shape[0],
+        weight.shape[1],
+        weight.dtype,
+        ctx["acc"],
+        bool(ctx["weight_psum"]),
+        lax.axis_size(axis_name),
     )
-    grads = _linear_grads_tokens_outer if order == "tokens_outer" else _linear_grads_vocab_outer
-    dhidden, dweight, _ = grads(rows, weight, None, ctx, vary, extra=t_weight)
+    dhidden, dweight, _ = _linear_grads(plan, rows, weight, None, ctx, vary, extra=t_weight)
     dhidden = _match_cotangent(dhidden[: hidden.shape[0]], hidden).astype(hidden.dtype)
     dweight = _match_cotangent(dweight, weight).astype(weight.dtype)
     zero_teacher = tuple(_vary_like(jnp.zeros(x.shape, x.dtype), x) for x in (t_hidden, t_weight))
@@ -1425,6 +1542,7 @@ def _vp_linear_divergence(
     data_axis_name,
     token_block_size,
     vocab_block_size,
+    backward,
     fn: str,
 ) -> jax.Array:
     hidden = as_float_array(hidden, "hidden")
@@ -1459,6 +1577,7 @@ def _vp_linear_divergence(
     check_temperature(temperature)
     _check_reduction(reduction)
     block = _check_block(token_block_size, "token_block_size")
+    backward = _check_backward(backward)
     batch_shape = hidden.shape[:-1]
     keep = jnp.ones(batch_shape, bool)
     if where is not None:
@@ -1488,6 +1607,7 @@ def _vp_linear_divergence(
         float(temperature),
         bt,
         bv,
+        backward,
     )
     per_token = jnp.where(keep, per_token.reshape(-1)[:n], 0.0)
     if reduction == "none":
@@ -1503,8 +1623,12 @@ _LINEAR_DISTILL_DOC = """
     ``vocab_block_size`` are formed in two forward passes (logsumexps, then the divergence) and
     again in the backward pass, a ``jax.custom_vjp`` with closed-form gradients. Collectives over
     ``axis_name``: one ``pmax`` and two ``psum`` of ``[2, N]`` numbers forward, one ``psum`` of
-    the ``[N, D]`` hidden gradient backward. The teacher gets no gradient (zero cotangents);
-    forward mode (``jax.jvp``) is unsupported.
+    the ``[N, D]`` hidden gradient (block by block) backward. The teacher gets no gradient (zero
+    cotangents); forward mode (``jax.jvp``) is unsupported. The backward pass is one pass over
+    the tiles with a full-size float32 ``[N, D]`` or ``[D, V_local]`` gradient accumulator, or
+    two passes (the weight gradient block by block, then the hidden gradient block by block)
+    that recompute the tiles once more but keep only tile-sized accumulators; see
+    :func:`vocab_parallel_linear_cross_entropy` and ``backward`` below.
 
     Args:
       hidden: student hidden states ``[..., D]``, identical along ``axis_name``.
@@ -1519,6 +1643,10 @@ _LINEAR_DISTILL_DOC = """
       data_axis_name: mesh axis the tokens are split over; the mean is exact across it.
       token_block_size, vocab_block_size: block sizes (positive ints); by default a tile of
         at most max(2**17, 2**21 / d) elements.
+      backward: ``"auto"`` (default: two passes when the one-pass float32 accumulator would be
+        larger than a logits tile, as in bfloat16 at LLM sizes), ``"one_pass"`` (3 matmuls per
+        tile, one full-size accumulator) or ``"two_pass"`` (4 matmuls per tile, tile-sized
+        accumulators only). All give the same gradients.
 
     Returns:
       The reduced divergence in nats, or per-token values ``[...]``.
@@ -1539,6 +1667,7 @@ def vocab_parallel_linear_forward_kl(
     data_axis_name: AxisName | None = None,
     token_block_size: int | None = None,
     vocab_block_size: int | None = None,
+    backward: str = "auto",
 ) -> jax.Array:
     return _vp_linear_divergence(
         hidden,
@@ -1555,6 +1684,7 @@ def vocab_parallel_linear_forward_kl(
         data_axis_name=data_axis_name,
         token_block_size=token_block_size,
         vocab_block_size=vocab_block_size,
+        backward=backward,
         fn="vocab_parallel_linear_forward_kl",
     )
 
@@ -1573,6 +1703,7 @@ def vocab_parallel_linear_reverse_kl(
     data_axis_name: AxisName | None = None,
     token_block_size: int | None = None,
     vocab_block_size: int | None = None,
+    backward: str = "auto",
 ) -> jax.Array:
     return _vp_linear_divergence(
         hidden,
@@ -1589,6 +1720,7 @@ def vocab_parallel_linear_reverse_kl(
         data_axis_name=data_axis_name,
         token_block_size=token_block_size,
         vocab_block_size=vocab_block_size,
+        backward=backward,
         fn="vocab_parallel_linear_reverse_kl",
     )
 
@@ -1608,6 +1740,7 @@ def vocab_parallel_linear_jensen_shannon(
     data_axis_name: AxisName | None = None,
     token_block_size: int | None = None,
     vocab_block_size: int | None = None,
+    backward: str = "auto",
 ) -> jax.Array:
     b = check_beta(beta)
     kind = "forward" if b == 0.0 else "reverse" if b == 1.0 else "js"
@@ -1626,6 +1759,7 @@ def vocab_parallel_linear_jensen_shannon(
         data_axis_name=data_axis_name,
         token_block_size=token_block_size,
         vocab_block_size=vocab_block_size,
+        backward=backward,
         fn="vocab_parallel_linear_jensen_shannon",
     )
 
@@ -1816,7 +1950,7 @@ def vocab_parallel_linear_cross_entropy_on_mesh(
     size (padded classes are masked), the tokens over ``data_axis`` (optional), and builds the
     ``shard_map``. Pass a weight already sharded as ``P(None, vocab_axis)`` to avoid moving it.
     ``options``: ignore_index, label_smoothing, z_loss, logit_softcap, token_block_size,
-    vocab_block_size.
+    vocab_block_size, backward.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -2102,7 +2236,7 @@ def _linear_distillation_wrapper(fn, what):
         "    Pads ``V`` to a multiple of the ``vocab_axis`` size (masked), splits the head\n"
         "    columns over ``vocab_axis`` and the tokens over ``data_axis`` (optional), and builds\n"
         "    the ``shard_map``. ``options``: temperature, beta (Jensen-Shannon), where,\n"
-        "    token_block_size.\n"
+        "    token_block_size, vocab_block_size, backward.\n"
     )
     return wrapper
 

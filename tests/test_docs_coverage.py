@@ -52,7 +52,11 @@ def _documented_in_api_pages() -> set[str]:
 
 @pytest.mark.parametrize("public", PUBLIC, ids=[p.qualified for p in PUBLIC])
 def test_every_public_name_has_an_api_reference_entry(public):
-    assert public.qualified in _documented_in_api_pages(), (
+    targets = _documented_in_api_pages()
+    module = public.qualified.rpartition(".")[0]
+    # A public submodule documented whole (``::: infoloss_jax.torch``) lists its members;
+    # test_mkdocs_build_strict checks in the built site that each of them got its entry.
+    assert public.qualified in targets or (module != "infoloss_jax" and module in targets), (
         f"{public.qualified} is public but no docs/api/*.md page has '::: {public.qualified}'"
     )
 
@@ -74,5 +78,9 @@ def test_mkdocs_build_strict(tmp_path):
         env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert (tmp_path / "api" / "fused" / "index.html").exists()
     assert (tmp_path / "notebooks" / "gradient_derivations" / "index.html").exists()
+    anchors = set()
+    for page in (tmp_path / "api").glob("*/index.html"):
+        anchors |= set(re.findall(r'id="(infoloss_jax[\w.]*)"', page.read_text()))
+    missing = [p.qualified for p in PUBLIC if p.qualified not in anchors]
+    assert missing == [], f"public names without an entry in the built API reference: {missing}"

@@ -6,6 +6,10 @@ scanned full blocks and the static remainder blocks are exercised. Every compari
 """
 
 import functools
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +21,7 @@ from infoloss_jax._cross_entropy import softmax_cross_entropy_with_integer_label
 from infoloss_jax._divergences import forward_kl, jensen_shannon, reverse_kl
 from infoloss_jax._fused import (
     _choose_blocks,
+    _linear_divergence,
     _linear_softmax_cross_entropy,
     linear_forward_kl,
     linear_jensen_shannon,
@@ -28,6 +33,13 @@ N, D, V, DT = 37, 13, 101, 7
 BLOCKS = dict(token_block_size=8, vocab_block_size=16)
 REDUCTIONS = ["none", "sum", "mean", "batchmean"]
 RTOL = 1e-5
+
+
+@pytest.fixture(autouse=True)
+def _true_float32_matmuls():
+    # GPUs default to TF32 for float32 matmuls; the 1e-5 comparisons need full float32.
+    with jax.default_matmul_precision("highest"):
+        yield
 
 
 def _inputs(dtype=jnp.float32, seed=0, lead=(N,)):
@@ -228,6 +240,25 @@ def test_loss_only_call_computes_no_gradient():
         # One logits matmul in the scanned vocabulary loop and one in its ragged remainder,
         # traced once each for the scanned and the remainder token blocks: no gradient matmuls.
         assert text.count("dot_general") == 4, text
+    for method in ("recompute", "fused"):
+        jaxpr = jax.make_jaxpr(
+            lambda h, w, m=method: _linear_divergence(
+                "forward",
+                h,
+                w,
+                h,
+                w,
+                beta=0.0,
+                temperature=1.0,
+                where=None,
+                reduction="mean",
+                accum_dtype=jnp.float32,
+                method=m,
+                **BLOCKS,
+            )
+        )(hidden, weight)
+        # The same for the student and the teacher logits.
+        assert str(jaxpr).count("dot_general") == 8
 
 
 @pytest.mark.parametrize(
@@ -275,6 +306,18 @@ def test_bad_input_errors_name_the_arguments():
         linear_softmax_cross_entropy(hidden, labels, weight, reduction="avg")
     with pytest.raises(ValueError, match="`label_smoothing`"):
         linear_softmax_cross_entropy(hidden, labels, weight, label_smoothing=1.5)
+    with pytest.raises(ValueError, match="`z_loss`"):
+        linear_softmax_cross_entropy(hidden, labels, weight, z_loss=-1.0)
+    with pytest.raises(ValueError, match="`logit_softcap`"):
+        linear_softmax_cross_entropy(hidden, labels, weight, logit_softcap=0.0)
+    with pytest.raises(ValueError, match="`class_weights`"):
+        linear_softmax_cross_entropy(hidden, labels, weight, class_weights=jnp.ones(3))
+    with pytest.raises(TypeError, match="`hidden`"):
+        linear_softmax_cross_entropy(labels[:, None], labels, weight[:1])
+    with pytest.raises(TypeError, match="`target_weight`"):
+        linear_forward_kl(hidden, weight, target_hidden, jnp.ones((DT, V), jnp.int32))
+    with pytest.raises(ValueError, match="`temperature`"):
+        linear_forward_kl(hidden, weight, hidden, weight, temperature=0.0)
     teacher_weight = jnp.ones((DT, V + 1), jnp.float32)
     with pytest.raises(ValueError, match=r"`target_weight`.*102.*`weight`.*101"):
         linear_forward_kl(hidden, weight, target_hidden, teacher_weight)
@@ -293,19 +336,32 @@ DIVERGENCES = {
     "reverse": (linear_reverse_kl, reverse_kl, {}),
     "jsd": (linear_jensen_shannon, jensen_shannon, {"beta": 0.3}),
 }
+# "none" always recomputes; the scalar reductions can take either gradient method.
+DISTILL_CASES = [("recompute", "none"), ("recompute", "mean"), ("fused", "mean"), ("fused", "sum")]
 
 
-@pytest.mark.parametrize("reduction", ["none", "mean"])
+@pytest.mark.parametrize(("method", "reduction"), DISTILL_CASES)
 @pytest.mark.parametrize("kind", list(DIVERGENCES))
-def test_distillation_matches_naive_core_divergence(kind, reduction):
+def test_distillation_matches_naive_core_divergence(kind, method, reduction):
     hidden, weight, _, _, _, target_hidden = _inputs()
     target_weight = jax.random.normal(jax.random.key(9), (DT, V), jnp.float32)
     keep = jnp.arange(N) % 4 != 1
-    fused_fn, core_fn, extra = DIVERGENCES[kind]
+    _, core_fn, extra = DIVERGENCES[kind]
 
     def fused(h, w, th, tw):
-        out = fused_fn(
-            h, w, th, tw, temperature=2.0, where=keep, reduction=reduction, **extra, **BLOCKS
+        out = _linear_divergence(
+            kind,
+            h,
+            w,
+            th,
+            tw,
+            beta=extra.get("beta", 0.0),
+            temperature=2.0,
+            where=keep,
+            reduction=reduction,
+            accum_dtype=jnp.float32,
+            method=method,
+            **BLOCKS,
         )
         return jnp.sum(out), out
 
@@ -314,6 +370,8 @@ def test_distillation_matches_naive_core_divergence(kind, reduction):
         out = jnp.where(keep, per_token, 0.0)
         if reduction == "mean":
             out = jnp.sum(out) / jnp.sum(keep)
+        elif reduction == "sum":
+            out = jnp.sum(out)
         return jnp.sum(out), out
 
     grad = functools.partial(jax.value_and_grad, argnums=(0, 1, 2, 3), has_aux=True)
@@ -374,3 +432,32 @@ def test_distillation_bfloat16_accumulates_in_float32():
     reference = jnp.mean(jensen_shannon(f64[0] @ f64[1], f64[2] @ f64[3]))
     naive = jnp.mean(jensen_shannon(hidden @ weight, target_hidden @ target_weight))
     assert abs(float(value) - float(reference)) <= abs(float(naive) - float(reference)) + 1e-6
+
+
+# ------------------------------------------------------------------------------- benchmarks
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["linear_cross_entropy.py", "--quick", "--reps", "1", "--dtypes", "bfloat16"],
+        ["distillation.py", "--quick", "--reps", "1", "--no-memory"],
+        ["core_losses.py", "--quick", "--reps", "1"],
+    ],
+    ids=lambda c: c[0],
+)
+def test_benchmark_scripts_run_quick(command):
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_ENABLE_X64")}
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / command[0]), *command[1:]],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "platform=" in result.stdout and "| " in result.stdout

@@ -320,12 +320,17 @@ def test_linear_cross_entropy_per_token_inside_user_shard_map():
         jax.jit(unchecked)(hidden, labels, w)
 
 
-@pytest.mark.parametrize("order", ["tokens_outer", "vocab_outer"])
-def test_linear_cross_entropy_both_backward_loop_orders(order, monkeypatch):
+@pytest.mark.parametrize(
+    "mesh_name, plan",
+    [("2x4", "tokens_outer"), ("2x4", "vocab_outer"), ("8", "two_pass"), ("2x4", "two_pass")],
+)
+def test_linear_cross_entropy_every_backward_plan(mesh_name, plan, monkeypatch):
+    """Both one-pass loop orders and the two-pass backward (weight gradient with vocabulary
+    blocks outside, then hidden gradient with token blocks outside) give the exact gradients."""
     from infoloss_jax import _sharded
 
-    monkeypatch.setattr(_sharded, "_choose_backward_order", lambda *args: order)
-    mesh = make_mesh("2x4")
+    monkeypatch.setattr(_sharded, "_backward_plan", lambda *args: plan)
+    mesh = make_mesh(mesh_name)
     opts = CE_OPTIONS["all"]
     _, _, hidden, weight, bias, labels = make_inputs(seed=4)
 
@@ -337,7 +342,7 @@ def test_linear_cross_entropy_both_backward_loop_orders(order, monkeypatch):
             bias=b,
             mesh=mesh,
             vocab_axis="model",
-            data_axis="data",
+            data_axis=data_axis(mesh),
             token_block_size=3,
             vocab_block_size=3,
             **opts,
@@ -349,23 +354,25 @@ def test_linear_cross_entropy_both_backward_loop_orders(order, monkeypatch):
         assert_close(g, r)
 
 
-def test_linear_cross_entropy_bfloat16():
-    mesh = make_mesh("2x4")
+@pytest.mark.parametrize("mesh_name, backward", [("2x4", "one_pass"), ("8", "two_pass")])
+def test_linear_cross_entropy_bfloat16(mesh_name, backward):
+    mesh = make_mesh(mesh_name)
     _, _, hidden, weight, bias, labels = make_inputs()
     h, w = hidden.astype(jnp.bfloat16), weight.astype(jnp.bfloat16)
-    opts = dict(ignore_index=IGNORE, z_loss=1e-3)
+    opts = dict(ignore_index=IGNORE, z_loss=1e-3, backward=backward)
 
     def loss(h, w):
         return sharded.vocab_parallel_linear_cross_entropy_on_mesh(
-            h, labels, w, mesh=mesh, vocab_axis="model", data_axis="data", **opts
+            h, labels, w, mesh=mesh, vocab_axis="model", data_axis=data_axis(mesh), **opts
         )
 
     value, grads = jax.value_and_grad(loss, argnums=(0, 1))(h, w)
     assert value.dtype == jnp.float32
     assert grads[0].dtype == jnp.bfloat16 and grads[1].dtype == jnp.bfloat16
-    exact = core_ce(h.astype(jnp.float64) @ w.astype(jnp.float64), labels, opts)
+    core_opts = dict(ignore_index=IGNORE, z_loss=1e-3)
+    exact = core_ce(h.astype(jnp.float64) @ w.astype(jnp.float64), labels, core_opts)
     assert_close(value, exact, tol=1e-5)
-    ref = jax.grad(lambda h, w: core_ce(h @ w, labels, opts), (0, 1))(
+    ref = jax.grad(lambda h, w: core_ce(h @ w, labels, core_opts), (0, 1))(
         h.astype(jnp.float64), w.astype(jnp.float64)
     )
     for g, r in zip(grads, ref, strict=True):
@@ -480,18 +487,20 @@ LINEAR_DIVERGENCES = {
 
 
 @pytest.mark.parametrize(
-    "mesh_name, kind, order",
+    "mesh_name, kind, plan",
     [
         ("8", "jensen_shannon", "tokens_outer"),
         ("2x4", "forward_kl", "vocab_outer"),
         ("4x2", "reverse_kl", "tokens_outer"),
         ("2x4", "jensen_shannon", "vocab_outer"),
+        ("8", "forward_kl", "two_pass"),
+        ("2x4", "jensen_shannon", "two_pass"),
     ],
 )
-def test_linear_distillation_matches_core(mesh_name, kind, order, monkeypatch):
+def test_linear_distillation_matches_core(mesh_name, kind, plan, monkeypatch):
     from infoloss_jax import _sharded
 
-    monkeypatch.setattr(_sharded, "_choose_backward_order", lambda *args: order)
+    monkeypatch.setattr(_sharded, "_backward_plan", lambda *args: plan)
     mesh = make_mesh(mesh_name)
     ours, core, opts = LINEAR_DIVERGENCES[kind]
     _, _, hidden, weight, _, _ = make_inputs()
@@ -545,22 +554,34 @@ def test_linear_distillation_check_grads():
     check_grads(jax.jit(loss), (hidden, weight), order=1, modes=["rev"])
 
 
-def test_linear_distillation_bfloat16():
-    mesh = make_mesh("2x4")
+@pytest.mark.parametrize("mesh_name, backward", [("2x4", "one_pass"), ("8", "two_pass")])
+def test_linear_distillation_bfloat16(mesh_name, backward):
+    mesh = make_mesh(mesh_name)
     _, _, hidden, weight, _, _ = make_inputs()
     h, w = hidden.astype(jnp.bfloat16), weight.astype(jnp.bfloat16)
     th, tw = h[:, ::-1], w[::-1] * 0.5
 
     def loss(h, w):
         return sharded.vocab_parallel_linear_forward_kl_on_mesh(
-            h, w, th, tw, mesh=mesh, vocab_axis="model", data_axis="data"
+            h,
+            w,
+            th,
+            tw,
+            mesh=mesh,
+            vocab_axis="model",
+            data_axis=data_axis(mesh),
+            backward=backward,
         )
 
     value, grads = jax.value_and_grad(loss, argnums=(0, 1))(h, w)
-    assert value.dtype == jnp.float32 and grads[1].dtype == jnp.bfloat16
+    assert value.dtype == jnp.float32
+    assert grads[0].dtype == jnp.bfloat16 and grads[1].dtype == jnp.bfloat16
     up = lambda x: x.astype(jnp.float64)
-    exact = il.forward_kl(up(h) @ up(w), up(th) @ up(tw)).mean()
-    assert_close(value, exact, tol=1e-5)
+    reference = lambda h, w: il.forward_kl(h @ w, up(th) @ up(tw)).mean()
+    assert_close(value, reference(up(h), up(w)), tol=1e-5)
+    ref = jax.grad(reference, (0, 1))(up(h), up(w))
+    for g, r in zip(grads, ref, strict=True):
+        assert_close(g.astype(jnp.float64), r, tol=2e-2)
 
 
 # ------------------------------------------------------------------------ bad input
@@ -673,6 +694,14 @@ def test_other_bad_arguments():
         sharded.vocab_parallel_linear_cross_entropy_on_mesh(
             hidden, labels, weight, vocab_block_size=0, **kw
         )
+    with pytest.raises(ValueError, match="`backward`='three_pass'"):
+        sharded.vocab_parallel_linear_cross_entropy_on_mesh(
+            hidden, labels, weight, backward="three_pass", **kw
+        )
+    with pytest.raises(ValueError, match="`backward`=None"):
+        sharded.vocab_parallel_linear_jensen_shannon_on_mesh(
+            hidden, weight, hidden, weight, backward=None, **kw
+        )
     with pytest.raises(ValueError, match="`bias`"):
         sharded.vocab_parallel_linear_cross_entropy_on_mesh(
             hidden, labels, weight, bias=jnp.zeros(3), **kw
@@ -706,10 +735,15 @@ def test_other_bad_arguments():
 def test_sharded_fused_memory_ratio(dtype):
     """Per-device temporaries of the 8-way vocab-parallel fused loss are at most 1/6 of the
     single-device fused loss's (infoloss_jax._fused), both value_and_grad, compile-only
-    (memory_analysis is deterministic). benchmarks/sharded_memory.py prints full-size figures."""
+    (memory_analysis is deterministic). benchmarks/sharded_memory.py prints full-size figures.
+
+    D = 1024 makes the float32 [N, D] hidden-gradient accumulator of a one-pass backward (16 MiB)
+    larger than the whole budget in bfloat16 (a one-pass backward measures ~0.4 of the single
+    device here); "auto" must pick the two-pass backward, which keeps only tile-sized buffers.
+    """
     from infoloss_jax._fused import linear_softmax_cross_entropy
 
-    n, d, v = 4096, 128, 32000
+    n, d, v = 4096, 1024, 32000
     mesh = jax.make_mesh((8,), ("model",), axis_types=(AxisType.Auto,))
     structs = [
         jax.ShapeDtypeStruct((n, d), dtype),
@@ -728,6 +762,23 @@ def test_sharded_fused_memory_ratio(dtype):
     multi = jax.jit(jax.value_and_grad(loss, (0, 2)))
     multi_temp = multi.lower(*structs).compile().memory_analysis().temp_size_in_bytes
     assert multi_temp <= single_temp / 6, (multi_temp, single_temp)
+
+
+def test_auto_backward_plan():
+    """``backward="auto"``: one pass while its float32 accumulator is at most a logits tile (or
+    free: a float32 weight gradient written in place), two passes otherwise."""
+    from infoloss_jax._sharded import _backward_plan
+
+    f32, bf16 = jnp.float32, jnp.bfloat16
+    llama = (8192, 4096, 128256 // 8)  # tokens, hidden size, vocabulary per device (d = 8)
+    assert _backward_plan("auto", *llama, f32, f32, False, 8) == "tokens_outer"
+    assert _backward_plan("auto", *llama, bf16, f32, False, 8) == "two_pass"
+    assert _backward_plan("auto", *llama, f32, f32, True, 8) == "two_pass"  # data axis
+    # Small: the smaller of the [D, V_local] and [N, D] accumulators.
+    assert _backward_plan("auto", 8, 6, 2, bf16, f32, False, 8) == "tokens_outer"
+    assert _backward_plan("auto", 8, 6, 64, bf16, f32, False, 8) == "vocab_outer"
+    assert _backward_plan("one_pass", *llama, bf16, f32, False, 8) == "vocab_outer"
+    assert _backward_plan("two_pass", 8, 6, 2, f32, f32, False, 8) == "two_pass"
 
 
 @pytest.mark.slow
