@@ -24,6 +24,13 @@ from ._entropy import binary_entropy as binary_entropy
 from ._entropy import entropy as entropy
 from ._entropy import entropy_from_counts as entropy_from_counts
 from ._entropy import entropy_from_probs as entropy_from_probs
+from ._fused import linear_forward_kl as linear_forward_kl
+from ._fused import linear_jensen_shannon as linear_jensen_shannon
+from ._fused import linear_reverse_kl as linear_reverse_kl
+from ._fused import linear_softmax_cross_entropy as linear_softmax_cross_entropy
+from ._harness import GradientReport as GradientReport
+from ._harness import compare_gradients as compare_gradients
+from ._harness import gradient_table as gradient_table
 from ._log_partition import log_partition as log_partition
 from ._log_partition import z_loss as z_loss
 from ._reductions import loss_sum_and_count as loss_sum_and_count
@@ -33,16 +40,23 @@ __version__ = "0.1.0"
 
 __all__ = [
     "accumulate_value_and_grad",
+    "GradientReport",
     "binary_entropy",
     "checked",
+    "compare_gradients",
     "entropy",
     "entropy_from_counts",
     "entropy_from_probs",
     "forward_kl",
     "generalized_kl_divergence",
+    "gradient_table",
     "jensen_shannon",
     "kl_divergence",
     "kl_divergence_with_log_targets",
+    "linear_forward_kl",
+    "linear_jensen_shannon",
+    "linear_reverse_kl",
+    "linear_softmax_cross_entropy",
     "log_partition",
     "loss_sum_and_count",
     "reduce_loss",
