@@ -5,6 +5,9 @@ exact, NaN-free, optax-compatible, with closed-form gradients, fused large-vocab
 sharded versions.
 """
 
+from . import gradients as gradients
+from . import sharded as sharded
+from . import torch as torch
 from ._accumulation import accumulate_value_and_grad as accumulate_value_and_grad
 from ._checked import checked as checked
 from ._checked import register_value_checks as register_value_checks
@@ -24,11 +27,14 @@ from ._entropy import binary_entropy as binary_entropy
 from ._entropy import entropy as entropy
 from ._entropy import entropy_from_counts as entropy_from_counts
 from ._entropy import entropy_from_probs as entropy_from_probs
+from ._fused import LinearCrossEntropyAux as LinearCrossEntropyAux
 from ._fused import linear_forward_kl as linear_forward_kl
 from ._fused import linear_jensen_shannon as linear_jensen_shannon
 from ._fused import linear_reverse_kl as linear_reverse_kl
 from ._fused import linear_softmax_cross_entropy as linear_softmax_cross_entropy
+from ._harness import ArgumentReport as ArgumentReport
 from ._harness import GradientReport as GradientReport
+from ._harness import GradientTable as GradientTable
 from ._harness import compare_gradients as compare_gradients
 from ._harness import gradient_table as gradient_table
 from ._log_partition import log_partition as log_partition
@@ -40,7 +46,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "accumulate_value_and_grad",
+    "ArgumentReport",
     "GradientReport",
+    "GradientTable",
+    "LinearCrossEntropyAux",
     "binary_entropy",
     "checked",
     "compare_gradients",
@@ -49,6 +58,7 @@ __all__ = [
     "entropy_from_probs",
     "forward_kl",
     "generalized_kl_divergence",
+    "gradients",
     "gradient_table",
     "jensen_shannon",
     "kl_divergence",
@@ -63,8 +73,10 @@ __all__ = [
     "register_value_checks",
     "reverse_kl",
     "safe_softmax_cross_entropy",
+    "sharded",
     "sigmoid_binary_cross_entropy",
     "softmax_cross_entropy",
     "softmax_cross_entropy_with_integer_labels",
+    "torch",
     "z_loss",
 ]

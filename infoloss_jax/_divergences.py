@@ -222,8 +222,8 @@ def _forward_kl(model, target, axes):
 @_forward_kl.defjvp
 def _forward_kl_jvp(axes, primals, tangents):
     log_q, log_p = _log_softmax_pair(*primals, axes)
-    grads = _formulas.forward_kl_grads(log_q, log_p, axes)
-    return _formulas.kl_value(log_p, log_q, axes), _pair_tangent(grads, tangents, axes)
+    value, grads = _formulas.forward_kl_value_and_grads(log_q, log_p, axes)
+    return value, _pair_tangent(grads, tangents, axes)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
@@ -235,8 +235,8 @@ def _reverse_kl(model, target, axes):
 @_reverse_kl.defjvp
 def _reverse_kl_jvp(axes, primals, tangents):
     log_q, log_p = _log_softmax_pair(*primals, axes)
-    grads = _formulas.reverse_kl_grads(log_q, log_p, axes)
-    return _formulas.kl_value(log_q, log_p, axes), _pair_tangent(grads, tangents, axes)
+    value, grads = _formulas.reverse_kl_value_and_grads(log_q, log_p, axes)
+    return value, _pair_tangent(grads, tangents, axes)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))

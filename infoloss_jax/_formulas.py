@@ -58,15 +58,29 @@ def entropy_grad(log_p: jax.Array, axis: Axes) -> jax.Array:
     return -p * (safe_log_p + entropy)
 
 
-def softmax_vjp_of_log_ratio(log_p: jax.Array, log_ratio: jax.Array, axis: Axes) -> jax.Array:
-    r"""d/dz of KL(p || r) for p = softmax(z) and fixed r: :math:`p (\log p - \log r - KL)`.
+def kl_and_softmax_vjp(log_p: jax.Array, log_ratio: jax.Array, axis: Axes):
+    r"""KL(p || r) and its gradient w.r.t. z for p = softmax(z), r fixed, in one pass.
 
-    ``log_ratio`` holds log p - log r (any value where p = 0; it is masked out).
+    ``log_ratio`` holds log p - log r (any value where p = 0; it is masked out). Returns
+    ``(KL, p (log p - log r - KL))`` with KL keepdims.
     """
     p, _, included = probs_and_safe_logs(log_p)
     safe_ratio = jnp.where(included, log_ratio, 0.0)
     kl = sum_over(p * safe_ratio, axis)
-    return p * (safe_ratio - kl)
+    return kl, p * (safe_ratio - kl)
+
+
+def softmax_vjp_of_log_ratio(log_p: jax.Array, log_ratio: jax.Array, axis: Axes) -> jax.Array:
+    r"""d/dz of KL(p || r) for p = softmax(z) and fixed r: :math:`p (\log p - \log r - KL)`."""
+    return kl_and_softmax_vjp(log_p, log_ratio, axis)[1]
+
+
+def forward_kl_value_and_grads(log_q: jax.Array, log_p: jax.Array, axis: Axes):
+    """KL(p || q) (keepdims) and ``(d/dz_model, d/dz_target)``, sharing one KL reduction."""
+    q, _, _ = probs_and_safe_logs(log_q)
+    p, _, _ = probs_and_safe_logs(log_p)
+    kl, grad_target = kl_and_softmax_vjp(log_p, log_p - log_q, axis)
+    return kl, (q - p, grad_target)
 
 
 def forward_kl_grads(log_q: jax.Array, log_p: jax.Array, axis: Axes) -> tuple[jax.Array, ...]:
@@ -74,9 +88,15 @@ def forward_kl_grads(log_q: jax.Array, log_p: jax.Array, axis: Axes) -> tuple[ja
 
     Returns ``(d/dz_model, d/dz_target)`` = :math:`(q - p,\; p (\log p - \log q - KL))`.
     """
+    return forward_kl_value_and_grads(log_q, log_p, axis)[1]
+
+
+def reverse_kl_value_and_grads(log_q: jax.Array, log_p: jax.Array, axis: Axes):
+    """KL(q || p) (keepdims) and ``(d/dz_model, d/dz_target)``, sharing one KL reduction."""
     q, _, _ = probs_and_safe_logs(log_q)
     p, _, _ = probs_and_safe_logs(log_p)
-    return q - p, softmax_vjp_of_log_ratio(log_p, log_p - log_q, axis)
+    kl, grad_model = kl_and_softmax_vjp(log_q, log_q - log_p, axis)
+    return kl, (grad_model, p - q)
 
 
 def reverse_kl_grads(log_q: jax.Array, log_p: jax.Array, axis: Axes) -> tuple[jax.Array, ...]:
@@ -84,9 +104,7 @@ def reverse_kl_grads(log_q: jax.Array, log_p: jax.Array, axis: Axes) -> tuple[ja
 
     Returns ``(d/dz_model, d/dz_target)`` = :math:`(q (\log q - \log p - KL),\; p - q)`.
     """
-    q, _, _ = probs_and_safe_logs(log_q)
-    p, _, _ = probs_and_safe_logs(log_p)
-    return softmax_vjp_of_log_ratio(log_q, log_q - log_p, axis), p - q
+    return reverse_kl_value_and_grads(log_q, log_p, axis)[1]
 
 
 def log_mixture(log_q: jax.Array, log_p: jax.Array, beta: float) -> jax.Array:

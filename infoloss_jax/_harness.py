@@ -126,6 +126,14 @@ class GradientReport:
     Attributes:
       name: what was compared (the loss's name unless given).
       arguments: one :class:`ArgumentReport` per differentiated argument.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import infoloss_jax as il
+      >>> from infoloss_jax.gradients import entropy_grad
+      >>> report = il.compare_gradients(il.entropy, entropy_grad, jnp.array([1.0, 2.0, 4.0]))
+      >>> [(arg.argnum, arg.shape, arg.finite, arg.ok()) for arg in report]
+      [(0, (3,), True, True)]
     """
 
     name: str

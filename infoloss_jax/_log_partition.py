@@ -19,6 +19,10 @@ class LogSoftmax(NamedTuple):
     log_partition: jax.Array  # logsumexp; 0 for a row with no included class
     included: jax.Array  # bool, classes that take part (finite logit and `where`)
     num_included: jax.Array  # count of included classes per row
+    nonempty: jax.Array  # bool per row: at least one class is included
+    shift: jax.Array  # the (stop-gradient) row max, 0 for an empty row
+    shifted: jax.Array  # logits minus `shift`; -inf at excluded classes
+    shifted_log_partition: jax.Array  # logsumexp of `shifted`, in [0, log K]
 
 
 def exclude(logits: jax.Array, where: jax.Array | None) -> jax.Array:
@@ -26,24 +30,34 @@ def exclude(logits: jax.Array, where: jax.Array | None) -> jax.Array:
     return logits if where is None else jnp.where(where, logits, -jnp.inf)
 
 
+def _log_sum_exp_of_shifted(shifted: jax.Array, axis: tuple[int, ...]) -> jax.Array:
+    """log sum exp of logits already shifted by their row max; 0 for a row of only -inf."""
+    sum_exp = jnp.sum(jnp.exp(shifted), axis=axis, keepdims=True)
+    return jnp.log(jnp.where(sum_exp > 0, sum_exp, 1.0))
+
+
 def stable_log_softmax(logits: jax.Array, axis: tuple[int, ...]) -> LogSoftmax:
     """log softmax along ``axis`` with -inf logits excluded and empty rows kept finite.
 
     The shift by the row max is wrapped in ``stop_gradient`` (it cancels mathematically), and a
-    row whose max is -inf is shifted by 0 instead, so -inf - (-inf) never happens.
+    row whose max is -inf is shifted by 0 instead, so -inf - (-inf) never happens. Only the
+    fields a loss uses are computed: under ``jit`` the rest is dead code.
     """
     row_max = jnp.max(logits, axis=axis, keepdims=True)
-    shift = lax.stop_gradient(jnp.where(jnp.isfinite(row_max), row_max, 0.0))
+    nonempty = row_max > -jnp.inf
+    shift = lax.stop_gradient(jnp.where(nonempty, row_max, 0.0))
     shifted = logits - shift
-    sum_exp = jnp.sum(jnp.exp(shifted), axis=axis, keepdims=True)
-    nonempty = sum_exp > 0
-    log_sum_exp = jnp.log(jnp.where(nonempty, sum_exp, 1.0))
+    log_sum_exp = _log_sum_exp_of_shifted(shifted, axis)
     included = logits > -jnp.inf
     return LogSoftmax(
         log_probs=shifted - log_sum_exp,
         log_partition=jnp.where(nonempty, log_sum_exp + shift, 0.0),
         included=included,
         num_included=jnp.sum(included, axis=axis, keepdims=True),
+        nonempty=nonempty,
+        shift=shift,
+        shifted=shifted,
+        shifted_log_partition=log_sum_exp,
     )
 
 
