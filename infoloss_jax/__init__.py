@@ -58,7 +58,6 @@ __all__ = [
     "entropy_from_probs",
     "forward_kl",
     "generalized_kl_divergence",
-    "gradients",
     "gradient_table",
     "jensen_shannon",
     "kl_divergence",
@@ -73,10 +72,8 @@ __all__ = [
     "register_value_checks",
     "reverse_kl",
     "safe_softmax_cross_entropy",
-    "sharded",
     "sigmoid_binary_cross_entropy",
     "softmax_cross_entropy",
     "softmax_cross_entropy_with_integer_labels",
-    "torch",
     "z_loss",
 ]

@@ -131,11 +131,12 @@ def softmax_cross_entropy(
 
     Example:
       >>> import jax.numpy as jnp
+      >>> import numpy as np
       >>> import infoloss_jax as il
       >>> logits = jnp.array([[1.2, -0.8, -0.5], [0.9, -1.2, 1.1]])
       >>> labels = jnp.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
-      >>> print(il.softmax_cross_entropy(logits, labels).round(4).tolist())
-      [0.2761, 2.9518]
+      >>> print(np.asarray(il.softmax_cross_entropy(logits, labels)).round(4))
+      [0.2761 2.9518]
 
     References:
       optax ``softmax_cross_entropy``; Szegedy et al., "Rethinking the Inception Architecture",
@@ -299,11 +300,12 @@ def softmax_cross_entropy_with_integer_labels(
 
     Example:
       >>> import jax.numpy as jnp
+      >>> import numpy as np
       >>> import infoloss_jax as il
       >>> logits = jnp.array([[1.2, -0.8, -0.5], [0.9, -1.2, 1.1]])
       >>> labels = jnp.array([0, 1])
-      >>> print(il.softmax_cross_entropy_with_integer_labels(logits, labels).round(4).tolist())
-      [0.2761, 2.9518]
+      >>> print(np.asarray(il.softmax_cross_entropy_with_integer_labels(logits, labels)).round(4))
+      [0.2761 2.9518]
       >>> loss = il.softmax_cross_entropy_with_integer_labels(
       ...     logits, jnp.array([0, -100]), ignore_index=-100, reduction="mean")
       >>> print(round(float(loss), 4))

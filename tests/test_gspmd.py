@@ -8,6 +8,7 @@ elements than one device's logits shard: gathering logits rows, or any vocabular
 them, would exceed that; gathering per-row scalars does not.
 """
 
+import math
 import re
 
 import jax
@@ -18,6 +19,18 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import infoloss_jax as il
+
+
+def cpu_fallback_mesh(shape, names, **kwargs):
+    """A mesh on the default backend, or on the 8 simulated CPU devices when it has fewer.
+
+    On a one-GPU machine the default backend has a single device; conftest's XLA flag gives
+    the CPU backend 8, so the sharded tests still run there.
+    """
+    size = math.prod(shape)
+    devices = jax.devices() if len(jax.devices()) >= size else jax.devices("cpu")
+    return jax.make_mesh(shape, names, devices=devices[:size], **kwargs)
+
 
 N, V = 8, 48
 CLASS_WEIGHTS = np.linspace(0.5, 1.5, V)
@@ -99,7 +112,7 @@ def _value_and_grad(loss_fn):
 
 def _check(loss_name, layout, dtype=jnp.float32, axis_type=AxisType.Auto):
     shape, names, spec = LAYOUTS[layout]
-    mesh = jax.make_mesh(shape, names, axis_types=(axis_type,) * len(names))
+    mesh = cpu_fallback_mesh(shape, names, axis_types=(axis_type,) * len(names))
     logits, target, labels, where = _inputs(dtype)
     row_spec = P(spec[0])
     put = lambda x, s: jax.device_put(x, NamedSharding(mesh, s))
@@ -152,7 +165,7 @@ def test_explicit_sharding_mode(loss_name):
 
 def test_the_hlo_check_catches_a_gather():
     """take_along_axis over a vocabulary-sharded axis gathers the logits: the check sees it."""
-    mesh = jax.make_mesh((8,), ("model",), axis_types=(AxisType.Auto,))
+    mesh = cpu_fallback_mesh((8,), ("model",), axis_types=(AxisType.Auto,))
     logits, _, labels, _ = _inputs()
     sharded = jax.device_put(logits, NamedSharding(mesh, P(None, "model")))
 

@@ -15,7 +15,7 @@ def test_module_entry_point_passes_every_check():
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     assert f"infoloss_jax {il.__version__}" in out
-    assert "backend: cpu" in out
+    assert "backend: " in out
     assert out.count("PASS") == len(cli.CHECKS)
     assert "FAIL" not in out
     for number in ("1.5000000", "1.5849625", "0.0430530", "-0.5750471"):

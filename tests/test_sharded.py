@@ -6,6 +6,7 @@ mesh axis, so the padding path is always exercised; ignored tokens are spread un
 data shards, so a mean of per-shard means would be wrong.
 """
 
+import math
 import os
 import subprocess
 import sys
@@ -21,6 +22,18 @@ from jax.test_util import check_grads
 
 import infoloss_jax as il
 from infoloss_jax import sharded
+
+
+def cpu_fallback_mesh(shape, names, **kwargs):
+    """A mesh on the default backend, or on the 8 simulated CPU devices when it has fewer.
+
+    On a one-GPU machine the default backend has a single device; conftest's XLA flag gives
+    the CPU backend 8, so the sharded tests still run there.
+    """
+    size = math.prod(shape)
+    devices = jax.devices() if len(jax.devices()) >= size else jax.devices("cpu")
+    return jax.make_mesh(shape, names, devices=devices[:size], **kwargs)
+
 
 N, D, V = 8, 6, 13
 IGNORE = -100
@@ -39,7 +52,7 @@ CE_OPTIONS = {
 
 def make_mesh(name):
     shape, names = MESHES[name]
-    return jax.make_mesh(shape, names, axis_types=(AxisType.Auto,) * len(names))
+    return cpu_fallback_mesh(shape, names, axis_types=(AxisType.Auto,) * len(names))
 
 
 def data_axis(mesh):
@@ -744,7 +757,7 @@ def test_sharded_fused_memory_ratio(dtype):
     from infoloss_jax._fused import linear_softmax_cross_entropy
 
     n, d, v = 4096, 1024, 32000
-    mesh = jax.make_mesh((8,), ("model",), axis_types=(AxisType.Auto,))
+    mesh = cpu_fallback_mesh((8,), ("model",), axis_types=(AxisType.Auto,))
     structs = [
         jax.ShapeDtypeStruct((n, d), dtype),
         jax.ShapeDtypeStruct((n,), jnp.int32),
