@@ -7,7 +7,9 @@ Memory (compile-only, no allocation): value_and_grad w.r.t. hidden and weight of
   * naive + optax: ``optax.softmax_cross_entropy_with_integer_labels(hidden @ W, labels).mean()``
   * naive + core:  ``il.softmax_cross_entropy_with_integer_labels(hidden @ W, labels, "mean")``
   * fused:         ``il.linear_softmax_cross_entropy(hidden, labels, W)`` (automatic method),
-    and each explicit method ("recompute": 4 matmuls, minimal memory; "fused": 3 matmuls)
+    and each explicit method ("recompute": 4 matmuls and one [N, D] float32 accumulator;
+    "two_pass": 5 matmuls, tile-sized accumulators only, the automatic choice in half
+    precision; "fused": 3 matmuls)
 for the Llama-3-8B head (N=8192, D=4096, V=128256) and the Gemma-2-2B head (N=8192, D=2304,
 V=256000), float32 and bfloat16 inputs. The "[D,V] arrays" column lists every array type of
 The "W copies in loops" column lists weight-sized arrays of another dtype carried by the compiled
@@ -70,10 +72,12 @@ def variants(blocks):
     out = {
         "fused (auto)": fused("auto"),
         "fused recompute": fused("recompute"),
+        "fused two_pass": fused("two_pass"),
         "fused fused": fused("fused"),
     }
     for tokens, vocab in blocks:
-        out[f"fused recompute {tokens}x{vocab}"] = fused("recompute", (tokens, vocab))
+        for method in ("recompute", "two_pass"):
+            out[f"fused {method} {tokens}x{vocab}"] = fused(method, (tokens, vocab))
     return out
 
 

@@ -43,6 +43,14 @@ Cross-entropy, backward:
   Order: vocabulary blocks outside, token blocks inside, so every ``[D, Vb]`` block of ``dw`` is
   finished (accumulated in ``accum_dtype`` over all tokens) before it is written once in the
   weight's dtype, and the only full-size accumulator is ``dh`` (``[N, D]``, accum dtype).
+* ``_ce_slice_grads_two_pass(...)``, same arguments, returns ``dh`` in ``h.dtype``: no
+  full-size accumulator at all. Pass 1 (vocabulary blocks outside) finishes each ``dw`` block as
+  above without touching ``dh``; pass 2 (token blocks outside) recomputes the tiles once more
+  and finishes each ``[Tb, D]`` block of ``dh`` over the whole slice in a tile-sized
+  ``accum_dtype`` buffer. One logits matmul more per tile (5 matmuls for value-and-grad instead
+  of 4); used for half-precision inputs, where the one-pass ``[N, D]`` float32 accumulator is
+  twice the size of the hidden gradient itself (128 MiB at the Llama-3-8B head). Not usable
+  as is under vocabulary sharding: its ``dh`` blocks are rounded before the psum.
 
 Distillation (student ``s = h @ w / T``, teacher ``t = th @ tw / T``):
 
@@ -55,20 +63,25 @@ Distillation (student ``s = h @ w / T``, teacher ``t = th @ tw / T``):
 * ``_kl_slice_grads(h, w, th, tw, s_lse, t_lse, kl_q, row_scale, *, spec, blocks) -> (dh, dw)``:
   ``kl_q`` is the per-token KL(Q||P) (reverse) or KL(Q||M) (JSD) needed by the gradient,
   ignored for the forward KL.
+* ``_kl_slice_grads_two_pass(...)``: the same in two passes with tile-sized accumulators only,
+  as ``_ce_slice_grads_two_pass``.
 * ``_kl_loss_from_stats(stats, spec, jsd_terms)`` turns merged statistics into the per-token
   divergence, its logsumexps and ``kl_q``.
 
-Two implementations of the cross-entropy gradient exist: ``"recompute"`` (above: the forward
+Three implementations of the cross-entropy gradient exist: ``"recompute"`` (above: the forward
 pass only computes statistics, the backward pass recomputes every logits block; 4 matmuls for
-value-and-grad, minimal memory) and ``"fused"`` (for scalar reductions: the custom_vjp forward
-rule computes the gradient for a unit cotangent while it has each token block's logits row in
-hand, as Liger-Kernel does; 3 matmuls, but a ``[Tb, V]`` row buffer and a ``[D, V]``
-accumulator in ``accum_dtype``). ``"auto"`` picks ``"fused"`` only on CPU, for a scalar
-reduction, a float32 weight (the accumulator is then the gradient's own buffer) and a row buffer
-that fits _FUSED_ROW_ELEMENTS (see :func:`_choose_method`); everywhere else ``"recompute"``.
-The distillation losses have the same two methods (``_kl_loss`` and ``_kl_fused``; the fused one
-keeps a student and a teacher row, 4 matmuls like the naive path instead of 6, or 8 for the
-JSD's second pass).
+value-and-grad, one ``[N, D]`` accumulator), ``"two_pass"`` (the same forward, the two-pass
+backward above; 5 matmuls, tile-sized accumulators only) and ``"fused"`` (for scalar
+reductions: the custom_vjp forward rule computes the gradient for a unit cotangent while it has
+each token block's logits row in hand, as Liger-Kernel does; 3 matmuls, but a ``[Tb, V]`` row
+buffer and a ``[D, V]`` accumulator in ``accum_dtype``). ``"auto"`` picks ``"two_pass"``
+whenever the hidden states or the weight are narrower than ``accum_dtype`` (half precision);
+``"fused"`` only on CPU, for a scalar reduction, float32 inputs (the accumulator is then the
+gradient's own buffer) and a row buffer that fits _FUSED_ROW_ELEMENTS (see
+:func:`_choose_method`); everywhere else ``"recompute"``. The distillation losses have the same
+three methods (``_kl_loss``, ``_kl_loss_two_pass`` and ``_kl_fused``; the fused one keeps a
+student and a teacher row, 4 matmuls like the naive path instead of 6, or 8 for the JSD's
+second pass; the two-pass backward adds one student and one teacher matmul per tile).
 
 Every loop carries the large inputs it slices (``pinned`` in :func:`_for_blocks`) through an
 optimization barrier. Without it XLA's CPU backend hoists a convert of a bfloat16 weight out of
@@ -107,13 +120,16 @@ _BLOCK_ELEMENTS = 2**21
 # tile of at most 2**23 elements and [D, Vb] / [Tb, D] slices of at most 2**24. Measured on an
 # H200 for the bf16 Llama-3-8B head (N=8192, D=4096, V=128256), value_and_grad: the CPU sizes
 # (512 x 512) ran at 6.6x the three-matmul floor with 2.4% of naive's temp memory, 2048 x 4096
-# at 1.7x with 4.3%. See benchmarks/README.md.
+# at 1.7x with 4.3% (both with the one-pass backward, before "two_pass" became the bf16
+# default). See benchmarks/README.md.
 _ACCEL_TILE_ELEMENTS = 2**23
 _ACCEL_SLICE_ELEMENTS = 2**24
 # "auto" computes the gradient in the forward pass when the [Tb, V] row buffer it needs, with a
 # token block of at least _FUSED_MIN_TOKENS, fits in this many elements (32 MiB in float32).
 _FUSED_ROW_ELEMENTS = 2**23
 _FUSED_MIN_TOKENS = 128
+# Gradient methods (see the module comment); "auto" picks one from the dtypes and shapes.
+_METHODS = ("auto", "recompute", "two_pass", "fused")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -463,6 +479,79 @@ def _ce_slice_grads(h, labels, w, b, class_weights, lse, row_scale, *, vocab_off
     return _for_blocks(vocab_body, init, vs, blocks.vocab, (h, w))
 
 
+def _ce_slice_grads_two_pass(
+    h, labels, w, b, class_weights, lse, row_scale, *, vocab_offset, spec, blocks
+):
+    """As :func:`_ce_slice_grads` with no full-size accumulator (for half-precision inputs).
+
+    Every logits tile is recomputed twice. Pass 1 (vocabulary blocks outside) finishes each
+    ``[D, Vb]`` block of ``dw`` over all tokens; pass 2 (token blocks outside) finishes each
+    ``[Tb, D]`` block of ``dh`` over the whole slice in a tile-sized ``accum_dtype`` buffer and
+    writes it in the hidden's dtype. Returns ``dh`` in ``h.dtype``."""
+    n, d = h.shape
+    vs = w.shape[1]
+    acc = spec.accum_dtype
+    coef, target_coef = _ce_grad_coefs(labels, class_weights, lse, spec)
+    row_scale = row_scale.astype(acc)
+
+    def tile_dlogits(h_blk, w_blk, t0, tl, v0, vl):
+        b_blk = None if b is None else _cols(b, v0, vl)
+        z = _block_logits(h_blk, w_blk, b_blk, spec.softcap, acc)
+        dz = _ce_tile_dlogits(
+            z,
+            _rows(labels, t0, tl),
+            _rows(lse, t0, tl),
+            _rows(row_scale, t0, tl),
+            _rows(coef, t0, tl),
+            _rows(target_coef, t0, tl),
+            _slice_weights(class_weights, vocab_offset + v0, vl, spec),
+            vocab_offset + v0,
+            spec,
+        )
+        return dz, dz.astype(jnp.result_type(h.dtype, w.dtype))
+
+    def vocab_body(carry, v0, vl, pinned):
+        dw, db = carry
+        h, w = pinned
+        w_blk = _cols(w, v0, vl)
+
+        def token_body(inner, t0, tl, pinned):
+            dw_blk, db_blk = inner
+            h, w_blk = pinned
+            h_blk = _rows(h, t0, tl)
+            dz, dz_c = tile_dlogits(h_blk, w_blk, t0, tl, v0, vl)
+            if db_blk is not None:
+                db_blk = db_blk + jnp.sum(dz, axis=0)
+            return dw_blk + _matmul_tn(h_blk, dz_c, acc), db_blk
+
+        db_init = None if b is None else jnp.zeros((vl,), acc)
+        dw_blk, db_blk = _for_blocks(
+            token_body, (jnp.zeros((d, vl), acc), db_init), n, blocks.tokens, (h, w_blk)
+        )
+        dw = lax.dynamic_update_slice_in_dim(dw, dw_blk.astype(dw.dtype), v0, 1)
+        if db is not None:
+            db = lax.dynamic_update_slice_in_dim(db, db_blk.astype(db.dtype), v0, 0)
+        return dw, db
+
+    def token_body(dh, t0, tl, pinned):
+        h, w = pinned
+        h_blk = _rows(h, t0, tl)
+
+        def vocab_body(dh_blk, v0, vl, pinned):
+            (w,) = pinned
+            w_blk = _cols(w, v0, vl)
+            _, dz_c = tile_dlogits(h_blk, w_blk, t0, tl, v0, vl)
+            return dh_blk + _matmul_nt(dz_c, w_blk, acc)
+
+        dh_blk = _for_blocks(vocab_body, jnp.zeros((tl, d), acc), vs, blocks.vocab, (w,))
+        return _set_rows(dh, t0, dh_blk)
+
+    init = (jnp.zeros(w.shape, w.dtype), None if b is None else jnp.zeros(b.shape, b.dtype))
+    dw, db = _for_blocks(vocab_body, init, vs, blocks.vocab, (h, w))
+    dh = _for_blocks(token_body, jnp.zeros((n, d), h.dtype), n, blocks.tokens, (h, w))
+    return dh, dw, db
+
+
 def _ce_fused_value_and_grads(h, labels, w, b, class_weights, row_scale, *, spec, blocks):
     """Loss statistics and the gradient of sum_i row_scale_i loss_i in one sweep.
 
@@ -564,6 +653,25 @@ def _ce_recompute_bwd(spec, blocks, res, cotangents):
 _ce_recompute.defvjp(_ce_recompute_fwd, _ce_recompute_bwd)
 
 
+# As _ce_recompute, with the two-pass backward (no [N, D] accumulator; half precision).
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def _ce_recompute_two_pass(h, w, b, labels, class_weights, spec, blocks):
+    return _ce_forward(h, w, b, labels, class_weights, spec, blocks)
+
+
+def _ce_recompute_two_pass_bwd(spec, blocks, res, cotangents):
+    h, w, b, labels, class_weights, lse = res
+    _, valid, _ = _label_weight(labels, class_weights, spec)
+    row_scale = jnp.where(valid, cotangents[0], 0.0)
+    dh, dw, db = _ce_slice_grads_two_pass(
+        h, labels, w, b, class_weights, lse, row_scale, vocab_offset=0, spec=spec, blocks=blocks
+    )
+    return dh, dw, db, None, None
+
+
+_ce_recompute_two_pass.defvjp(_ce_recompute_fwd, _ce_recompute_two_pass_bwd)
+
+
 # Scalar sum_i row_scale_i loss_i (row_scale carries the reduction's 1/count); the forward rule
 # computes the gradient too. Outputs: (total, loss, lse, argmax); only total carries a gradient.
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
@@ -633,10 +741,14 @@ def _choose_blocks(n, d, v, token_block_size, vocab_block_size, backend=None) ->
     return _Blocks(max(1, min(tokens, max(n, 1))), max(1, min(vocab, v)))
 
 
-def _choose_method(method, reduction, n, v, blocks, token_block_size, weight_dtype, accum_dtype):
+def _choose_method(method, reduction, n, v, blocks, token_block_size, input_dtypes, accum_dtype):
     if method != "auto":
         return method
-    if reduction == "none" or jnp.dtype(weight_dtype).itemsize < jnp.dtype(accum_dtype).itemsize:
+    if any(jnp.dtype(t).itemsize < jnp.dtype(accum_dtype).itemsize for t in input_dtypes):
+        # Half precision: the one-pass backward's [N, D] accum_dtype accumulator would be twice
+        # the hidden gradient itself (larger than every tile); two passes keep only tiles.
+        return "two_pass"
+    if reduction == "none":
         return "recompute"
     if jax.default_backend() != "cpu":
         # Measured on an H200: the [Tb, V] row loop is slower than recomputing there.
@@ -746,9 +858,11 @@ def linear_softmax_cross_entropy(
 
     Gradients flow to ``hidden``, ``weight`` and ``bias`` (not to ``class_weights``); values and
     gradients accumulate in ``accum_dtype`` (at least float32), so bfloat16 inputs lose nothing
-    beyond their own rounding. Only reverse mode is supported (``jax.grad``/``vjp``): this is a
-    ``jax.custom_vjp`` function, and forward mode (``jax.jvp``) raises ``TypeError``. A call
-    without a gradient computes no gradient.
+    beyond their own rounding. For half-precision inputs the backward pass runs in two passes
+    (the weight gradient, then the hidden gradient, block by block; one more matmul per tile),
+    so that no float32 buffer of the size of ``hidden`` or ``weight`` exists. Only reverse mode
+    is supported (``jax.grad``/``vjp``): this is a ``jax.custom_vjp`` function, and forward mode
+    (``jax.jvp``) raises ``TypeError``. A call without a gradient computes no gradient.
 
     Args:
       hidden: ``[..., D]`` final hidden states.
@@ -826,8 +940,8 @@ def _linear_softmax_cross_entropy(
     return_aux=False,
     method="auto",
 ):
-    """:func:`linear_softmax_cross_entropy` with a choice of gradient ``method`` (for tests):
-    "auto", "recompute" or "fused"."""
+    """:func:`linear_softmax_cross_entropy` with a choice of gradient ``method`` (for tests and
+    benchmarks): "auto", "recompute", "two_pass" or "fused" (see the module comment)."""
     hidden = as_float_array(hidden, "hidden")
     weight = as_float_array(weight, "weight")
     labels = as_integer_array(labels, "labels")
@@ -844,8 +958,8 @@ def _linear_softmax_cross_entropy(
     eps = check_label_smoothing(label_smoothing)
     z_loss = check_z_loss(z_loss)
     check_positive(logit_softcap, "logit_softcap")
-    if method not in ("auto", "recompute", "fused"):
-        raise ValueError(f"Unknown method {method!r}.")
+    if method not in _METHODS:
+        raise ValueError(f"`method` must be one of {_METHODS}; got {method!r}.")
 
     lead = labels.shape
     n = int(np.prod(lead, dtype=np.int64))
@@ -861,7 +975,9 @@ def _linear_softmax_cross_entropy(
         accum_dtype=acc,
     )
     blocks = _choose_blocks(n, hidden.shape[-1], v, token_block_size, vocab_block_size)
-    method = _choose_method(method, reduction, n, v, blocks, token_block_size, weight.dtype, acc)
+    method = _choose_method(
+        method, reduction, n, v, blocks, token_block_size, (hidden.dtype, weight.dtype), acc
+    )
     cw = None if class_weights is None else lax.stop_gradient(class_weights)
     weight_per_token, valid, _ = _label_weight(y, cw, spec)
 
@@ -872,7 +988,8 @@ def _linear_softmax_cross_entropy(
         total, loss, lse, argmax = _ce_fused(h2, weight, bias, y, cw, scale, spec, blocks)
         value = total
     else:
-        loss, lse, argmax = _ce_recompute(h2, weight, bias, y, cw, spec, blocks)
+        recompute = _ce_recompute_two_pass if method == "two_pass" else _ce_recompute
+        loss, lse, argmax = recompute(h2, weight, bias, y, cw, spec, blocks)
         value = reduce_loss(
             loss.reshape(lead),
             reduction=reduction,
@@ -1057,6 +1174,60 @@ def _kl_slice_grads(h, w, th, tw, s_lse, t_lse, kl_q, row_scale, *, spec, blocks
     return _for_blocks(vocab_body, init, vs, blocks.vocab, (h, w, th, tw))
 
 
+def _kl_slice_grads_two_pass(h, w, th, tw, s_lse, t_lse, kl_q, row_scale, *, spec, blocks):
+    """As :func:`_kl_slice_grads` in two passes with tile-sized accumulators only (see
+    :func:`_ce_slice_grads_two_pass`); ``dh`` comes back in ``h.dtype``."""
+    n, d = h.shape
+    vs = w.shape[1]
+    acc = spec.accum_dtype
+    row_scale = row_scale.astype(acc)
+
+    def tile_dlogits(h_blk, th_blk, w_blk, tw_blk, t0, tl):
+        s, t = _kl_tile_logits(h_blk, w_blk, th_blk, tw_blk, spec)
+        ds = _kl_tile_dlogits(
+            s,
+            t,
+            _rows(s_lse, t0, tl),
+            _rows(t_lse, t0, tl),
+            _rows(kl_q, t0, tl),
+            _rows(row_scale, t0, tl),
+            spec,
+        )
+        return ds.astype(jnp.result_type(h.dtype, w.dtype))
+
+    def vocab_body(dw, v0, vl, pinned):
+        h, w, th, tw = pinned
+        w_blk, tw_blk = _cols(w, v0, vl), _cols(tw, v0, vl)
+
+        def token_body(dw_blk, t0, tl, pinned):
+            h, th, w_blk, tw_blk = pinned
+            h_blk = _rows(h, t0, tl)
+            ds = tile_dlogits(h_blk, _rows(th, t0, tl), w_blk, tw_blk, t0, tl)
+            return dw_blk + _matmul_tn(h_blk, ds, acc)
+
+        dw_blk = _for_blocks(
+            token_body, jnp.zeros((d, vl), acc), n, blocks.tokens, (h, th, w_blk, tw_blk)
+        )
+        return lax.dynamic_update_slice_in_dim(dw, dw_blk.astype(dw.dtype), v0, 1)
+
+    def token_body(dh, t0, tl, pinned):
+        h, w, th, tw = pinned
+        h_blk, th_blk = _rows(h, t0, tl), _rows(th, t0, tl)
+
+        def vocab_body(dh_blk, v0, vl, pinned):
+            w, tw = pinned
+            w_blk = _cols(w, v0, vl)
+            ds = tile_dlogits(h_blk, th_blk, w_blk, _cols(tw, v0, vl), t0, tl)
+            return dh_blk + _matmul_nt(ds, w_blk, acc)
+
+        dh_blk = _for_blocks(vocab_body, jnp.zeros((tl, d), acc), vs, blocks.vocab, (w, tw))
+        return _set_rows(dh, t0, dh_blk)
+
+    dw = _for_blocks(vocab_body, jnp.zeros(w.shape, w.dtype), vs, blocks.vocab, (h, w, th, tw))
+    dh = _for_blocks(token_body, jnp.zeros((n, d), h.dtype), n, blocks.tokens, (h, w, th, tw))
+    return dh, dw
+
+
 def _kl_loss_from_stats(stats: _KLStats, spec: _KLSpec, jsd_terms):
     """Per-token divergence plus what its gradient needs: (loss, s_lse, t_lse, kl_q).
 
@@ -1183,6 +1354,21 @@ def _kl_loss_bwd(spec, blocks, res, g):
 _kl_loss.defvjp(_kl_loss_fwd, _kl_loss_bwd)
 
 
+# As _kl_loss, with the two-pass backward (no [N, D] accumulator; half precision).
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _kl_loss_two_pass(h, w, th, tw, spec, blocks):
+    return _kl_forward(h, w, th, tw, spec, blocks)[0]
+
+
+def _kl_loss_two_pass_bwd(spec, blocks, res, g):
+    h, w, th, tw, s_lse, t_lse, kl_q = res
+    dh, dw = _kl_slice_grads_two_pass(h, w, th, tw, s_lse, t_lse, kl_q, g, spec=spec, blocks=blocks)
+    return dh, dw, None, None
+
+
+_kl_loss_two_pass.defvjp(_kl_loss_fwd, _kl_loss_two_pass_bwd)
+
+
 def _linear_divergence(
     kind,
     hidden,
@@ -1244,8 +1430,10 @@ def _linear_divergence(
         lax.stop_gradient(target_weight),
     )
     # Two [Tb, V] rows (student and teacher) for the fused gradient.
+    if method not in _METHODS:
+        raise ValueError(f"`method` must be one of {_METHODS}; got {method!r}.")
     method = _choose_method(
-        method, reduction, n, 2 * v, blocks, token_block_size, weight.dtype, acc
+        method, reduction, n, 2 * v, blocks, token_block_size, (hidden.dtype, weight.dtype), acc
     )
     if method == "fused" and reduction != "none":
         if token_block_size is None:
@@ -1255,7 +1443,7 @@ def _linear_divergence(
         scale = _reduction_scale(reduction, jnp.ones((n,), acc), keep, lead, acc)
         total, _ = _kl_fused(*args, jnp.where(keep, scale, 0.0), spec, blocks)
         return total
-    loss = _kl_loss(*args, spec, blocks)
+    loss = (_kl_loss_two_pass if method == "two_pass" else _kl_loss)(*args, spec, blocks)
     return reduce_loss(loss.reshape(lead), reduction=reduction, where=where)
 
 
@@ -1281,6 +1469,8 @@ _DISTILL_ARGS = """
         memory for speed.
       vocab_block_size: classes per tile; ``None`` chooses from the shapes.
       accum_dtype: accumulation dtype (float32 by default; float64 inputs use float64).
+        Half-precision inputs get the two-pass backward of
+        :func:`linear_softmax_cross_entropy` (no float32 buffer of the student's sizes).
 
     Returns:
       The divergence in nats, reduced as asked, in at least float32.

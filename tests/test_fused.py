@@ -21,6 +21,7 @@ from infoloss_jax._cross_entropy import softmax_cross_entropy_with_integer_label
 from infoloss_jax._divergences import forward_kl, jensen_shannon, reverse_kl
 from infoloss_jax._fused import (
     _choose_blocks,
+    _choose_method,
     _linear_divergence,
     _linear_softmax_cross_entropy,
     linear_forward_kl,
@@ -77,8 +78,13 @@ def _assert_close(actual, expected, rtol=RTOL, atol=0.0):
 # ------------------------------------------------------------------------------- cross-entropy
 
 
-# "none" always takes the recompute path; "fused" serves the scalar reductions.
-CE_CASES = [("recompute", r) for r in REDUCTIONS] + [("fused", r) for r in REDUCTIONS[1:]]
+# "none" always takes a recompute path; "fused" serves the scalar reductions. "two_pass" (the
+# automatic choice in half precision) is forced here in float32 to compare it at 1e-5.
+CE_CASES = (
+    [("recompute", r) for r in REDUCTIONS]
+    + [("fused", r) for r in REDUCTIONS[1:]]
+    + [("two_pass", "none"), ("two_pass", "mean")]
+)
 
 
 @pytest.mark.parametrize("options", list(OPTION_SETS))
@@ -232,7 +238,7 @@ def test_cross_entropy_under_vmap():
 
 def test_loss_only_call_computes_no_gradient():
     hidden, weight, _, labels, _, _ = _inputs()
-    for method in ("recompute", "fused"):
+    for method in ("recompute", "two_pass", "fused"):
         jaxpr = jax.make_jaxpr(
             lambda h, w, m=method: _linear_softmax_cross_entropy(h, labels, w, method=m, **BLOCKS)
         )(hidden, weight)
@@ -240,7 +246,7 @@ def test_loss_only_call_computes_no_gradient():
         # One logits matmul in the scanned vocabulary loop and one in its ragged remainder,
         # traced once each for the scanned and the remainder token blocks: no gradient matmuls.
         assert text.count("dot_general") == 4, text
-    for method in ("recompute", "fused"):
+    for method in ("recompute", "two_pass", "fused"):
         jaxpr = jax.make_jaxpr(
             lambda h, w, m=method: _linear_divergence(
                 "forward",
@@ -280,6 +286,61 @@ def test_automatic_blocks_respect_the_budget():
     assert _choose_blocks(8192, 4096, 128256, None, None, backend="gpu") == (2048, 4096)
     assert _choose_blocks(5, 3, 7, None, None) == (5, 7)
     assert _choose_blocks(100, 3, 70, 16, 32) == (16, 32)
+
+
+def test_auto_method_takes_two_passes_in_half_precision_only():
+    blocks = _choose_blocks(64, 16, 256, None, None, backend="cpu")
+    f32, bf16 = jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)
+    for reduction in ("none", "mean"):
+        for dtypes in ((bf16, bf16), (bf16, f32), (f32, bf16)):
+            method = _choose_method("auto", reduction, 64, 256, blocks, None, dtypes, f32)
+            assert method == "two_pass"
+        method = _choose_method("auto", reduction, 64, 256, blocks, None, (f32, f32), f32)
+        assert method != "two_pass"
+    assert _choose_method("recompute", "mean", 64, 256, blocks, None, (bf16, bf16), f32) == (
+        "recompute"
+    )
+
+
+def _lowered_text(loss, *args):
+    return jax.jit(jax.grad(loss, argnums=(0, 1))).lower(*args).as_text()
+
+
+def test_half_precision_backward_keeps_no_full_float32_hidden_accumulator():
+    hidden, weight, _, labels, _, target_hidden = _inputs(jnp.bfloat16)
+    target_weight = weight[:DT]
+    full_f32_hidden = f"tensor<{N}x{D}xf32>"
+
+    def ce(method):
+        def loss(h, w):
+            return _linear_softmax_cross_entropy(h, labels, w, method=method, **BLOCKS)
+
+        return _lowered_text(loss, hidden, weight)
+
+    def jsd(method):
+        def loss(h, w):
+            return _linear_divergence(
+                "jsd",
+                h,
+                w,
+                target_hidden,
+                target_weight,
+                beta=0.5,
+                temperature=1.0,
+                where=None,
+                reduction="mean",
+                accum_dtype=jnp.float32,
+                method=method,
+                **BLOCKS,
+            )
+
+        return _lowered_text(loss, hidden, weight)
+
+    for lowered in (ce, jsd):
+        assert full_f32_hidden in lowered("recompute")  # the one-pass accumulator
+        auto = lowered("auto")
+        assert full_f32_hidden not in auto
+        assert f"tensor<{D}x{V}xf32>" not in auto
 
 
 # ------------------------------------------------------------------------------- bad input
@@ -327,6 +388,8 @@ def test_bad_input_errors_name_the_arguments():
         linear_jensen_shannon(hidden, weight, target_hidden, weight[:DT], beta=1.5)
     with pytest.raises(ValueError, match="`where`"):
         linear_forward_kl(hidden, weight, hidden, weight, where=jnp.ones((3,), bool))
+    with pytest.raises(ValueError, match="`method`.*'two_pass'.*got 'one_pass'"):
+        _linear_softmax_cross_entropy(hidden, labels, weight, method="one_pass")
 
 
 # ------------------------------------------------------------------------------- distillation
@@ -336,8 +399,14 @@ DIVERGENCES = {
     "reverse": (linear_reverse_kl, reverse_kl, {}),
     "jsd": (linear_jensen_shannon, jensen_shannon, {"beta": 0.3}),
 }
-# "none" always recomputes; the scalar reductions can take either gradient method.
-DISTILL_CASES = [("recompute", "none"), ("recompute", "mean"), ("fused", "mean"), ("fused", "sum")]
+# "none" always recomputes; the scalar reductions can take any gradient method.
+DISTILL_CASES = [
+    ("recompute", "none"),
+    ("recompute", "mean"),
+    ("fused", "mean"),
+    ("fused", "sum"),
+    ("two_pass", "mean"),
+]
 
 
 @pytest.mark.parametrize(("method", "reduction"), DISTILL_CASES)
