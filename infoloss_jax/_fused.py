@@ -424,38 +424,54 @@ def _ce_grad_coefs(labels, class_weights, lse, spec):
     return coef, target_coef
 
 
+def _ce_tile_dlogits_fn(h, labels, w, b, class_weights, lse, row_scale, *, vocab_offset, spec):
+    """A function of one (token block, vocabulary block) tile giving its logits gradient.
+
+    Shared by the one-pass and two-pass backward passes: ``tile(h_blk, w_blk, t0, tl, v0, vl)``
+    recomputes the tile's logits and returns ``(dz in accum_dtype, dz in the matmul dtype)``.
+    """
+    acc = spec.accum_dtype
+    coef, target_coef = _ce_grad_coefs(labels, class_weights, lse, spec)
+    row_scale = row_scale.astype(acc)
+
+    def tile(h_blk, w_blk, t0, tl, v0, vl):
+        b_blk = None if b is None else _cols(b, v0, vl)
+        z = _block_logits(h_blk, w_blk, b_blk, spec.softcap, acc)
+        dz = _ce_tile_dlogits(
+            z,
+            _rows(labels, t0, tl),
+            _rows(lse, t0, tl),
+            _rows(row_scale, t0, tl),
+            _rows(coef, t0, tl),
+            _rows(target_coef, t0, tl),
+            _slice_weights(class_weights, vocab_offset + v0, vl, spec),
+            vocab_offset + v0,
+            spec,
+        )
+        return dz, dz.astype(jnp.result_type(h.dtype, w.dtype))
+
+    return tile
+
+
 def _ce_slice_grads(h, labels, w, b, class_weights, lse, row_scale, *, vocab_offset, spec, blocks):
     """Gradients over the vocabulary slice ``w`` given global ``lse`` (see the module comment)."""
     n, d = h.shape
     vs = w.shape[1]
     acc = spec.accum_dtype
-    coef, target_coef = _ce_grad_coefs(labels, class_weights, lse, spec)
-    row_scale = row_scale.astype(acc)
+    tile_dlogits = _ce_tile_dlogits_fn(
+        h, labels, w, b, class_weights, lse, row_scale, vocab_offset=vocab_offset, spec=spec
+    )
 
     def vocab_body(carry, v0, vl, pinned):
         dh, dw, db = carry
         h, w = pinned
         w_blk = _cols(w, v0, vl)
-        b_blk = None if b is None else _cols(b, v0, vl)
-        cw_blk = _slice_weights(class_weights, vocab_offset + v0, vl, spec)
 
         def token_body(inner, t0, tl, pinned):
             dh, dw_blk, db_blk = inner
             h, w_blk = pinned
             h_blk = _rows(h, t0, tl)
-            z = _block_logits(h_blk, w_blk, b_blk, spec.softcap, acc)
-            dz = _ce_tile_dlogits(
-                z,
-                _rows(labels, t0, tl),
-                _rows(lse, t0, tl),
-                _rows(row_scale, t0, tl),
-                _rows(coef, t0, tl),
-                _rows(target_coef, t0, tl),
-                cw_blk,
-                vocab_offset + v0,
-                spec,
-            )
-            dz_c = dz.astype(jnp.result_type(h.dtype, w.dtype))
+            dz, dz_c = tile_dlogits(h_blk, w_blk, t0, tl, v0, vl)
             dh = _add_rows(dh, t0, _matmul_nt(dz_c, w_blk, acc))
             dw_blk = dw_blk + _matmul_tn(h_blk, dz_c, acc)
             if db_blk is not None:
@@ -491,24 +507,9 @@ def _ce_slice_grads_two_pass(
     n, d = h.shape
     vs = w.shape[1]
     acc = spec.accum_dtype
-    coef, target_coef = _ce_grad_coefs(labels, class_weights, lse, spec)
-    row_scale = row_scale.astype(acc)
-
-    def tile_dlogits(h_blk, w_blk, t0, tl, v0, vl):
-        b_blk = None if b is None else _cols(b, v0, vl)
-        z = _block_logits(h_blk, w_blk, b_blk, spec.softcap, acc)
-        dz = _ce_tile_dlogits(
-            z,
-            _rows(labels, t0, tl),
-            _rows(lse, t0, tl),
-            _rows(row_scale, t0, tl),
-            _rows(coef, t0, tl),
-            _rows(target_coef, t0, tl),
-            _slice_weights(class_weights, vocab_offset + v0, vl, spec),
-            vocab_offset + v0,
-            spec,
-        )
-        return dz, dz.astype(jnp.result_type(h.dtype, w.dtype))
+    tile_dlogits = _ce_tile_dlogits_fn(
+        h, labels, w, b, class_weights, lse, row_scale, vocab_offset=vocab_offset, spec=spec
+    )
 
     def vocab_body(carry, v0, vl, pinned):
         dw, db = carry

@@ -10,14 +10,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 from functools import partial
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from golden import make_torch_golden, torch_golden
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -26,18 +25,8 @@ from scipy.special import logsumexp
 
 import infoloss_jax as il
 
-_GOLDEN_DIR = Path(__file__).parent / "golden"
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"_llm_{name}", _GOLDEN_DIR / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-GOLDEN = _load("torch_golden").GOLDEN
-CASES = _load("make_torch_golden")
+GOLDEN = torch_golden.GOLDEN
+CASES = make_torch_golden
 INPUTS = CASES.INPUTS
 
 LOGITS = jnp.asarray(INPUTS["logits"], jnp.float64)

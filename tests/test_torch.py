@@ -7,29 +7,18 @@ not needed to run them.
 
 from __future__ import annotations
 
-import importlib.util
 from functools import partial
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from golden import make_torch_golden, torch_golden
 
 from infoloss_jax import torch as F
 
-_GOLDEN_DIR = Path(__file__).parent / "golden"
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"_torch_{name}", _GOLDEN_DIR / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-GOLDEN = _load("torch_golden").GOLDEN
-CASES = _load("make_torch_golden")
+GOLDEN = torch_golden.GOLDEN
+CASES = make_torch_golden
 INPUTS = CASES.INPUTS
 
 
