@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.custom_derivatives import SymbolicZero
 from jax.typing import ArrayLike
 
 from . import _formulas
-from ._log_partition import LogSoftmax, drop_axes, exclude, stable_log_softmax
+from ._log_partition import (
+    LogSoftmax,
+    branch_on_exclusion,
+    drop_axes,
+    exclude,
+    stable_log_softmax,
+)
 from ._reductions import reduce_loss
 from ._validation import (
     Axis,
@@ -62,18 +71,54 @@ def z_loss_term(normalized: LogSoftmax, coefficient: float) -> jax.Array:
 
 
 # ----------------------------------------------------------------------------- soft labels
-def soft_label_cross_entropy(normalized: LogSoftmax, labels: jax.Array, axes) -> jax.Array:
+def label_dot(logits: jax.Array, shift: jax.Array, labels: jax.Array, axes) -> jax.Array:
+    """sum_k y_k (z_k - shift) (keepdims), with 0 * -inf = 0 and y_k > 0 at -inf giving -inf."""
+
+    def exact(logits, shift, labels):
+        (logits,) = logits
+        included = logits > -jnp.inf
+        safe_terms = labels * jnp.where(included, logits - shift, 0.0)
+        excluded_terms = jnp.where(labels > 0, -jnp.inf, 0.0)
+        return _formulas.sum_over(jnp.where(included, safe_terms, excluded_terms), axes)
+
+    def plain(logits, shift, labels):
+        (logits,) = logits
+        return _formulas.sum_over(labels * (logits - shift), axes)
+
+    return branch_on_exclusion(exact, plain, (logits,), shift, labels)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def soft_label_cross_entropy(logits: jax.Array, labels: jax.Array, axes) -> jax.Array:
     """-sum y log q = sum(y) * logsumexp - sum y z, on the max-shifted logits (keepdims).
 
-    Written on the shifted logits so that no [N, V] log-softmax is formed: autodiff then gives
-    the closed form sum(y) q - y of ``_formulas.softmax_cross_entropy_grad`` in one pass, and
-    -log q for the labels. Mass on an excluded class makes the loss +inf, as the math says.
+    No [N, V] log-softmax is formed. The JVP rule is the closed form
+    ``_formulas.softmax_cross_entropy_grad`` (sum(y) q - y) for the logits and -log q for the
+    labels, so reverse mode is one elementwise pass. Mass on an excluded class makes the loss
+    +inf, as the math says.
     """
-    included = normalized.included
-    safe_shifted = jnp.where(included, normalized.shifted, 0.0)
-    label_terms = jnp.where(included, labels * safe_shifted, jnp.where(labels > 0, -jnp.inf, 0.0))
+    normalized = stable_log_softmax(logits, axes)
     total_mass = _formulas.sum_over(labels, axes)
-    return total_mass * normalized.shifted_log_partition - _formulas.sum_over(label_terms, axes)
+    return total_mass * normalized.shifted_log_partition - label_dot(
+        logits, normalized.shift, labels, axes
+    )
+
+
+@functools.partial(soft_label_cross_entropy.defjvp, symbolic_zeros=True)
+def _soft_label_cross_entropy_jvp(axes, primals, tangents):
+    logits, labels = primals
+    logits_dot, labels_dot = tangents
+    loss = soft_label_cross_entropy(logits, labels, axes)
+    normalized = stable_log_softmax(logits, axes)
+    loss_dot = jnp.zeros_like(loss)
+    if not isinstance(logits_dot, SymbolicZero):
+        grad = _formulas.softmax_cross_entropy_grad(normalized.log_probs, labels, axes)
+        loss_dot = loss_dot + _formulas.sum_over(grad * logits_dot, axes)
+    if not isinstance(labels_dot, SymbolicZero):
+        safe_shifted = jnp.where(normalized.included, normalized.shifted, 0.0)
+        neg_log_q = normalized.shifted_log_partition - safe_shifted
+        loss_dot = loss_dot + _formulas.sum_over(neg_log_q * labels_dot, axes)
+    return loss, loss_dot
 
 
 def softmax_cross_entropy(
@@ -158,7 +203,7 @@ def softmax_cross_entropy(
     normalized = stable_log_softmax(logits, axes)
     if eps:
         labels = (1.0 - eps) * labels + smoothing_mass(normalized, eps)
-    loss = soft_label_cross_entropy(normalized, labels, axes)
+    loss = soft_label_cross_entropy(logits, labels, axes)
     if coefficient:
         loss = loss + z_loss_term(normalized, coefficient)
     nonempty = drop_axes(normalized.nonempty, axes)
@@ -230,9 +275,67 @@ def check_class_weights(class_weights, num_classes: int) -> jax.Array | None:
     return upcast(weights)
 
 
-def pick_class(values: jax.Array, is_label: jax.Array) -> jax.Array:
-    """values[..., label] as a masked sum, which partitions over a sharded class axis."""
-    return jnp.sum(jnp.where(is_label, values, 0.0), axis=-1)
+def explicit_spec(x: jax.Array) -> tuple:
+    """The mesh axes each dimension of ``x`` is split over, as its type says (explicit sharding).
+
+    Empty when the type carries no sharding (automatic sharding, or none at all).
+    """
+    spec = getattr(getattr(jax.typeof(x), "sharding", None), "spec", None)
+    return tuple(spec) if spec is not None and len(spec) == x.ndim else ()
+
+
+def class_axis_is_explicitly_sharded(x: jax.Array) -> bool:
+    """True when ``x``'s type says its last axis is split over a mesh (explicit sharding)."""
+    spec = explicit_spec(x)
+    return bool(spec) and spec[-1] is not None
+
+
+def label_logit(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """logits[..., label]; rows whose label is out of range get some logit (callers mask them).
+
+    A gather, as optax does: a masked sum would cost a full pass on XLA's CPU backend, which
+    cannot fuse the select into the reduction. GSPMD partitions this gather over a sharded
+    class axis; only explicit sharding types reject it, so there the masked sum is used.
+    """
+    num_classes = logits.shape[-1]
+    if class_axis_is_explicitly_sharded(logits):
+        is_label = lax.broadcasted_iota(labels.dtype, logits.shape, logits.ndim - 1)
+        return jnp.sum(jnp.where(is_label == labels[..., None], logits, 0.0), axis=-1)
+    index = jnp.clip(labels, 0, num_classes - 1)[..., None]
+    return jnp.take_along_axis(logits, index, axis=-1, mode="promise_in_bounds")[..., 0]
+
+
+@jax.custom_jvp
+def log_partition_and_label_logit(logits: jax.Array, labels: jax.Array):
+    """(logsumexp, logit of the label) along the last axis; logsumexp is 0 for an empty row.
+
+    The JVP rule is the closed form (q . dz, dz[label]), so reverse mode is the single
+    elementwise pass q - onehot(label), with q recomputed rather than stored.
+    """
+    log_z = stable_log_softmax(logits, (logits.ndim - 1,)).log_partition[..., 0]
+    return log_z, label_logit(logits, labels)
+
+
+@log_partition_and_label_logit.defjvp
+def _log_partition_and_label_logit_jvp(primals, tangents):
+    logits, labels = primals
+    logits_dot, _ = tangents
+    log_z, z_label = log_partition_and_label_logit(logits, labels)
+    probs = jnp.exp(logits - log_z[..., None])  # 0 at -inf logits, and in an empty row
+    is_label = (
+        lax.broadcasted_iota(labels.dtype, logits.shape, logits.ndim - 1) == labels[..., None]
+    )
+    log_z_dot = jnp.sum(probs * logits_dot, axis=-1)
+    z_label_dot = jnp.sum(jnp.where(is_label, logits_dot, 0.0), axis=-1)
+    return (log_z, z_label), (log_z_dot, z_label_dot)
+
+
+def class_weight_of_label(weights: jax.Array, labels: jax.Array) -> jax.Array:
+    """weights[label] (out-of-range labels get some weight; callers mask those rows)."""
+    if any(axis is not None for axis in explicit_spec(labels)):
+        is_label = jnp.arange(weights.shape[0], dtype=labels.dtype) == labels[..., None]
+        return jnp.sum(jnp.where(is_label, weights, 0.0), axis=-1)
+    return weights[jnp.clip(labels, 0, weights.shape[0] - 1)]
 
 
 def softmax_cross_entropy_with_integer_labels(
@@ -253,8 +356,8 @@ def softmax_cross_entropy_with_integer_labels(
     .. math::
         \ell_i = \log \sum_k e^{z_{ik}} - z_{i y_i} = -\log q_{i y_i}
 
-    computed as a logsumexp minus the label's logit, selected with a masked sum (no gather,
-    no one-hot), so it partitions over a vocabulary-sharded class axis. With every option:
+    computed as a logsumexp minus the label's logit (no one-hot is formed, and it partitions
+    over a vocabulary-sharded class axis). With every option:
 
     .. math::
         \ell_i = (1-\epsilon)\, w_{y_i} (-\log q_{i y_i})
@@ -333,13 +436,11 @@ def softmax_cross_entropy_with_integer_labels(
     weights = check_class_weights(class_weights, num_classes)
 
     normalized = stable_log_softmax(logits, (logits.ndim - 1,))
-    is_label = (
-        lax.broadcasted_iota(labels.dtype, logits.shape, logits.ndim - 1) == labels[..., None]
-    )
-    # logsumexp - z_y, as optax computes it: XLA fuses this form best. Logits beyond ~1e7 in
-    # float32 lose the O(1) part of the loss to rounding (values and gradients stay finite).
-    nll = normalized.log_partition[..., 0] - pick_class(logits, is_label)
-    label_weight = 1.0 if weights is None else pick_class(weights, is_label)
+    log_z, z_label = log_partition_and_label_logit(logits, labels)
+    # logsumexp - z_y, as optax computes it. Logits beyond ~1e7 in float32 lose the O(1) part
+    # of the loss to rounding (values and gradients stay finite).
+    nll = log_z - z_label
+    label_weight = 1.0 if weights is None else class_weight_of_label(weights, labels)
     loss = label_weight * nll
     if eps:
         class_weight = 1.0 if weights is None else weights
@@ -347,7 +448,7 @@ def softmax_cross_entropy_with_integer_labels(
         smooth = jnp.sum(smoothing_mass(normalized, eps) * class_weight * neg_log_q, axis=-1)
         loss = (1.0 - eps) * loss + smooth
     if coefficient:
-        loss = loss + coefficient * jnp.square(normalized.log_partition[..., 0])
+        loss = loss + coefficient * jnp.square(log_z)
 
     in_range = (labels >= 0) & (labels < num_classes)
     ignored = jnp.zeros(labels.shape, bool) if ignore_index is None else labels == ignore_index

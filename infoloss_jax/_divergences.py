@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import functools
+import operator
 
 import jax
 import jax.numpy as jnp
+from jax.custom_derivatives import SymbolicZero
 from jax.typing import ArrayLike
 
 from . import _formulas
-from ._log_partition import drop_axes, exclude, stable_log_softmax
+from ._log_partition import (
+    branch_on_exclusion,
+    drop_axes,
+    exclude,
+    log_probs_from,
+    normalizers,
+    stable_log_softmax,
+)
 from ._validation import (
     Axis,
     as_float_array,
@@ -208,34 +217,54 @@ def _log_softmax_pair(model, target, axes):
 
 
 def _pair_tangent(grads, tangents, axes):
-    grad_model, grad_target = grads
-    model_dot, target_dot = tangents
-    return _formulas.sum_over(grad_model * model_dot + grad_target * target_dot, axes)
+    """sum(grad . tangent) over both arguments, skipping symbolic-zero tangents (no work for an
+    argument that is not differentiated, such as a fixed teacher)."""
+    terms = [g * t for g, t in zip(grads, tangents, strict=True) if not isinstance(t, SymbolicZero)]
+    if not terms:
+        return jnp.zeros_like(_formulas.sum_over(grads[0], axes))
+    return _formulas.sum_over(functools.reduce(operator.add, terms), axes)
+
+
+def _kl_of_logits(first, second, axes):
+    """KL(softmax(first) || softmax(second)), keepdims."""
+
+    def exact(logits, *parts):
+        log_p, log_r = log_probs_from(logits[0], *parts[:2]), log_probs_from(logits[1], *parts[2:])
+        return _formulas.kl_value(log_p, log_r, axes)
+
+    def plain(logits, *parts):
+        log_p, log_r = log_probs_from(logits[0], *parts[:2]), log_probs_from(logits[1], *parts[2:])
+        return _formulas.sum_over(jnp.exp(log_p) * (log_p - log_r), axes)
+
+    parts = normalizers(stable_log_softmax(first, axes)) + normalizers(
+        stable_log_softmax(second, axes)
+    )
+    return branch_on_exclusion(exact, plain, (first, second), *parts)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
 def _forward_kl(model, target, axes):
-    log_q, log_p = _log_softmax_pair(model, target, axes)
-    return _formulas.kl_value(log_p, log_q, axes)
+    return _kl_of_logits(target, model, axes)
 
 
-@_forward_kl.defjvp
+@functools.partial(_forward_kl.defjvp, symbolic_zeros=True)
 def _forward_kl_jvp(axes, primals, tangents):
+    value = _forward_kl(*primals, axes)
     log_q, log_p = _log_softmax_pair(*primals, axes)
-    value, grads = _formulas.forward_kl_value_and_grads(log_q, log_p, axes)
+    grads = _formulas.forward_kl_grads_given_value(log_q, log_p, value)
     return value, _pair_tangent(grads, tangents, axes)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
 def _reverse_kl(model, target, axes):
-    log_q, log_p = _log_softmax_pair(model, target, axes)
-    return _formulas.kl_value(log_q, log_p, axes)
+    return _kl_of_logits(model, target, axes)
 
 
-@_reverse_kl.defjvp
+@functools.partial(_reverse_kl.defjvp, symbolic_zeros=True)
 def _reverse_kl_jvp(axes, primals, tangents):
+    value = _reverse_kl(*primals, axes)
     log_q, log_p = _log_softmax_pair(*primals, axes)
-    value, grads = _formulas.reverse_kl_value_and_grads(log_q, log_p, axes)
+    grads = _formulas.reverse_kl_grads_given_value(log_q, log_p, value)
     return value, _pair_tangent(grads, tangents, axes)
 
 
@@ -245,7 +274,7 @@ def _jensen_shannon(model, target, axes, beta):
     return _formulas.jensen_shannon_value(log_q, log_p, beta, axes)
 
 
-@_jensen_shannon.defjvp
+@functools.partial(_jensen_shannon.defjvp, symbolic_zeros=True)
 def _jensen_shannon_jvp(axes, beta, primals, tangents):
     log_q, log_p = _log_softmax_pair(*primals, axes)
     grads = _formulas.jensen_shannon_grads(log_q, log_p, beta, axes)

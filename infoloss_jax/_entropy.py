@@ -10,7 +10,14 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from . import _formulas
-from ._log_partition import drop_axes, prepare_logits, stable_log_softmax
+from ._log_partition import (
+    branch_on_exclusion,
+    drop_axes,
+    log_probs_from,
+    normalizers,
+    prepare_logits,
+    stable_log_softmax,
+)
 from ._validation import (
     Axis,
     as_float_array,
@@ -24,15 +31,24 @@ from ._validation import (
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
 def _entropy_of_logits(logits: jax.Array, axes: tuple[int, ...]) -> jax.Array:
-    return _formulas.entropy_value(stable_log_softmax(logits, axes).log_probs, axes)
+    def exact(logits, shift, shifted_log_partition):
+        log_p = log_probs_from(*logits, shift, shifted_log_partition)
+        return _formulas.entropy_value(log_p, axes)
+
+    def plain(logits, shift, shifted_log_partition):
+        log_p = log_probs_from(*logits, shift, shifted_log_partition)
+        return -_formulas.sum_over(jnp.exp(log_p) * log_p, axes)
+
+    parts = normalizers(stable_log_softmax(logits, axes))
+    return branch_on_exclusion(exact, plain, (logits,), *parts)
 
 
 @_entropy_of_logits.defjvp
 def _entropy_of_logits_jvp(axes, primals, tangents):
     (logits,), (logits_dot,) = primals, tangents
-    log_p = stable_log_softmax(logits, axes).log_probs
-    grad = _formulas.entropy_grad(log_p, axes)
-    return _formulas.entropy_value(log_p, axes), _formulas.sum_over(grad * logits_dot, axes)
+    value = _entropy_of_logits(logits, axes)
+    grad = _formulas.entropy_grad_given_value(stable_log_softmax(logits, axes).log_probs, value)
+    return value, _formulas.sum_over(grad * logits_dot, axes)
 
 
 def entropy(

@@ -51,11 +51,24 @@ def softmax_cross_entropy_grad(log_q: jax.Array, labels: jax.Array, axis: Axes) 
     return jnp.where(included, q * sum_over(labels, axis) - labels, 0.0)
 
 
+def entropy_grad_given_value(log_p: jax.Array, entropy: jax.Array) -> jax.Array:
+    r"""d/dz of H(softmax(z)) given H (keepdims): :math:`-p \odot (\log p + H)`."""
+    p, safe_log_p, _ = probs_and_safe_logs(log_p)
+    return -p * (safe_log_p + entropy)
+
+
 def entropy_grad(log_p: jax.Array, axis: Axes) -> jax.Array:
     r"""d/dz of H(softmax(z)): :math:`-p \odot (\log p + H)`."""
-    p, safe_log_p, _ = probs_and_safe_logs(log_p)
-    entropy = -sum_over(p * safe_log_p, axis)
-    return -p * (safe_log_p + entropy)
+    return entropy_grad_given_value(log_p, entropy_value(log_p, axis))
+
+
+def softmax_vjp_given_kl(log_p: jax.Array, log_ratio: jax.Array, kl: jax.Array) -> jax.Array:
+    r"""d/dz of KL(p || r) for p = softmax(z), r fixed, given the KL: :math:`p (\log(p/r) - KL)`.
+
+    ``log_ratio`` holds log p - log r (any value where p = 0; it is masked out).
+    """
+    p, _, included = probs_and_safe_logs(log_p)
+    return p * (jnp.where(included, log_ratio, 0.0) - kl)
 
 
 def kl_and_softmax_vjp(log_p: jax.Array, log_ratio: jax.Array, axis: Axes):
@@ -65,9 +78,8 @@ def kl_and_softmax_vjp(log_p: jax.Array, log_ratio: jax.Array, axis: Axes):
     ``(KL, p (log p - log r - KL))`` with KL keepdims.
     """
     p, _, included = probs_and_safe_logs(log_p)
-    safe_ratio = jnp.where(included, log_ratio, 0.0)
-    kl = sum_over(p * safe_ratio, axis)
-    return kl, p * (safe_ratio - kl)
+    kl = sum_over(p * jnp.where(included, log_ratio, 0.0), axis)
+    return kl, softmax_vjp_given_kl(log_p, log_ratio, kl)
 
 
 def softmax_vjp_of_log_ratio(log_p: jax.Array, log_ratio: jax.Array, axis: Axes) -> jax.Array:
@@ -75,12 +87,17 @@ def softmax_vjp_of_log_ratio(log_p: jax.Array, log_ratio: jax.Array, axis: Axes)
     return kl_and_softmax_vjp(log_p, log_ratio, axis)[1]
 
 
-def forward_kl_value_and_grads(log_q: jax.Array, log_p: jax.Array, axis: Axes):
-    """KL(p || q) (keepdims) and ``(d/dz_model, d/dz_target)``, sharing one KL reduction."""
+def forward_kl_grads_given_value(log_q: jax.Array, log_p: jax.Array, kl: jax.Array):
+    """``(d/dz_model, d/dz_target)`` of KL(p || q), given the KL (keepdims)."""
     q, _, _ = probs_and_safe_logs(log_q)
     p, _, _ = probs_and_safe_logs(log_p)
-    kl, grad_target = kl_and_softmax_vjp(log_p, log_p - log_q, axis)
-    return kl, (q - p, grad_target)
+    return q - p, softmax_vjp_given_kl(log_p, log_p - log_q, kl)
+
+
+def forward_kl_value_and_grads(log_q: jax.Array, log_p: jax.Array, axis: Axes):
+    """KL(p || q) (keepdims) and ``(d/dz_model, d/dz_target)``, sharing one KL reduction."""
+    kl = kl_value(log_p, log_q, axis)
+    return kl, forward_kl_grads_given_value(log_q, log_p, kl)
 
 
 def forward_kl_grads(log_q: jax.Array, log_p: jax.Array, axis: Axes) -> tuple[jax.Array, ...]:
@@ -91,12 +108,16 @@ def forward_kl_grads(log_q: jax.Array, log_p: jax.Array, axis: Axes) -> tuple[ja
     return forward_kl_value_and_grads(log_q, log_p, axis)[1]
 
 
+def reverse_kl_grads_given_value(log_q: jax.Array, log_p: jax.Array, kl: jax.Array):
+    """``(d/dz_model, d/dz_target)`` of KL(q || p), given the KL (keepdims)."""
+    grad_target, grad_model = forward_kl_grads_given_value(log_p, log_q, kl)
+    return grad_model, grad_target
+
+
 def reverse_kl_value_and_grads(log_q: jax.Array, log_p: jax.Array, axis: Axes):
     """KL(q || p) (keepdims) and ``(d/dz_model, d/dz_target)``, sharing one KL reduction."""
-    q, _, _ = probs_and_safe_logs(log_q)
-    p, _, _ = probs_and_safe_logs(log_p)
-    kl, grad_model = kl_and_softmax_vjp(log_q, log_q - log_p, axis)
-    return kl, (grad_model, p - q)
+    kl = kl_value(log_q, log_p, axis)
+    return kl, reverse_kl_grads_given_value(log_q, log_p, kl)
 
 
 def reverse_kl_grads(log_q: jax.Array, log_p: jax.Array, axis: Axes) -> tuple[jax.Array, ...]:

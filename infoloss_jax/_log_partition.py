@@ -61,6 +61,30 @@ def stable_log_softmax(logits: jax.Array, axis: tuple[int, ...]) -> LogSoftmax:
     )
 
 
+def normalizers(normalized: LogSoftmax) -> tuple[jax.Array, jax.Array]:
+    """The [N, 1] pieces that, with the logits, give the log-probabilities back."""
+    return normalized.shift, normalized.shifted_log_partition
+
+
+def log_probs_from(logits: jax.Array, shift: jax.Array, shifted_log_partition: jax.Array):
+    """``LogSoftmax.log_probs`` recomputed from the logits and the [N, 1] normalizers."""
+    return (logits - shift) - shifted_log_partition
+
+
+def branch_on_exclusion(exact, plain, logits: tuple[jax.Array, ...], *operands):
+    """``plain(logits, *operands)`` when no logit in ``logits`` is -inf, else ``exact(...)``.
+
+    The exact forms of the losses mask excluded classes with selects, and XLA's CPU backend
+    cannot fuse a select into a reduction: it writes an [N, V] temporary first. When nothing
+    is excluded (the common case, decided once for all the arrays by ``lax.cond``) the plain
+    forms are exact too. Pass only the logits and [N, 1] values (see :func:`normalizers`) into
+    the branches: any other [N, V] operand would be materialized to cross the boundary.
+    """
+    excluded = [jnp.min(x, initial=jnp.inf) == -jnp.inf for x in logits]
+    any_excluded = excluded[0] if len(excluded) == 1 else jnp.any(jnp.stack(excluded))
+    return lax.cond(any_excluded, exact, plain, logits, *operands)
+
+
 def prepare_logits(logits: ArrayLike, axis: Axis, where, name: str = "logits"):
     """Validates and upcasts ``logits``, applies ``where``; returns ``(logits, axes)``."""
     logits = as_float_array(logits, name)
