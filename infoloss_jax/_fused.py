@@ -116,23 +116,17 @@ from ._validation import (
 # A [token block, vocab block] tile, or a [D, vocab block] slice of the weight, holds at most this
 # many elements when block sizes are chosen automatically (8 MiB in float32).
 _BLOCK_ELEMENTS = 2**21
-# On GPUs and TPUs each loop step costs kernel launches, so tiles are larger there: a [Tb, Vb]
-# tile of at most 2**23 elements and [D, Vb] / [Tb, D] slices of at most 2**24. Measured on an
-# H200 for the bf16 Llama-3-8B head (N=8192, D=4096, V=128256), value_and_grad: the CPU sizes
-# (512 x 512) ran at 6.6x the three-matmul floor with 2.4% of naive's temp memory, 2048 x 4096
-# at 1.7x with 4.3% (both with the one-pass backward, before "two_pass" became the bf16
-# default). See benchmarks/README.md.
-_ACCEL_TILE_ELEMENTS = 2**23
-_ACCEL_SLICE_ELEMENTS = 2**24
-# The two-pass backward (the half-precision default) exists to keep memory at tile size, and its
-# [D, Vb] float32 weight-gradient block is the largest of those tiles, so on accelerators it gets
-# smaller budgets: [Tb, Vb] tiles and [D, Vb] slices of at most 2**21 and 2**22 elements, [Tb, D]
-# slices of at most 2**23: 2048 x 1024 tiles for the Llama-3-8B head. A CPU compile with these
-# tiles gives 0.097 GiB of temp memory for that head in bf16, against 0.248 GiB at 2048 x 4096;
-# on the H200 the naive head needs 5.87 GiB and the issue's GPU goal is 2% of it (0.117 GiB).
-_ACCEL_TWO_PASS_TILE_ELEMENTS = 2**21
-_ACCEL_TWO_PASS_WEIGHT_SLICE_ELEMENTS = 2**22
-_ACCEL_TWO_PASS_HIDDEN_SLICE_ELEMENTS = 2**23
+# On GPUs and TPUs each loop step costs kernel launches, so tiles are larger there: [Tb, Vb] tiles
+# of at most 2**21 elements, [D, Vb] weight slices of at most 2**22 and [Tb, D] hidden slices of at
+# most 2**23 (2048 x 1024 for the Llama-3-8B head). Measured on an H200 for that head in bf16,
+# value_and_grad with the one-pass backward: the CPU sizes (512 x 512) ran at 6.6x the
+# three-matmul floor, 2048 x 4096 at 1.7x but with 4.3% of naive's temp memory, above the 2% goal.
+# A CPU compile at 2048 x 1024 gives 0.097 GiB for bf16 (two-pass backward, 1.7% of the H200's
+# 5.87 GiB naive head) and 1.6% of naive for float32; 2048 x 4096 gave 0.248 GiB and 4.1%.
+# See benchmarks/README.md.
+_ACCEL_TILE_ELEMENTS = 2**21
+_ACCEL_WEIGHT_SLICE_ELEMENTS = 2**22
+_ACCEL_HIDDEN_SLICE_ELEMENTS = 2**23
 # "auto" computes the gradient in the forward pass when the [Tb, V] row buffer it needs, with a
 # token block of at least _FUSED_MIN_TOKENS, fits in this many elements (32 MiB in float32).
 _FUSED_ROW_ELEMENTS = 2**23
@@ -730,29 +724,20 @@ def _check_block(value, name):
     return int(value)
 
 
-def _block_budgets(backend: str, two_pass: bool) -> tuple[int, int, int]:
+def _block_budgets(backend: str) -> tuple[int, int, int]:
     """Element budgets of a [Tb, Vb] tile, a [D, Vb] weight slice and a [Tb, D] hidden slice."""
     if backend == "cpu":
         return _BLOCK_ELEMENTS, _BLOCK_ELEMENTS, _BLOCK_ELEMENTS
-    if two_pass:
-        return (
-            _ACCEL_TWO_PASS_TILE_ELEMENTS,
-            _ACCEL_TWO_PASS_WEIGHT_SLICE_ELEMENTS,
-            _ACCEL_TWO_PASS_HIDDEN_SLICE_ELEMENTS,
-        )
-    return _ACCEL_TILE_ELEMENTS, _ACCEL_SLICE_ELEMENTS, _ACCEL_SLICE_ELEMENTS
+    return _ACCEL_TILE_ELEMENTS, _ACCEL_WEIGHT_SLICE_ELEMENTS, _ACCEL_HIDDEN_SLICE_ELEMENTS
 
 
-def _choose_blocks(
-    n, d, v, token_block_size, vocab_block_size, backend=None, two_pass=False
-) -> _Blocks:
+def _choose_blocks(n, d, v, token_block_size, vocab_block_size, backend=None) -> _Blocks:
     """Tile sizes from the shapes and a memory budget, power-of-two for efficient matmuls.
 
-    See :func:`_block_budgets`: one budget on CPU, larger ones on accelerators, and smaller
-    ones there for the two-pass backward, whose point is memory."""
+    See :func:`_block_budgets`: one budget on CPU, larger ones on accelerators."""
     vocab = _check_block(vocab_block_size, "vocab_block_size")
     tokens = _check_block(token_block_size, "token_block_size")
-    tile, weight_slice, hidden_slice = _block_budgets(backend or jax.default_backend(), two_pass)
+    tile, weight_slice, hidden_slice = _block_budgets(backend or jax.default_backend())
     d = max(d, 1)
     if vocab is None:
         vocab = min(v, max(128, _floor_pow2(weight_slice // d)))
@@ -998,10 +983,6 @@ def _linear_softmax_cross_entropy(
     method = _choose_method(
         method, reduction, n, v, blocks, token_block_size, (hidden.dtype, weight.dtype), acc
     )
-    if method == "two_pass":
-        blocks = _choose_blocks(
-            n, hidden.shape[-1], v, token_block_size, vocab_block_size, two_pass=True
-        )
     cw = None if class_weights is None else lax.stop_gradient(class_weights)
     weight_per_token, valid, _ = _label_weight(y, cw, spec)
 
@@ -1459,15 +1440,6 @@ def _linear_divergence(
     method = _choose_method(
         method, reduction, n, 2 * v, blocks, token_block_size, (hidden.dtype, weight.dtype), acc
     )
-    if method == "two_pass":
-        blocks = _choose_blocks(
-            n,
-            max(d, target_hidden.shape[-1]),
-            v,
-            token_block_size,
-            vocab_block_size,
-            two_pass=True,
-        )
     if method == "fused" and reduction != "none":
         if token_block_size is None:
             rows = _FUSED_ROW_ELEMENTS // (2 * v)

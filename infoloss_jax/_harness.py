@@ -494,13 +494,22 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.clip(np.vdot(a, b) / (na * nb), -1.0, 1.0))
 
 
+def _float64_enabled():
+    """A context with float64 enabled: ``jax.enable_x64`` (JAX 0.8+) or its experimental form."""
+    if hasattr(jax, "enable_x64"):
+        return jax.enable_x64(True)
+    from jax.experimental import enable_x64
+
+    return enable_x64(True)
+
+
 def _finite_differences(total, args, argnum, fd_step, max_entries, seed):
     """Central differences of ``total`` in float64 at a sample of the entries of one argument.
 
     One compiled program per argument, vectorized with ``vmap`` over chunks of entries. Returns
     ``(flat indices, derivative estimates)``.
     """
-    with jax.enable_x64(True):
+    with _float64_enabled():
         args64 = tuple(_to_float64(a) for a in args)
         x = args64[argnum]
         size = int(x.size)
@@ -701,7 +710,7 @@ def gradient_table(
     if len(shape) != 2 or shape[0] < 2 or shape[1] < 3:
         raise ValueError(f"`shape` must be (batch >= 2, classes >= 3); got {shape!r}.")
     wide = jnp.dtype(dtype) == jnp.float64
-    with jax.enable_x64(True) if wide else contextlib.nullcontext():
+    with _float64_enabled() if wide else contextlib.nullcontext():
         inputs = _random_inputs(np.random.default_rng(seed), tuple(shape), dtype)
         cases = _cases(inputs)
         known = [c.name for c in cases]

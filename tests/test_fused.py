@@ -283,15 +283,9 @@ def test_forward_mode_raises_a_clear_error(fn):
 def test_automatic_blocks_respect_the_budget():
     blocks = _choose_blocks(8192, 4096, 128256, None, None, backend="cpu")
     assert blocks.vocab * 4096 <= 2**21 and blocks.tokens * blocks.vocab <= 2**21
-    assert _choose_blocks(8192, 4096, 128256, None, None, backend="gpu") == (2048, 4096)
-    two_pass = _choose_blocks(8192, 4096, 128256, None, None, backend="gpu", two_pass=True)
-    assert two_pass == (2048, 1024)
-    assert _choose_blocks(8192, 2304, 256000, None, None, backend="tpu", two_pass=True) == (
-        2048,
-        1024,
-    )
-    assert _choose_blocks(8192, 4096, 128256, None, None, backend="cpu", two_pass=True) == blocks
-    assert _choose_blocks(8192, 4096, 128256, 64, 128, backend="gpu", two_pass=True) == (64, 128)
+    assert _choose_blocks(8192, 4096, 128256, None, None, backend="gpu") == (2048, 1024)
+    assert _choose_blocks(8192, 2304, 256000, None, None, backend="tpu") == (2048, 1024)
+    assert _choose_blocks(8192, 4096, 128256, 64, 128, backend="gpu") == (64, 128)
     assert _choose_blocks(5, 3, 7, None, None) == (5, 7)
     assert _choose_blocks(100, 3, 70, 16, 32) == (16, 32)
 

@@ -1,8 +1,9 @@
 """Automatic partitioning (GSPMD): the core losses on logits sharded along batch and/or vocabulary.
 
 Every core loss, given logits with a ``NamedSharding`` under ``jax.jit``, must compile without an
-all-gather of the logits (the label pick is a masked reduction, which partitions, where
-``take_along_axis`` over a sharded axis may not) and must equal the unsharded result. The check
+all-gather of the logits and must equal the unsharded result. (The integer-label pick is a gather,
+which GSPMD partitions over a sharded class axis by masking; under explicit sharding types it is
+a masked reduction instead.) The check
 reads the compiled HLO text of ``value_and_grad`` and flags any all-gather whose result holds more
 elements than one device's logits shard: gathering logits rows, or any vocabulary-sized slab of
 them, would exceed that; gathering per-row scalars does not.
