@@ -283,8 +283,12 @@ def _keep_mask(labels: jax.Array, ignore_index: int | None) -> jax.Array:
 
 
 def _varying_axes(x) -> frozenset:
-    mat = getattr(jax.typeof(x), "manual_axis_type", None)
-    return frozenset() if mat is None else frozenset(mat.varying)
+    """The mesh axes ``x`` varies over inside shard_map (its type's "vma")."""
+    aval = jax.typeof(x)
+    manual = getattr(aval, "manual_axis_type", None)  # newer JAX; older ones have `vma`
+    if manual is not None:
+        return frozenset(manual.varying)
+    return frozenset(getattr(aval, "vma", ()))
 
 
 def _vary_like(x: jax.Array, *likes) -> jax.Array:
@@ -292,7 +296,11 @@ def _vary_like(x: jax.Array, *likes) -> jax.Array:
     check_vma types: scan carries and cotangents must carry their primal's type)."""
     want = frozenset().union(*(_varying_axes(like) for like in likes if like is not None))
     missing = tuple(sorted(want - _varying_axes(x), key=str))
-    return lax.pcast(x, missing, to="varying") if missing else x
+    if not missing:
+        return x
+    if hasattr(lax, "pcast"):  # newer JAX; older ones have `pvary`
+        return lax.pcast(x, missing, to="varying")
+    return lax.pvary(x, missing)
 
 
 def _match_cotangent(ct: jax.Array, like: jax.Array) -> jax.Array:
