@@ -6,7 +6,6 @@ import functools
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 from jax.custom_derivatives import SymbolicZero
 from jax.typing import ArrayLike
 
@@ -290,18 +289,24 @@ def class_axis_is_explicitly_sharded(x: jax.Array) -> bool:
     return bool(spec) and spec[-1] is not None
 
 
+def masked_pick(values: jax.Array, labels: jax.Array) -> jax.Array:
+    """values[..., label] as a masked sum over the last axis (``values`` may be just [K]).
+
+    It partitions under any sharding, but on XLA's CPU backend the select costs a full pass.
+    """
+    is_label = jnp.arange(values.shape[-1], dtype=labels.dtype) == labels[..., None]
+    return jnp.sum(jnp.where(is_label, values, 0.0), axis=-1)
+
+
 def label_logit(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """logits[..., label]; rows whose label is out of range get some logit (callers mask them).
 
-    A gather, as optax does: a masked sum would cost a full pass on XLA's CPU backend, which
-    cannot fuse the select into the reduction. GSPMD partitions this gather over a sharded
-    class axis; only explicit sharding types reject it, so there the masked sum is used.
+    A gather, as optax does, rather than :func:`masked_pick`. GSPMD partitions this gather over
+    a sharded class axis; only explicit sharding types reject it, so there the masked sum is used.
     """
-    num_classes = logits.shape[-1]
     if class_axis_is_explicitly_sharded(logits):
-        is_label = lax.broadcasted_iota(labels.dtype, logits.shape, logits.ndim - 1)
-        return jnp.sum(jnp.where(is_label == labels[..., None], logits, 0.0), axis=-1)
-    index = jnp.clip(labels, 0, num_classes - 1)[..., None]
+        return masked_pick(logits, labels)
+    index = jnp.clip(labels, 0, logits.shape[-1] - 1)[..., None]
     return jnp.take_along_axis(logits, index, axis=-1, mode="promise_in_bounds")[..., 0]
 
 
@@ -322,19 +327,14 @@ def _log_partition_and_label_logit_jvp(primals, tangents):
     logits_dot, _ = tangents
     log_z, z_label = log_partition_and_label_logit(logits, labels)
     probs = jnp.exp(logits - log_z[..., None])  # 0 at -inf logits, and in an empty row
-    is_label = (
-        lax.broadcasted_iota(labels.dtype, logits.shape, logits.ndim - 1) == labels[..., None]
-    )
     log_z_dot = jnp.sum(probs * logits_dot, axis=-1)
-    z_label_dot = jnp.sum(jnp.where(is_label, logits_dot, 0.0), axis=-1)
-    return (log_z, z_label), (log_z_dot, z_label_dot)
+    return (log_z, z_label), (log_z_dot, masked_pick(logits_dot, labels))
 
 
 def class_weight_of_label(weights: jax.Array, labels: jax.Array) -> jax.Array:
     """weights[label] (out-of-range labels get some weight; callers mask those rows)."""
     if any(axis is not None for axis in explicit_spec(labels)):
-        is_label = jnp.arange(weights.shape[0], dtype=labels.dtype) == labels[..., None]
-        return jnp.sum(jnp.where(is_label, weights, 0.0), axis=-1)
+        return masked_pick(weights, labels)
     return weights[jnp.clip(labels, 0, weights.shape[0] - 1)]
 
 
