@@ -123,9 +123,9 @@ def _soft_label_cross_entropy_jvp(axes, primals, tangents):
 def softmax_cross_entropy(
     logits: ArrayLike,
     labels: ArrayLike,
-    *,
     axis: Axis = -1,
     where: ArrayLike | None = None,
+    *,
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
     logit_softcap: float | None = None,
@@ -213,7 +213,6 @@ def softmax_cross_entropy(
 def safe_softmax_cross_entropy(
     logits: ArrayLike,
     labels: ArrayLike,
-    *,
     axis: Axis = -1,
     where: ArrayLike | None = None,
 ) -> jax.Array:
@@ -341,9 +340,9 @@ def class_weight_of_label(weights: jax.Array, labels: jax.Array) -> jax.Array:
 def softmax_cross_entropy_with_integer_labels(
     logits: ArrayLike,
     labels: ArrayLike,
-    *,
     axis: Axis = -1,
     where: ArrayLike | None = None,
+    *,
     ignore_index: int | None = None,
     label_smoothing: float = 0.0,
     class_weights: ArrayLike | None = None,

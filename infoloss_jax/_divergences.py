@@ -62,7 +62,6 @@ def _kl_terms(log_predictions: jax.Array, targets: jax.Array) -> jax.Array:
 def kl_divergence(
     log_predictions: ArrayLike,
     targets: ArrayLike,
-    *,
     axis: Axis | None = -1,
     where: ArrayLike | None = None,
 ) -> jax.Array:
@@ -114,7 +113,6 @@ def kl_divergence(
 def kl_divergence_with_log_targets(
     log_predictions: ArrayLike,
     log_targets: ArrayLike,
-    *,
     axis: Axis | None = -1,
     where: ArrayLike | None = None,
 ) -> jax.Array:
@@ -158,7 +156,6 @@ def kl_divergence_with_log_targets(
 def generalized_kl_divergence(
     log_predictions: ArrayLike,
     targets: ArrayLike,
-    *,
     axis: Axis | None = -1,
     where: ArrayLike | None = None,
 ) -> jax.Array:
