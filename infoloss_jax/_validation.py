@@ -169,3 +169,76 @@ def check_reduction(reduction: str) -> str:
         valid = ", ".join(repr(r) for r in REDUCTIONS)
         raise ValueError(f"Unknown `reduction`={reduction!r}; expected one of {valid}.")
     return reduction
+
+
+# ----------------------------------------------------------------------------- options
+# The rule for options (documented in docs/concepts.md): numeric coefficients that training
+# schedules (temperature, label_smoothing, z_loss, beta) may be traced; a traced value outside
+# its range turns the result into NaN, which `checked` reports. Structural options (axis,
+# ignore_index, logit_softcap, reduction, base, block sizes, backward) must be static Python
+# values. A concrete value outside its range raises ValueError at once.
+
+
+def is_traced(value) -> bool:
+    """True for a value only known at run time (a tracer under jit, grad or vmap)."""
+    return isinstance(value, jax.core.Tracer)
+
+
+def static_number(value, name: str) -> float:
+    """A static option as a Python float; TypeError names ``name`` for a traced value."""
+    if is_traced(value):
+        raise TypeError(
+            f"`{name}` must be a static Python number, not a traced value: it selects the "
+            f"program's structure. Pass it as a Python number (or mark it static in jit)."
+        )
+    v = np.asarray(value)
+    if v.shape != () or not np.issubdtype(v.dtype, np.number) or np.iscomplexobj(v):
+        raise TypeError(f"`{name}` must be a real scalar; got {value!r}.")
+    return float(v)
+
+
+def _in_range(v, low, high, low_open, high_open):
+    above = (v > low) if low_open else (v >= low)
+    below = (v < high) if high_open else (v <= high)
+    return above & below
+
+
+def _describe_range(low, high, low_open, high_open) -> str:
+    return f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+
+
+def scheduled_number(
+    value,
+    name: str,
+    *,
+    low: float = -math.inf,
+    high: float = math.inf,
+    low_open: bool = False,
+    high_open: bool = False,
+):
+    """Validates an option that may be traced (a scheduled coefficient).
+
+    Returns ``(value, ok)``. A concrete value is checked now (ValueError naming ``name`` and the
+    range) and comes back as a Python float with ``ok=None``. A traced value comes back as a
+    float32 scalar array with ``ok``, a boolean scalar that is False when the value is outside
+    its range or not finite; pass results through :func:`poison_unless` with it.
+    """
+    if is_traced(value):
+        v = jnp.asarray(value)
+        if v.shape != () or not jnp.issubdtype(v.dtype, jnp.floating | jnp.integer):
+            raise TypeError(f"`{name}` must be a real scalar; got {describe(v)}.")
+        v = v.astype(jnp.result_type(v.dtype, jnp.float32))
+        ok = jnp.isfinite(v) & _in_range(v, low, high, low_open, high_open)
+        return v, ok
+    v = static_number(value, name)
+    if not (math.isfinite(v) and _in_range(v, low, high, low_open, high_open)):
+        expected = _describe_range(low, high, low_open, high_open)
+        raise ValueError(f"`{name}` must be a finite number in {expected}; got {value!r}.")
+    return v, None
+
+
+def poison_unless(x: jax.Array, ok) -> jax.Array:
+    """``x`` where ``ok`` (a traced option's validity) holds, NaN elsewhere; no-op for None."""
+    if ok is None:
+        return x
+    return jnp.where(ok, x, jnp.nan)
