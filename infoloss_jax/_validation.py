@@ -225,7 +225,8 @@ def scheduled_number(
     """
     if is_traced(value):
         v = jnp.asarray(value)
-        if v.shape != () or not jnp.issubdtype(v.dtype, jnp.floating | jnp.integer):
+        real = jnp.issubdtype(v.dtype, jnp.floating) or jnp.issubdtype(v.dtype, jnp.integer)
+        if v.shape != () or not real:
             raise TypeError(f"`{name}` must be a real scalar; got {describe(v)}.")
         v = v.astype(jnp.result_type(v.dtype, jnp.float32))
         ok = jnp.isfinite(v) & _in_range(v, low, high, low_open, high_open)
