@@ -47,7 +47,7 @@ def accumulate_value_and_grad(
 
     Returns:
       ``(mean_loss, grads)``: the full-batch mean and its gradient, ``grads`` with the structure
-      and dtypes of ``params`` (accumulated in at least float32).
+        and dtypes of ``params`` (accumulated in at least float32).
 
     Example:
       >>> import jax, jax.numpy as jnp

@@ -171,7 +171,7 @@ def softmax_cross_entropy(
 
     Returns:
       Per-example cross-entropy (class axes removed), or its reduction. Half-precision inputs
-      give float32.
+        give float32.
 
     Example:
       >>> import jax.numpy as jnp

@@ -892,7 +892,7 @@ def linear_softmax_cross_entropy(
 
     Returns:
       The loss (reduced as asked, float32 for half-precision inputs), and the aux tuple if
-      ``return_aux``.
+        ``return_aux``.
 
     Example:
       >>> import jax, jax.numpy as jnp

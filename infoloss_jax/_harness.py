@@ -699,7 +699,7 @@ def gradient_table(
 
     Returns:
       A :class:`GradientTable`: ``print`` it, display it in Jupyter, iterate over its reports,
-      or call ``.ok()``.
+        or call ``.ok()``.
 
     Example:
       >>> import infoloss_jax as il

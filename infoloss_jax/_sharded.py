@@ -407,7 +407,7 @@ def vocab_parallel_cross_entropy(
 
     Returns:
       Per-token losses ``[...]`` (float32 for half-precision inputs) or a scalar, identical on
-      every device of ``axis_name``.
+        every device of ``axis_name``.
 
     Example:
       >>> import jax, jax.numpy as jnp

@@ -179,7 +179,7 @@ def cross_entropy(
 
     Returns:
       The loss: per example (``input``'s shape without dimension 1) for ``"none"``, else a
-      scalar. Half-precision inputs give float32.
+        scalar. Half-precision inputs give float32.
 
     Example:
       >>> import jax.numpy as jnp
@@ -261,7 +261,7 @@ def nll_loss(
 
     Returns:
       The per-example losses for ``"none"``, else a scalar. An index outside ``[0, C)`` that is
-      not ``ignore_index`` makes its example NaN.
+        not ``ignore_index`` makes its example NaN.
 
     Example:
       >>> import jax.numpy as jnp

@@ -42,6 +42,40 @@ def test_the_check_fails_on_a_name_without_a_docstring(monkeypatch):
     assert check_docstrings.missing_docstrings() == ["infoloss_jax.undocumented"]
 
 
+def test_every_returns_section_renders_as_one_item():
+    pytest.importorskip("griffe")
+    assert check_docstrings.broken_returns_sections() == []
+
+
+def test_the_check_fails_on_a_returns_line_wrapped_without_indent(monkeypatch):
+    pytest.importorskip("griffe")
+    import infoloss_jax
+
+    def wrapped(logits):
+        """A loss.
+
+        Returns:
+          Per-example losses, or their reduction. Half-precision inputs
+          give float32.
+        """
+        return logits
+
+    def indented(logits):
+        """A loss.
+
+        Returns:
+          Per-example losses, or their reduction. Half-precision inputs
+            give float32.
+        """
+        return logits
+
+    for function in (wrapped, indented):
+        function.__module__ = "infoloss_jax._fake"
+        monkeypatch.setattr(infoloss_jax, function.__name__, function, raising=False)
+    monkeypatch.setattr(infoloss_jax, "__all__", [*infoloss_jax.__all__, "wrapped", "indented"])
+    assert check_docstrings.broken_returns_sections() == ["infoloss_jax.wrapped"]
+
+
 def _documented_in_api_pages() -> set[str]:
     """Targets of ``::: name`` directives in docs/api/*.md."""
     targets = set()
@@ -66,6 +100,7 @@ def test_command_line_check_passes(capsys):
     assert "public names" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_mkdocs_build_strict(tmp_path):
     pytest.importorskip("mkdocs")
     pytest.importorskip("mkdocstrings")
@@ -79,6 +114,13 @@ def test_mkdocs_build_strict(tmp_path):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert (tmp_path / "notebooks" / "gradient_derivations" / "index.html").exists()
+    # The site serves its own MathJax: no page loads a script or a stylesheet from another host.
+    assert (tmp_path / "javascripts" / "mathjax" / "tex-chtml-full.js").exists()
+    for page in tmp_path.rglob("*.html"):
+        remote = re.findall(
+            r'<(?:script|link)[^>]+(?:src|href)="(?:https?:)?//[^"]+', page.read_text()
+        )
+        assert remote == [], f"{page.relative_to(tmp_path)} loads {remote}"
     anchors = set()
     for page in (tmp_path / "api").glob("*/index.html"):
         anchors |= set(re.findall(r'id="(infoloss_jax[\w.]*)"', page.read_text()))

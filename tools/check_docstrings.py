@@ -1,6 +1,7 @@
 """Docstring coverage and doctests for infoloss_jax's public API.
 
-    python tools/check_docstrings.py            # fails when a public name has no docstring
+    python tools/check_docstrings.py            # fails when a public name has no docstring,
+                                                # or a Returns section the docs site mangles
     python tools/check_docstrings.py --doctest  # ... and runs every docstring example
 
 A public name is one that a user reaches without an underscore: the names exported by
@@ -17,6 +18,7 @@ import argparse
 import doctest
 import importlib
 import inspect
+import re
 import sys
 import types
 from collections.abc import Iterator
@@ -84,6 +86,42 @@ def missing_docstrings() -> list[str]:
     return missing
 
 
+_ROLE = re.compile(r":(?:math|func|class|mod|meth|attr|data|obj|exc):`~?([^`]+)`")
+
+
+def broken_returns_sections() -> list[str]:
+    """Public names whose Returns section the docs site would render as more than one row.
+
+    The API pages parse docstrings as Google style (with griffe, as mkdocstrings does). There,
+    every line of a Returns section at the section's own indentation starts a new returned
+    item, so a description wrapped onto a second line *without* extra indentation renders as a
+    bogus second row. A continuation line must be indented under the first::
+
+        Returns:
+          Per-example losses, or their reduction. Half-precision inputs
+            give float32.
+
+    Returns ``[]`` when griffe (a dependency of the docs build) is not installed.
+    """
+    try:
+        import griffe
+    except ModuleNotFoundError:
+        return []
+    broken = []
+    for public in public_names():
+        text = _ROLE.sub(r"``\1``", _docstring(public.obj))  # as docs/griffe_rst_math.py does
+        if "Returns:" not in text and "Yields:" not in text:
+            continue
+        docstring = griffe.Docstring(inspect.cleandoc(text), lineno=1)
+        sections = docstring.parse(
+            "google", warn_missing_types=False, warn_unknown_params=False, warnings=False
+        )
+        for section in sections:
+            if section.kind.value in ("returns", "yields") and len(section.value) != 1:
+                broken.append(public.qualified)
+    return broken
+
+
 def missing_examples() -> list[str]:
     """Public functions whose docstring has no ``>>>`` example (reported, not enforced)."""
     return [
@@ -138,6 +176,13 @@ def main(argv=None) -> int:
     for name in missing:
         print(f"MISSING DOCSTRING: {name}")
     status |= bool(missing)
+    broken = broken_returns_sections()
+    for name in broken:
+        print(
+            f"BROKEN RETURNS SECTION: {name} (indent its continuation lines under the first "
+            "line, or the API page shows each line as a separate returned item)"
+        )
+    status |= bool(broken)
     for name in missing_examples():
         print(f"note: no example in the docstring of {name}")
     if args.doctest:
