@@ -1,23 +1,41 @@
 """Builds and executes examples/gradient_derivations.ipynb (run from anywhere).
 
-    .venv/bin/python examples/_build_notebook.py
+    .venv/bin/python examples/_build_notebook.py            # rewrites the committed notebook
+    .venv/bin/python examples/_build_notebook.py --out x.ipynb
 
 The notebook is generated from the cells below with nbformat, executed with nbclient in the
-examples/ directory, and saved WITH its outputs so that it renders where it is stored.
+examples/ directory, and saved WITH its outputs so that it renders where it is stored (the
+documentation site shows it through the link docs/notebooks/gradient_derivations.ipynb).
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import pathlib
 import sys
 import time
 
-import nbformat
-from nbclient import NotebookClient
-
 HERE = pathlib.Path(__file__).resolve().parent
 NOTEBOOK = HERE / "gradient_derivations.ipynb"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--out", type=pathlib.Path, default=NOTEBOOK, help=f"where to write (default {NOTEBOOK})"
+    )
+    parser.add_argument("--timeout", type=int, default=300, help="seconds allowed per cell")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    parse_args()  # answers --help at once: nothing is built, run or written
+
+import nbformat  # noqa: E402
+from nbclient import NotebookClient  # noqa: E402
 
 CELLS: list[tuple[str, str]] = []
 
@@ -565,13 +583,15 @@ def execute(nb: nbformat.NotebookNode, *, timeout: int = 300) -> nbformat.Notebo
     return nb
 
 
-def main() -> None:
+def main(argv=None) -> None:
+    args = parse_args(argv)
+
     os.environ.pop("MPLBACKEND", None)  # the inline backend, so the figures are saved
     os.environ.pop("XLA_FLAGS", None)
     start = time.perf_counter()
-    nb = execute(build())
-    nbformat.write(nb, NOTEBOOK)
-    print(f"wrote {NOTEBOOK} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    nb = execute(build(), timeout=args.timeout)
+    nbformat.write(nb, args.out)
+    print(f"wrote {args.out} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
 
 
 if __name__ == "__main__":

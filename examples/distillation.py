@@ -33,12 +33,35 @@ import math
 from functools import partial
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
 
-import infoloss_jax as il
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--beta", type=float, default=0.5, help="JSD mixture weight of the teacher")
+    p.add_argument("--classes", type=int, default=4)
+    p.add_argument("--clusters", type=int, default=12)
+    p.add_argument("--teacher-width", type=int, default=256)
+    p.add_argument("--student-width", type=int, default=6)
+    p.add_argument("--teacher-steps", type=int, default=1500)
+    p.add_argument("--steps", type=int, default=1500, help="student steps per objective")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--eval-every", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out-dir", type=Path, default=Path("outputs"))
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    parse_args()  # answers --help (and rejects bad flags) at once, before JAX is imported
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+import infoloss_jax as il  # noqa: E402
 
 
 def make_data(key, n: int, *, classes: int, clusters: int, spread: float):
@@ -75,7 +98,18 @@ def objectives(temperature: float, beta: float):
     }
 
 
-def train(params, loss_fn, batches, *, steps: int, lr: float, eval_fn, eval_every: int):
+def train(
+    params,
+    loss_fn,
+    batches,
+    *,
+    steps: int,
+    lr: float,
+    eval_fn,
+    eval_every: int,
+    desc: str = "",
+    progress: bool = True,
+):
     optimizer = optax.adam(optax.cosine_decay_schedule(lr, steps, 0.1))
     opt_state = optimizer.init(params)
 
@@ -86,10 +120,12 @@ def train(params, loss_fn, batches, *, steps: int, lr: float, eval_fn, eval_ever
         return optax.apply_updates(params, updates), opt_state, loss
 
     history = [(0, *eval_fn(params))]
-    for i in range(1, steps + 1):
-        params, opt_state, _ = step(params, opt_state, *batches(i))
+    bar = tqdm(range(1, steps + 1), desc=desc, disable=not progress, unit="step", leave=False)
+    for i in bar:
+        params, opt_state, loss = step(params, opt_state, *batches(i))
         if i % eval_every == 0 or i == steps:
             history.append((i, *eval_fn(params)))
+            bar.set_postfix(loss=f"{float(loss):.4f}")
     return params, history
 
 
@@ -112,23 +148,6 @@ def plot(histories, teacher_stats, path: Path) -> None:
     ax_acc.legend()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--beta", type=float, default=0.5, help="JSD mixture weight of the teacher")
-    p.add_argument("--classes", type=int, default=4)
-    p.add_argument("--clusters", type=int, default=12)
-    p.add_argument("--teacher-width", type=int, default=256)
-    p.add_argument("--student-width", type=int, default=6)
-    p.add_argument("--teacher-steps", type=int, default=1500)
-    p.add_argument("--steps", type=int, default=1500, help="student steps per objective")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--eval-every", type=int, default=50)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out-dir", type=Path, default=Path("outputs"))
-    return p.parse_args(argv)
 
 
 def main(argv=None) -> dict:
@@ -169,6 +188,8 @@ def main(argv=None) -> dict:
         lr=3e-3,
         eval_fn=lambda p: stats(mlp(p, x_test)),
         eval_every=args.teacher_steps,
+        desc="teacher",
+        progress=not args.no_progress,
     )
     teacher_logits_test = mlp(teacher, x_test)
     t_entropy, t_accuracy = stats(teacher_logits_test)
@@ -206,6 +227,8 @@ def main(argv=None) -> dict:
             lr=1e-2,
             eval_fn=lambda p: stats(mlp(p, x_test)),
             eval_every=args.eval_every,
+            desc=name,
+            progress=not args.no_progress,
         )
         logits = mlp(student, x_test)
         entropy, accuracy = stats(logits)

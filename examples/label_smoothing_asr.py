@@ -28,11 +28,25 @@ from __future__ import annotations
 import argparse
 import math
 
-import jax
-import jax.numpy as jnp
 
-import infoloss_jax as il
-from infoloss_jax import torch as F
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--length", type=int, default=9)
+    parser.add_argument("--vocab", type=int, default=32)
+    parser.add_argument("--smoothing", type=float, default=0.1)
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    parse_args()  # answers --help (and rejects bad flags) at once, before JAX is imported
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+import infoloss_jax as il  # noqa: E402
+from infoloss_jax import torch as F  # noqa: E402
 
 IGNORE_ID = -1  # WeNet's padding index
 
@@ -82,14 +96,8 @@ def make_batch(batch: int, length: int, vocab: int, seed: int):
     return logits, jnp.where(padded, IGNORE_ID, tokens)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--length", type=int, default=9)
-    parser.add_argument("--vocab", type=int, default=32)
-    parser.add_argument("--smoothing", type=float, default=0.1)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+def main(argv=None) -> None:
+    args = parse_args(argv)
 
     logits, target = make_batch(args.batch, args.length, args.vocab, args.seed)
     num_tokens = int(jnp.sum(target != IGNORE_ID))

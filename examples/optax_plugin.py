@@ -22,12 +22,28 @@ from __future__ import annotations
 import argparse
 import math
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
 
-import infoloss_jax
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--examples", type=int, default=2048)
+    p.add_argument("--classes", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tokens", type=int, default=8192, help="LM head: tokens per step")
+    p.add_argument("--d-model", type=int, default=512, help="LM head: hidden size")
+    p.add_argument("--vocab", type=int, default=32768, help="LM head: vocabulary size")
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    parse_args()  # answers --help (and rejects bad flags) at once, before JAX is imported
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+import infoloss_jax  # noqa: E402
 
 
 def make_problem(seed: int, *, n: int, features: int, classes: int):
@@ -93,18 +109,6 @@ def lm_head_memory(tokens: int, d_model: int, vocab: int) -> tuple[int, int]:
     return temp_bytes(grad(materialized), hidden, weight, labels), temp_bytes(
         grad(fused), hidden, weight, labels
     )
-
-
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--examples", type=int, default=2048)
-    p.add_argument("--classes", type=int, default=16)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tokens", type=int, default=8192, help="LM head: tokens per step")
-    p.add_argument("--d-model", type=int, default=512, help="LM head: hidden size")
-    p.add_argument("--vocab", type=int, default=32768, help="LM head: vocabulary size")
-    return p.parse_args(argv)
 
 
 def main(argv=None) -> dict:

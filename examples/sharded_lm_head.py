@@ -39,6 +39,7 @@ def _parse():
     p.add_argument(
         "--distributed", action="store_true", help="call jax.distributed.initialize() first"
     )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args()
     if args.tiny:
         args.vocab, args.hidden, args.tokens, args.steps = 1003, 32, 64, 3
@@ -56,6 +57,7 @@ import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
 from jax.sharding import AxisType, NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
 
 import infoloss_jax as il  # noqa: E402
 from infoloss_jax.sharded import vocab_parallel_linear_cross_entropy  # noqa: E402
@@ -182,11 +184,14 @@ def main(args):
         print(
             f"initial loss: vocab-parallel {float(initial):.6f}, unsharded {float(reference):.6f}"
         )
-    for i in range(args.steps):
+    quiet = args.no_progress or jax.process_index() != 0
+    bar = tqdm(range(args.steps), desc="train", unit="step", disable=quiet, leave=False)
+    for i in bar:
         batch = make_batch(jax.random.key(100 + i), args.tokens, vocab)
         params, opt_state, loss = step(params, opt_state, *jax.device_put(batch, batch_sharding))
         if i == 0 or i == args.steps - 1 or (i + 1) % 5 == 0:
-            print(f"step {i + 1:3d}  loss {float(loss):.4f}")
+            bar.set_postfix(loss=f"{float(loss):.4f}")
+            tqdm.write(f"step {i + 1:3d}  loss {float(loss):.4f}")
     assert jnp.isfinite(loss)
 
     if jax.process_count() > 1:

@@ -27,15 +27,46 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
-from tqdm.auto import tqdm
-
-import infoloss_jax as il
-
 DEFAULT_CORPUS = Path(__file__).parent / "data" / "kjv_genesis_exodus.txt"
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--source", choices=["text", "markov"], default="text")
+    p.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS, help="UTF-8 text file")
+    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seq-len", type=int, default=64)
+    p.add_argument("--d-model", type=int, default=128)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--label-smoothing", type=float, default=0.01)
+    p.add_argument("--z-loss", type=float, default=1e-4)
+    p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--eval-windows", type=int, default=64)
+    p.add_argument("--sample-length", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=None, help="0.8 for text, 1 for markov")
+    p.add_argument("--markov-order", type=int, default=2)
+    p.add_argument("--markov-alphabet", type=int, default=8)
+    p.add_argument("--markov-length", type=int, default=200_000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out-dir", type=Path, default=Path("outputs"))
+    p.add_argument("--no-progress", action="store_true", help="disable the progress bar")
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    parse_args()  # answers --help (and rejects bad flags) at once, before JAX is imported
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+import infoloss_jax as il  # noqa: E402
+
 LN2 = math.log(2.0)
 
 
@@ -288,32 +319,6 @@ def plot(history, data: Dataset, path: Path) -> None:
     ax_ent.legend()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--source", choices=["text", "markov"], default="text")
-    p.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS, help="UTF-8 text file")
-    p.add_argument("--steps", type=int, default=600)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--seq-len", type=int, default=64)
-    p.add_argument("--d-model", type=int, default=128)
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--label-smoothing", type=float, default=0.01)
-    p.add_argument("--z-loss", type=float, default=1e-4)
-    p.add_argument("--eval-every", type=int, default=100)
-    p.add_argument("--eval-windows", type=int, default=64)
-    p.add_argument("--sample-length", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=None, help="0.8 for text, 1 for markov")
-    p.add_argument("--markov-order", type=int, default=2)
-    p.add_argument("--markov-alphabet", type=int, default=8)
-    p.add_argument("--markov-length", type=int, default=200_000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out-dir", type=Path, default=Path("outputs"))
-    p.add_argument("--no-progress", action="store_true", help="disable the progress bar")
-    return p.parse_args(argv)
 
 
 def main(argv=None) -> dict:

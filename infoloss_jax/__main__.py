@@ -1,8 +1,12 @@
 """``python -m infoloss_jax``: version, JAX backend and devices, and a one-screen self-check.
 
-The self-check recomputes the numbers of the notes this library grew from (entropy from counts,
-the KL direction, PyTorch's ``F.kl_div`` misuse, and H(p, q) = H(p) + KL(p || q)) and prints
-PASS or FAIL for each. The exit status is 0 when every check passes, 1 otherwise.
+The self-check recomputes, in float32 with infoloss_jax, the numbers of the notes this library
+grew from, a short Chinese blog post on LLM loss functions written with PyTorch: entropy from
+counts, the direction of KL, PyTorch's ``F.kl_div`` misused on probabilities, and
+H(p, q) = H(p) + KL(p || q). Each expected value is exact (computed in float64 from its
+formula), both values are printed at the same precision, and a check passes when
+``|computed - expected| <= tolerance``, the tolerance printed beside it. The exit status is 0
+when every check passes, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -61,7 +65,19 @@ def _cross_entropy_decomposition() -> float:
     return float(jnp.max(jnp.abs(cross_entropy - decomposition)))
 
 
-# (description, expected value, tolerance, computation)
+def _softmax64(logits: list[float]) -> list[float]:
+    exps = [math.exp(v - max(logits)) for v in logits]
+    return [e / sum(exps) for e in exps]
+
+
+# Exact references, in float64 from the formulas: p = softmax(y) is the target, q = softmax(x).
+_P, _Q = _softmax64(Y), _softmax64(X)
+KL_EXACT = sum(p * (math.log(p) - math.log(q)) for p, q in zip(_P, _Q, strict=True))
+# F.kl_div(input, target, "sum") = sum target * (log target - input); the misuse passes q itself
+# as `input` where log q belongs.
+MISUSE_SUM_EXACT = sum(p * (math.log(p) - q) for p, q in zip(_P, _Q, strict=True))
+
+# (description, exact expected value, tolerance, computation)
 CHECKS: list[tuple[str, float, float, Callable[[], float]]] = [
     ("H({a: 2, b: 2, c: 4}) in bits", 1.5, 1e-6, lambda: _entropy_bits([2, 2, 4])),
     (
@@ -70,9 +86,14 @@ CHECKS: list[tuple[str, float, float, Callable[[], float]]] = [
         1e-6,
         lambda: _entropy_bits([1, 1, 1]),
     ),
-    ("KL(softmax(y) || softmax(x)) in nats", 0.043053, 5e-7, _kl_direction),
-    ("torch kl_div(softmax(x), .) 'sum' (misuse)", -1.1500941, 2e-6, _torch_misuse("sum")),
-    ("torch kl_div(softmax(x), .) 'mean' (misuse)", -0.5750471, 2e-6, _torch_misuse("mean")),
+    ("KL(softmax(y) || softmax(x)) in nats", KL_EXACT, 1e-6, _kl_direction),
+    ("torch kl_div(softmax(x), .) 'sum' (misuse)", MISUSE_SUM_EXACT, 2e-6, _torch_misuse("sum")),
+    (
+        "torch kl_div(softmax(x), .) 'mean' (misuse)",
+        MISUSE_SUM_EXACT / len(X),
+        2e-6,
+        _torch_misuse("mean"),
+    ),
     ("checked(kl_divergence) rejects that misuse", 1.0, 0.0, _checked_catches_misuse),
     ("max |H(p,q) - H(p) - KL(p||q)|", 0.0, 1e-5, _cross_entropy_decomposition),
 ]
@@ -81,17 +102,19 @@ CHECKS: list[tuple[str, float, float, Callable[[], float]]] = [
 def run_checks(out=sys.stdout) -> bool:
     """Prints one PASS/FAIL line per check; returns True when all pass."""
     all_passed = True
+    print(f"        {'':44} {'computed':>11} {'expected':>11}  tolerance", file=out)
     for description, expected, tolerance, compute in CHECKS:
         try:
             got = compute()
             passed = bool(np.isfinite(got) and abs(got - expected) <= tolerance)
-            shown = f"{got: .7f}"
+            shown = f"{got:11.7f}"
         except ModuleNotFoundError as error:  # an optional public module is missing
             passed, shown = False, f"missing {error.name}"
         all_passed &= passed
+        verdict = "PASS" if passed else "FAIL"
+        tolerance_shown = f"{tolerance:.0e}" if tolerance else "0"
         print(
-            f"  {'PASS' if passed else 'FAIL'}  {description:44} {shown:>12}   "
-            f"(expected {expected:.7f})",
+            f"  {verdict}  {description:44} {shown:>11} {expected:11.7f}  {tolerance_shown}",
             file=out,
         )
     return all_passed
@@ -106,7 +129,8 @@ def main(out=sys.stdout) -> int:
     if len(devices) > 8:
         print(f"  ... and {len(devices) - 8} more", file=out)
     print(
-        "\nself-check (the background notes' numbers, recomputed; x = [0.5, 0.5], y = [0.2, 0.8]):",
+        "\nself-check of the background notes' numbers (x = [0.5, 0.5], y = [0.2, 0.8]); a check\n"
+        "passes when |computed - expected| <= tolerance:",
         file=out,
     )
     passed = run_checks(out)

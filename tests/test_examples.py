@@ -26,6 +26,41 @@ def run_example(name: str, *args: str, timeout: int = 240) -> str:
     return result.stdout
 
 
+# Reports, after `script --help`, whether the heavy modules were imported: --help must answer
+# at once, and without side effects, before any work starts.
+_HELP_PROBE = """
+import runpy, sys
+sys.argv = [sys.argv[1], "--help"]
+try:
+    runpy.run_path(sys.argv[0], run_name="__main__")
+except SystemExit as exit:
+    code = exit.code
+else:
+    code = "no exit"
+heavy = sorted(m for m in ("jax", "nbclient", "optax", "matplotlib") if m in sys.modules)
+print("EXIT", code, "HEAVY", ",".join(heavy) or "none")
+"""
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in EXAMPLES.glob("*.py")))
+def test_every_example_answers_help_at_once_without_side_effects(script, tmp_path):
+    notebook = EXAMPLES / "gradient_derivations.ipynb"
+    before = notebook.read_bytes()
+    result = subprocess.run(
+        [sys.executable, "-c", _HELP_PROBE, str(EXAMPLES / script)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith("usage: "), result.stdout
+    assert result.stdout.rstrip().endswith("EXIT 0 HEAVY none"), result.stdout
+    assert list(tmp_path.iterdir()) == []  # nothing written where it ran
+    assert notebook.read_bytes() == before  # _build_notebook.py --help does not rebuild it
+
+
 TINY_LM = [
     "--steps", "40", "--batch-size", "8", "--seq-len", "32", "--d-model", "32", "--layers", "1",
     "--heads", "2", "--eval-every", "20", "--eval-windows", "8", "--sample-length", "16",
@@ -83,7 +118,7 @@ def test_distillation_runs_every_objective(tmp_path):
     out = run_example(
         "distillation.py", "--teacher-steps", "60", "--steps", "60", "--eval-every", "30",
         "--teacher-width", "32", "--temperature", "2", "--beta", "0.3",
-        "--out-dir", str(tmp_path),
+        "--out-dir", str(tmp_path), "--no-progress",
     )  # fmt: skip
     summary = json.loads((tmp_path / "distillation.json").read_text())
     assert (tmp_path / "distillation.png").read_bytes().startswith(b"\x89PNG")

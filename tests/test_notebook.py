@@ -41,7 +41,10 @@ def test_committed_notebook_has_outputs():
 
 
 @pytest.mark.slow
-def test_notebook_executes_headless(monkeypatch, tmp_path):
+def test_notebook_executes_headless(monkeypatch, tmp_path, record_property):
+    # The run time is reported (printed, and in --junitxml output), never asserted: on a loaded
+    # machine it is several times the quiet figure. nbclient's per-cell timeout only stops a
+    # hung kernel.
     monkeypatch.setenv("MPLBACKEND", "Agg")
     nb = nbformat.read(NOTEBOOK, as_version=4)
     for cell in nb.cells:
@@ -49,14 +52,15 @@ def test_notebook_executes_headless(monkeypatch, tmp_path):
             cell.outputs, cell.execution_count = [], None
     client = nbclient.NotebookClient(
         nb,
-        timeout=120,
+        timeout=600,
         kernel_name="python3",
         resources={"metadata": {"path": str(NOTEBOOK.parent)}},
     )
     start = time.perf_counter()
     client.execute()
     elapsed = time.perf_counter() - start
-    assert elapsed < 120, f"the notebook took {elapsed:.0f} s"
+    record_property("notebook_seconds", round(elapsed, 1))
+    print(f"\nthe notebook ran in {elapsed:.1f} s")
     text = _text_outputs(nb)
     for expected in EXPECTED_OUTPUTS:
         assert expected in text
