@@ -1,6 +1,6 @@
 """Distill a teacher into a smaller student with forward KL, reverse KL and Jensen-Shannon.
 
-    python examples/distillation.py                      # ~30 s on 2 CPU cores
+    python examples/distillation.py                      # 34 s on a shared 2-core VM
     python examples/distillation.py --temperature 2 --beta 0.1
 
 The task: 2-D points from a ring of Gaussian clusters, where neighbouring clusters belong to

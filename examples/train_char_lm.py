@@ -1,6 +1,6 @@
 """Train a small character-level language model and measure it with infoloss_jax.
 
-    python examples/train_char_lm.py                  # KJV Genesis + Exodus, ~1 minute on 2 cores
+    python examples/train_char_lm.py                  # KJV Genesis + Exodus, about 2 min
     python examples/train_char_lm.py --source markov  # a source with an exactly known entropy rate
 
 The model is a two-block causal transformer (embedding, attention + MLP blocks, a linear head).

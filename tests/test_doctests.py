@@ -26,6 +26,7 @@ def test_the_public_api_has_docstring_examples():
     assert len(DOCTESTS) >= 20
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("test", DOCTESTS, ids=[t.name for t in DOCTESTS])
 def test_docstring_example(test):
     with jax.enable_x64(False):
@@ -46,6 +47,7 @@ def _docs_code_blocks():
                 yield pytest.param(code, id=f"{page.name}[{index}]")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("code", list(_docs_code_blocks()))
 def test_docs_page_code_block_runs(code):
     with jax.enable_x64(False):

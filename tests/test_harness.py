@@ -169,6 +169,7 @@ def _default_table() -> GradientTable:
     return gradient_table()
 
 
+@pytest.mark.slow
 def test_gradient_table_covers_every_loss_and_passes():
     table = _default_table()
     names = [report.name for report in table]

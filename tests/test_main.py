@@ -11,6 +11,7 @@ import infoloss_jax as il
 from infoloss_jax import __main__ as cli
 
 
+@pytest.mark.slow
 def test_module_entry_point_passes_every_check():
     result = subprocess.run(
         [sys.executable, "-m", "infoloss_jax"], capture_output=True, text=True, timeout=120
