@@ -128,3 +128,12 @@ def test_distillation_runs_every_objective(tmp_path):
         assert 0.0 <= stats["accuracy"] <= 1.0
         assert stats["forward_kl"] >= 0 and stats["reverse_kl"] >= 0
     assert "JSD (beta=0.3)" in out
+
+
+@pytest.mark.slow
+def test_quickstart_prints_the_blog_posts_numbers():
+    out = run_example("quickstart.py")
+    assert "= 1.5000 bits" in out and "= 1.5850 bits" in out
+    assert "= 0.043053 nats (correct)" in out
+    assert "-1.150094 (negative: wrong)" in out
+    assert "checked(kl_divergence) on the misuse raises" in out
