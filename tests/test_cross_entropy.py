@@ -189,6 +189,7 @@ def plain_soft_cross_entropy(logits, labels):
     return -jnp.sum(labels * jax.nn.log_softmax(logits), axis=-1)
 
 
+@pytest.mark.slow
 def test_custom_jvp_matches_plain_autodiff_and_finite_differences():
     logits = jnp.asarray(RNG.normal(size=(3, 5)))
     labels = jnp.asarray(random_probs((3, 5)))

@@ -157,6 +157,7 @@ def test_logit_divergences_are_safe_with_excluded_classes():
         np.testing.assert_array_equal(grads[1][2], 0.0)
 
 
+@pytest.mark.slow
 def test_custom_jvps_match_plain_autodiff_and_finite_differences():
     z, t = jnp.asarray(RNG.normal(size=(3, 5))), jnp.asarray(RNG.normal(size=(3, 5)))
     cases = [

@@ -120,6 +120,7 @@ def plain_binary_entropy(logits):
     return -(p * jnp.log(p) + (1 - p) * jnp.log1p(-p))
 
 
+@pytest.mark.slow
 def test_custom_derivatives_match_plain_autodiff_and_finite_differences():
     logits = jnp.asarray(RNG.normal(size=(3, 5)))
     np.testing.assert_allclose(

@@ -93,6 +93,7 @@ def test_vmap_over_rows_with_and_without_exclusions(name):
             assert np.all(np.isfinite(g))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(LOSSES))
 def test_exact_branch_derivatives_match_finite_differences(name):
     loss, kind = LOSSES[name]

@@ -192,6 +192,7 @@ def test_cross_entropy_bfloat16_is_no_worse_than_the_naive_bfloat16_path():
         _assert_close(g, e, rtol=2e-2)
 
 
+@pytest.mark.slow
 def test_cross_entropy_check_grads_float64():
     hidden, weight, bias, labels, class_weights, _ = _inputs(jnp.float64, lead=(9,))
 
@@ -468,6 +469,7 @@ def test_jensen_shannon_end_points_are_the_two_kls():
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", list(DIVERGENCES))
 def test_distillation_check_grads_float64(kind):
     hidden, weight, _, _, _, target_hidden = _inputs(jnp.float64, lead=(9,))
