@@ -289,6 +289,7 @@ def test_logit_softcap_equals_cross_entropy_of_capped_logits():
     )
 
 
+@pytest.mark.slow
 def test_all_options_gradient_matches_plain_autodiff_and_check_grads():
     labels = jnp.asarray(INPUTS["labels"], jnp.int32)
     options = {
