@@ -9,11 +9,13 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from ._caching import cached_eager
 from ._reductions import safe_divide
 
 PyTree = Any
 
 
+@cached_eager
 def accumulate_value_and_grad(
     loss_sum_and_count_fn: Callable[[PyTree, PyTree], tuple[jax.Array, jax.Array]],
     params: PyTree,

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import checkify
 
+from ._caching import EAGER, ProgramCache, jit_of_call, split_call
 from ._validation import normalize_axis
 
 ValueCheck = Callable[..., None]
@@ -131,17 +132,36 @@ def checked(fn: Callable) -> Callable:
                 "call it on concrete arrays, or use jax.experimental.checkify.checkify yourself."
             )
 
-        def run(*inner):
-            check(*inner, **kwargs)
-            return fn(*inner, **kwargs)
-
-        error, out = checkify.checkify(run)(*args)
+        error, out = _run_checked(fn, check, args, kwargs)
         message = error.get()
         if message:
             raise ValueError(f"{fn.__name__}: {message.splitlines()[0]}")
         return out
 
     return wrapper
+
+
+_CHECKED_PROGRAMS = ProgramCache(max_entries=256)
+
+
+def _run_checked(fn: Callable, check: ValueCheck, args: tuple, kwargs: dict):
+    """checkify(check, then fn) on the call, compiled once per (fn, check, static signature)."""
+
+    def run(*inner, **inner_kwargs):
+        check(*inner, **inner_kwargs)
+        return fn(*inner, **inner_kwargs)
+
+    split = split_call(fn, args, kwargs)
+    if split is not None:
+        template = split.template
+        key = (fn, check, split.key)
+        program = _CHECKED_PROGRAMS.get(key, lambda: jit_of_call(run, template, checkify.checkify))
+        if program is not EAGER:
+            try:
+                return program(split.dynamic)
+            except jax.errors.ConcretizationTypeError:
+                _CHECKED_PROGRAMS.put(key, EAGER)
+    return checkify.checkify(functools.partial(run, **kwargs))(*args)
 
 
 # ----------------------------------------------------------------------------- registrations

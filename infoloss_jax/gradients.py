@@ -28,6 +28,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from . import _formulas
+from ._caching import cached_eager
 from ._cross_entropy import (
     check_class_weights,
     check_label_smoothing,
@@ -141,6 +142,7 @@ def _softcap(logits: jax.Array, logit_softcap) -> tuple[jax.Array, jax.Array]:
     return capped, jnp.where(logits == -jnp.inf, 0.0, 1.0 - tanh * tanh)
 
 
+@cached_eager
 def softmax_cross_entropy_grad(
     logits: ArrayLike,
     labels: ArrayLike,
@@ -203,6 +205,7 @@ def softmax_cross_entropy_grad(
     return _zero_masked(grad * cap_slope, mask)
 
 
+@cached_eager
 def softmax_cross_entropy_with_integer_labels_grad(
     logits: ArrayLike,
     labels: ArrayLike,
@@ -317,6 +320,7 @@ def _scatter_add(x: jax.Array, index: jax.Array, value: jax.Array) -> jax.Array:
     return x.at[(*rows, index[..., 0])].add(value[..., 0])
 
 
+@cached_eager
 def softmax_cross_entropy_hessian(
     logits: ArrayLike, labels: ArrayLike, *, axis: int = -1, where: ArrayLike | None = None
 ) -> jax.Array:
@@ -353,6 +357,7 @@ def softmax_cross_entropy_hessian(
     return total[..., None] * (_diag(q) - q[..., :, None] * q[..., None, :])
 
 
+@cached_eager
 def softmax_cross_entropy_hvp(
     logits: ArrayLike,
     labels: ArrayLike,
@@ -426,6 +431,7 @@ def _diag(v: jax.Array) -> jax.Array:
 # --------------------------------------------------------------------------------------------
 
 
+@cached_eager
 def entropy_grad(
     logits: ArrayLike, *, axis=-1, where: ArrayLike | None = None, base: float | None = None
 ) -> jax.Array:
@@ -468,6 +474,7 @@ def _in_base(x: jax.Array, base) -> jax.Array:
     return x if log_b is None else x / log_b
 
 
+@cached_eager
 def entropy_from_probs_grad(
     probs: ArrayLike, *, axis=-1, where: ArrayLike | None = None, base: float | None = None
 ) -> jax.Array:
@@ -518,6 +525,7 @@ def _entropy_curvature_inputs(logits, axis, where):
     return p, a, class_axis
 
 
+@cached_eager
 def entropy_hessian(
     logits: ArrayLike, *, axis: int = -1, where: ArrayLike | None = None, base: float | None = None
 ) -> jax.Array:
@@ -554,6 +562,7 @@ def entropy_hessian(
     return _in_base(hess, base)
 
 
+@cached_eager
 def entropy_hvp(
     logits: ArrayLike,
     tangent: ArrayLike,
@@ -596,6 +605,7 @@ def entropy_hvp(
     return _in_base(jnp.moveaxis(hv, -1, class_axis), base)
 
 
+@cached_eager
 def log_partition_grad(logits: ArrayLike, *, axis=-1, where: ArrayLike | None = None) -> jax.Array:
     r"""Gradient of :func:`infoloss_jax.log_partition` :math:`\log\sum_k e^{z_k}`: the softmax.
 
@@ -624,6 +634,7 @@ def log_partition_grad(logits: ArrayLike, *, axis=-1, where: ArrayLike | None = 
     return _zero_masked(jnp.exp(log_q), mask)
 
 
+@cached_eager
 def z_loss_grad(logits: ArrayLike, *, axis=-1, where: ArrayLike | None = None) -> jax.Array:
     r"""Gradient of :func:`infoloss_jax.z_loss` :math:`(\log Z)^2`: :math:`2 \log Z \, q`.
 
@@ -697,6 +708,7 @@ def _poison_negative(grad: jax.Array, targets: jax.Array) -> jax.Array:
     return jnp.where(targets < 0, jnp.nan, grad)
 
 
+@cached_eager
 def kl_divergence_grad(
     log_predictions: ArrayLike,
     targets: ArrayLike,
@@ -745,6 +757,7 @@ def kl_divergence_grad(
     return _finish_elementwise(grad_lp, grad_t, t_shape, mask, argnums)
 
 
+@cached_eager
 def kl_divergence_with_log_targets_grad(
     log_predictions: ArrayLike,
     log_targets: ArrayLike,
@@ -793,6 +806,7 @@ def kl_divergence_with_log_targets_grad(
     return _finish_elementwise(-p, grad_lt, t_shape, mask, argnums)
 
 
+@cached_eager
 def generalized_kl_divergence_grad(
     log_predictions: ArrayLike,
     targets: ArrayLike,
@@ -856,6 +870,7 @@ def _finish_pair(grad_model, grad_target, mask, temperature, argnums):
     return _select(grads, argnums)
 
 
+@cached_eager
 def forward_kl_grad(
     logits: ArrayLike,
     target_logits: ArrayLike,
@@ -904,6 +919,7 @@ def forward_kl_grad(
     return _finish_pair(grad_model, grad_target, mask, temperature, argnums)
 
 
+@cached_eager
 def reverse_kl_grad(
     logits: ArrayLike,
     target_logits: ArrayLike,
@@ -952,6 +968,7 @@ def reverse_kl_grad(
     return _finish_pair(grad_model, grad_target, mask, temperature, argnums)
 
 
+@cached_eager
 def jensen_shannon_grad(
     logits: ArrayLike,
     target_logits: ArrayLike,
@@ -1021,6 +1038,7 @@ def jensen_shannon_grad(
 # --------------------------------------------------------------------------------------------
 
 
+@cached_eager
 def sigmoid_binary_cross_entropy_grad(
     logits: ArrayLike,
     labels: ArrayLike,
@@ -1072,6 +1090,7 @@ def sigmoid_binary_cross_entropy_grad(
     return _select(grads, argnums)
 
 
+@cached_eager
 def binary_entropy_grad(logits: ArrayLike, *, base: float | None = None) -> jax.Array:
     r"""Gradient of :func:`infoloss_jax.binary_entropy` :math:`H(\sigma(z))` in the logit.
 
