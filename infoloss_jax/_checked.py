@@ -93,8 +93,10 @@ def checked(fn: Callable) -> Callable:
       "KL");
     * negative probabilities, or probabilities that do not sum to 1 (within ``1e-3``).
 
-    Call the wrapped function outside ``jit`` (it jits nothing itself), typically while
-    debugging or in tests; inside your own ``jit`` use ``checkify.checkify`` directly.
+    Call the wrapped function outside ``jit``, typically while debugging or in tests; inside
+    your own ``jit`` use ``checkify.checkify`` directly. The checked program is compiled once
+    per loss and static signature of the call (the options, and the shapes and dtypes of the
+    arrays), so repeated calls compile nothing.
 
     Args:
       fn: an infoloss_jax loss with registered value checks.
