@@ -16,8 +16,9 @@ Conventions shared by all functions:
 
 The softmax-based formulas (cross-entropy, entropy, KL and Jensen-Shannon) come from the private
 kernels in ``infoloss_jax._formulas``, the same kernels the core losses use in their custom
-derivatives: one source of truth per formula. Use :func:`infoloss_jax.compare_gradients` to check
-any of them against ``jax.grad``.
+derivatives: one source of truth per formula. Because of that sharing, autodiff of the library's
+own losses cannot check them; :func:`infoloss_jax.gradient_table` compares each one with
+``jax.grad`` of an independent plain implementation of its loss instead.
 """
 
 from __future__ import annotations
