@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 import jax
 import numpy as np
+from jax.core import Tracer
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -123,7 +124,7 @@ class _Template:
 
 def _has_tracer(args: tuple, kwargs: dict) -> bool:
     leaves = jax.tree_util.tree_leaves((args, kwargs))
-    return any(isinstance(leaf, jax.core.Tracer) for leaf in leaves)
+    return any(isinstance(leaf, Tracer) for leaf in leaves)
 
 
 class ProgramCache:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -33,11 +33,11 @@ from ._validation import (
 @functools.cache  # one pair per `axes`: fresh branch functions would defeat JAX's caches
 def _entropy_branches(axes: tuple[int, ...]):
     def exact(logits, shift, shifted_log_partition):
-        log_p = log_probs_from(*logits, shift, shifted_log_partition)
+        log_p = log_probs_from(logits[0], shift, shifted_log_partition)
         return _formulas.entropy_value(log_p, axes)
 
     def plain(logits, shift, shifted_log_partition):
-        log_p = log_probs_from(*logits, shift, shifted_log_partition)
+        log_p = log_probs_from(logits[0], shift, shifted_log_partition)
         return -_formulas.sum_over(jnp.exp(log_p) * log_p, axes)
 
     return exact, plain
@@ -159,7 +159,10 @@ def entropy_from_probs(
 
 @cached_eager
 def entropy_from_counts(
-    counts: ArrayLike | Mapping[object, float], *, axis: Axis = -1, base: float | None = None
+    counts: ArrayLike | Sequence[float] | Mapping[object, float],
+    *,
+    axis: Axis = -1,
+    base: float | None = None,
 ) -> jax.Array:
     r"""Shannon entropy of the empirical distribution of event counts.
 
@@ -185,9 +188,7 @@ def entropy_from_counts(
       1.585
     """
     log_of_base(base)
-    if isinstance(counts, Mapping):
-        counts = list(counts.values())
-    counts = jnp.asarray(counts)
+    counts = jnp.asarray(list(counts.values()) if isinstance(counts, Mapping) else counts)
     if jnp.issubdtype(counts.dtype, jnp.integer):
         counts = counts.astype(jax.dtypes.canonicalize_dtype(jnp.float64))
     counts = upcast(as_float_array(counts, "counts"))

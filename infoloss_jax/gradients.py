@@ -49,6 +49,7 @@ from ._validation import (
     check_same_shape,
     check_temperature,
     describe,
+    is_traced,
     log_of_base,
     normalize_axis,
 )
@@ -118,7 +119,7 @@ def _select(grads: dict[int, jax.Array], argnums) -> jax.Array | tuple[jax.Array
 
 
 def _check_argnum(argnum, grads) -> int:
-    if isinstance(argnum, jax.core.Tracer) or not isinstance(argnum, int | np.integer):
+    if is_traced(argnum) or not isinstance(argnum, int | np.integer):
         raise TypeError(
             f"`argnums` must hold static Python ints; got {type(argnum).__name__}. Under "
             "jax.jit, bind it with functools.partial or pass static_argnames=('argnums',)."
@@ -310,7 +311,7 @@ def _classes_last(x: jax.Array, axes: tuple[int, ...]):
     flat = moved.reshape(moved.shape[: len(batch_axes)] + (-1,))
 
     def restore(y: jax.Array) -> jax.Array:
-        return jnp.transpose(y.reshape(moved.shape), np.argsort(order))
+        return jnp.transpose(y.reshape(moved.shape), tuple(np.argsort(order).tolist()))
 
     return flat, restore
 
