@@ -9,10 +9,10 @@ calls then reuse one executable. Inside an outer transformation (an argument is 
 loss is called as written: the outer trace compiles it once.
 
 Which parameters hold arrays is read from the annotations (``ArrayLike``, ``PyTree``). Their
-arrays (``jax.Array``, NumPy arrays and scalars) become traced arguments; Python numbers, lists
-of numbers and None stay static, so the loss sees exactly what the caller passed. A call the
-cache cannot express as it was written (an unhashable value, or a concrete array where a static
-option is expected) runs eagerly as before, so validation and its messages never change.
+values (arrays, Python numbers, lists of numbers) become traced arguments, as ``jnp.asarray``
+would make them, so a new value never costs a compile. Every other argument is static. A call
+the cache cannot express as it was written (an unhashable value, or a concrete array where a
+static option is expected) runs eagerly as before, so validation and its messages never change.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from collections.abc import Callable, Hashable
 from typing import Any, TypeVar
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.core import Tracer
 
@@ -32,7 +33,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 _MAX_ENTRIES = 64  # compiled programs kept per function (least recently used dropped first)
 _ARRAY_ANNOTATIONS = ("ArrayLike", "PyTree", "Array")
-_SCALARS = (type(None), bool, int, float, complex, str, bytes)
+_NUMBERS = (bool, int, float, complex)
+_SCALARS = (type(None), *_NUMBERS, str, bytes)
 
 
 class _Uncacheable(Exception):
@@ -41,6 +43,32 @@ class _Uncacheable(Exception):
 
 def _is_array(x) -> bool:
     return isinstance(x, jax.Array | np.ndarray | np.generic)
+
+
+def _as_traced(value):
+    """What an array parameter's value becomes as a traced argument; None to keep it static.
+
+    Arrays, Python numbers and pytrees of them are traced as they are (a Python number as the
+    weakly typed scalar ``jnp.asarray`` makes of it). A list or tuple of numbers becomes the
+    array ``jnp.asarray`` makes of it. Anything else (None, strings, functions) stays static.
+    """
+    if isinstance(value, _NUMBERS) or _is_array(value):
+        return value
+    if value is None or isinstance(value, str | bytes):
+        return None
+    leaves = jax.tree_util.tree_leaves(value)
+    if not leaves:
+        raise _Uncacheable
+    if isinstance(value, list | tuple) and all(isinstance(leaf, _NUMBERS) for leaf in leaves):
+        try:
+            if np.asarray(value).dtype == object:
+                raise _Uncacheable
+        except ValueError:  # ragged
+            raise _Uncacheable from None
+        return jnp.asarray(value)
+    if all(_is_array(leaf) or isinstance(leaf, _NUMBERS) for leaf in leaves):
+        return value
+    return None  # a function, say: static when hashable
 
 
 def _freeze(value) -> Hashable:
@@ -58,9 +86,16 @@ def _freeze(value) -> Hashable:
     return (type(value), value)
 
 
-def _array_parameters(fn: Callable) -> tuple[list[str], set[str], bool]:
-    """(positional parameter names, names that hold arrays, whether **kwargs holds arrays)."""
-    positional, arrays, var_keyword = [], set(), False
+def _array_parameters(fn: Callable) -> tuple[list[str], set[str], set[str] | None]:
+    """(positional parameter names, names that hold arrays, declared names if **kwargs).
+
+    The last item is None when ``fn`` takes no ``**kwargs``; otherwise a keyword outside the
+    declared names goes to ``**kwargs`` (options passed through, where arrays are traced).
+    """
+    positional: list[str] = []
+    arrays: set[str] = set()
+    declared: set[str] = set()
+    var_keyword = False
     for name, parameter in inspect.signature(fn).parameters.items():
         annotation = parameter.annotation
         text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
@@ -68,10 +103,12 @@ def _array_parameters(fn: Callable) -> tuple[list[str], set[str], bool]:
         if parameter.kind in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD):
             positional.append(name)
         if parameter.kind is parameter.VAR_KEYWORD:
-            var_keyword = True  # options passed through: arrays among them are traced
-        elif holds_arrays:
+            var_keyword = True
+            continue
+        declared.add(name)
+        if holds_arrays:
             arrays.add(name)
-    return positional, arrays, var_keyword
+    return positional, arrays, (declared if var_keyword else None)
 
 
 class _Split:
@@ -82,7 +119,7 @@ class _Split:
     """
 
     def __init__(self, signature, args: tuple, kwargs: dict):
-        positional, arrays, var_keyword = signature
+        positional, arrays, declared = signature
         if len(args) > len(positional):
             raise _Uncacheable
         named = [(positional[i], a) for i, a in enumerate(args)] + sorted(kwargs.items())
@@ -91,14 +128,17 @@ class _Split:
         self.dynamic: list = []
         for name, value in named:
             key.append(name)
-            holds_arrays = name in arrays or (name not in positional and var_keyword)
-            if holds_arrays and not isinstance(value, _SCALARS):
-                leaves = jax.tree_util.tree_leaves(value)
-                if leaves and all(_is_array(leaf) for leaf in leaves):
-                    key.append(("dynamic", jax.tree_util.tree_structure(value)))
-                    self.dynamic.append(value)
-                    slots.append(_DYNAMIC)
-                    continue
+            passed_through = declared is not None and name not in declared
+            traced = None
+            if name in arrays:
+                traced = _as_traced(value)
+            elif passed_through and _is_array(value):
+                traced = value
+            if traced is not None:
+                key.append(("dynamic", jax.tree_util.tree_structure(traced)))
+                self.dynamic.append(traced)
+                slots.append(_DYNAMIC)
+                continue
             key.append(_freeze(value))
             slots.append(value)
         self.key = tuple(key)
@@ -166,7 +206,7 @@ def split_call(fn: Callable, args: tuple, kwargs: dict) -> _Split | None:
 
 
 @functools.cache
-def _signature_of(fn: Callable) -> tuple[list[str], set[str], bool]:
+def _signature_of(fn: Callable) -> tuple[list[str], set[str], set[str] | None]:
     return _array_parameters(inspect.unwrap(fn))
 
 

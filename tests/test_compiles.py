@@ -411,3 +411,26 @@ def test_dtypes_follow_the_inputs():
         assert il.entropy(jnp.zeros(3, jnp.bfloat16)).dtype == jnp.float32
         assert il.entropy_from_counts([1, 2]).dtype == jnp.float32
     assert il.entropy(jnp.zeros(3, jnp.float64)).dtype == jnp.float64
+
+
+def test_new_array_values_compile_nothing():
+    """Arrays, Python numbers and lists of numbers are traced: a new value reuses the program."""
+    shifted, doubled = jax.block_until_ready((LOGITS + 1.0, 2.0 * CLASS_WEIGHTS))
+    jax.block_until_ready(
+        (
+            il.binary_entropy(0.25),
+            il.entropy_from_counts([1, 2, 3]),
+            il.softmax_cross_entropy(LOGITS, PROBS),
+            F.cross_entropy(LOGITS, PROBS, weight=CLASS_WEIGHTS),
+        )
+    )
+    with count_compiles() as compiles:
+        jax.block_until_ready(
+            (
+                il.binary_entropy(0.75),
+                il.entropy_from_counts([4, 5, 6]),
+                il.softmax_cross_entropy(shifted, PROBS),
+                F.cross_entropy(LOGITS, PROBS, weight=doubled),
+            )
+        )
+    assert len(compiles) == 0
