@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from jax.experimental import checkify
 
 from ._caching import EAGER, ProgramCache, jit_of_call, split_call
-from ._validation import normalize_axis
+from ._validation import is_traced, normalize_axis
 
 ValueCheck = Callable[..., None]
 _VALUE_CHECKS: dict[Callable, ValueCheck] = {}
@@ -128,7 +128,7 @@ def checked(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        if any(isinstance(a, jax.core.Tracer) for a in jax.tree_util.tree_leaves(args)):
+        if any(is_traced(a) for a in jax.tree_util.tree_leaves(args)):
             raise TypeError(
                 f"checked({fn.__name__}) was called on traced values (inside jit, grad or vmap); "
                 "call it on concrete arrays, or use jax.experimental.checkify.checkify yourself."
