@@ -9,11 +9,13 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from ._caching import cached_eager
 from ._reductions import safe_divide
 
 PyTree = Any
 
 
+@cached_eager
 def accumulate_value_and_grad(
     loss_sum_and_count_fn: Callable[[PyTree, PyTree], tuple[jax.Array, jax.Array]],
     params: PyTree,
@@ -106,8 +108,8 @@ def _check_microbatches(microbatches: PyTree) -> int:
     leaves = jax.tree.leaves(microbatches)
     if not leaves:
         raise ValueError("`microbatches` must hold at least one array; got an empty pytree.")
-    sizes = {jnp.shape(x)[0] if jnp.ndim(x) else None for x in leaves}
-    if None in sizes or len(sizes) != 1 or 0 in sizes:
+    sizes = {int(jnp.shape(x)[0]) for x in leaves if jnp.ndim(x)}
+    if any(jnp.ndim(x) == 0 for x in leaves) or len(sizes) != 1 or 0 in sizes:
         shapes = [list(jnp.shape(x)) for x in leaves]
         raise ValueError(
             "Every leaf of `microbatches` must have the same non-zero leading (micro-batch) "

@@ -10,7 +10,8 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import checkify
 
-from ._validation import normalize_axis
+from ._caching import EAGER, ProgramCache, jit_of_call, split_call
+from ._validation import is_traced, normalize_axis
 
 ValueCheck = Callable[..., None]
 _VALUE_CHECKS: dict[Callable, ValueCheck] = {}
@@ -92,8 +93,10 @@ def checked(fn: Callable) -> Callable:
       "KL");
     * negative probabilities, or probabilities that do not sum to 1 (within ``1e-3``).
 
-    Call the wrapped function outside ``jit`` (it jits nothing itself), typically while
-    debugging or in tests; inside your own ``jit`` use ``checkify.checkify`` directly.
+    Call the wrapped function outside ``jit``, typically while debugging or in tests; inside
+    your own ``jit`` use ``checkify.checkify`` directly. The checked program is compiled once
+    per loss and static signature of the call (the options, and the shapes and dtypes of the
+    arrays), so repeated calls compile nothing.
 
     Args:
       fn: an infoloss_jax loss with registered value checks.
@@ -125,23 +128,42 @@ def checked(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        if any(isinstance(a, jax.core.Tracer) for a in jax.tree_util.tree_leaves(args)):
+        if any(is_traced(a) for a in jax.tree_util.tree_leaves(args)):
             raise TypeError(
                 f"checked({fn.__name__}) was called on traced values (inside jit, grad or vmap); "
                 "call it on concrete arrays, or use jax.experimental.checkify.checkify yourself."
             )
 
-        def run(*inner):
-            check(*inner, **kwargs)
-            return fn(*inner, **kwargs)
-
-        error, out = checkify.checkify(run)(*args)
+        error, out = _run_checked(fn, check, args, kwargs)
         message = error.get()
         if message:
             raise ValueError(f"{fn.__name__}: {message.splitlines()[0]}")
         return out
 
     return wrapper
+
+
+_CHECKED_PROGRAMS = ProgramCache(max_entries=256)
+
+
+def _run_checked(fn: Callable, check: ValueCheck, args: tuple, kwargs: dict):
+    """checkify(check, then fn) on the call, compiled once per (fn, check, static signature)."""
+
+    def run(*inner, **inner_kwargs):
+        check(*inner, **inner_kwargs)
+        return fn(*inner, **inner_kwargs)
+
+    split = split_call(fn, args, kwargs)
+    if split is not None:
+        template = split.template
+        key = (fn, check, split.key)
+        program = _CHECKED_PROGRAMS.get(key, lambda: jit_of_call(run, template, checkify.checkify))
+        if program is not EAGER:
+            try:
+                return program(split.dynamic)
+            except jax.errors.ConcretizationTypeError:
+                _CHECKED_PROGRAMS.put(key, EAGER)
+    return checkify.checkify(functools.partial(run, **kwargs))(*args)
 
 
 # ----------------------------------------------------------------------------- registrations

@@ -10,6 +10,7 @@ from jax.custom_derivatives import SymbolicZero
 from jax.typing import ArrayLike
 
 from . import _formulas
+from ._caching import cached_eager
 from ._log_partition import (
     LogSoftmax,
     branch_on_exclusion,
@@ -70,9 +71,8 @@ def z_loss_term(normalized: LogSoftmax, coefficient: float) -> jax.Array:
 
 
 # ----------------------------------------------------------------------------- soft labels
-def label_dot(logits: jax.Array, shift: jax.Array, labels: jax.Array, axes) -> jax.Array:
-    """sum_k y_k (z_k - shift) (keepdims), with 0 * -inf = 0 and y_k > 0 at -inf giving -inf."""
-
+@functools.cache  # one pair per `axes`: fresh branch functions would defeat JAX's caches
+def _label_dot_branches(axes):
     def exact(logits, shift, labels):
         (logits,) = logits
         included = logits > -jnp.inf
@@ -84,6 +84,12 @@ def label_dot(logits: jax.Array, shift: jax.Array, labels: jax.Array, axes) -> j
         (logits,) = logits
         return _formulas.sum_over(labels * (logits - shift), axes)
 
+    return exact, plain
+
+
+def label_dot(logits: jax.Array, shift: jax.Array, labels: jax.Array, axes) -> jax.Array:
+    """sum_k y_k (z_k - shift) (keepdims), with 0 * -inf = 0 and y_k > 0 at -inf giving -inf."""
+    exact, plain = _label_dot_branches(axes)
     return branch_on_exclusion(exact, plain, (logits,), shift, labels)
 
 
@@ -120,6 +126,7 @@ def _soft_label_cross_entropy_jvp(axes, primals, tangents):
     return loss, loss_dot
 
 
+@cached_eager
 def softmax_cross_entropy(
     logits: ArrayLike,
     labels: ArrayLike,
@@ -210,6 +217,7 @@ def softmax_cross_entropy(
     return reduce_loss(loss, reduction=reduction, where=nonempty)
 
 
+@cached_eager
 def safe_softmax_cross_entropy(
     logits: ArrayLike,
     labels: ArrayLike,
@@ -337,6 +345,7 @@ def class_weight_of_label(weights: jax.Array, labels: jax.Array) -> jax.Array:
     return weights[jnp.clip(labels, 0, weights.shape[0] - 1)]
 
 
+@cached_eager
 def softmax_cross_entropy_with_integer_labels(
     logits: ArrayLike,
     labels: ArrayLike,
@@ -460,6 +469,7 @@ def softmax_cross_entropy_with_integer_labels(
 
 
 # ----------------------------------------------------------------------------- sigmoid
+@cached_eager
 def sigmoid_binary_cross_entropy(
     logits: ArrayLike,
     labels: ArrayLike,

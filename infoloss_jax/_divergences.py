@@ -11,6 +11,7 @@ from jax.custom_derivatives import SymbolicZero
 from jax.typing import ArrayLike
 
 from . import _formulas
+from ._caching import cached_eager
 from ._log_partition import (
     branch_on_exclusion,
     drop_axes,
@@ -59,6 +60,7 @@ def _kl_terms(log_predictions: jax.Array, targets: jax.Array) -> jax.Array:
     return jnp.where(targets < 0, jnp.nan, terms)
 
 
+@cached_eager
 def kl_divergence(
     log_predictions: ArrayLike,
     targets: ArrayLike,
@@ -110,6 +112,7 @@ def kl_divergence(
     return _masked_sum(_kl_terms(log_predictions, targets), axes, mask)
 
 
+@cached_eager
 def kl_divergence_with_log_targets(
     log_predictions: ArrayLike,
     log_targets: ArrayLike,
@@ -153,6 +156,7 @@ def kl_divergence_with_log_targets(
     return _masked_sum(jnp.where(present, terms, 0.0), axes, mask)
 
 
+@cached_eager
 def generalized_kl_divergence(
     log_predictions: ArrayLike,
     targets: ArrayLike,
@@ -222,9 +226,8 @@ def _pair_tangent(grads, tangents, axes):
     return _formulas.sum_over(functools.reduce(operator.add, terms), axes)
 
 
-def _kl_of_logits(first, second, axes):
-    """KL(softmax(first) || softmax(second)), keepdims."""
-
+@functools.cache  # one pair per `axes`: fresh branch functions would defeat JAX's caches
+def _kl_branches(axes):
     def exact(logits, *parts):
         log_p, log_r = log_probs_from(logits[0], *parts[:2]), log_probs_from(logits[1], *parts[2:])
         return _formulas.kl_value(log_p, log_r, axes)
@@ -233,6 +236,12 @@ def _kl_of_logits(first, second, axes):
         log_p, log_r = log_probs_from(logits[0], *parts[:2]), log_probs_from(logits[1], *parts[2:])
         return _formulas.sum_over(jnp.exp(log_p) * (log_p - log_r), axes)
 
+    return exact, plain
+
+
+def _kl_of_logits(first, second, axes):
+    """KL(softmax(first) || softmax(second)), keepdims."""
+    exact, plain = _kl_branches(axes)
     parts = normalizers(stable_log_softmax(first, axes)) + normalizers(
         stable_log_softmax(second, axes)
     )
@@ -279,6 +288,7 @@ def _jensen_shannon_jvp(axes, beta, primals, tangents):
     return value, _pair_tangent(grads, tangents, axes)
 
 
+@cached_eager
 def forward_kl(
     logits: ArrayLike,
     target_logits: ArrayLike,
@@ -328,6 +338,7 @@ def forward_kl(
     return drop_axes(_forward_kl(model, target, axes), axes)
 
 
+@cached_eager
 def reverse_kl(
     logits: ArrayLike,
     target_logits: ArrayLike,
@@ -374,6 +385,7 @@ def reverse_kl(
     return drop_axes(_reverse_kl(model, target, axes), axes)
 
 
+@cached_eager
 def jensen_shannon(
     logits: ArrayLike,
     target_logits: ArrayLike,

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from . import _formulas
+from ._caching import cached_eager
 from ._log_partition import (
     branch_on_exclusion,
     drop_axes,
@@ -29,16 +30,22 @@ from ._validation import (
 )
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
-def _entropy_of_logits(logits: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+@functools.cache  # one pair per `axes`: fresh branch functions would defeat JAX's caches
+def _entropy_branches(axes: tuple[int, ...]):
     def exact(logits, shift, shifted_log_partition):
-        log_p = log_probs_from(*logits, shift, shifted_log_partition)
+        log_p = log_probs_from(logits[0], shift, shifted_log_partition)
         return _formulas.entropy_value(log_p, axes)
 
     def plain(logits, shift, shifted_log_partition):
-        log_p = log_probs_from(*logits, shift, shifted_log_partition)
+        log_p = log_probs_from(logits[0], shift, shifted_log_partition)
         return -_formulas.sum_over(jnp.exp(log_p) * log_p, axes)
 
+    return exact, plain
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _entropy_of_logits(logits: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+    exact, plain = _entropy_branches(axes)
     parts = normalizers(stable_log_softmax(logits, axes))
     return branch_on_exclusion(exact, plain, (logits,), *parts)
 
@@ -51,6 +58,7 @@ def _entropy_of_logits_jvp(axes, primals, tangents):
     return value, _formulas.sum_over(grad * logits_dot, axes)
 
 
+@cached_eager
 def entropy(
     logits: ArrayLike,
     *,
@@ -103,6 +111,7 @@ def _negative_entropy_terms(probs: jax.Array) -> jax.Array:
     return jnp.where(probs < 0, jnp.nan, terms)
 
 
+@cached_eager
 def entropy_from_probs(
     probs: ArrayLike,
     *,
@@ -148,8 +157,12 @@ def entropy_from_probs(
     return in_base(-jnp.sum(terms, axis=axes), base)
 
 
+@cached_eager
 def entropy_from_counts(
-    counts: ArrayLike | Mapping[object, float], *, axis: Axis = -1, base: float | None = None
+    counts: ArrayLike | Sequence[float] | Mapping[object, float],
+    *,
+    axis: Axis = -1,
+    base: float | None = None,
 ) -> jax.Array:
     r"""Shannon entropy of the empirical distribution of event counts.
 
@@ -175,9 +188,7 @@ def entropy_from_counts(
       1.585
     """
     log_of_base(base)
-    if isinstance(counts, Mapping):
-        counts = list(counts.values())
-    counts = jnp.asarray(counts)
+    counts = jnp.asarray(list(counts.values()) if isinstance(counts, Mapping) else counts)
     if jnp.issubdtype(counts.dtype, jnp.integer):
         counts = counts.astype(jax.dtypes.canonicalize_dtype(jnp.float64))
     counts = upcast(as_float_array(counts, "counts"))
@@ -203,6 +214,7 @@ def _binary_entropy_nats_jvp(primals, tangents):
     return _binary_entropy_nats(logits), _formulas.binary_entropy_grad(logits) * logits_dot
 
 
+@cached_eager
 def binary_entropy(logits: ArrayLike, *, base: float | None = None) -> jax.Array:
     r"""Entropy of the Bernoulli distribution with success probability sigmoid(logits).
 

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.typing import ArrayLike
 
+from ._caching import cached_eager
 from ._validation import Axis, as_float_array, as_where, normalize_axis, upcast
 
 
@@ -98,6 +99,7 @@ def drop_axes(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
     return jnp.squeeze(x, axis=axes)
 
 
+@cached_eager
 def log_partition(logits: ArrayLike, *, axis: Axis = -1, where: ArrayLike | None = None):
     r"""The log-partition function (logsumexp) of the logits, for logging and z-loss.
 
@@ -128,6 +130,7 @@ def log_partition(logits: ArrayLike, *, axis: Axis = -1, where: ArrayLike | None
     return drop_axes(stable_log_softmax(logits, axes).log_partition, axes)
 
 
+@cached_eager
 def z_loss(logits: ArrayLike, *, axis: Axis = -1, where: ArrayLike | None = None):
     r"""The z-loss penalty :math:`(\log Z)^2`, which keeps the softmax normalizer near 1.
 

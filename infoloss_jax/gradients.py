@@ -16,8 +16,9 @@ Conventions shared by all functions:
 
 The softmax-based formulas (cross-entropy, entropy, KL and Jensen-Shannon) come from the private
 kernels in ``infoloss_jax._formulas``, the same kernels the core losses use in their custom
-derivatives: one source of truth per formula. Use :func:`infoloss_jax.compare_gradients` to check
-any of them against ``jax.grad``.
+derivatives: one source of truth per formula. Because of that sharing, autodiff of the library's
+own losses cannot check them; :func:`infoloss_jax.gradient_table` compares each one with
+``jax.grad`` of an independent plain implementation of its loss instead.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from . import _formulas
+from ._caching import cached_eager
 from ._cross_entropy import (
     check_class_weights,
     check_label_smoothing,
@@ -47,6 +49,7 @@ from ._validation import (
     check_same_shape,
     check_temperature,
     describe,
+    is_traced,
     log_of_base,
     normalize_axis,
 )
@@ -116,7 +119,7 @@ def _select(grads: dict[int, jax.Array], argnums) -> jax.Array | tuple[jax.Array
 
 
 def _check_argnum(argnum, grads) -> int:
-    if isinstance(argnum, jax.core.Tracer) or not isinstance(argnum, int | np.integer):
+    if is_traced(argnum) or not isinstance(argnum, int | np.integer):
         raise TypeError(
             f"`argnums` must hold static Python ints; got {type(argnum).__name__}. Under "
             "jax.jit, bind it with functools.partial or pass static_argnames=('argnums',)."
@@ -141,6 +144,7 @@ def _softcap(logits: jax.Array, logit_softcap) -> tuple[jax.Array, jax.Array]:
     return capped, jnp.where(logits == -jnp.inf, 0.0, 1.0 - tanh * tanh)
 
 
+@cached_eager
 def softmax_cross_entropy_grad(
     logits: ArrayLike,
     labels: ArrayLike,
@@ -203,6 +207,7 @@ def softmax_cross_entropy_grad(
     return _zero_masked(grad * cap_slope, mask)
 
 
+@cached_eager
 def softmax_cross_entropy_with_integer_labels_grad(
     logits: ArrayLike,
     labels: ArrayLike,
@@ -306,7 +311,7 @@ def _classes_last(x: jax.Array, axes: tuple[int, ...]):
     flat = moved.reshape(moved.shape[: len(batch_axes)] + (-1,))
 
     def restore(y: jax.Array) -> jax.Array:
-        return jnp.transpose(y.reshape(moved.shape), np.argsort(order))
+        return jnp.transpose(y.reshape(moved.shape), tuple(np.argsort(order).tolist()))
 
     return flat, restore
 
@@ -317,6 +322,7 @@ def _scatter_add(x: jax.Array, index: jax.Array, value: jax.Array) -> jax.Array:
     return x.at[(*rows, index[..., 0])].add(value[..., 0])
 
 
+@cached_eager
 def softmax_cross_entropy_hessian(
     logits: ArrayLike, labels: ArrayLike, *, axis: int = -1, where: ArrayLike | None = None
 ) -> jax.Array:
@@ -353,6 +359,7 @@ def softmax_cross_entropy_hessian(
     return total[..., None] * (_diag(q) - q[..., :, None] * q[..., None, :])
 
 
+@cached_eager
 def softmax_cross_entropy_hvp(
     logits: ArrayLike,
     labels: ArrayLike,
@@ -426,6 +433,7 @@ def _diag(v: jax.Array) -> jax.Array:
 # --------------------------------------------------------------------------------------------
 
 
+@cached_eager
 def entropy_grad(
     logits: ArrayLike, *, axis=-1, where: ArrayLike | None = None, base: float | None = None
 ) -> jax.Array:
@@ -468,6 +476,7 @@ def _in_base(x: jax.Array, base) -> jax.Array:
     return x if log_b is None else x / log_b
 
 
+@cached_eager
 def entropy_from_probs_grad(
     probs: ArrayLike, *, axis=-1, where: ArrayLike | None = None, base: float | None = None
 ) -> jax.Array:
@@ -518,6 +527,7 @@ def _entropy_curvature_inputs(logits, axis, where):
     return p, a, class_axis
 
 
+@cached_eager
 def entropy_hessian(
     logits: ArrayLike, *, axis: int = -1, where: ArrayLike | None = None, base: float | None = None
 ) -> jax.Array:
@@ -554,6 +564,7 @@ def entropy_hessian(
     return _in_base(hess, base)
 
 
+@cached_eager
 def entropy_hvp(
     logits: ArrayLike,
     tangent: ArrayLike,
@@ -596,6 +607,7 @@ def entropy_hvp(
     return _in_base(jnp.moveaxis(hv, -1, class_axis), base)
 
 
+@cached_eager
 def log_partition_grad(logits: ArrayLike, *, axis=-1, where: ArrayLike | None = None) -> jax.Array:
     r"""Gradient of :func:`infoloss_jax.log_partition` :math:`\log\sum_k e^{z_k}`: the softmax.
 
@@ -624,6 +636,7 @@ def log_partition_grad(logits: ArrayLike, *, axis=-1, where: ArrayLike | None = 
     return _zero_masked(jnp.exp(log_q), mask)
 
 
+@cached_eager
 def z_loss_grad(logits: ArrayLike, *, axis=-1, where: ArrayLike | None = None) -> jax.Array:
     r"""Gradient of :func:`infoloss_jax.z_loss` :math:`(\log Z)^2`: :math:`2 \log Z \, q`.
 
@@ -697,6 +710,7 @@ def _poison_negative(grad: jax.Array, targets: jax.Array) -> jax.Array:
     return jnp.where(targets < 0, jnp.nan, grad)
 
 
+@cached_eager
 def kl_divergence_grad(
     log_predictions: ArrayLike,
     targets: ArrayLike,
@@ -745,6 +759,7 @@ def kl_divergence_grad(
     return _finish_elementwise(grad_lp, grad_t, t_shape, mask, argnums)
 
 
+@cached_eager
 def kl_divergence_with_log_targets_grad(
     log_predictions: ArrayLike,
     log_targets: ArrayLike,
@@ -793,6 +808,7 @@ def kl_divergence_with_log_targets_grad(
     return _finish_elementwise(-p, grad_lt, t_shape, mask, argnums)
 
 
+@cached_eager
 def generalized_kl_divergence_grad(
     log_predictions: ArrayLike,
     targets: ArrayLike,
@@ -856,6 +872,7 @@ def _finish_pair(grad_model, grad_target, mask, temperature, argnums):
     return _select(grads, argnums)
 
 
+@cached_eager
 def forward_kl_grad(
     logits: ArrayLike,
     target_logits: ArrayLike,
@@ -904,6 +921,7 @@ def forward_kl_grad(
     return _finish_pair(grad_model, grad_target, mask, temperature, argnums)
 
 
+@cached_eager
 def reverse_kl_grad(
     logits: ArrayLike,
     target_logits: ArrayLike,
@@ -952,6 +970,7 @@ def reverse_kl_grad(
     return _finish_pair(grad_model, grad_target, mask, temperature, argnums)
 
 
+@cached_eager
 def jensen_shannon_grad(
     logits: ArrayLike,
     target_logits: ArrayLike,
@@ -1021,6 +1040,7 @@ def jensen_shannon_grad(
 # --------------------------------------------------------------------------------------------
 
 
+@cached_eager
 def sigmoid_binary_cross_entropy_grad(
     logits: ArrayLike,
     labels: ArrayLike,
@@ -1072,6 +1092,7 @@ def sigmoid_binary_cross_entropy_grad(
     return _select(grads, argnums)
 
 
+@cached_eager
 def binary_entropy_grad(logits: ArrayLike, *, base: float | None = None) -> jax.Array:
     r"""Gradient of :func:`infoloss_jax.binary_entropy` :math:`H(\sigma(z))` in the logit.
 

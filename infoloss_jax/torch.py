@@ -41,6 +41,7 @@ import numpy as np
 from jax.experimental import checkify
 from jax.typing import ArrayLike
 
+from ._caching import cached_eager
 from ._checked import check_label_range, check_logits, check_probabilities, register_value_checks
 from ._cross_entropy import (
     check_label_smoothing,
@@ -135,6 +136,7 @@ def _reduce_elements(loss: jax.Array, reduction: str) -> jax.Array:
 # --- Cross-entropy and negative log-likelihood. -----------------------------------------------
 
 
+@cached_eager
 def cross_entropy(
     input: ArrayLike,
     target: ArrayLike,
@@ -233,6 +235,7 @@ def _cross_entropy_probs(logits, target, input, weight, reduction, label_smoothi
     return _reduce_elements(softmax_cross_entropy(logits, labels), reduction)
 
 
+@cached_eager
 def nll_loss(
     input: ArrayLike,
     target: ArrayLike,
@@ -306,6 +309,7 @@ def nll_loss(
 # --- KL divergence. ----------------------------------------------------------------------------
 
 
+@cached_eager
 def kl_div(
     input: ArrayLike,
     target: ArrayLike,
@@ -392,6 +396,7 @@ def _kl_terms_log_target(log_q: jax.Array, log_p: jax.Array) -> jax.Array:
 # --- Binary cross-entropy. ---------------------------------------------------------------------
 
 
+@cached_eager
 def binary_cross_entropy_with_logits(
     input: ArrayLike,
     target: ArrayLike,
@@ -451,6 +456,7 @@ def _apply_weight(loss: jax.Array, weight, input: jax.Array) -> jax.Array:
     return loss * weight.astype(loss.dtype)
 
 
+@cached_eager
 def binary_cross_entropy(
     input: ArrayLike,
     target: ArrayLike,

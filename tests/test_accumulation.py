@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from functools import partial
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl.testing import parameterized
 
 import infoloss_jax as il
 from infoloss_jax._accumulation import accumulate_value_and_grad
@@ -55,17 +57,19 @@ def full_batch_mean(params, batch, class_weights=None):
     )
 
 
-@pytest.mark.parametrize("class_weights", [None, CLASS_WEIGHTS])
-def test_equals_full_batch_mean_value_and_grad(class_weights):
-    params, batch = make_batch()
-    fn = partial(sum_and_count, class_weights=class_weights)
-    loss, grads = jax.jit(accumulate_value_and_grad, static_argnums=0)(fn, params, batch)
-    expected_loss, expected_grads = jax.value_and_grad(full_batch_mean)(
-        params, batch, class_weights
-    )
-    np.testing.assert_allclose(loss, expected_loss, rtol=1e-12)
-    for name in params:
-        np.testing.assert_allclose(grads[name], expected_grads[name], rtol=1e-11, atol=1e-14)
+class FullBatchMeanTest(chex.TestCase):
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.named_parameters(("unweighted", None), ("class_weights", CLASS_WEIGHTS))
+    def test_equals_full_batch_mean_value_and_grad(self, class_weights):
+        params, batch = make_batch()
+        fn = partial(sum_and_count, class_weights=class_weights)
+        accumulate = self.variant(accumulate_value_and_grad, static_argnums=0)
+        loss, grads = accumulate(fn, params, batch)
+        expected_loss, expected_grads = jax.value_and_grad(full_batch_mean)(
+            params, batch, class_weights
+        )
+        chex.assert_trees_all_close(loss, expected_loss, rtol=1e-12)
+        chex.assert_trees_all_close(grads, expected_grads, rtol=1e-11, atol=1e-14)
 
 
 def test_mean_of_micro_batch_means_is_wrong_here():
@@ -88,8 +92,7 @@ def test_all_ignored_gives_zero_loss_and_zero_grads():
     batch = {**batch, "labels": jnp.full((M, T), IGNORE)}
     loss, grads = accumulate_value_and_grad(sum_and_count, params, batch)
     assert float(loss) == 0.0
-    for g in jax.tree.leaves(grads):
-        np.testing.assert_array_equal(g, 0.0)
+    chex.assert_trees_all_equal(grads, jax.tree.map(jnp.zeros_like, params))
 
 
 def test_half_precision_params_accumulate_in_float32():

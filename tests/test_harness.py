@@ -1,14 +1,21 @@
 """The gradient comparison harness: compare_gradients, GradientReport, gradient_table."""
 
+import ast
+import contextlib
 import dataclasses
 import functools
+import inspect
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import plain_references
 import pytest
+import test_gradients
 
 import infoloss_jax as il
+import infoloss_jax._formulas as formulas
 from infoloss_jax import gradients as g
 from infoloss_jax._harness import (
     ArgumentReport,
@@ -222,3 +229,180 @@ def test_exported_from_the_package():
     assert il.compare_gradients is compare_gradients
     assert il.gradient_table is gradient_table
     assert il.GradientReport is GradientReport
+
+
+# ------------------------------------------------------------------- an honest comparison
+# gradient_table differentiates plain implementations (infoloss_jax._plain), which share no
+# kernel with the closed forms. First: they compute the library's losses. Then: a kernel scaled
+# by 1.01 makes every row it feeds fail, in the table and in the closed-form tests.
+
+
+def _plain_and_library_pairs():
+    from infoloss_jax import _plain
+
+    z = jnp.asarray(LOGITS)
+    t = jnp.asarray(2.0 * _rng.standard_normal((3, 4))).at[0, 3].set(-jnp.inf)
+    y, where = jnp.asarray(TARGETS), jnp.asarray(_rng.random((3, 4)) > 0.2).at[:, 0].set(True)
+    labels = jnp.asarray([0, 2, 1])
+    log_q = jax.nn.log_softmax(z)
+    options = dict(label_smoothing=0.1, z_loss=0.01, logit_softcap=5.0)
+    int_options = dict(options, ignore_index=2, class_weights=jnp.asarray([0.5, 1.0, 1.5, 2.0]))
+    return {
+        "softmax_cross_entropy": (
+            _plain.softmax_cross_entropy(z, y, where=where, **options),
+            il.softmax_cross_entropy(z, y, where=where, **options),
+            plain_references.ref_soft_ce(z, y, where=where, **options),
+        ),
+        "integer labels": (
+            _plain.softmax_cross_entropy_with_integer_labels(z, labels, **int_options),
+            il.softmax_cross_entropy_with_integer_labels(z, labels, **int_options),
+            plain_references.ref_int_ce(z, labels, **int_options),
+        ),
+        "entropy": (
+            _plain.entropy(z, where=where, base=2),
+            il.entropy(z, where=where, base=2),
+            plain_references.ref_entropy(z, where=where, base=2),
+        ),
+        "entropy_from_probs": (
+            _plain.entropy_from_probs(y, where=where),
+            il.entropy_from_probs(y, where=where),
+            plain_references.ref_entropy_from_probs(y, where=where),
+        ),
+        "log_partition": (
+            _plain.log_partition(z, where=where),
+            il.log_partition(z, where=where),
+            plain_references.ref_log_partition(z, where=where),
+        ),
+        "z_loss": (_plain.z_loss(z), il.z_loss(z), plain_references.ref_log_partition(z) ** 2),
+        "forward_kl": (
+            _plain.forward_kl(z, t, temperature=2.0, where=where),
+            il.forward_kl(z, t, temperature=2.0, where=where),
+            plain_references.ref_forward_kl(z, t, temperature=2.0, where=where),
+        ),
+        "reverse_kl": (
+            _plain.reverse_kl(t, z, temperature=0.5),
+            il.reverse_kl(t, z, temperature=0.5),
+            plain_references.ref_reverse_kl(t, z, temperature=0.5),
+        ),
+        "jensen_shannon": (
+            _plain.jensen_shannon(z, t, beta=0.2, temperature=1.5, where=where),
+            il.jensen_shannon(z, t, beta=0.2, temperature=1.5, where=where),
+            plain_references.ref_js(z, t, beta=0.2, temperature=1.5, where=where),
+        ),
+        "jensen_shannon (beta=0)": (
+            _plain.jensen_shannon(z, t, beta=0.0),
+            il.jensen_shannon(z, t, beta=0.0),
+            plain_references.ref_forward_kl(z, t),
+        ),
+        "kl_divergence": (
+            _plain.kl_divergence(log_q, y),
+            il.kl_divergence(log_q, y),
+            plain_references.ref_kl_divergence(log_q, y),
+        ),
+        "kl_divergence_with_log_targets": (
+            _plain.kl_divergence_with_log_targets(log_q, jnp.log(y)),
+            il.kl_divergence_with_log_targets(log_q, jnp.log(y)),
+            plain_references.ref_kl_log_targets(log_q, jnp.log(y)),
+        ),
+        "generalized_kl_divergence": (
+            _plain.generalized_kl_divergence(log_q, 1.5 * y),
+            il.generalized_kl_divergence(log_q, 1.5 * y),
+            plain_references.ref_generalized_kl(log_q, 1.5 * y),
+        ),
+        "sigmoid_binary_cross_entropy": (
+            _plain.sigmoid_binary_cross_entropy(z.at[0, 3].set(1.0), y, pos_weight=2.0),
+            il.sigmoid_binary_cross_entropy(z.at[0, 3].set(1.0), y, pos_weight=2.0),
+            plain_references.ref_bce(z.at[0, 3].set(1.0), y, pos_weight=2.0),
+        ),
+        "binary_entropy": (
+            _plain.binary_entropy(z.at[0, 3].set(1.0)),
+            il.binary_entropy(z.at[0, 3].set(1.0)),
+            plain_references.ref_binary_entropy(z.at[0, 3].set(1.0)),
+        ),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_plain_and_library_pairs()))
+def test_plain_implementations_compute_the_library_losses(name):
+    plain, library, reference = _plain_and_library_pairs()[name]
+    chex.assert_trees_all_close(plain, library, rtol=1e-12, atol=1e-14)
+    chex.assert_trees_all_close(plain, reference, rtol=1e-12, atol=1e-14)
+
+
+def test_plain_implementations_have_no_custom_rules():
+    """_plain imports nothing from the library and defines no custom derivative."""
+    from infoloss_jax import _plain
+
+    tree = ast.parse(inspect.getsource(_plain))
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            imported.add("." * node.level + (node.module or ""))
+    assert imported <= {"__future__", "jax", "jax.numpy"}, imported
+    names = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+    assert not names & {"custom_jvp", "custom_vjp", "defjvp", "defvjp", "stop_gradient"}
+
+
+# kernel of infoloss_jax._formulas -> (gradient_table rows, test_gradients cases) it feeds
+MUTATIONS = {
+    "softmax_cross_entropy_grad": (
+        {"softmax_cross_entropy", "softmax_cross_entropy (smoothing, z-loss, softcap)"},
+        {"soft_ce", "soft_ce_where", "soft_ce_options"},
+    ),
+    "entropy_grad_given_value": ({"entropy", "entropy (bits)"}, {"entropy", "entropy_where_bits"}),
+    "softmax_vjp_given_kl": (
+        {
+            "forward_kl (T=2)",
+            "reverse_kl (T=0.5)",
+            "jensen_shannon (beta=0.5)",
+            "jensen_shannon (beta=0.2, T=1.5)",
+        },
+        {"forward_kl", "forward_kl_T_where", "reverse_kl", "reverse_kl_T_where", "js"},
+    ),
+    "binary_entropy_grad": ({"binary_entropy"}, {"binary_entropy"}),
+}
+
+
+@contextlib.contextmanager
+def _scaled_kernel(monkeypatch, name, factor=1.01):
+    """infoloss_jax._formulas.<name> scaled by ``factor``, with every compiled program dropped
+    on the way in and out (cached programs would hide the mutation, or leak it)."""
+    original = getattr(formulas, name)
+
+    def scaled(*args, **kwargs):
+        return jax.tree.map(lambda x: factor * x, original(*args, **kwargs))
+
+    jax.clear_caches()
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(formulas, name, scaled)
+            yield
+    finally:
+        jax.clear_caches()
+
+
+@pytest.mark.parametrize("kernel", sorted(MUTATIONS))
+def test_a_wrong_shared_kernel_fails_the_table_and_the_closed_form_tests(kernel, monkeypatch):
+    rows, cases = MUTATIONS[kernel]
+    # The closed-form tests of test_gradients, run in-process without their cache.
+    monkeypatch.setattr(test_gradients, "_all_gradients", test_gradients._all_gradients.__wrapped__)
+    with _scaled_kernel(monkeypatch, kernel):
+        table = gradient_table(names=sorted(rows), finite_differences=False)
+        assert not any(report.ok() for report in table), str(table)
+        for case in sorted(cases):
+            with pytest.raises(AssertionError):
+                test_gradients.test_closed_form_matches_autodiff(case, jnp.float64, 1e-12)
+    # The same checks pass once the kernel is restored.
+    assert gradient_table(names=sorted(rows), finite_differences=False).ok()
+    test_gradients.test_closed_form_matches_autodiff(sorted(cases)[0], jnp.float64, 1e-12)
+
+
+def test_the_mutation_leaves_the_other_rows_passing(monkeypatch):
+    """Only the rows a kernel feeds fail: the table attributes the error to its formula."""
+    rows, _ = MUTATIONS["entropy_grad_given_value"]
+    others = ["log_partition", "softmax_cross_entropy", "kl_divergence"]
+    with _scaled_kernel(monkeypatch, "entropy_grad_given_value"):
+        table = gradient_table(names=[*sorted(rows), *others], finite_differences=False)
+    assert {r.name for r in table if not r.ok()} == rows

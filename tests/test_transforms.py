@@ -4,9 +4,13 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import plain_references as ref
 import pytest
+from absl.testing import parameterized
+from jax.test_util import check_grads
 
 import infoloss_jax as il
+from infoloss_jax import torch as F
 
 RNG = np.random.default_rng(3)
 Z = jnp.asarray(RNG.normal(size=(4, 5)))
@@ -38,23 +42,75 @@ LOSSES = {
 }
 BATCH = (Z, T, P, LABELS, BINARY)
 
+# The same losses from the plain references (no custom rule, no library kernel).
+REFERENCES = {
+    "entropy": lambda z, t, p, y, b: ref.ref_entropy(z),
+    "binary_entropy": lambda z, t, p, y, b: ref.ref_binary_entropy(z).sum(-1),
+    "entropy_from_probs": lambda z, t, p, y, b: ref.ref_entropy_from_probs(jax.nn.softmax(z)),
+    "softmax_cross_entropy": lambda z, t, p, y, b: ref.ref_soft_ce(z, p),
+    "integer_labels": lambda z, t, p, y, b: ref.ref_int_ce(z, y),
+    "safe_softmax_cross_entropy": lambda z, t, p, y, b: ref.ref_soft_ce(z, p),
+    "sigmoid_bce": lambda z, t, p, y, b: ref.ref_bce(z, b).sum(-1),
+    "kl_divergence": lambda z, t, p, y, b: ref.ref_kl_divergence(jax.nn.log_softmax(z), p),
+    "kl_log_targets": lambda z, t, p, y, b: ref.ref_kl_log_targets(
+        jax.nn.log_softmax(z), jax.nn.log_softmax(t)
+    ),
+    "generalized_kl": lambda z, t, p, y, b: ref.ref_generalized_kl(z, p),
+    "forward_kl": lambda z, t, p, y, b: ref.ref_forward_kl(z, t, temperature=1.5),
+    "reverse_kl": lambda z, t, p, y, b: ref.ref_reverse_kl(z, t),
+    "jensen_shannon": lambda z, t, p, y, b: ref.ref_js(z, t, beta=0.4),
+    "log_partition": lambda z, t, p, y, b: ref.ref_log_partition(z),
+    "z_loss": lambda z, t, p, y, b: ref.ref_log_partition(z) ** 2,
+}
+
+
+class TransformsTest(chex.TestCase):
+    """Each loss, called eagerly and under jit, against its plain reference."""
+
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.named_parameters(*((name, name) for name in sorted(LOSSES)))
+    def test_value_vmap_grad_jvp_hessian(self, name):
+        fn, reference = self.variant(LOSSES[name]), REFERENCES[name]
+        chex.assert_trees_all_close(fn(*BATCH), reference(*BATCH), rtol=1e-12, atol=1e-14)
+        per_row = jax.vmap(lambda *rows: fn(*(r[None] for r in rows))[0])(*BATCH)
+        chex.assert_trees_all_close(per_row, reference(*BATCH), rtol=1e-12, atol=1e-14)
+        total = lambda z: fn(z, *BATCH[1:]).sum()
+        grad = jax.grad(total)(Z)
+        chex.assert_trees_all_close(
+            grad, jax.grad(lambda z: reference(z, *BATCH[1:]).sum())(Z), rtol=1e-10, atol=1e-14
+        )
+        tangent = jnp.asarray(RNG.normal(size=Z.shape))
+        _, forward = jax.jvp(total, (Z,), (tangent,))
+        chex.assert_trees_all_close(forward, jnp.vdot(grad, tangent), rtol=1e-10)
+        first_row = tuple(r[:1] for r in BATCH[1:])
+        hessian = jax.hessian(lambda row: fn(row[None], *first_row)[0])(Z[0])
+        expected = jax.hessian(lambda row: reference(row[None], *first_row)[0])(Z[0])
+        chex.assert_shape(hessian, (5, 5))
+        chex.assert_tree_all_finite(hessian)
+        chex.assert_trees_all_close(hessian, expected, rtol=1e-8, atol=1e-12)
+        chex.assert_trees_all_close(hessian, hessian.T, atol=1e-12)
+
 
 @pytest.mark.parametrize("name", sorted(LOSSES))
-def test_jit_vmap_grad_jvp_hessian(name):
+def test_custom_derivatives_match_finite_differences_float64(name):
+    """``check_grads`` in float64, forward and reverse mode, to second order."""
     fn = LOSSES[name]
-    eager = fn(*BATCH)
-    np.testing.assert_allclose(jax.jit(fn)(*BATCH), eager, rtol=1e-12)
-    per_row = jax.vmap(lambda *rows: fn(*(r[None] for r in rows))[0])(*BATCH)
-    np.testing.assert_allclose(per_row, eager, rtol=1e-12)
-    total = lambda z: fn(z, *BATCH[1:]).sum()
-    grad = jax.grad(total)(Z)
-    tangent = jnp.asarray(RNG.normal(size=Z.shape))
-    _, forward = jax.jvp(total, (Z,), (tangent,))
-    np.testing.assert_allclose(forward, jnp.vdot(grad, tangent), rtol=1e-10)
-    first_row = tuple(r[:1] for r in BATCH[1:])
-    hessian = jax.hessian(lambda row: fn(row[None], *first_row)[0])(Z[0])
-    assert hessian.shape == (5, 5) and np.all(np.isfinite(hessian))
-    np.testing.assert_allclose(hessian, hessian.T, atol=1e-12)
+    check_grads(jax.jit(lambda z: fn(z, *BATCH[1:])), (Z,), order=2, modes=("fwd", "rev"))
+
+
+@pytest.mark.parametrize(
+    "loss",
+    [
+        lambda x: F.cross_entropy(x, P, label_smoothing=0.1),
+        lambda x: F.binary_cross_entropy(jax.nn.sigmoid(x), BINARY),
+        lambda x: F.binary_cross_entropy_with_logits(x, BINARY),
+        lambda x: F.kl_div(jax.nn.log_softmax(x), P, reduction="batchmean"),
+        lambda x: F.nll_loss(jax.nn.log_softmax(x), LABELS),
+    ],
+    ids=["cross_entropy", "binary_cross_entropy", "bce_with_logits", "kl_div", "nll_loss"],
+)
+def test_torch_layer_derivatives_match_finite_differences_float64(loss):
+    check_grads(jax.jit(loss), (Z,), order=2, modes=("fwd", "rev"))
 
 
 def test_float32_stays_float32_and_x64_gives_float64():

@@ -1,0 +1,255 @@
+"""Eager calls that reuse one compiled program: ``cached_eager`` and the cache behind it.
+
+An eager call of a loss runs op by op, and anything the loss builds afresh on each call (a
+``lax.cond`` branch, a custom-derivative rule, a ``shard_map``) costs a backend compile every
+time. ``cached_eager`` routes an eager call through a ``jax.jit`` of the loss, built once per
+function and per *static signature* of the call: the non-array arguments (axis, reduction,
+options, None, meshes, dtypes) by type and value, and which arguments are arrays. Identical
+calls then reuse one executable. Inside an outer transformation (an argument is a tracer) the
+loss is called as written: the outer trace compiles it once.
+
+Which parameters hold arrays is read from the annotations (``ArrayLike``, ``PyTree``). Their
+values (arrays, Python numbers, lists of numbers) become traced arguments, as ``jnp.asarray``
+would make them, so a new value never costs a compile. Every other argument is static. A call
+the cache cannot express as it was written (an unhashable value, or a concrete array where a
+static option is expected) runs eagerly as before, so validation and its messages never change.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import inspect
+import threading
+from collections.abc import Callable, Hashable
+from typing import Any, TypeVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.core import Tracer
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_MAX_ENTRIES = 64  # compiled programs kept per function (least recently used dropped first)
+_ARRAY_ANNOTATIONS = ("ArrayLike", "PyTree", "Array")
+_NUMBERS = (bool, int, float, complex)
+_SCALARS = (type(None), *_NUMBERS, str, bytes)
+
+
+class _Uncacheable(Exception):
+    """A call whose arguments the cache cannot express; it runs eagerly instead."""
+
+
+def _is_array(x) -> bool:
+    return isinstance(x, jax.Array | np.ndarray | np.generic)
+
+
+def _as_traced(value):
+    """What an array parameter's value becomes as a traced argument; None to keep it static.
+
+    Arrays, Python numbers and pytrees of them are traced as they are (a Python number as the
+    weakly typed scalar ``jnp.asarray`` makes of it). A list or tuple of numbers becomes the
+    array ``jnp.asarray`` makes of it. Anything else (None, strings, functions) stays static.
+    """
+    if isinstance(value, _NUMBERS) or _is_array(value):
+        return value
+    if value is None or isinstance(value, str | bytes):
+        return None
+    leaves = jax.tree_util.tree_leaves(value)
+    if not leaves:
+        raise _Uncacheable
+    if isinstance(value, list | tuple) and all(isinstance(leaf, _NUMBERS) for leaf in leaves):
+        try:
+            if np.asarray(value).dtype == object:
+                raise _Uncacheable
+        except ValueError:  # ragged
+            raise _Uncacheable from None
+        return jnp.asarray(value)
+    if all(_is_array(leaf) or isinstance(leaf, _NUMBERS) for leaf in leaves):
+        return value
+    return None  # a function, say: static when hashable
+
+
+def _freeze(value) -> Hashable:
+    """A hashable stand-in for a static value that tells 1, 1.0 and True apart."""
+    if isinstance(value, _SCALARS):
+        return (type(value), value)
+    if isinstance(value, list | tuple):
+        return (type(value), tuple(_freeze(v) for v in value))
+    if _is_array(value) or isinstance(value, dict | set):
+        raise _Uncacheable
+    try:
+        hash(value)
+    except TypeError:
+        raise _Uncacheable from None
+    return (type(value), value)
+
+
+def _array_parameters(fn: Callable) -> tuple[list[str], set[str], set[str] | None]:
+    """(positional parameter names, names that hold arrays, declared names if **kwargs).
+
+    The last item is None when ``fn`` takes no ``**kwargs``; otherwise a keyword outside the
+    declared names goes to ``**kwargs`` (options passed through, where arrays are traced).
+    """
+    positional: list[str] = []
+    arrays: set[str] = set()
+    declared: set[str] = set()
+    var_keyword = False
+    for name, parameter in inspect.signature(fn).parameters.items():
+        annotation = parameter.annotation
+        text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
+        holds_arrays = any(a in str(text) for a in _ARRAY_ANNOTATIONS)
+        if parameter.kind in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD):
+            positional.append(name)
+        if parameter.kind is parameter.VAR_KEYWORD:
+            var_keyword = True
+            continue
+        declared.add(name)
+        if holds_arrays:
+            arrays.add(name)
+    return positional, arrays, (declared if var_keyword else None)
+
+
+class _Split:
+    """One call's arguments split into a static key and the traced (dynamic) arrays.
+
+    ``key`` identifies the call's static signature; ``dynamic`` holds its arrays, in order;
+    ``template`` rebuilds ``(args, kwargs)`` from them and holds no array.
+    """
+
+    def __init__(self, signature, args: tuple, kwargs: dict):
+        positional, arrays, declared = signature
+        if len(args) > len(positional):
+            raise _Uncacheable
+        named = [(positional[i], a) for i, a in enumerate(args)] + sorted(kwargs.items())
+        key: list = [len(args)]
+        slots: list = []  # per argument: _DYNAMIC (the next traced value) or the static value
+        self.dynamic: list = []
+        for name, value in named:
+            key.append(name)
+            passed_through = declared is not None and name not in declared
+            traced = None
+            if name in arrays:
+                traced = _as_traced(value)
+            elif passed_through and _is_array(value):
+                traced = value
+            if traced is not None:
+                key.append(("dynamic", jax.tree_util.tree_structure(traced)))
+                self.dynamic.append(traced)
+                slots.append(_DYNAMIC)
+                continue
+            key.append(_freeze(value))
+            slots.append(value)
+        self.key = tuple(key)
+        self.template = _Template(tuple(name for name, _ in named), tuple(slots), len(args))
+
+
+_DYNAMIC = object()
+EAGER = object()  # the cached "program" of a call that must run eagerly
+
+
+class _Template:
+    """Puts a call's traced arrays back among its static values."""
+
+    def __init__(self, names: tuple[str, ...], slots: tuple, num_positional: int):
+        self.names, self.slots, self.num_positional = names, slots, num_positional
+
+    def rebuild(self, dynamic) -> tuple[tuple, dict]:
+        values = iter(dynamic)
+        filled = [next(values) if slot is _DYNAMIC else slot for slot in self.slots]
+        n = self.num_positional
+        return tuple(filled[:n]), dict(zip(self.names[n:], filled[n:], strict=True))
+
+
+def _has_tracer(args: tuple, kwargs: dict) -> bool:
+    leaves = jax.tree_util.tree_leaves((args, kwargs))
+    return any(isinstance(leaf, Tracer) for leaf in leaves)
+
+
+class ProgramCache:
+    """Compiled callables per static key, least recently used first out."""
+
+    def __init__(self, max_entries: int = _MAX_ENTRIES):
+        self._entries: collections.OrderedDict = collections.OrderedDict()
+        self._max_entries = max_entries
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable, build: Callable[[], Callable]) -> Callable:
+        with self._lock:
+            program = self._entries.get(key)
+            if program is not None:
+                self._entries.move_to_end(key)
+                return program
+        program = build()
+        with self._lock:
+            self._entries[key] = program
+            while len(self._entries) > self._max_entries:
+                self._entries.popitem(last=False)
+        return program
+
+    def put(self, key: Hashable, program) -> None:
+        with self._lock:
+            self._entries[key] = program
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+def split_call(fn: Callable, args: tuple, kwargs: dict) -> _Split | None:
+    """Splits an eager call of ``fn`` into static key and traced arrays; None if it can't."""
+    try:
+        return _Split(_signature_of(fn), args, kwargs)
+    except _Uncacheable:
+        return None
+
+
+@functools.cache
+def _signature_of(fn: Callable) -> tuple[list[str], set[str], set[str] | None]:
+    return _array_parameters(inspect.unwrap(fn))
+
+
+def jit_of_call(body: Callable, template: _Template, transform=None) -> Callable:
+    """``jax.jit`` of ``body(*args, **kwargs)`` taking the traced arrays of a split call.
+
+    ``transform`` (such as ``checkify.checkify``) wraps the function before ``jit``.
+    """
+
+    def run(dynamic):
+        args, kwargs = template.rebuild(dynamic)
+        return body(*args, **kwargs)
+
+    return jax.jit(run if transform is None else transform(run))
+
+
+def cached_eager(fn: F) -> F:
+    """Decorates a public loss so that repeated identical eager calls reuse one executable.
+
+    Under an outer trace (any argument is a tracer) it calls ``fn`` directly. Otherwise it
+    splits the call into static values and arrays and calls a ``jax.jit`` of ``fn`` built once
+    per static signature; validation runs while that program is traced, so errors and their
+    messages are those of ``fn``.
+    """
+    programs = ProgramCache()
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if _has_tracer(args, kwargs):
+            return fn(*args, **kwargs)
+        split = split_call(fn, args, kwargs)
+        if split is None:
+            return fn(*args, **kwargs)
+        template = split.template
+        program = programs.get(split.key, lambda: jit_of_call(fn, template))
+        if program is EAGER:
+            return fn(*args, **kwargs)
+        try:
+            return program(split.dynamic)
+        except jax.errors.ConcretizationTypeError:
+            # ``fn`` looks at a value that only an eager call knows: keep calling it eagerly.
+            programs.put(split.key, EAGER)
+            return fn(*args, **kwargs)
+
+    wrapper._programs = programs  # type: ignore[attr-defined]
+    return wrapper  # type: ignore[return-value]
