@@ -184,19 +184,6 @@ def _reference_logits(chosen, rejected, ref_chosen, ref_rejected):
     return (chosen - ref_chosen) - (rejected - ref_rejected)
 
 
-_PAIR_ARGS = """chosen_log_probs: log-probability of each chosen response under the policy (the sum
-        over its tokens, see :func:`sequence_log_probs`), any shape ``[...]``.
-      rejected_log_probs: the same for the rejected responses, same shape.
-      ref_chosen_log_probs: the chosen responses' log-probabilities under the reference.
-      ref_rejected_log_probs: the rejected responses' log-probabilities under the reference."""
-
-_COMMON_ARGS = """where: optional boolean per pair; False excludes the pair (its loss is 0 with a 0
-        gradient, even for NaN inputs) and from the default denominator.
-      num_pairs: the denominator of the mean (default: the number of pairs that count). Pass
-        the full batch's number of pairs to every micro-batch and the sum of the micro-batch
-        losses is the full-batch loss. May be traced."""
-
-
 # ----------------------------------------------------------------------------- sequences
 
 
@@ -292,10 +279,18 @@ def dpo(
     the same ``beta`` and ``label_smoothing``.
 
     Args:
-      {pair_args}
+      chosen_log_probs: log-probability of each chosen response under the policy (the sum
+        over its tokens, see :func:`sequence_log_probs`), any shape ``[...]``.
+      rejected_log_probs: the same for the rejected responses, same shape.
+      ref_chosen_log_probs: the chosen responses' log-probabilities under the reference.
+      ref_rejected_log_probs: the rejected responses' log-probabilities under the reference.
       beta: :math:`\beta` > 0, the strength of the implicit KL constraint; may be traced.
       label_smoothing: :math:`\varepsilon` in [0, 0.5]; may be traced.
-      {common_args}
+      where: optional boolean per pair; False excludes the pair (its loss is 0 with a 0
+        gradient, even for NaN inputs) and from the default denominator.
+      num_pairs: the denominator of the mean (default: the number of pairs that count). Pass
+        the full batch's number of pairs to every micro-batch and the sum of the micro-batch
+        losses is the full-batch loss. May be traced.
 
     Returns:
       ``(loss, aux)``: the scalar mean loss and a :class:`PreferenceAux` (rewards
@@ -357,12 +352,20 @@ def ipo(
     Here :math:`\beta` is the regularization :math:`\tau` of the paper.
 
     Args:
-      {pair_args}
+      chosen_log_probs: log-probability of each chosen response under the policy (the sum
+        over its tokens, see :func:`sequence_log_probs`), any shape ``[...]``.
+      rejected_log_probs: the same for the rejected responses, same shape.
+      ref_chosen_log_probs: the chosen responses' log-probabilities under the reference.
+      ref_rejected_log_probs: the rejected responses' log-probabilities under the reference.
       beta: :math:`\beta` > 0; may be traced.
       chosen_lengths: optional token counts of the chosen responses (averages the chosen
         log-probabilities, policy and reference).
       rejected_lengths: optional token counts of the rejected responses.
-      {common_args}
+      where: optional boolean per pair; False excludes the pair (its loss is 0 with a 0
+        gradient, even for NaN inputs) and from the default denominator.
+      num_pairs: the denominator of the mean (default: the number of pairs that count). Pass
+        the full batch's number of pairs to every micro-batch and the sum of the micro-batch
+        losses is the full-batch loss. May be traced.
 
     Returns:
       ``(loss, aux)``: the scalar mean loss and a :class:`PreferenceAux` (rewards
@@ -422,9 +425,17 @@ def hinge(
     in log-probability units. TRL's ``loss_type="hinge"``.
 
     Args:
-      {pair_args}
+      chosen_log_probs: log-probability of each chosen response under the policy (the sum
+        over its tokens, see :func:`sequence_log_probs`), any shape ``[...]``.
+      rejected_log_probs: the same for the rejected responses, same shape.
+      ref_chosen_log_probs: the chosen responses' log-probabilities under the reference.
+      ref_rejected_log_probs: the rejected responses' log-probabilities under the reference.
       beta: :math:`\beta` > 0; may be traced.
-      {common_args}
+      where: optional boolean per pair; False excludes the pair (its loss is 0 with a 0
+        gradient, even for NaN inputs) and from the default denominator.
+      num_pairs: the denominator of the mean (default: the number of pairs that count). Pass
+        the full batch's number of pairs to every micro-batch and the sum of the micro-batch
+        losses is the full-batch loss. May be traced.
 
     Returns:
       ``(loss, aux)``: the scalar mean loss and a :class:`PreferenceAux`.
@@ -504,7 +515,11 @@ def simpo(
       chosen_lengths: token counts of the chosen responses (with ``rejected_lengths``).
       rejected_lengths: token counts of the rejected responses.
       label_smoothing: :math:`\varepsilon` in [0, 0.5]; may be traced.
-      {common_args}
+      where: optional boolean per pair; False excludes the pair (its loss is 0 with a 0
+        gradient, even for NaN inputs) and from the default denominator.
+      num_pairs: the denominator of the mean (default: the number of pairs that count). Pass
+        the full batch's number of pairs to every micro-batch and the sum of the micro-batch
+        losses is the full-batch loss. May be traced.
 
     Returns:
       ``(loss, aux)``: the scalar mean loss and a :class:`PreferenceAux` with rewards
@@ -587,7 +602,11 @@ def orpo(
       beta: :math:`\lambda` >= 0, the weight of the odds-ratio term; may be traced.
       chosen_lengths: token counts of the chosen responses (with ``rejected_lengths``).
       rejected_lengths: token counts of the rejected responses.
-      {common_args}
+      where: optional boolean per pair; False excludes the pair (its loss is 0 with a 0
+        gradient, even for NaN inputs) and from the default denominator.
+      num_pairs: the denominator of the mean (default: the number of pairs that count). Pass
+        the full batch's number of pairs to every micro-batch and the sum of the micro-batch
+        losses is the full-batch loss. May be traced.
       num_tokens: the NLL's denominator, the number of chosen tokens (default: the local sum
         of ``chosen_lengths``, or the number of pairs without lengths); pass the full batch's
         count when accumulating. May be traced.
@@ -678,7 +697,11 @@ def cpo(
       alpha: weight :math:`\alpha` >= 0 of the NLL term (TRL's ``cpo_alpha``); may be traced.
       label_smoothing: :math:`\varepsilon` in [0, 0.5]; may be traced.
       chosen_lengths: optional token counts of the chosen responses, for the NLL's token mean.
-      {common_args}
+      where: optional boolean per pair; False excludes the pair (its loss is 0 with a 0
+        gradient, even for NaN inputs) and from the default denominator.
+      num_pairs: the denominator of the mean (default: the number of pairs that count). Pass
+        the full batch's number of pairs to every micro-batch and the sum of the micro-batch
+        losses is the full-batch loss. May be traced.
       num_tokens: the NLL's denominator (default: the local sum of ``chosen_lengths``, or the
         number of pairs without them); pass the full batch's count when accumulating. May be
         traced.
@@ -831,10 +854,3 @@ def kto(
         kl=jnp.broadcast_to(z0, ()) if z0.ndim == 0 else z0,
     )
     return loss, aux
-
-
-for _fn in (dpo, ipo, hinge, simpo, orpo, cpo):
-    _fn.__doc__ = _fn.__doc__.replace("{pair_args}", _PAIR_ARGS).replace(
-        "{common_args}", _COMMON_ARGS
-    )
-del _fn

@@ -86,7 +86,6 @@ def segment_sums(
     changes neither the sums nor their gradients. Counts come back in the dtype of ``values``.
     """
     shape = values.shape
-    length = shape[-1]
     lead = shape[:-1]
     rows = int(np.prod(lead, dtype=np.int64)) if lead else 1
     keep = jnp.ones(shape, bool) if valid is None else valid
@@ -112,21 +111,7 @@ def segment_sums(
         bad_row = jnp.any(out_of_range, axis=-1, keepdims=True)
         sums = jnp.where(bad_row, jnp.nan, sums)
         counts = jnp.where(bad_row, jnp.nan, counts)
-    del length
     return sums, counts
-
-
-def gather_segments(per_segment: jax.Array, segment_ids: jax.Array | None) -> jax.Array:
-    """Broadcasts per-sequence values ``[..., S]`` back to their tokens ``[..., T]``.
-
-    Tokens with a negative or out-of-range id receive the value of segment 0 (they are masked
-    out by the caller).
-    """
-    if segment_ids is None:
-        return per_segment
-    num_segments = per_segment.shape[-1]
-    ids = jnp.clip(segment_ids.astype(jnp.int32), 0, num_segments - 1)
-    return jnp.take_along_axis(per_segment, ids, axis=-1)
 
 
 def safe_divide(total: jax.Array, count: jax.Array) -> jax.Array:
