@@ -24,7 +24,7 @@ def check_estimator(estimator, name: str = "estimator") -> str:
     return estimator
 
 
-def _expm1_minus_identity(d: jax.Array) -> jax.Array:
+def expm1_minus_identity(d: jax.Array) -> jax.Array:
     """e^d - 1 - d, accurate to a few ulps for every d (and +inf for d = -inf or large d)."""
     small = jnp.abs(d) < _SERIES_BELOW
     ds = jnp.where(small, d, jnp.zeros((), d.dtype))  # double where: no overflow in the series
@@ -44,7 +44,7 @@ def estimate_terms(log_probs: jax.Array, ref_log_probs: jax.Array, estimator: st
         return -log_ratio
     if estimator == "k2":
         return 0.5 * jnp.square(log_ratio)
-    return _expm1_minus_identity(log_ratio)
+    return expm1_minus_identity(log_ratio)
 
 
 def kl_estimate(

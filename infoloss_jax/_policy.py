@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from ._kl_estimate import check_estimator, estimate_terms
+from ._kl_estimate import check_estimator, estimate_terms, expm1_minus_identity
 from ._segments import (
     check_mask,
     check_segment_ids,
@@ -376,7 +376,7 @@ def _metrics(keep, ratio, log_ratio, adv, clip_low, clip_high, dual_clip, kl_ter
     dual = None
     if dual_clip is not None:
         dual = token_mean(keep & (adv < 0) & (ratio > dual_clip))
-    k3_old_new = jnp.expm1(log_ratio) - log_ratio  # KL(old || new) under samples from old
+    k3_old_new = expm1_minus_identity(log_ratio)  # KL(old || new) under samples from old
     return PolicyLossAux(
         policy_loss=jnp.zeros((), dtype),
         kl_to_ref=None if kl_terms is None else token_mean(sg(kl_terms)),

@@ -92,8 +92,11 @@ def _floats(named, dtype_extra=()):
     return [a.astype(dtype) for a in arrays], dtype
 
 
-def _lengths(lengths, name: str, shape, dtype):
-    """Validates per-sequence token counts (int or float, same shape); None passes through."""
+def _lengths(lengths, name: str, shape, dtype, keep=None):
+    """Validates per-sequence token counts (int or float, same shape); None passes through.
+
+    Excluded pairs get a length of 1, so that dividing by it stays finite in the gradient.
+    """
     if lengths is None:
         return None
     arr = jnp.asarray(lengths)
@@ -103,7 +106,8 @@ def _lengths(lengths, name: str, shape, dtype):
         raise ValueError(
             f"`{name}` must have one count per sequence, shape {list(shape)}; got {describe(arr)}."
         )
-    return arr.astype(dtype)
+    arr = arr.astype(dtype)
+    return arr if keep is None else jnp.where(keep, arr, jnp.ones((), dtype))
 
 
 def _count(value, name: str, default, dtype):
@@ -393,8 +397,8 @@ def ipo(
     )
     beta, ok_b = _beta(beta)
     keep = _pair_mask(where, c.shape)
-    cl = _lengths(chosen_lengths, "chosen_lengths", c.shape, dtype)
-    rl = _lengths(rejected_lengths, "rejected_lengths", c.shape, dtype)
+    cl = _lengths(chosen_lengths, "chosen_lengths", c.shape, dtype, keep)
+    rl = _lengths(rejected_lengths, "rejected_lengths", c.shape, dtype, keep)
     c, r, rc, rr = _zero_excluded([c, r, rc, rr], keep, dtype)
     if cl is not None:
         c, rc = c / cl, rc / cl
@@ -467,9 +471,9 @@ def hinge(
     return _finish(losses, keep, num_pairs, dtype, (ok_b,), beta * (c - rc), beta * (r - rr))
 
 
-def _averages(c, r, chosen_lengths, rejected_lengths, dtype):
-    cl = _lengths(chosen_lengths, "chosen_lengths", c.shape, dtype)
-    rl = _lengths(rejected_lengths, "rejected_lengths", c.shape, dtype)
+def _averages(c, r, chosen_lengths, rejected_lengths, dtype, keep):
+    cl = _lengths(chosen_lengths, "chosen_lengths", c.shape, dtype, keep)
+    rl = _lengths(rejected_lengths, "rejected_lengths", c.shape, dtype, keep)
     if (cl is None) != (rl is None):
         raise ValueError(
             "Pass both `chosen_lengths` and `rejected_lengths` (the inputs are sums) or "
@@ -545,7 +549,7 @@ def simpo(
     eps, ok_e = _smoothing(label_smoothing)
     keep = _pair_mask(where, c.shape)
     c, r = _zero_excluded([c, r], keep, dtype)
-    c, r, _ = _averages(c, r, chosen_lengths, rejected_lengths, dtype)
+    c, r, _ = _averages(c, r, chosen_lengths, rejected_lengths, dtype, keep)
     losses = _sigmoid_loss(beta * (c - r) - gamma, eps)
     return _finish(losses, keep, num_pairs, dtype, (ok_b, ok_g, ok_e), beta * c, beta * r)
 
@@ -633,7 +637,7 @@ def orpo(
     beta, ok_b = _beta(beta, allow_zero=True)
     keep = _pair_mask(where, c.shape)
     c_sums, r_in = _zero_excluded([c, r], keep, dtype)
-    ac, ar, cl = _averages(c_sums, r_in, chosen_lengths, rejected_lengths, dtype)
+    ac, ar, cl = _averages(c_sums, r_in, chosen_lengths, rejected_lengths, dtype, keep)
     log_odds = (ac - ar) - (_log1mexp(ac) - _log1mexp(ar))
     ratio = jax.nn.log_sigmoid(log_odds)
     losses = -beta * ratio
@@ -730,7 +734,7 @@ def cpo(
     alpha, ok_a = scheduled_number(alpha, "alpha", low=0.0)
     eps, ok_e = _smoothing(label_smoothing)
     keep = _pair_mask(where, c.shape)
-    cl = _lengths(chosen_lengths, "chosen_lengths", c.shape, dtype)
+    cl = _lengths(chosen_lengths, "chosen_lengths", c.shape, dtype, keep)
     c, r = _zero_excluded([c, r], keep, dtype)
     losses = _sigmoid_loss(beta * (c - r), eps)
     nll = _nll(c, keep, cl, num_tokens, dtype)

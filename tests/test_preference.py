@@ -321,3 +321,28 @@ def test_sequence_log_probs_errors():
         preference.sequence_log_probs(C[None], num_segments=2)
     with pytest.raises(TypeError, match="mask"):
         preference.sequence_log_probs(C[None], mask=jnp.ones((1, 4)))
+
+
+@pytest.mark.parametrize("name", ["simpo", "orpo", "cpo", "ipo"])
+def test_excluded_pair_with_zero_length_has_finite_gradient(name):
+    where = jnp.array([True, False, True, True])
+    lc, lr = LC.at[1].set(0), LR.at[1].set(0)
+    c = C.at[1].set(jnp.nan)
+
+    def f(x):
+        if name == "simpo":
+            return preference.simpo(
+                x, R, beta=2.0, chosen_lengths=lc, rejected_lengths=lr, where=where
+            )[0]
+        if name == "orpo":
+            return preference.orpo(
+                x, R, beta=0.1, chosen_lengths=lc, rejected_lengths=lr, where=where
+            )[0]
+        if name == "cpo":
+            return preference.cpo(x, R, beta=0.1, chosen_lengths=lc, where=where)[0]
+        return preference.ipo(
+            x, R, RC, RR, beta=0.5, chosen_lengths=lc, rejected_lengths=lr, where=where
+        )[0]
+
+    value, grad = jax.value_and_grad(f)(c)
+    assert np.isfinite(value) and np.all(np.isfinite(grad)) and float(grad[1]) == 0.0
