@@ -135,8 +135,8 @@ def clipped_surrogate(
     :func:`infoloss_jax.kl_estimate`, ``"k3"`` as in GRPO) with coefficient :math:`\beta`
     (``kl_coef``), and an optional entropy bonus with coefficient :math:`c_H`
     (``entropy_coef``). With ``dual_clip = c > 1`` (Ye et al.'s dual clip, verl's
-    ``clip_ratio_c``) the surrogate of a token with :math:`A_t < 0` is further capped at
-    :math:`-c A_t`, bounding the loss of tokens whose ratio exploded.
+    ``clip_ratio_c``) the loss of a token with :math:`A_t < 0` is further capped at
+    :math:`-c A_t`, bounding the push from tokens whose ratio exploded.
 
     **Normalizations** (they change the gradient, not only its scale). With :math:`m_t` the
     mask, sequences :math:`i` (rows, or packed documents with ``segment_ids``) of
