@@ -6,6 +6,8 @@ sharded versions.
 """
 
 from . import gradients as gradients
+from . import policy as policy
+from . import preference as preference
 from . import sharded as sharded
 from . import torch as torch
 from ._accumulation import accumulate_value_and_grad as accumulate_value_and_grad
@@ -37,6 +39,7 @@ from ._harness import GradientReport as GradientReport
 from ._harness import GradientTable as GradientTable
 from ._harness import compare_gradients as compare_gradients
 from ._harness import gradient_table as gradient_table
+from ._kl_estimate import kl_estimate as kl_estimate
 from ._log_partition import log_partition as log_partition
 from ._log_partition import z_loss as z_loss
 from ._reductions import loss_sum_and_count as loss_sum_and_count
@@ -76,4 +79,5 @@ __all__ = [
     "softmax_cross_entropy",
     "softmax_cross_entropy_with_integer_labels",
     "z_loss",
+    "kl_estimate",
 ]

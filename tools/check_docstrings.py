@@ -29,6 +29,8 @@ PUBLIC_MODULES = (
     "infoloss_jax.torch",
     "infoloss_jax.gradients",
     "infoloss_jax.sharded",
+    "infoloss_jax.policy",
+    "infoloss_jax.preference",
 )
 
 

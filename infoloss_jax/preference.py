@@ -1,0 +1,34 @@
+"""Preference-optimization losses over per-sequence log-probabilities: DPO and its family.
+
+The pairwise losses take TRL's argument order, ``(chosen_log_probs, rejected_log_probs,
+ref_chosen_log_probs, ref_rejected_log_probs, *, beta, ...)``: :func:`dpo` (with conservative
+DPO's label smoothing), :func:`ipo` and :func:`hinge`. The reference-free losses drop the two
+reference arguments: :func:`simpo`, :func:`orpo` and :func:`cpo`. :func:`kto` is unpaired.
+Each returns ``(loss, aux)`` with the implicit rewards, margins and accuracy.
+:func:`sequence_log_probs` turns per-token log-probs (with a mask or packed segment ids) into
+the per-sequence sums and lengths these losses take.
+"""
+
+from ._preference import KTOAux as KTOAux
+from ._preference import PreferenceAux as PreferenceAux
+from ._preference import cpo as cpo
+from ._preference import dpo as dpo
+from ._preference import hinge as hinge
+from ._preference import ipo as ipo
+from ._preference import kto as kto
+from ._preference import orpo as orpo
+from ._preference import sequence_log_probs as sequence_log_probs
+from ._preference import simpo as simpo
+
+__all__ = [
+    "KTOAux",
+    "PreferenceAux",
+    "cpo",
+    "dpo",
+    "hinge",
+    "ipo",
+    "kto",
+    "orpo",
+    "sequence_log_probs",
+    "simpo",
+]
