@@ -386,8 +386,9 @@ def _scaled_kernel(monkeypatch, name, factor=1.01):
 @pytest.mark.parametrize("kernel", sorted(MUTATIONS))
 def test_a_wrong_shared_kernel_fails_the_table_and_the_closed_form_tests(kernel, monkeypatch):
     rows, cases = MUTATIONS[kernel]
-    # The closed-form tests of test_gradients, run in-process without their cache.
-    monkeypatch.setattr(test_gradients, "_all_gradients", test_gradients._all_gradients.__wrapped__)
+    # The closed-form tests of test_gradients, run in-process with a cache of their own.
+    uncached = test_gradients._all_gradients.__wrapped__
+    monkeypatch.setattr(test_gradients, "_all_gradients", functools.cache(uncached))
     with _scaled_kernel(monkeypatch, kernel):
         table = gradient_table(names=sorted(rows), finite_differences=False)
         assert not any(report.ok() for report in table), str(table)
@@ -395,6 +396,7 @@ def test_a_wrong_shared_kernel_fails_the_table_and_the_closed_form_tests(kernel,
             with pytest.raises(AssertionError):
                 test_gradients.test_closed_form_matches_autodiff(case, jnp.float64, 1e-12)
     # The same checks pass once the kernel is restored.
+    monkeypatch.setattr(test_gradients, "_all_gradients", functools.cache(uncached))
     assert gradient_table(names=sorted(rows), finite_differences=False).ok()
     test_gradients.test_closed_form_matches_autodiff(sorted(cases)[0], jnp.float64, 1e-12)
 
