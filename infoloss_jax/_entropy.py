@@ -22,6 +22,7 @@ from ._validation import (
     Axis,
     as_float_array,
     as_where,
+    check_has_classes,
     in_base,
     log_of_base,
     normalize_axis,
@@ -96,11 +97,8 @@ def entropy(
 
 
 def _negative_entropy_terms(probs: jax.Array) -> jax.Array:
-    """p log p with 0 log 0 = 0 (and a 0 derivative there) and NaN for negative p."""
-    positive = probs > 0
-    safe = jnp.where(positive, probs, 1.0)
-    terms = jnp.where(positive, probs * jnp.log(safe), 0.0)
-    return jnp.where(probs < 0, jnp.nan, terms)
+    """p log p with 0 log 0 = 0 (and a 0 derivative there); NaN for a negative or NaN p."""
+    return _formulas.xlogx(probs)
 
 
 def entropy_from_probs(
@@ -141,6 +139,7 @@ def entropy_from_probs(
     log_of_base(base)
     probs = upcast(as_float_array(probs, "probs"))
     axes = normalize_axis(axis, probs.ndim)
+    check_has_classes(probs, axes, "probs")
     mask = as_where(where, probs.shape, "probs")
     terms = _negative_entropy_terms(probs)
     if mask is not None:
@@ -182,8 +181,10 @@ def entropy_from_counts(
         counts = counts.astype(jax.dtypes.canonicalize_dtype(jnp.float64))
     counts = upcast(as_float_array(counts, "counts"))
     axes = normalize_axis(axis, counts.ndim)
+    check_has_classes(counts, axes, "counts")
     total = jnp.sum(counts, axis=axes, keepdims=True)
-    probs = counts / jnp.where(total > 0, total, 1.0)
+    probs = counts / jnp.where(total == 0, 1.0, total)
+    probs = jnp.where(counts < 0, jnp.nan, probs)
     return entropy_from_probs(probs, axis=axes, base=base)
 
 
