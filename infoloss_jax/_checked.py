@@ -84,8 +84,11 @@ def check_probabilities(x, name: str, *, axis=-1, where=None, atol: float = 1e-3
         m=jnp.min(_masked(x, where)),
     )
     total = jnp.sum(_masked(x, where), axis=axes)
+    normalized = jnp.abs(total - 1.0) <= atol
+    if where is not None:  # an example whose every class is masked out is not checked
+        normalized = normalized | ~jnp.any(jnp.broadcast_to(where, x.shape), axis=axes)
     checkify.check(
-        jnp.all(jnp.abs(total - 1.0) <= atol),
+        jnp.all(normalized),
         f"`{name}` must sum to 1 along the class axis, but a row sums to {{s}}. Normalize it, "
         f"or pass log-probabilities to the `*_with_log_targets` variant.",
         s=total.ravel()[jnp.argmax(jnp.abs(total - 1.0).ravel())],

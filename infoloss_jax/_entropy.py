@@ -190,12 +190,12 @@ def entropy_from_counts(
 
 @jax.custom_jvp
 def _binary_entropy_nats(logits: jax.Array) -> jax.Array:
-    finite = jnp.isfinite(logits)
-    safe = jnp.where(finite, logits, 0.0)
+    certain = jnp.isinf(logits)  # +-inf: a certain outcome; NaN stays NaN
+    safe = jnp.where(certain, 0.0, logits)
     value = jax.nn.sigmoid(safe) * jax.nn.softplus(-safe) + jax.nn.sigmoid(-safe) * jax.nn.softplus(
         safe
     )
-    return jnp.where(finite, value, 0.0)
+    return jnp.where(certain, 0.0, value)
 
 
 @_binary_entropy_nats.defjvp

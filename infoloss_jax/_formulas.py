@@ -206,6 +206,6 @@ def jensen_shannon_grads(
 
 def binary_entropy_grad(logits: jax.Array) -> jax.Array:
     r"""d/dz of the binary entropy of sigmoid(z): :math:`-z\,\sigma(z)\,\sigma(-z)`."""
-    finite = jnp.isfinite(logits)
-    safe = jnp.where(finite, logits, 0.0)
-    return jnp.where(finite, -safe * jax.nn.sigmoid(safe) * jax.nn.sigmoid(-safe), 0.0)
+    certain = jnp.isinf(logits)  # NaN stays NaN
+    safe = jnp.where(certain, 0.0, logits)
+    return jnp.where(certain, 0.0, -safe * jax.nn.sigmoid(safe) * jax.nn.sigmoid(-safe))
