@@ -215,9 +215,7 @@ def check_weights(weights, name: str) -> None:
 
 
 def _finite(x, name: str) -> None:
-    checkify.check(
-        jnp.all(jnp.isfinite(_wide(x))), f"`{name}` contains NaN or an infinity."
-    )
+    checkify.check(jnp.all(jnp.isfinite(_wide(x))), f"`{name}` contains NaN or an infinity.")
 
 
 def _mask_for(where, shape, axis):
@@ -302,8 +300,7 @@ def _register_core_checks() -> None:
 
 def _register_head_checks() -> None:
     """The fused heads and the on-mesh sharded losses, by their public signatures."""
-    from . import _fused
-    from . import sharded
+    from . import _fused, sharded
 
     def linear_ce(hidden, labels, weight, *, bias=None, ignore_index=None, **options):
         _finite(hidden, "hidden")

@@ -22,9 +22,9 @@ from ._log_partition import (
 )
 from ._validation import (
     Axis,
+    all_ok,
     as_float_array,
     as_where,
-    all_ok,
     beta_option,
     check_broadcastable,
     check_has_classes,

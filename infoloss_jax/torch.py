@@ -205,7 +205,8 @@ def cross_entropy(
       ignore_index: index targets equal to it contribute 0 loss, 0 gradient and 0 weight.
         Unused for probability targets.
       reduction: ``"none"``, ``"mean"`` or ``"sum"``.
-      label_smoothing: :math:`\varepsilon` in [0, 1] (it may be traced; a traced value outside the range gives NaN).
+      label_smoothing: :math:`\varepsilon` in [0, 1]; it may be traced (a traced value
+        outside the range gives NaN).
 
     Returns:
       The loss: per example (``input``'s shape without dimension 1) for ``"none"``, else a
@@ -278,9 +279,7 @@ def _cross_entropy_indices(logits, target, weight, ignore_index, reduction, labe
     if reduction == "sum":
         return jnp.sum(loss)
     safe_target = jnp.clip(target, 0, num_classes - 1)
-    target_weight = (
-        jnp.ones(target.shape, loss.dtype) if weight is None else weight[safe_target]
-    )
+    target_weight = jnp.ones(target.shape, loss.dtype) if weight is None else weight[safe_target]
     return _weighted_mean(loss, jnp.where(ignored, 0.0, target_weight.astype(loss.dtype)))
 
 

@@ -25,16 +25,10 @@ NAN, INF = float("nan"), float("inf")
 F32 = jnp.float32
 
 # Three examples, four classes; example 1 is the one made bad.
-CLEAN = np.array(
-    [[0.3, -1.2, 2.0, 0.5], [1.0, 0.2, -0.7, 0.4], [-0.5, 0.9, 0.1, -2.0]], np.float32
-)
+CLEAN = np.array([[0.3, -1.2, 2.0, 0.5], [1.0, 0.2, -0.7, 0.4], [-0.5, 0.9, 0.1, -2.0]], np.float32)
 LABELS = np.array([2, 1, 0])
-SOFT = np.array(
-    [[0.1, 0.2, 0.6, 0.1], [0.25, 0.25, 0.25, 0.25], [0.7, 0.1, 0.1, 0.1]], np.float32
-)
-TARGET = np.array(
-    [[0.0, 1.0, -0.3, 0.2], [0.5, -0.5, 1.5, 0.0], [0.2, 0.2, 0.9, -1.0]], np.float32
-)
+SOFT = np.array([[0.1, 0.2, 0.6, 0.1], [0.25, 0.25, 0.25, 0.25], [0.7, 0.1, 0.1, 0.1]], np.float32)
+TARGET = np.array([[0.0, 1.0, -0.3, 0.2], [0.5, -0.5, 1.5, 0.0], [0.2, 0.2, 0.9, -1.0]], np.float32)
 
 
 def _plain_log_softmax(x):
@@ -141,9 +135,11 @@ def test_nan_logits_in_jit_and_vmap_keep_to_their_row():
     bad = _place(PLACEMENTS["at_label"])
     fn = lambda x: il.softmax_cross_entropy_with_integer_labels(x, LABELS)  # noqa: E731
     jitted = np.asarray(jax.jit(fn)(bad))
-    mapped = np.asarray(jax.vmap(lambda r, y: il.softmax_cross_entropy_with_integer_labels(r, y))(
-        bad, jnp.asarray(LABELS)
-    ))
+    mapped = np.asarray(
+        jax.vmap(lambda r, y: il.softmax_cross_entropy_with_integer_labels(r, y))(
+            bad, jnp.asarray(LABELS)
+        )
+    )
     for out in (jitted, mapped):
         assert np.isnan(out[1]) and np.isfinite(out[[0, 2]]).all()
 
@@ -374,7 +370,9 @@ def test_extreme_finite_logits_give_exact_values():
     np.testing.assert_allclose(
         il.softmax_cross_entropy(x, one_hot)[1:], [math.log(2), math.log(3)], rtol=1e-6
     )
-    np.testing.assert_allclose(il.reverse_kl(x, jnp.zeros((3, 3), F32))[:2], [math.log(3), 0.4054651])
+    np.testing.assert_allclose(
+        il.reverse_kl(x, jnp.zeros((3, 3), F32))[:2], [math.log(3), 0.4054651]
+    )
     np.testing.assert_allclose(float(il.forward_kl(x, jnp.zeros((3, 3), F32))[1]), 1e38, rtol=1e-6)
 
 
@@ -422,9 +420,7 @@ def test_out_of_range_label_poisons_the_gradient_alone(bad):
 )
 def test_labels_of_every_integer_dtype_are_read_by_value(labels, expected_nan):
     # docs/concepts.md: bad input, row 6 (ignore_index=-100: only a real -100 is ignored)
-    out = il.softmax_cross_entropy_with_integer_labels(
-        jnp.zeros((3, 4)), labels, ignore_index=-100
-    )
+    out = il.softmax_cross_entropy_with_integer_labels(jnp.zeros((3, 4)), labels, ignore_index=-100)
     np.testing.assert_array_equal(np.isnan(np.asarray(out)), expected_nan)
 
 
@@ -522,7 +518,9 @@ def test_traced_torch_label_smoothing():
 
 
 @pytest.mark.xfail(strict=False, reason="engine: the integer CE body's option helpers")
-@pytest.mark.parametrize(("option", "good", "bad"), [("label_smoothing", 0.2, 1.5), ("z_loss", 0.1, -1.0)])
+@pytest.mark.parametrize(
+    ("option", "good", "bad"), [("label_smoothing", 0.2, 1.5), ("z_loss", 0.1, -1.0)]
+)
 def test_traced_integer_label_coefficients(option, good, bad):
     # docs/concepts.md: bad input, row 7
     x = jnp.asarray(CLEAN)
@@ -683,9 +681,7 @@ def test_negative_weights_are_used_as_given():
     )
     np.testing.assert_allclose(F.cross_entropy(x, LABELS, weight=weights), expected, rtol=1e-5)
     with pytest.raises(ValueError, match="`class_weights`"):
-        il.checked(il.softmax_cross_entropy_with_integer_labels)(
-            x, LABELS, class_weights=weights
-        )
+        il.checked(il.softmax_cross_entropy_with_integer_labels)(x, LABELS, class_weights=weights)
 
 
 # --------------------------------------------------------------------------- row 10: masks
@@ -783,7 +779,9 @@ def test_torch_layer_follows_pytorch_edge_cases():
     total = F.kl_div(log_q1, target, reduction="sum")
     np.testing.assert_allclose(F.kl_div(log_q1, target, reduction="batchmean"), total / 3)
     # binary_cross_entropy outside [0, 1]: NaN (PyTorch raises).
-    out = F.binary_cross_entropy(jnp.array([0.5, 0.5, 1.5]), jnp.array([2.0, 1.0, 1.0]), reduction="none")
+    out = F.binary_cross_entropy(
+        jnp.array([0.5, 0.5, 1.5]), jnp.array([2.0, 1.0, 1.0]), reduction="none"
+    )
     assert np.isnan(out[0]) and np.isfinite(out[1]) and np.isnan(out[2])
 
 
@@ -814,7 +812,8 @@ def test_checked_accepts_valid_bfloat16_probabilities():
 def test_checked_per_example_mask_and_integer_labels():
     # docs/concepts.md: bad input, rows 10 and 12
     out = il.checked(il.softmax_cross_entropy)(
-        jnp.asarray(CLEAN[:2]), jax.nn.one_hot(LABELS[:2], 4, dtype=jnp.int32),
+        jnp.asarray(CLEAN[:2]),
+        jax.nn.one_hot(LABELS[:2], 4, dtype=jnp.int32),
         where=jnp.array([True, False]),
     )
     assert float(out[1]) == 0.0

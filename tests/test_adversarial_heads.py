@@ -174,11 +174,15 @@ def test_fused_divergence_traced_temperature(fn):
 
 
 @ENGINE
-@pytest.mark.parametrize(("option", "good", "bad"), [("label_smoothing", 0.1, 1.5), ("z_loss", 0.1, -1.0)])
+@pytest.mark.parametrize(
+    ("option", "good", "bad"), [("label_smoothing", 0.1, 1.5), ("z_loss", 0.1, -1.0)]
+)
 def test_fused_cross_entropy_traced_coefficients(option, good, bad):
     # docs/concepts.md: bad input, row 7
     traced = jax.jit(lambda c: _linear_ce(HIDDEN, LABELS, **{option: c}))
-    np.testing.assert_allclose(traced(good), _linear_ce(HIDDEN, LABELS, **{option: good}), rtol=1e-5)
+    np.testing.assert_allclose(
+        traced(good), _linear_ce(HIDDEN, LABELS, **{option: good}), rtol=1e-5
+    )
     assert np.isnan(np.asarray(traced(bad))).all()
 
 
@@ -194,9 +198,7 @@ def test_fused_cross_entropy_static_bad_options_raise():
 @pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
 def test_fused_cross_entropy_empty_batch(reduction):
     # docs/concepts.md: bad input, row 8
-    out = np.asarray(
-        _linear_ce(jnp.zeros((0, D)), jnp.zeros((0,), int), reduction=reduction)
-    )
+    out = np.asarray(_linear_ce(jnp.zeros((0, D)), jnp.zeros((0,), int), reduction=reduction))
     if reduction == "none":
         assert out.shape == (0,)
     else:
