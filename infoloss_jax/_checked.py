@@ -119,14 +119,22 @@ def checked(fn: Callable) -> Callable:
     r"""Wraps a loss so that value-level input mistakes raise a clear ``ValueError``.
 
     Inside ``jit`` a loss cannot raise on values, so the plain functions poison bad rows with
-    NaN. ``checked(fn)`` runs the same computation under ``jax.experimental.checkify`` and
-    raises for:
+    NaN. ``checked(fn)`` first checks the inputs under ``jax.experimental.checkify``, then runs
+    ``fn`` unchanged, and raises for:
 
-    * an integer label outside :math:`[0, K)` (and not ``ignore_index``);
+    * NaN or ``+inf`` logits (``-inf``, an excluded class, is allowed);
+    * an integer label outside :math:`[0, K)` (and not ``ignore_index``), read by value
+      whatever its integer dtype;
     * log-probabilities :math:`> 0` or not normalized: the classic mistake of passing
       ``softmax(x)`` where ``log_predictions`` is expected (the background notes' negative
       "KL");
-    * negative probabilities, or probabilities that do not sum to 1 (within ``1e-3``).
+    * negative or NaN probabilities, or probabilities that do not sum to 1 (within ``1e-3``,
+      widened to the input dtype's resolution, and summed in float32, so valid bfloat16 passes);
+    * negative class weights;
+    * a result that is NaN although the inputs passed (an option outside its range).
+
+    It works with every loss of infoloss_jax and infoloss_jax.torch, the fused ``linear_*``
+    heads and the ``*_on_mesh`` sharded losses included.
 
     Call the wrapped function outside ``jit`` (it jits nothing itself), typically while
     debugging or in tests; inside your own ``jit`` use ``checkify.checkify`` directly.

@@ -166,7 +166,7 @@ def softmax_cross_entropy(
 
     Options (all off by default, which keeps optax parity):
 
-    * ``label_smoothing=eps`` in [0, 1]: the target becomes :math:`(1-\epsilon) y +
+    * ``label_smoothing=eps`` in [0, 1): the target becomes :math:`(1-\epsilon) y +
       \epsilon / K` over the K included classes (PyTorch's convention).
     * ``z_loss=c`` (>= 0): adds :math:`c\,(\log Z)^2` per example (PaLM).
 
@@ -185,7 +185,7 @@ def softmax_cross_entropy(
         term from the sum, as in optax); the rank of the per-example result (``[batch]`` for
         ``[batch, K]`` logits) is a per-example mask (False drops the example, also from the
         mean).
-      label_smoothing: smoothing mass in [0, 1].
+      label_smoothing: smoothing mass in [0, 1).
       z_loss: coefficient of the z-loss penalty, >= 0.
       logit_softcap: positive soft cap, or None.
       reduction: how to reduce the per-example losses.
@@ -208,7 +208,9 @@ def softmax_cross_entropy(
       2016 (label smoothing); Team Gemma, "Gemma 2", 2024 (logit soft-capping).
     """
     check_reduction(reduction)
-    eps, eps_ok = scheduled_number(label_smoothing, "label_smoothing", low=0.0, high=1.0)
+    eps, eps_ok = scheduled_number(
+        label_smoothing, "label_smoothing", low=0.0, high=1.0, high_open=True
+    )
     coefficient, coefficient_ok = scheduled_number(z_loss, "z_loss", low=0.0)
     logit_softcap = static_option(logit_softcap, "logit_softcap")
     logits = as_float_array(logits, "logits")

@@ -61,7 +61,11 @@ def kl_terms(log_predictions: jax.Array, targets: jax.Array) -> jax.Array:
     0 where t = 0 (also where log q = -inf, in the value and both derivatives); NaN where t is
     negative or NaN, or where log q is NaN. Nothing NaN is ever dropped as a zero.
     """
-    return _formulas.xlogx(targets) - _formulas.weighted_log(targets, log_predictions)
+    zero = targets == 0  # the gradient w.r.t. a zero target is taken as 0 (not -inf)
+    safe_targets = jnp.where(zero, 1.0, targets)
+    safe_log_predictions = jnp.where(zero, 0.0, log_predictions)
+    terms = targets * (jnp.log(safe_targets) - safe_log_predictions)  # NaN for t < 0 or NaN
+    return jnp.where(zero, _formulas.nan_or_zero(log_predictions), terms)
 
 
 def kl_terms_log_targets(log_predictions: jax.Array, log_targets: jax.Array) -> jax.Array:
@@ -94,7 +98,8 @@ def kl_divergence(
 
     Passing probabilities as ``log_predictions`` is the classic mistake (it gives a negative
     "KL"); wrap the call in :func:`infoloss_jax.checked` to have it caught. A negative target
-    makes its row NaN.
+    makes its row NaN, and so does a NaN target or log-prediction: nothing NaN is ever dropped
+    as a zero term.
 
     Args:
       log_predictions: log-probabilities of the model's distribution q.
@@ -355,13 +360,17 @@ def forward_kl(
       logits: the model's logits z.
       target_logits: the target's logits t, same shape (detach them with
         ``jax.lax.stop_gradient`` if the target must not be trained).
-      temperature: positive temperature T.
+      temperature: positive temperature T; it may be traced (scheduled), and a traced value
+        that is not positive and finite makes the result NaN.
       axis: the class axis or axes.
       where: optional boolean mask broadcastable to ``logits``; False excludes a class from
         both distributions.
 
     Returns:
-      KL(softmax(target/T) || softmax(logits/T)) per example, in at least float32.
+      KL(softmax(target/T) || softmax(logits/T)) per example, in at least float32. Where the
+      target keeps a class the model excludes (a ``-inf`` logit) the value is ``+inf``; its
+      gradient w.r.t. ``logits`` is still the exact :math:`q - p`, and w.r.t.
+      ``target_logits`` it is 0 on that example. A NaN logit makes its example NaN.
 
     Example:
       >>> import jax.numpy as jnp
@@ -402,12 +411,16 @@ def reverse_kl(
     Args:
       logits: the model's logits z.
       target_logits: the target's logits t, same shape.
-      temperature: positive temperature T.
+      temperature: positive temperature T; it may be traced (a traced value that is not
+        positive and finite makes the result NaN).
       axis: the class axis or axes.
       where: optional boolean mask broadcastable to ``logits``.
 
     Returns:
-      KL(softmax(logits/T) || softmax(target/T)) per example, in at least float32.
+      KL(softmax(logits/T) || softmax(target/T)) per example, in at least float32. Where the
+      model keeps a class the target excludes the value is ``+inf``; its gradient w.r.t.
+      ``target_logits`` is still the exact :math:`p - q`, and w.r.t. ``logits`` it is 0 on that
+      example. A NaN logit makes its example NaN.
 
     Example:
       >>> import jax.numpy as jnp
@@ -456,8 +469,8 @@ def jensen_shannon(
     Args:
       logits: the model's logits z.
       target_logits: the target's logits t, same shape.
-      beta: mixture weight of the target, in [0, 1].
-      temperature: positive temperature T.
+      beta: mixture weight of the target, in [0, 1]; it may be traced.
+      temperature: positive temperature T; it may be traced.
       axis: the class axis or axes.
       where: optional boolean mask broadcastable to ``logits``.
 

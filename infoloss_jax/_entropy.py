@@ -66,7 +66,9 @@ def entropy(
 
     computed from the stable log-softmax, so ``0 log 0 = 0`` in the value and the gradient.
     Classes masked out by ``where`` or with a ``-inf`` logit are excluded; a row with no
-    included class has entropy 0. :math:`0 \le H \le \log K` for K included classes.
+    included class has entropy 0. :math:`0 \le H \le \log K` for K included classes. A NaN or
+    ``+inf`` logit makes its own row NaN (and only that row); finite logits of any magnitude,
+    up to the float limit, never give NaN.
 
     The derivative is a closed form (``jax.custom_jvp``, so forward mode and Hessians work):
 
@@ -115,8 +117,9 @@ def entropy_from_probs(
 
     The probabilities are used as given (not renormalized); use :func:`entropy_from_counts`
     for unnormalized weights. At :math:`p_k = 0` the derivative is taken as 0 rather than
-    the one-sided :math:`+\infty`, so gradients stay finite. A negative probability makes its
-    row NaN: it is a value-level mistake, and :func:`infoloss_jax.checked` reports it.
+    the one-sided :math:`+\infty`, so gradients stay finite. A negative or NaN probability makes
+    its row NaN (as ``scipy.stats.entropy`` does): it is a value-level mistake, and
+    :func:`infoloss_jax.checked` reports it.
 
     Args:
       probs: floating-point array of probabilities.

@@ -494,7 +494,7 @@ def test_traced_beta():
 
 @pytest.mark.parametrize(
     ("option", "good", "bads"),
-    [("label_smoothing", 0.2, (-0.1, 1.5, NAN)), ("z_loss", 1e-2, (-1.0, INF))],
+    [("label_smoothing", 0.2, (-0.1, 1.0, NAN)), ("z_loss", 1e-2, (-1.0, INF))],
 )
 def test_traced_soft_label_coefficients(option, good, bads):
     # docs/concepts.md: bad input, row 7
