@@ -366,7 +366,9 @@ def _log_partition_and_label_logit_jvp(primals, tangents):
     logits, labels = primals
     logits_dot, _ = tangents
     log_z, z_label = log_partition_and_label_logit(logits, labels)
-    probs = jnp.exp(logits - log_z[..., None])  # 0 at -inf logits, and in an empty row
+    # From the shifted log-softmax, not logits - log_z: near the float limit log_z rounds to
+    # the max and loses its O(1) part. 0 at -inf logits and in an empty row; NaN rows stay NaN.
+    probs = jnp.exp(stable_log_softmax(logits, (logits.ndim - 1,)).log_probs)
     log_z_dot = jnp.sum(probs * logits_dot, axis=-1)
     return (log_z, z_label), (log_z_dot, masked_pick(logits_dot, labels))
 

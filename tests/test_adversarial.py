@@ -374,6 +374,10 @@ def test_extreme_finite_logits_give_exact_values():
         il.reverse_kl(x, jnp.zeros((3, 3), F32))[:2], [math.log(3), 0.4054651]
     )
     np.testing.assert_allclose(float(il.forward_kl(x, jnp.zeros((3, 3), F32))[1]), 1e38, rtol=1e-6)
+    grad = jax.grad(
+        lambda z: jnp.sum(il.softmax_cross_entropy_with_integer_labels(z, jnp.array([0, 1, 2])))
+    )(x)
+    np.testing.assert_allclose(grad[2], [1 / 3, 1 / 3, -2 / 3], rtol=1e-6)
 
 
 # --------------------------------------------------------------------------- row 6: labels
