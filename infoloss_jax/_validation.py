@@ -216,9 +216,7 @@ def check_positive(value, name: str, *, allow_none: bool = True) -> None:
     """Raises ``ValueError`` unless ``value`` (a static number) is > 0."""
     if value is None and allow_none:
         return
-    if isinstance(value, jax.core.Tracer):
-        return
-    v = np.asarray(value)
+    v = np.asarray(static_number(value, name))  # a traced value: TypeError naming `name`
     if v.size != 1 or not np.isfinite(v) or float(v) <= 0:
         raise ValueError(f"`{name}` must be a positive finite number; got {value!r}.")
 

@@ -541,6 +541,10 @@ def test_traced_integer_label_coefficients(option, good, bad):
         (lambda v: il.entropy(CLEAN, base=v), "base"),
         (lambda v: il.entropy(CLEAN, axis=v), "axis"),
         (lambda v: il.softmax_cross_entropy(CLEAN, SOFT, logit_softcap=v), "logit_softcap"),
+        (
+            lambda v: il.softmax_cross_entropy_with_integer_labels(CLEAN, LABELS, logit_softcap=v),
+            "logit_softcap",
+        ),
         (lambda v: il.softmax_cross_entropy(CLEAN, SOFT, axis=v), "axis"),
         (lambda v: il.forward_kl(CLEAN, TARGET, axis=v), "axis"),
         (lambda v: il.reduce_loss(jnp.ones(3), reduction=v), "reduction"),

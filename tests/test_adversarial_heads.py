@@ -194,6 +194,12 @@ def test_fused_cross_entropy_static_bad_options_raise():
         _linear_pair(il.linear_forward_kl, HIDDEN, temperature=0.0)
 
 
+def test_fused_cross_entropy_traced_softcap_is_a_type_error():
+    # docs/concepts.md: bad input, row 7 (a structural option)
+    with pytest.raises(TypeError, match="`logit_softcap`"):
+        jax.jit(lambda s: _linear_ce(HIDDEN, LABELS, logit_softcap=s))(5.0)
+
+
 # --------------------------------------------------------------------------- row 8: empty
 @pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
 def test_fused_cross_entropy_empty_batch(reduction):
