@@ -306,3 +306,18 @@ def test_sharded_cross_entropy_nan_logit_is_nan(mesh):
     )
     out = np.asarray(out)
     assert np.isnan(out[1]) and np.isfinite(np.delete(out, 1)).all()
+
+
+def test_checked_on_mesh_losses(mesh):
+    # docs/concepts.md: bad input, row 12
+    logits, target = _student_teacher()
+    kw = dict(mesh=mesh, vocab_axis="vocab")
+    loss = il.checked(sharded.vocab_parallel_cross_entropy_on_mesh)(logits, LABELS, **kw)
+    np.testing.assert_allclose(loss, jnp.mean(_plain_ce(HIDDEN, LABELS, WEIGHT)), rtol=1e-5)
+    bad = LABELS.copy()
+    bad[0] = V
+    with pytest.raises(ValueError, match="`labels`"):
+        il.checked(sharded.vocab_parallel_cross_entropy_on_mesh)(logits, bad, **kw)
+    logits[0, 0] = NAN
+    with pytest.raises(ValueError, match="`logits`"):
+        il.checked(sharded.vocab_parallel_forward_kl_on_mesh)(logits, target, **kw)
