@@ -11,10 +11,24 @@ import jax.numpy as jnp
 from jax.experimental import checkify
 
 from ._caching import EAGER, ProgramCache, jit_of_call, split_call
-from ._validation import is_traced, normalize_axis
+from ._validation import (
+    as_integer_array,
+    equals_index,
+    example_or_class_where,
+    is_traced,
+    normalize_axis,
+)
 
 ValueCheck = Callable[..., None]
 _VALUE_CHECKS: dict[Callable, ValueCheck] = {}
+_HEADS_REGISTERED = []
+
+
+def _register_heads_once() -> None:
+    """The fused and sharded modules import this one, so their checks register on first use."""
+    if not _HEADS_REGISTERED:
+        _HEADS_REGISTERED.append(True)
+        _register_head_checks()
 
 
 def register_value_checks(fn: Callable, check: ValueCheck) -> None:
@@ -26,9 +40,26 @@ def _masked(x, where):
     return x if where is None else jnp.where(where, x, 0.0)
 
 
+def _tolerance(x, atol: float) -> float:
+    """``atol``, widened to the input's own resolution (bfloat16 rounds each value by up to
+    2**-9 of itself, so a valid row can sum to 1 +- 2**-8)."""
+    dtype = jnp.asarray(x).dtype
+    if jnp.issubdtype(dtype, jnp.floating):
+        return max(atol, float(jnp.finfo(dtype).eps))
+    return atol
+
+
+def _wide(x) -> jax.Array:
+    """``x`` in at least float32: sums of half-precision probabilities are checked in float32
+    (a bfloat16 sum of valid probabilities can round to 0.996)."""
+    x = jnp.asarray(x)
+    return x.astype(jnp.result_type(x.dtype, jnp.float32))
+
+
 def check_log_probabilities(x, name: str, *, axis=-1, where=None, atol: float = 1e-3) -> None:
     """log-probabilities must be <= 0 and normalize; probabilities passed instead are caught."""
-    x = jnp.asarray(x)
+    atol = _tolerance(x, atol)
+    x = _wide(x)
     axes = normalize_axis(axis, x.ndim)
     checkify.check(
         jnp.all(_masked(x, where) <= atol),
@@ -47,29 +78,40 @@ def check_log_probabilities(x, name: str, *, axis=-1, where=None, atol: float = 
 
 def check_probabilities(x, name: str, *, axis=-1, where=None, atol: float = 1e-3) -> None:
     """Probabilities must be >= 0 and sum to 1 along the class axes (within ``atol``)."""
-    x = jnp.asarray(x)
+    atol = _tolerance(x, atol)
+    x = _wide(x)
     axes = normalize_axis(axis, x.ndim)
+    checkify.check(
+        ~jnp.any(jnp.isnan(_masked(x, where))),
+        f"`{name}` contains NaN.",
+    )
     checkify.check(
         jnp.all(_masked(x, where) >= 0),
         f"`{name}` must hold probabilities, but it has a negative value {{m}}.",
         m=jnp.min(_masked(x, where)),
     )
     total = jnp.sum(_masked(x, where), axis=axes)
+    normalized = jnp.abs(total - 1.0) <= atol
+    if where is not None:  # an example whose every class is masked out is not checked
+        normalized = normalized | ~jnp.any(jnp.broadcast_to(where, x.shape), axis=axes)
     checkify.check(
-        jnp.all(jnp.abs(total - 1.0) <= atol),
+        jnp.all(normalized),
         f"`{name}` must sum to 1 along the class axis, but a row sums to {{s}}. Normalize it, "
         f"or pass log-probabilities to the `*_with_log_targets` variant.",
         s=total.ravel()[jnp.argmax(jnp.abs(total - 1.0).ravel())],
     )
 
 
-def check_label_range(logits, labels, *, axis=-1, ignore_index=None) -> None:
-    """Integer labels must lie in [0, K) or equal ``ignore_index``."""
-    logits, labels = jnp.asarray(logits), jnp.asarray(labels)
-    num_classes = math.prod(logits.shape[a] for a in normalize_axis(axis, logits.ndim))
+def check_label_range(logits, labels, *, axis=-1, ignore_index=None, num_classes=None) -> None:
+    """Integer labels must lie in [0, K) or equal ``ignore_index`` (K from ``logits`` and
+    ``axis``, or given as ``num_classes``)."""
+    labels = as_integer_array(labels, "labels")
+    if num_classes is None:
+        logits = jnp.asarray(logits)
+        num_classes = math.prod(logits.shape[a] for a in normalize_axis(axis, logits.ndim))
     valid = (labels >= 0) & (labels < num_classes)
     if ignore_index is not None:
-        valid = valid | (labels == ignore_index)
+        valid = valid | equals_index(labels, ignore_index)
     bad = jnp.where(valid, 0, labels).ravel()[jnp.argmin(valid.ravel())]
     checkify.check(
         jnp.all(valid),
@@ -84,14 +126,22 @@ def checked(fn: Callable) -> Callable:
     r"""Wraps a loss so that value-level input mistakes raise a clear ``ValueError``.
 
     Inside ``jit`` a loss cannot raise on values, so the plain functions poison bad rows with
-    NaN. ``checked(fn)`` runs the same computation under ``jax.experimental.checkify`` and
-    raises for:
+    NaN. ``checked(fn)`` first checks the inputs under ``jax.experimental.checkify``, then runs
+    ``fn`` unchanged, and raises for:
 
-    * an integer label outside :math:`[0, K)` (and not ``ignore_index``);
+    * NaN or ``+inf`` logits (``-inf``, an excluded class, is allowed);
+    * an integer label outside :math:`[0, K)` (and not ``ignore_index``), read by value
+      whatever its integer dtype;
     * log-probabilities :math:`> 0` or not normalized: the classic mistake of passing
       ``softmax(x)`` where ``log_predictions`` is expected (the background notes' negative
       "KL");
-    * negative probabilities, or probabilities that do not sum to 1 (within ``1e-3``).
+    * negative or NaN probabilities, or probabilities that do not sum to 1 (within ``1e-3``,
+      widened to the input dtype's resolution, and summed in float32, so valid bfloat16 passes);
+    * negative class weights;
+    * a result that is NaN although the inputs passed (an option outside its range).
+
+    It works with every loss of infoloss_jax and infoloss_jax.torch, the fused ``linear_*``
+    heads and the ``*_on_mesh`` sharded losses included.
 
     Call the wrapped function outside ``jit``, typically while debugging or in tests; inside
     your own ``jit`` use ``checkify.checkify`` directly. The checked program is compiled once
@@ -119,6 +169,7 @@ def checked(fn: Callable) -> Callable:
     References:
       ``jax.experimental.checkify`` documentation.
     """
+    _register_heads_once()
     check = _VALUE_CHECKS.get(fn)
     if check is None:
         raise TypeError(
@@ -134,10 +185,22 @@ def checked(fn: Callable) -> Callable:
                 "call it on concrete arrays, or use jax.experimental.checkify.checkify yourself."
             )
 
-        error, out = _run_checked(fn, check, args, kwargs)
+        # The checks run on their own, before the loss: they never change the computation, and
+        # losses built on shard_map or custom derivatives are called exactly as without checks.
+        error, _ = _run_checks(fn, check, args, kwargs)
         message = error.get()
         if message:
             raise ValueError(f"{fn.__name__}: {message.splitlines()[0]}")
+        out = fn(*args, **kwargs)
+        if any(
+            jnp.issubdtype(leaf.dtype, jnp.floating) and bool(jnp.any(jnp.isnan(leaf)))
+            for leaf in jax.tree_util.tree_leaves(out)
+            if isinstance(leaf, jax.Array)
+        ):
+            raise ValueError(
+                f"{fn.__name__}: the result contains NaN although the inputs passed the value "
+                "checks: an option outside its range, or values beyond the supported range."
+            )
         return out
 
     return wrapper
@@ -146,12 +209,11 @@ def checked(fn: Callable) -> Callable:
 _CHECKED_PROGRAMS = ProgramCache(max_entries=256)
 
 
-def _run_checked(fn: Callable, check: ValueCheck, args: tuple, kwargs: dict):
-    """checkify(check, then fn) on the call, compiled once per (fn, check, static signature)."""
+def _run_checks(fn: Callable, check: ValueCheck, args: tuple, kwargs: dict):
+    """checkify(check) on the call, compiled once per (fn, check, static signature)."""
 
     def run(*inner, **inner_kwargs):
         check(*inner, **inner_kwargs)
-        return fn(*inner, **inner_kwargs)
 
     split = split_call(fn, args, kwargs)
     if split is not None:
@@ -176,48 +238,78 @@ def check_logits(x, name: str = "logits", **_) -> None:
     )
 
 
+def check_weights(weights, name: str) -> None:
+    """Weights (class weights, pos_weight) must be non-negative and not NaN."""
+    if weights is None:
+        return
+    weights = _wide(weights)
+    checkify.check(
+        jnp.all(weights >= 0),
+        f"`{name}` must be non-negative (and not NaN), but it holds {{m}}.",
+        m=jnp.min(jnp.where(jnp.isnan(weights), -jnp.inf, weights)),
+    )
+
+
+def _finite(x, name: str) -> None:
+    checkify.check(jnp.all(jnp.isfinite(_wide(x))), f"`{name}` contains NaN or an infinity.")
+
+
+def _mask_for(where, shape, axis):
+    """``where`` as a class mask of ``shape`` (a per-example mask is broadcast over classes)."""
+    if where is None:
+        return None
+    axes = normalize_axis(axis, len(shape))
+    class_mask, example_mask = example_or_class_where(where, shape, axes)
+    if class_mask is not None:
+        return class_mask
+    return jnp.broadcast_to(jnp.expand_dims(example_mask, axes), shape)
+
+
 def _register_core_checks() -> None:
     from . import _cross_entropy as ce
     from . import _divergences as div
     from . import _entropy as ent
 
-    def kl(log_predictions, targets, *, axis=-1, where=None):
+    def kl(log_predictions, targets, axis=-1, where=None):
         check_log_probabilities(log_predictions, "log_predictions", axis=axis, where=where)
         check_probabilities(targets, "targets", axis=axis, where=where)
 
-    def kl_log_targets(log_predictions, log_targets, *, axis=-1, where=None):
+    def kl_log_targets(log_predictions, log_targets, axis=-1, where=None):
         check_log_probabilities(log_predictions, "log_predictions", axis=axis, where=where)
         check_log_probabilities(log_targets, "log_targets", axis=axis, where=where)
 
-    def generalized_kl(log_predictions, targets, *, axis=-1, where=None):
+    def generalized_kl(log_predictions, targets, axis=-1, where=None):
         checkify.check(
-            jnp.all(_masked(jnp.asarray(targets), where) >= 0),
-            "`targets` must be non-negative measures, but it has a negative value.",
+            jnp.all(_masked(_wide(targets), where) >= 0),
+            "`targets` must be non-negative measures, but it has a negative value (or NaN).",
         )
 
-    def soft_labels(logits, labels, *, axis=-1, where=None, **_):
+    def soft_labels(logits, labels, axis=-1, where=None, **_):
         check_logits(logits)
-        check_probabilities(labels, "labels", axis=axis, where=where)
+        mask = _mask_for(where, jnp.shape(logits), axis)
+        check_probabilities(labels, "labels", axis=axis, where=mask)
 
-    def integer_labels(logits, labels, *, axis=-1, ignore_index=None, **_):
+    def integer_labels(logits, labels, axis=-1, where=None, *, ignore_index=None, **options):
         check_logits(logits)
         check_label_range(logits, labels, axis=axis, ignore_index=ignore_index)
+        check_weights(options.get("class_weights"), "class_weights")
 
     def probs(probs, *, axis=-1, where=None, **_):
         check_probabilities(probs, "probs", axis=axis, where=where)
 
     def counts(counts, **_):
         checkify.check(
-            jnp.all(jnp.asarray(counts) >= 0), "`counts` must be non-negative, but one is < 0."
+            jnp.all(_wide(counts) >= 0), "`counts` must be non-negative, but one is < 0 (or NaN)."
         )
 
-    def binary_labels(logits, labels, **_):
+    def binary_labels(logits, labels, **options):
         check_logits(logits)
-        labels = jnp.asarray(labels)
+        labels = _wide(labels)
         checkify.check(
             jnp.all((labels >= 0) & (labels <= 1)),
             "`labels` must be probabilities in [0, 1] for binary cross-entropy.",
         )
+        check_weights(options.get("pos_weight"), "pos_weight")
 
     def two_logits(logits, target_logits, **_):
         check_logits(logits)
@@ -240,6 +332,60 @@ def _register_core_checks() -> None:
         (ent.entropy_from_counts, counts),
     ]:
         register_value_checks(fn, check)
+
+
+def _register_head_checks() -> None:
+    """The fused heads and the on-mesh sharded losses, by their public signatures."""
+    from . import _fused, sharded
+
+    def linear_ce(hidden, labels, weight, *, bias=None, ignore_index=None, **options):
+        _finite(hidden, "hidden")
+        _finite(weight, "weight")
+        if bias is not None:
+            check_logits(bias, "bias")
+        check_label_range(
+            None, labels, ignore_index=ignore_index, num_classes=jnp.shape(weight)[-1]
+        )
+        check_weights(options.get("class_weights"), "class_weights")
+
+    def linear_pair(hidden, weight, target_hidden, target_weight, **_):
+        for x, name in [
+            (hidden, "hidden"),
+            (weight, "weight"),
+            (target_hidden, "target_hidden"),
+            (target_weight, "target_weight"),
+        ]:
+            _finite(x, name)
+
+    def mesh_ce(logits, labels, *, ignore_index=None, **options):
+        check_logits(logits)
+        check_label_range(logits, labels, ignore_index=ignore_index)
+
+    def mesh_pair(logits, target_logits, **_):
+        check_logits(logits)
+        check_logits(target_logits, "target_logits")
+
+    def mesh_linear_ce(hidden, labels, weight, *, bias=None, ignore_index=None, **options):
+        linear_ce(hidden, labels, weight, bias=bias, ignore_index=ignore_index, **options)
+
+    table = [
+        (_fused, "linear_softmax_cross_entropy", linear_ce),
+        (_fused, "linear_forward_kl", linear_pair),
+        (_fused, "linear_reverse_kl", linear_pair),
+        (_fused, "linear_jensen_shannon", linear_pair),
+        (sharded, "vocab_parallel_cross_entropy_on_mesh", mesh_ce),
+        (sharded, "vocab_parallel_forward_kl_on_mesh", mesh_pair),
+        (sharded, "vocab_parallel_reverse_kl_on_mesh", mesh_pair),
+        (sharded, "vocab_parallel_jensen_shannon_on_mesh", mesh_pair),
+        (sharded, "vocab_parallel_linear_cross_entropy_on_mesh", mesh_linear_ce),
+        (sharded, "vocab_parallel_linear_forward_kl_on_mesh", linear_pair),
+        (sharded, "vocab_parallel_linear_reverse_kl_on_mesh", linear_pair),
+        (sharded, "vocab_parallel_linear_jensen_shannon_on_mesh", linear_pair),
+    ]
+    for module, name, check in table:
+        fn = getattr(module, name, None)
+        if fn is not None:
+            register_value_checks(fn, check)
 
 
 _register_core_checks()

@@ -21,15 +21,20 @@ from ._log_partition import (
 from ._reductions import reduce_loss
 from ._validation import (
     Axis,
+    all_ok,
     as_float_array,
     as_integer_array,
-    as_where,
     check_broadcastable,
+    check_has_classes,
     check_positive,
     check_reduction,
     check_same_shape,
     describe,
+    example_or_class_where,
     normalize_axis,
+    poison_unless,
+    scheduled_number,
+    static_option,
     upcast,
 )
 
@@ -71,24 +76,31 @@ def z_loss_term(normalized: LogSoftmax, coefficient: float) -> jax.Array:
 
 
 # ----------------------------------------------------------------------------- soft labels
+def _label_dot_exact(logits, shift, labels, *, axes):
+    (logits,) = logits
+    return _formulas.sum_over(_formulas.weighted_log(labels, logits - shift), axes)
+
+
+def _label_dot_plain(logits, shift, labels, *, axes):
+    (logits,) = logits
+    return _formulas.sum_over(labels * (logits - shift), axes)
+
+
 @functools.cache  # one pair per `axes`: fresh branch functions would defeat JAX's caches
 def _label_dot_branches(axes):
-    def exact(logits, shift, labels):
-        (logits,) = logits
-        included = logits > -jnp.inf
-        safe_terms = labels * jnp.where(included, logits - shift, 0.0)
-        excluded_terms = jnp.where(labels > 0, -jnp.inf, 0.0)
-        return _formulas.sum_over(jnp.where(included, safe_terms, excluded_terms), axes)
-
-    def plain(logits, shift, labels):
-        (logits,) = logits
-        return _formulas.sum_over(labels * (logits - shift), axes)
-
-    return exact, plain
+    return (
+        functools.partial(_label_dot_exact, axes=axes),
+        functools.partial(_label_dot_plain, axes=axes),
+    )
 
 
 def label_dot(logits: jax.Array, shift: jax.Array, labels: jax.Array, axes) -> jax.Array:
-    """sum_k y_k (z_k - shift) (keepdims), with 0 * -inf = 0 and y_k > 0 at -inf giving -inf."""
+    """sum_k y_k (z_k - shift) (keepdims), with 0 * -inf = 0 and y_k > 0 at -inf giving -inf.
+
+    A shifted logit is -inf at an excluded class, and also where a finite logit lies so far
+    below the row max that the difference overflows (its probability is 0 in the range). A NaN
+    label or logit is never dropped.
+    """
     exact, plain = _label_dot_branches(axes)
     return branch_on_exclusion(exact, plain, (logits,), shift, labels)
 
@@ -159,9 +171,13 @@ def softmax_cross_entropy(
 
     Options (all off by default, which keeps optax parity):
 
-    * ``label_smoothing=eps``: the target becomes :math:`(1-\epsilon) y + \epsilon / K`
-      over the K included classes (PyTorch's convention).
-    * ``z_loss=c``: adds :math:`c\,(\log Z)^2` per example (PaLM).
+    * ``label_smoothing=eps`` in [0, 1): the target becomes :math:`(1-\epsilon) y +
+      \epsilon / K` over the K included classes (PyTorch's convention).
+    * ``z_loss=c`` (>= 0): adds :math:`c\,(\log Z)^2` per example (PaLM).
+
+    ``label_smoothing`` and ``z_loss`` may be traced (scheduled); a traced value outside its
+    range makes the result NaN. ``axis``, ``logit_softcap`` and ``reduction`` must be static.
+    Integer or boolean one-hot ``labels`` are read as 0/1 probabilities, as in optax.
     * ``logit_softcap=s``: logits become :math:`s \tanh(z / s)` first (Gemma 2).
     * ``reduction``: ``"none"``, ``"sum"``, ``"mean"`` (over non-empty rows), ``"batchmean"``.
 
@@ -169,8 +185,11 @@ def softmax_cross_entropy(
       logits: floating-point array of unnormalized log-probabilities.
       labels: target probabilities, same shape as ``logits``.
       axis: the class axis or axes.
-      where: optional boolean mask broadcastable to ``logits``; False excludes a class from
-        the normalizer and its label term from the sum (as in optax).
+      where: optional boolean mask, read by its rank (never by broadcasting): the rank of
+        ``logits`` is a class mask (False excludes a class from the normalizer and its label
+        term from the sum, as in optax); the rank of the per-example result (``[batch]`` for
+        ``[batch, K]`` logits) is a per-example mask (False drops the example, also from the
+        mean).
       label_smoothing: smoothing mass in [0, 1).
       z_loss: coefficient of the z-loss penalty, >= 0.
       logit_softcap: positive soft cap, or None.
@@ -194,27 +213,43 @@ def softmax_cross_entropy(
       2016 (label smoothing); Team Gemma, "Gemma 2", 2024 (logit soft-capping).
     """
     check_reduction(reduction)
-    eps = check_label_smoothing(label_smoothing)
-    coefficient = check_z_loss(z_loss)
+    eps, eps_ok = scheduled_number(
+        label_smoothing, "label_smoothing", low=0.0, high=1.0, high_open=True
+    )
+    coefficient, coefficient_ok = scheduled_number(z_loss, "z_loss", low=0.0)
+    logit_softcap = static_option(logit_softcap, "logit_softcap")
     logits = as_float_array(logits, "logits")
-    labels = as_float_array(labels, "labels")
+    labels = as_label_probabilities(labels)
     check_same_shape(logits, "logits", labels, "labels")
     axes = normalize_axis(axis, logits.ndim)
+    check_has_classes(logits, axes)
     dtype = jnp.result_type(logits.dtype, labels.dtype, jnp.float32)
-    mask = as_where(where, logits.shape)
+    mask, example_mask = example_or_class_where(where, logits.shape, axes)
     logits = exclude(soft_cap(logits.astype(dtype), logit_softcap), mask)
     labels = labels.astype(dtype)
     if mask is not None:  # as in optax, masked classes drop out of the sum as well
         labels = jnp.where(mask, labels, 0.0)
     normalized = stable_log_softmax(logits, axes)
-    if eps:
+    if eps_ok is not None or eps:
         labels = (1.0 - eps) * labels + smoothing_mass(normalized, eps)
     loss = soft_label_cross_entropy(logits, labels, axes)
-    if coefficient:
+    if coefficient_ok is not None or coefficient:
         loss = loss + z_loss_term(normalized, coefficient)
-    nonempty = drop_axes(normalized.nonempty, axes)
-    loss = jnp.where(nonempty, drop_axes(loss, axes), 0.0)
-    return reduce_loss(loss, reduction=reduction, where=nonempty)
+    contributing = drop_axes(normalized.nonempty, axes)
+    if example_mask is not None:
+        contributing = contributing & example_mask
+    loss = jnp.where(contributing, drop_axes(loss, axes), 0.0)
+    loss = poison_unless(loss, all_ok(eps_ok, coefficient_ok))
+    return reduce_loss(loss, reduction=reduction, where=contributing)
+
+
+def as_label_probabilities(labels) -> jax.Array:
+    """Soft labels as a float array; integer or boolean one-hot labels are read as 0/1 (as optax
+    accepts them)."""
+    labels = jnp.asarray(labels)
+    if labels.dtype == jnp.bool_ or jnp.issubdtype(labels.dtype, jnp.integer):
+        return labels.astype(jnp.float32)
+    return as_float_array(labels, "labels")
 
 
 @cached_eager
@@ -252,21 +287,25 @@ def safe_softmax_cross_entropy(
 
 # ----------------------------------------------------------------------------- integer labels
 def classes_last(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
-    """Moves the class axes to the end and flattens them into one (row-major)."""
+    """Moves the class axes to the end, **in the order given**, and flattens them (row-major).
+
+    With ``axes=(3, 2)`` a flat class index k reads ``x[..., k // d3... ]`` over axis 3 first
+    and axis 2 second, as optax reads a tuple ``axis``. Raises ValueError for zero classes.
+    """
+    num_classes = check_has_classes(x, axes)
     batch_axes = tuple(a for a in range(x.ndim) if a not in axes)
     x = jnp.transpose(x, batch_axes + axes) if batch_axes + axes != tuple(range(x.ndim)) else x
-    return x.reshape(x.shape[: len(batch_axes)] + (-1,))
+    return x.reshape(x.shape[: len(batch_axes)] + (num_classes,))
 
 
 def integer_where(where, logits: jax.Array, labels: jax.Array, axes) -> jax.Array | None:
-    """Accepts a class mask shaped like ``logits`` or a per-example mask shaped like labels."""
-    if where is None:
-        return None
-    where = jnp.asarray(where)
-    if where.ndim == labels.ndim and where.ndim != logits.ndim:
-        check_broadcastable(where, "where", labels.shape, "labels")
-        where = jnp.expand_dims(jnp.broadcast_to(where, labels.shape), axes)
-    return as_where(where, logits.shape)
+    """``where`` by rank: the rank of ``labels`` is a per-example mask (False drops the row),
+    the rank of ``logits`` a class mask. Returned as a class mask shaped like ``logits``, never
+    chosen by broadcastability (N == K cannot flip the meaning)."""
+    class_mask, example_mask = example_or_class_where(where, logits.shape, axes)
+    if example_mask is None:
+        return class_mask
+    return jnp.broadcast_to(jnp.expand_dims(example_mask, axes), logits.shape)
 
 
 def check_class_weights(class_weights, num_classes: int) -> jax.Array | None:
@@ -333,7 +372,9 @@ def _log_partition_and_label_logit_jvp(primals, tangents):
     logits, labels = primals
     logits_dot, _ = tangents
     log_z, z_label = log_partition_and_label_logit(logits, labels)
-    probs = jnp.exp(logits - log_z[..., None])  # 0 at -inf logits, and in an empty row
+    # From the shifted log-softmax, not logits - log_z: near the float limit log_z rounds to
+    # the max and loses its O(1) part. 0 at -inf logits and in an empty row; NaN rows stay NaN.
+    probs = jnp.exp(stable_log_softmax(logits, (logits.ndim - 1,)).log_probs)
     log_z_dot = jnp.sum(probs * logits_dot, axis=-1)
     return (log_z, z_label), (log_z_dot, masked_pick(logits_dot, labels))
 
@@ -487,7 +528,8 @@ def sigmoid_binary_cross_entropy(
 
     Args:
       logits: floating-point log-odds.
-      labels: target probabilities in [0, 1], broadcastable to ``logits``.
+      labels: target probabilities in [0, 1], broadcastable to ``logits``; integer or
+        boolean labels are read as 0/1, as in optax.
       pos_weight: optional weight of the positive term (PyTorch's ``pos_weight``),
         broadcastable to ``logits``.
 
@@ -504,7 +546,7 @@ def sigmoid_binary_cross_entropy(
       optax ``sigmoid_binary_cross_entropy``; PyTorch ``F.binary_cross_entropy_with_logits``.
     """
     logits = as_float_array(logits, "logits")
-    labels = as_float_array(labels, "labels")
+    labels = as_label_probabilities(labels)
     check_broadcastable(labels, "labels", logits.shape, "logits")
     dtype = jnp.result_type(logits.dtype, labels.dtype, jnp.float32)
     logits, labels = logits.astype(dtype), jnp.broadcast_to(labels, logits.shape).astype(dtype)

@@ -7,6 +7,7 @@ import operator
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 from jax.custom_derivatives import SymbolicZero
 from jax.typing import ArrayLike
 
@@ -22,13 +23,16 @@ from ._log_partition import (
 )
 from ._validation import (
     Axis,
+    all_ok,
     as_float_array,
     as_where,
-    check_beta,
+    beta_option,
     check_broadcastable,
+    check_has_classes,
     check_same_shape,
-    check_temperature,
     normalize_axis,
+    poison_unless,
+    temperature_option,
 )
 
 
@@ -41,6 +45,7 @@ def _paired_inputs(first, first_name, second, second_name, axis, where):
     dtype = jnp.result_type(first.dtype, second.dtype, jnp.float32)
     second = jnp.broadcast_to(second, first.shape).astype(dtype)
     axes = normalize_axis(axis, first.ndim)
+    check_has_classes(first, axes, first_name)
     mask = as_where(where, first.shape, first_name)
     return first.astype(dtype), second, axes, mask
 
@@ -51,13 +56,26 @@ def _masked_sum(terms, axes, mask):
     return jnp.sum(terms, axis=axes)
 
 
-def _kl_terms(log_predictions: jax.Array, targets: jax.Array) -> jax.Array:
-    """t (log t - log q) with 0 where t = 0 (also when log q = -inf) and NaN where t < 0."""
-    positive = targets > 0
-    safe_targets = jnp.where(positive, targets, 1.0)
-    safe_log_predictions = jnp.where(positive, log_predictions, 0.0)
-    terms = jnp.where(positive, targets * (jnp.log(safe_targets) - safe_log_predictions), 0.0)
-    return jnp.where(targets < 0, jnp.nan, terms)
+def kl_terms(log_predictions: jax.Array, targets: jax.Array) -> jax.Array:
+    """t (log t - log q) per element, the term behind every KL of probability targets.
+
+    0 where t = 0 (also where log q = -inf, in the value and both derivatives); NaN where t is
+    negative or NaN, or where log q is NaN. Nothing NaN is ever dropped as a zero.
+    """
+    zero = targets == 0  # the gradient w.r.t. a zero target is taken as 0 (not -inf)
+    safe_targets = jnp.where(zero, 1.0, targets)
+    safe_log_predictions = jnp.where(zero, 0.0, log_predictions)
+    terms = targets * (jnp.log(safe_targets) - safe_log_predictions)  # NaN for t < 0 or NaN
+    return jnp.where(zero, _formulas.nan_or_zero(log_predictions), terms)
+
+
+def kl_terms_log_targets(log_predictions: jax.Array, log_targets: jax.Array) -> jax.Array:
+    """exp(log t) (log t - log q) per element; 0 where log t = -inf unless log q is NaN."""
+    absent = log_targets == -jnp.inf
+    safe_log_targets = jnp.where(absent, 0.0, log_targets)
+    safe_log_predictions = jnp.where(absent, 0.0, log_predictions)
+    terms = jnp.exp(safe_log_targets) * (safe_log_targets - safe_log_predictions)
+    return jnp.where(absent, _formulas.nan_or_zero(log_predictions), terms)
 
 
 @cached_eager
@@ -82,7 +100,8 @@ def kl_divergence(
 
     Passing probabilities as ``log_predictions`` is the classic mistake (it gives a negative
     "KL"); wrap the call in :func:`infoloss_jax.checked` to have it caught. A negative target
-    makes its row NaN.
+    makes its row NaN, and so does a NaN target or log-prediction: nothing NaN is ever dropped
+    as a zero term.
 
     Args:
       log_predictions: log-probabilities of the model's distribution q.
@@ -109,7 +128,7 @@ def kl_divergence(
     log_predictions, targets, axes, mask = _paired_inputs(
         log_predictions, "log_predictions", targets, "targets", axis, where
     )
-    return _masked_sum(_kl_terms(log_predictions, targets), axes, mask)
+    return _masked_sum(kl_terms(log_predictions, targets), axes, mask)
 
 
 @cached_eager
@@ -149,11 +168,7 @@ def kl_divergence_with_log_targets(
     log_predictions, log_targets, axes, mask = _paired_inputs(
         log_predictions, "log_predictions", log_targets, "log_targets", axis, where
     )
-    present = log_targets > -jnp.inf
-    safe_log_targets = jnp.where(present, log_targets, 0.0)
-    safe_log_predictions = jnp.where(present, log_predictions, 0.0)
-    terms = jnp.exp(safe_log_targets) * (safe_log_targets - safe_log_predictions)
-    return _masked_sum(jnp.where(present, terms, 0.0), axes, mask)
+    return _masked_sum(kl_terms_log_targets(log_predictions, log_targets), axes, mask)
 
 
 @cached_eager
@@ -194,23 +209,31 @@ def generalized_kl_divergence(
     log_predictions, targets, axes, mask = _paired_inputs(
         log_predictions, "log_predictions", targets, "targets", axis, where
     )
-    terms = _kl_terms(log_predictions, targets) - targets + jnp.exp(log_predictions)
+    terms = kl_terms(log_predictions, targets) - targets + jnp.exp(log_predictions)
     return _masked_sum(terms, axes, mask)
 
 
 # ----------------------------------------------------------------------------- from logits
 def _scaled_logit_pair(logits, target_logits, temperature, axis, where):
-    """Validates both logit arrays, divides by the temperature and applies ``where``."""
-    check_temperature(temperature)
+    """Validates both logit arrays, divides by the temperature and applies ``where``.
+
+    Returns ``(model, target, axes, ok)``: ``ok`` is None for a static temperature (checked
+    now) and a traced flag for a traced one, to be passed to :func:`poison_unless`.
+    """
+    temperature, ok = temperature_option(temperature)
     logits = as_float_array(logits, "logits")
     target_logits = as_float_array(target_logits, "target_logits")
     check_same_shape(logits, "logits", target_logits, "target_logits")
     axes = normalize_axis(axis, logits.ndim)
+    check_has_classes(logits, axes)
     mask = as_where(where, logits.shape)
     dtype = jnp.result_type(logits.dtype, target_logits.dtype, jnp.float32)
-    model = exclude(logits.astype(dtype) / temperature, mask)
-    target = exclude(target_logits.astype(dtype) / temperature, mask)
-    return model, target, axes
+    if ok is not None:  # a traced temperature: divide by a safe value, poison the result after
+        temperature = jnp.where(ok, temperature, 1.0).astype(dtype)
+    model, target = logits.astype(dtype), target_logits.astype(dtype)
+    if ok is not None or temperature != 1.0:
+        model, target = model / temperature, target / temperature
+    return exclude(model, mask), exclude(target, mask), axes, ok
 
 
 def _log_softmax_pair(model, target, axes):
@@ -274,18 +297,49 @@ def _reverse_kl_jvp(axes, primals, tangents):
     return value, _pair_tangent(grads, tangents, axes)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
-def _jensen_shannon(model, target, axes, beta):
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
+def _jensen_shannon(model, target, beta, axes):
     log_q, log_p = _log_softmax_pair(model, target, axes)
     return _formulas.jensen_shannon_value(log_q, log_p, beta, axes)
 
 
 @functools.partial(_jensen_shannon.defjvp, symbolic_zeros=True)
-def _jensen_shannon_jvp(axes, beta, primals, tangents):
-    log_q, log_p = _log_softmax_pair(*primals, axes)
+def _jensen_shannon_jvp(axes, primals, tangents):
+    model, target, beta = primals
+    log_q, log_p = _log_softmax_pair(model, target, axes)
     grads = _formulas.jensen_shannon_grads(log_q, log_p, beta, axes)
-    value = _formulas.jensen_shannon_value(log_q, log_p, beta, axes)
-    return value, _pair_tangent(grads, tangents, axes)
+    log_m = _formulas.log_mixture(log_q, log_p, beta)
+    kl_p, kl_q = _formulas.kl_value(log_p, log_m, axes), _formulas.kl_value(log_q, log_m, axes)
+    value = beta * kl_p + (1.0 - beta) * kl_q
+    value_dot = _pair_tangent(grads, tangents[:2], axes)
+    if not isinstance(tangents[2], SymbolicZero):
+        # d/d beta: KL(P || M) - KL(Q || M) (the terms from dM/d beta sum to zero).
+        value_dot = value_dot + (kl_p - kl_q) * tangents[2]
+    return value, value_dot
+
+
+# Branches for a traced ``beta``, selected at run time: beta = 0, 0 < beta < 1, beta = 1.
+def _beta_is_zero(model, target, beta, axes):
+    return _forward_kl(model, target, axes)
+
+
+def _beta_inside(model, target, beta, axes):
+    return _jensen_shannon(model, target, beta, axes)
+
+
+def _beta_is_one(model, target, beta, axes):
+    return _reverse_kl(model, target, axes)
+
+
+_BETA_BRANCHES = (_beta_is_zero, _beta_inside, _beta_is_one)
+
+
+def _jensen_shannon_any_beta(model, target, beta, axes):
+    """The divergence for a traced beta: one of the three branches, chosen at run time."""
+    index = (beta > 0).astype(jnp.int32) + (beta >= 1).astype(jnp.int32)
+    branches = [functools.partial(branch, axes=axes) for branch in _BETA_BRANCHES]
+    safe_beta = jnp.clip(beta, 0.0, 1.0).astype(model.dtype)
+    return lax.switch(index, branches, model, target, safe_beta)
 
 
 @cached_eager
@@ -316,13 +370,17 @@ def forward_kl(
       logits: the model's logits z.
       target_logits: the target's logits t, same shape (detach them with
         ``jax.lax.stop_gradient`` if the target must not be trained).
-      temperature: positive temperature T.
+      temperature: positive temperature T; it may be traced (scheduled), and a traced value
+        that is not positive and finite makes the result NaN.
       axis: the class axis or axes.
       where: optional boolean mask broadcastable to ``logits``; False excludes a class from
         both distributions.
 
     Returns:
-      KL(softmax(target/T) || softmax(logits/T)) per example, in at least float32.
+      KL(softmax(target/T) || softmax(logits/T)) per example, in at least float32. Where the
+      target keeps a class the model excludes (a ``-inf`` logit) the value is ``+inf``; its
+      gradient w.r.t. ``logits`` is still the exact :math:`q - p`, and w.r.t.
+      ``target_logits`` it is 0 on that example. A NaN logit makes its example NaN.
 
     Example:
       >>> import jax.numpy as jnp
@@ -334,8 +392,8 @@ def forward_kl(
     References:
       Hinton, Vinyals and Dean, "Distilling the Knowledge in a Neural Network", 2015.
     """
-    model, target, axes = _scaled_logit_pair(logits, target_logits, temperature, axis, where)
-    return drop_axes(_forward_kl(model, target, axes), axes)
+    model, target, axes, ok = _scaled_logit_pair(logits, target_logits, temperature, axis, where)
+    return poison_unless(drop_axes(_forward_kl(model, target, axes), axes), ok)
 
 
 @cached_eager
@@ -364,12 +422,16 @@ def reverse_kl(
     Args:
       logits: the model's logits z.
       target_logits: the target's logits t, same shape.
-      temperature: positive temperature T.
+      temperature: positive temperature T; it may be traced (a traced value that is not
+        positive and finite makes the result NaN).
       axis: the class axis or axes.
       where: optional boolean mask broadcastable to ``logits``.
 
     Returns:
-      KL(softmax(logits/T) || softmax(target/T)) per example, in at least float32.
+      KL(softmax(logits/T) || softmax(target/T)) per example, in at least float32. Where the
+      model keeps a class the target excludes the value is ``+inf``; its gradient w.r.t.
+      ``target_logits`` is still the exact :math:`p - q`, and w.r.t. ``logits`` it is 0 on that
+      example. A NaN logit makes its example NaN.
 
     Example:
       >>> import jax.numpy as jnp
@@ -381,8 +443,8 @@ def reverse_kl(
     References:
       Gu et al., "MiniLLM: Knowledge Distillation of Large Language Models", 2024.
     """
-    model, target, axes = _scaled_logit_pair(logits, target_logits, temperature, axis, where)
-    return drop_axes(_reverse_kl(model, target, axes), axes)
+    model, target, axes, ok = _scaled_logit_pair(logits, target_logits, temperature, axis, where)
+    return poison_unless(drop_axes(_reverse_kl(model, target, axes), axes), ok)
 
 
 @cached_eager
@@ -407,7 +469,8 @@ def jensen_shannon(
 
     **Discontinuity at the end points.** As :math:`\beta \to 0` or :math:`1` the formula
     tends to 0, but like those libraries ``beta=0`` returns the forward KL(P || Q) and
-    ``beta=1`` the reverse KL(Q || P). ``beta`` is a static Python float. No :math:`T^2`
+    ``beta=1`` the reverse KL(Q || P), also when ``beta`` is traced (it may be scheduled: a
+    traced value outside [0, 1] gives NaN). No :math:`T^2`
     factor is applied. Closed-form derivatives for :math:`0 < \beta < 1`:
 
     .. math::
@@ -418,8 +481,8 @@ def jensen_shannon(
     Args:
       logits: the model's logits z.
       target_logits: the target's logits t, same shape.
-      beta: mixture weight of the target, in [0, 1].
-      temperature: positive temperature T.
+      beta: mixture weight of the target, in [0, 1]; it may be traced.
+      temperature: positive temperature T; it may be traced.
       axis: the class axis or axes.
       where: optional boolean mask broadcastable to ``logits``.
 
@@ -437,10 +500,14 @@ def jensen_shannon(
       Lin, "Divergence measures based on the Shannon entropy", 1991; Agarwal et al.,
       "On-Policy Distillation of Language Models (GKD)", 2024.
     """
-    beta = check_beta(beta)
-    if beta == 0.0:
-        return forward_kl(logits, target_logits, temperature=temperature, axis=axis, where=where)
-    if beta == 1.0:
-        return reverse_kl(logits, target_logits, temperature=temperature, axis=axis, where=where)
-    model, target, axes = _scaled_logit_pair(logits, target_logits, temperature, axis, where)
-    return drop_axes(_jensen_shannon(model, target, axes, beta), axes)
+    beta, beta_ok = beta_option(beta)
+    model, target, axes, ok = _scaled_logit_pair(logits, target_logits, temperature, axis, where)
+    if beta_ok is not None:
+        value = _jensen_shannon_any_beta(model, target, beta, axes)
+    elif beta == 0.0:
+        value = _forward_kl(model, target, axes)
+    elif beta == 1.0:
+        value = _reverse_kl(model, target, axes)
+    else:
+        value = _jensen_shannon(model, target, beta, axes)
+    return poison_unless(drop_axes(value, axes), all_ok(ok, beta_ok))

@@ -23,6 +23,7 @@ from ._validation import (
     Axis,
     as_float_array,
     as_where,
+    check_has_classes,
     in_base,
     log_of_base,
     normalize_axis,
@@ -73,7 +74,9 @@ def entropy(
 
     computed from the stable log-softmax, so ``0 log 0 = 0`` in the value and the gradient.
     Classes masked out by ``where`` or with a ``-inf`` logit are excluded; a row with no
-    included class has entropy 0. :math:`0 \le H \le \log K` for K included classes.
+    included class has entropy 0. :math:`0 \le H \le \log K` for K included classes. A NaN or
+    ``+inf`` logit makes its own row NaN (and only that row); finite logits of any magnitude,
+    up to the float limit, never give NaN.
 
     The derivative is a closed form (``jax.custom_jvp``, so forward mode and Hessians work):
 
@@ -104,11 +107,8 @@ def entropy(
 
 
 def _negative_entropy_terms(probs: jax.Array) -> jax.Array:
-    """p log p with 0 log 0 = 0 (and a 0 derivative there) and NaN for negative p."""
-    positive = probs > 0
-    safe = jnp.where(positive, probs, 1.0)
-    terms = jnp.where(positive, probs * jnp.log(safe), 0.0)
-    return jnp.where(probs < 0, jnp.nan, terms)
+    """p log p with 0 log 0 = 0 (and a 0 derivative there); NaN for a negative or NaN p."""
+    return _formulas.xlogx(probs)
 
 
 @cached_eager
@@ -126,8 +126,9 @@ def entropy_from_probs(
 
     The probabilities are used as given (not renormalized); use :func:`entropy_from_counts`
     for unnormalized weights. At :math:`p_k = 0` the derivative is taken as 0 rather than
-    the one-sided :math:`+\infty`, so gradients stay finite. A negative probability makes its
-    row NaN: it is a value-level mistake, and :func:`infoloss_jax.checked` reports it.
+    the one-sided :math:`+\infty`, so gradients stay finite. A negative or NaN probability makes
+    its row NaN (as ``scipy.stats.entropy`` does): it is a value-level mistake, and
+    :func:`infoloss_jax.checked` reports it.
 
     Args:
       probs: floating-point array of probabilities.
@@ -150,6 +151,7 @@ def entropy_from_probs(
     log_of_base(base)
     probs = upcast(as_float_array(probs, "probs"))
     axes = normalize_axis(axis, probs.ndim)
+    check_has_classes(probs, axes, "probs")
     mask = as_where(where, probs.shape, "probs")
     terms = _negative_entropy_terms(probs)
     if mask is not None:
@@ -193,19 +195,21 @@ def entropy_from_counts(
         counts = counts.astype(jax.dtypes.canonicalize_dtype(jnp.float64))
     counts = upcast(as_float_array(counts, "counts"))
     axes = normalize_axis(axis, counts.ndim)
+    check_has_classes(counts, axes, "counts")
     total = jnp.sum(counts, axis=axes, keepdims=True)
-    probs = counts / jnp.where(total > 0, total, 1.0)
+    probs = counts / jnp.where(total == 0, 1.0, total)
+    probs = jnp.where(counts < 0, jnp.nan, probs)
     return entropy_from_probs(probs, axis=axes, base=base)
 
 
 @jax.custom_jvp
 def _binary_entropy_nats(logits: jax.Array) -> jax.Array:
-    finite = jnp.isfinite(logits)
-    safe = jnp.where(finite, logits, 0.0)
+    certain = jnp.isinf(logits)  # +-inf: a certain outcome; NaN stays NaN
+    safe = jnp.where(certain, 0.0, logits)
     value = jax.nn.sigmoid(safe) * jax.nn.softplus(-safe) + jax.nn.sigmoid(-safe) * jax.nn.softplus(
         safe
     )
-    return jnp.where(finite, value, 0.0)
+    return jnp.where(certain, 0.0, value)
 
 
 @_binary_entropy_nats.defjvp

@@ -18,11 +18,35 @@ import jax.numpy as jnp
 Axes = tuple[int, ...]
 
 
+def nan_or_zero(x: jax.Array) -> jax.Array:
+    """NaN where ``x`` is NaN, else 0: what a dropped term leaves behind (NaN is never dropped)."""
+    return jnp.where(jnp.isnan(x), jnp.nan, 0.0)
+
+
 def probs_and_safe_logs(log_p: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Returns ``(p, log_p with 0 at excluded classes, mask of included classes)``."""
-    included = log_p > -jnp.inf
+    """Returns ``(p, log_p with 0 at excluded classes, mask of included classes)``.
+
+    Excluded means ``log_p == -inf`` exactly (NaN stays included, and poisons what it touches).
+    """
+    included = log_p != -jnp.inf
     safe_log_p = jnp.where(included, log_p, 0.0)
     return jnp.where(included, jnp.exp(safe_log_p), 0.0), safe_log_p, included
+
+
+def weighted_log(weight: jax.Array, log_value: jax.Array) -> jax.Array:
+    """``weight * log_value`` with 0 * (-inf) = 0 in the value and both derivatives.
+
+    Only that product is special-cased: NaN in either input stays NaN, and a non-zero weight at
+    -inf gives an infinity, as the math says.
+    """
+    vanishing = (weight == 0) & (log_value == -jnp.inf)
+    return jnp.where(vanishing, 0.0, weight * jnp.where(vanishing, 0.0, log_value))
+
+
+def xlogx(x: jax.Array) -> jax.Array:
+    """``x log x`` with 0 log 0 = 0 (and a 0 derivative there), NaN for x < 0 or NaN."""
+    zero = x == 0
+    return jnp.where(zero, 0.0, x * jnp.log(jnp.where(zero, 1.0, x)))
 
 
 def sum_over(x: jax.Array, axis: Axes) -> jax.Array:
@@ -35,11 +59,26 @@ def entropy_value(log_p: jax.Array, axis: Axes) -> jax.Array:
     return -sum_over(p * safe_log_p, axis)
 
 
-def kl_value(log_p: jax.Array, log_q: jax.Array, axis: Axes) -> jax.Array:
-    """KL(p || q) = sum p (log p - log q), with keepdims; terms with p = 0 are 0."""
+def kl_terms(log_p: jax.Array, log_q: jax.Array) -> jax.Array:
+    """p (log p - log q) per class, from log-probabilities, following the bad-input rules.
+
+    * p excluded (log p = -inf): 0, unless log q is NaN (then NaN);
+    * p kept and q excluded (log q = -inf): +inf, even where p underflows to 0 (the true term
+      is p * inf with p > 0), NaN if log p is NaN;
+    * otherwise the plain product, so NaN propagates.
+    """
     p, safe_log_p, p_included = probs_and_safe_logs(log_p)
-    safe_log_q = jnp.where(p_included, log_q, 0.0)
-    return sum_over(jnp.where(p_included, p * (safe_log_p - safe_log_q), 0.0), axis)
+    q_excluded = log_q == -jnp.inf
+    finite_pair = p_included & ~q_excluded
+    safe_log_q = jnp.where(finite_pair, log_q, 0.0)
+    terms = jnp.where(finite_pair, p * (safe_log_p - safe_log_q), 0.0)
+    terms = jnp.where(p_included, terms, nan_or_zero(log_q))
+    return jnp.where(p_included & q_excluded, jnp.where(jnp.isnan(log_p), jnp.nan, jnp.inf), terms)
+
+
+def kl_value(log_p: jax.Array, log_q: jax.Array, axis: Axes) -> jax.Array:
+    """KL(p || q) = sum p (log p - log q), with keepdims; see :func:`kl_terms`."""
+    return sum_over(kl_terms(log_p, log_q), axis)
 
 
 def softmax_cross_entropy_grad(log_q: jax.Array, labels: jax.Array, axis: Axes) -> jax.Array:
@@ -65,10 +104,15 @@ def entropy_grad(log_p: jax.Array, axis: Axes) -> jax.Array:
 def softmax_vjp_given_kl(log_p: jax.Array, log_ratio: jax.Array, kl: jax.Array) -> jax.Array:
     r"""d/dz of KL(p || r) for p = softmax(z), r fixed, given the KL: :math:`p (\log(p/r) - KL)`.
 
-    ``log_ratio`` holds log p - log r (any value where p = 0; it is masked out).
+    ``log_ratio`` holds log p - log r (any value where p = 0; it is masked out). Where the KL
+    is +inf (p has mass where r has none) the derivative is not finite; that row gets 0, the
+    documented choice, so an infinite loss never injects NaN into an update.
     """
     p, _, included = probs_and_safe_logs(log_p)
-    return p * (jnp.where(included, log_ratio, 0.0) - kl)
+    infinite = kl == jnp.inf
+    safe_kl = jnp.where(infinite, 0.0, kl)
+    safe_ratio = jnp.where(included & ~infinite, log_ratio, 0.0)
+    return jnp.where(infinite, 0.0, p * (safe_ratio - safe_kl))
 
 
 def kl_and_softmax_vjp(log_p: jax.Array, log_ratio: jax.Array, axis: Axes):
@@ -130,7 +174,7 @@ def reverse_kl_grads(log_q: jax.Array, log_p: jax.Array, axis: Axes) -> tuple[ja
 
 def log_mixture(log_q: jax.Array, log_p: jax.Array, beta: float) -> jax.Array:
     """log m for m = beta p + (1 - beta) q, 0 < beta < 1, -inf where both are excluded."""
-    either = (log_p > -jnp.inf) | (log_q > -jnp.inf)
+    either = (log_p != -jnp.inf) | (log_q != -jnp.inf)
     # logaddexp(-inf, -inf) has a NaN derivative, so both inputs are replaced where both vanish.
     safe_p, safe_q = jnp.where(either, log_p, 0.0), jnp.where(either, log_q, 0.0)
     log_m = jnp.logaddexp(jnp.log(beta) + safe_p, jnp.log1p(-beta) + safe_q)
@@ -162,6 +206,6 @@ def jensen_shannon_grads(
 
 def binary_entropy_grad(logits: jax.Array) -> jax.Array:
     r"""d/dz of the binary entropy of sigmoid(z): :math:`-z\,\sigma(z)\,\sigma(-z)`."""
-    finite = jnp.isfinite(logits)
-    safe = jnp.where(finite, logits, 0.0)
-    return jnp.where(finite, -safe * jax.nn.sigmoid(safe) * jax.nn.sigmoid(-safe), 0.0)
+    certain = jnp.isinf(logits)  # NaN stays NaN
+    safe = jnp.where(certain, 0.0, logits)
+    return jnp.where(certain, 0.0, -safe * jax.nn.sigmoid(safe) * jax.nn.sigmoid(-safe))

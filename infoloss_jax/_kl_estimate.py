@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
+from ._caching import cached_eager
 from ._segments import check_mask
 from ._validation import accumulation_dtype, as_float_array, check_same_shape
 
@@ -47,6 +48,7 @@ def estimate_terms(log_probs: jax.Array, ref_log_probs: jax.Array, estimator: st
     return expm1_minus_identity(log_ratio)
 
 
+@cached_eager
 def kl_estimate(
     log_probs: ArrayLike,
     ref_log_probs: ArrayLike,

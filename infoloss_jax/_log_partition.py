@@ -10,7 +10,14 @@ from jax import lax
 from jax.typing import ArrayLike
 
 from ._caching import cached_eager
-from ._validation import Axis, as_float_array, as_where, normalize_axis, upcast
+from ._validation import (
+    Axis,
+    as_float_array,
+    as_where,
+    check_has_classes,
+    normalize_axis,
+    upcast,
+)
 
 
 class LogSoftmax(NamedTuple):
@@ -26,6 +33,15 @@ class LogSoftmax(NamedTuple):
     shifted_log_partition: jax.Array  # logsumexp of `shifted`, in [0, log K]
 
 
+def is_excluded(x: jax.Array) -> jax.Array:
+    """The one exclusion test: a class is excluded exactly when its logit is ``-inf``.
+
+    NaN is never excluded (``x > -inf`` would be False for NaN and drop it silently); it stays
+    in the computation and poisons its own row.
+    """
+    return x == -jnp.inf
+
+
 def exclude(logits: jax.Array, where: jax.Array | None) -> jax.Array:
     """Sets classes masked out by ``where`` to -inf, the one exclusion mechanism inside."""
     return logits if where is None else jnp.where(where, logits, -jnp.inf)
@@ -34,28 +50,32 @@ def exclude(logits: jax.Array, where: jax.Array | None) -> jax.Array:
 def _log_sum_exp_of_shifted(shifted: jax.Array, axis: tuple[int, ...]) -> jax.Array:
     """log sum exp of logits already shifted by their row max; 0 for a row of only -inf."""
     sum_exp = jnp.sum(jnp.exp(shifted), axis=axis, keepdims=True)
-    return jnp.log(jnp.where(sum_exp > 0, sum_exp, 1.0))
+    return jnp.log(jnp.where(sum_exp == 0, 1.0, sum_exp))
 
 
 def stable_log_softmax(logits: jax.Array, axis: tuple[int, ...]) -> LogSoftmax:
     """log softmax along ``axis`` with -inf logits excluded and empty rows kept finite.
 
     The shift by the row max is wrapped in ``stop_gradient`` (it cancels mathematically), and a
-    row whose max is -inf is shifted by 0 instead, so -inf - (-inf) never happens. Only the
-    fields a loss uses are computed: under ``jit`` the rest is dead code.
+    row whose max is -inf is shifted by 0 instead, so -inf - (-inf) never happens. A NaN (or
+    +inf) logit makes its row's max, and so every value of the row, NaN: the row is poisoned,
+    never taken for empty. Shifted logits of finite inputs so far below the max that the
+    difference overflows come out as -inf: their probability is exactly 0 in the range, and the
+    exact forms treat them like excluded classes. Only the fields a loss uses are computed:
+    under ``jit`` the rest is dead code.
     """
     row_max = jnp.max(logits, axis=axis, keepdims=True)
-    nonempty = row_max > -jnp.inf
-    shift = lax.stop_gradient(jnp.where(nonempty, row_max, 0.0))
+    empty = is_excluded(row_max)
+    shift = lax.stop_gradient(jnp.where(empty, 0.0, row_max))
     shifted = logits - shift
     log_sum_exp = _log_sum_exp_of_shifted(shifted, axis)
-    included = logits > -jnp.inf
+    included = ~is_excluded(logits)
     return LogSoftmax(
         log_probs=shifted - log_sum_exp,
-        log_partition=jnp.where(nonempty, log_sum_exp + shift, 0.0),
+        log_partition=jnp.where(empty, 0.0, log_sum_exp + shift),
         included=included,
         num_included=jnp.sum(included, axis=axis, keepdims=True),
-        nonempty=nonempty,
+        nonempty=~empty,
         shift=shift,
         shifted=shifted,
         shifted_log_partition=log_sum_exp,
@@ -72,17 +92,27 @@ def log_probs_from(logits: jax.Array, shift: jax.Array, shifted_log_partition: j
     return (logits - shift) - shifted_log_partition
 
 
+def needs_exact_forms(x: jax.Array) -> jax.Array:
+    """True when some shifted logit of ``x`` can be -inf: an excluded class, or finite logits
+    so far apart that subtracting the row max overflows. NaN entries are ignored here (the plain
+    forms poison exactly their rows), so one row's NaN cannot change another row's branch."""
+    finite_or_inf = jnp.where(jnp.isnan(x), 0.0, x)
+    span = jnp.max(finite_or_inf, initial=-jnp.inf) - jnp.min(finite_or_inf, initial=jnp.inf)
+    return ~(span < jnp.inf)
+
+
 def branch_on_exclusion(exact, plain, logits: tuple[jax.Array, ...], *operands):
-    """``plain(logits, *operands)`` when no logit in ``logits`` is -inf, else ``exact(...)``.
+    """``plain(logits, *operands)`` when no shifted logit can be -inf, else ``exact(...)``.
 
     The exact forms of the losses mask excluded classes with selects, and XLA's CPU backend
     cannot fuse a select into a reduction: it writes an [N, V] temporary first. When nothing
-    is excluded (the common case, decided once for all the arrays by ``lax.cond``) the plain
-    forms are exact too. Pass only the logits and [N, 1] values (see :func:`normalizers`) into
-    the branches: any other [N, V] operand would be materialized to cross the boundary.
+    is excluded (the common case, decided once for all the arrays by ``lax.cond``, with the
+    NaN-aware test :func:`needs_exact_forms`) the plain forms are exact too. Pass only the
+    logits and [N, 1] values (see :func:`normalizers`) into the branches: any other [N, V]
+    operand would be materialized to cross the boundary.
     """
-    excluded = [jnp.min(x, initial=jnp.inf) == -jnp.inf for x in logits]
-    any_excluded = excluded[0] if len(excluded) == 1 else jnp.any(jnp.stack(excluded))
+    flags = [needs_exact_forms(x) for x in logits]
+    any_excluded = flags[0] if len(flags) == 1 else jnp.any(jnp.stack(flags))
     return lax.cond(any_excluded, exact, plain, logits, *operands)
 
 
@@ -90,6 +120,7 @@ def prepare_logits(logits: ArrayLike, axis: Axis, where, name: str = "logits"):
     """Validates and upcasts ``logits``, applies ``where``; returns ``(logits, axes)``."""
     logits = as_float_array(logits, name)
     axes = normalize_axis(axis, logits.ndim)
+    check_has_classes(logits, axes, name)
     mask = as_where(where, logits.shape, name)
     return exclude(upcast(logits), mask), axes
 
@@ -107,7 +138,8 @@ def log_partition(logits: ArrayLike, *, axis: Axis = -1, where: ArrayLike | None
         \log Z(z) = \log \sum_{k} e^{z_k}
 
     Classes masked out by ``where`` and classes with a ``-inf`` logit are excluded. A row with
-    no included class returns 0 (not ``-inf``), so logging it never shows NaN or inf.
+    no included class returns 0 (not ``-inf``), so logging it never shows NaN or inf. A NaN or
+    ``+inf`` logit makes its own row NaN (see "What happens on bad input" in the concepts page).
 
     Args:
       logits: floating-point array of unnormalized log-probabilities.

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
+from ._caching import cached_eager
 from ._kl_estimate import check_estimator, estimate_terms, expm1_minus_identity
 from ._segments import (
     check_mask,
@@ -99,6 +100,7 @@ def _denominator(value, name: str, dtype):
     return jnp.asarray(v, dtype), None
 
 
+@cached_eager
 def clipped_surrogate(
     log_probs: ArrayLike,
     old_log_probs: ArrayLike,
@@ -395,6 +397,7 @@ def _metrics(keep, ratio, log_ratio, adv, clip_low, clip_high, dual_clip, kl_ter
     )
 
 
+@cached_eager
 def group_advantages(
     rewards: ArrayLike,
     group_size: int,

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
+from ._caching import cached_eager
 from ._segments import (
     check_mask,
     check_segment_ids,
@@ -191,6 +192,7 @@ def _reference_logits(chosen, rejected, ref_chosen, ref_rejected):
 # ----------------------------------------------------------------------------- sequences
 
 
+@cached_eager
 def sequence_log_probs(
     token_log_probs: ArrayLike,
     *,
@@ -258,6 +260,7 @@ def sequence_log_probs(
 # ----------------------------------------------------------------------------- DPO family
 
 
+@cached_eager
 def dpo(
     chosen_log_probs: ArrayLike,
     rejected_log_probs: ArrayLike,
@@ -331,6 +334,7 @@ def dpo(
     return _finish(losses, keep, num_pairs, dtype, (ok_b, ok_e), beta * (c - rc), beta * (r - rr))
 
 
+@cached_eager
 def ipo(
     chosen_log_probs: ArrayLike,
     rejected_log_probs: ArrayLike,
@@ -409,6 +413,7 @@ def ipo(
     return _finish(losses, keep, num_pairs, dtype, (ok_b,), beta * (c - rc), beta * (r - rr))
 
 
+@cached_eager
 def hinge(
     chosen_log_probs: ArrayLike,
     rejected_log_probs: ArrayLike,
@@ -484,6 +489,7 @@ def _averages(c, r, chosen_lengths, rejected_lengths, dtype, keep):
     return c / cl, r / rl, cl
 
 
+@cached_eager
 def simpo(
     chosen_log_probs: ArrayLike,
     rejected_log_probs: ArrayLike,
@@ -567,6 +573,7 @@ def _nll(c_sums, keep, cl, num_tokens, dtype):
     return poison_unless(safe_divide(-jnp.sum(c_sums), denominator), ok)
 
 
+@cached_eager
 def orpo(
     chosen_log_probs: ArrayLike,
     rejected_log_probs: ArrayLike,
@@ -668,6 +675,7 @@ def _log1mexp(x):
     return jnp.where(invalid, jnp.nan, out)
 
 
+@cached_eager
 def cpo(
     chosen_log_probs: ArrayLike,
     rejected_log_probs: ArrayLike,
@@ -747,6 +755,7 @@ def cpo(
 # ----------------------------------------------------------------------------- KTO
 
 
+@cached_eager
 def kto(
     log_probs: ArrayLike,
     ref_log_probs: ArrayLike,

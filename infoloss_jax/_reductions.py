@@ -57,9 +57,15 @@ def loss_sum_and_count(
 
 
 def safe_divide(total: jax.Array, count: jax.Array) -> jax.Array:
-    """total / count, and 0 (with a 0 gradient) when nothing contributed."""
+    """total / count, and 0 (with a 0 gradient) when the denominator is 0.
+
+    The one empty-mean rule of the core: an empty batch, every row ignored, or weights that
+    sum to 0 all give 0 and a 0 gradient (``infoloss_jax.torch`` gives torch's NaN instead). A
+    NaN total stays NaN: the rule never hides a poisoned row.
+    """
     nonzero = count != 0
-    return jnp.where(nonzero, total / jnp.where(nonzero, count, 1.0), 0.0)
+    nothing = jnp.where(jnp.isnan(total), jnp.nan, 0.0)
+    return jnp.where(nonzero, total / jnp.where(nonzero, count, 1.0), nothing)
 
 
 def reduce_loss(
@@ -75,9 +81,10 @@ def reduce_loss(
     * ``"sum"``: :math:`\sum_i m_i \ell_i`.
     * ``"mean"``: :math:`\sum_i m_i \ell_i / \sum_i m_i w_i`, the mean over contributing
       (non-ignored) examples; with class weights ``weights = w[y_i]`` this is PyTorch's weighted
-      mean. A batch where nothing contributes gives 0, not NaN.
+      mean. When the denominator is 0 (an empty batch, every example ignored, or weights
+      summing to 0) the result is 0 with a 0 gradient, not NaN; a NaN loss still propagates.
     * ``"batchmean"``: the sum divided by the size of the leading dimension, as
-      ``torch.nn.functional.kl_div(..., reduction="batchmean")``.
+      ``torch.nn.functional.kl_div(..., reduction="batchmean")`` (0 for an empty batch).
 
     Args:
       per_example: per-example losses.

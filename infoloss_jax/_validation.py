@@ -36,15 +36,49 @@ def as_float_array(x, name: str) -> jax.Array:
     return x
 
 
+# Labels that no class index or ignore_index can equal stand in for integers that do not fit the
+# label dtype: they read as out of range (a NaN row), never as some valid class or as ignored.
+LABEL_SENTINEL = -(2**31)
+
+
 def as_integer_array(x, name: str) -> jax.Array:
-    """Converts ``x`` to an integer array or raises ``TypeError`` naming ``name``."""
+    """Converts ``x`` to a signed integer array (int32, or int64 under x64) or raises TypeError.
+
+    Every integer dtype is read by value: narrow and unsigned dtypes widen exactly, and values
+    that do not fit the canonical dtype (a uint32 above 2**31 - 1, or an int64 from NumPy when
+    x64 is off) become :data:`LABEL_SENTINEL`, an out-of-range label, instead of wrapping round
+    onto a valid class or onto ``ignore_index``.
+    """
+    if not isinstance(x, jax.Array) and not is_traced(x):
+        host = np.asarray(x)
+        if host.dtype.kind in "iu":
+            target = np.dtype(jax.dtypes.canonicalize_dtype(np.int64))
+            info = np.iinfo(target)
+            if host.size and (host.min() < info.min or host.max() > info.max):
+                host = np.where((host < info.min) | (host > info.max), LABEL_SENTINEL, host)
+            x = host.astype(target)
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.integer):
         raise TypeError(
             f"`{name}` must hold integer class indices (an int32 or int64 array); got "
             f"{describe(x)}. For probability targets use the soft-label function instead."
         )
-    return x
+    target = jax.dtypes.canonicalize_dtype(np.int64)
+    if x.dtype == target:
+        return x
+    if jnp.iinfo(x.dtype).max > jnp.iinfo(target).max:  # unsigned of the same width
+        too_big = x > jnp.asarray(jnp.iinfo(target).max, x.dtype)
+        return jnp.where(too_big, LABEL_SENTINEL, x.astype(target))
+    return x.astype(target)
+
+
+def equals_index(labels: jax.Array, value) -> jax.Array:
+    """``labels == value`` for a static Python int, False where ``value`` does not fit the dtype
+    (so a large ``ignore_index`` never wraps round onto a real label)."""
+    info = jnp.iinfo(labels.dtype)
+    if not info.min <= int(value) <= info.max:
+        return jnp.zeros(labels.shape, bool)
+    return labels == value
 
 
 def accumulation_dtype(*dtypes) -> jnp.dtype:
@@ -58,16 +92,31 @@ def upcast(x: jax.Array, dtype=None) -> jax.Array:
 
 
 def normalize_axis(axis: Axis | None, ndim: int, name: str = "axis") -> tuple[int, ...]:
-    """Returns ``axis`` as a sorted tuple of non-negative ints (None: all), or raises."""
+    """Returns ``axis`` as a tuple of non-negative ints **in the order given** (None: all).
+
+    The order matters where classes are flattened (a tuple ``axis`` indexes integer labels in
+    row-major order over the axes as listed, as optax does); reductions ignore it.
+    """
     if axis is None:
         return tuple(range(ndim))
-    axes = (axis,) if isinstance(axis, int | np.integer) else tuple(axis)
+    if isinstance(axis, int | np.integer) and not isinstance(axis, bool):
+        axes = (axis,)
+    elif isinstance(axis, tuple | list):
+        axes = tuple(axis)
+    else:
+        raise TypeError(
+            f"`{name}` must be a static int or a tuple of ints; got {axis!r} "
+            f"({type(axis).__name__})."
+        )
     if not axes:
         raise ValueError(f"`{name}` must name at least one axis; got {axis!r}.")
     normalized = []
     for a in axes:
-        if not isinstance(a, int | np.integer):
-            raise TypeError(f"`{name}` must be an int or a tuple of ints; got {axis!r}.")
+        if not isinstance(a, int | np.integer) or isinstance(a, bool):
+            raise TypeError(
+                f"`{name}` must be a static int or a tuple of ints; got {axis!r} (an entry of "
+                f"type {type(a).__name__})."
+            )
         if not -ndim <= a < ndim:
             raise ValueError(
                 f"`{name}`={axis!r} is out of range for an input with {ndim} dimension(s)."
@@ -75,7 +124,18 @@ def normalize_axis(axis: Axis | None, ndim: int, name: str = "axis") -> tuple[in
         normalized.append(int(a) % ndim)
     if len(set(normalized)) != len(normalized):
         raise ValueError(f"`{name}`={axis!r} names the same axis twice.")
-    return tuple(sorted(normalized))
+    return tuple(normalized)
+
+
+def check_has_classes(x: jax.Array, axes: tuple[int, ...], name: str = "logits") -> int:
+    """The number of classes along ``axes``; ValueError naming ``name`` when it is 0."""
+    num_classes = math.prod(x.shape[a] for a in axes)
+    if num_classes == 0:
+        raise ValueError(
+            f"`{name}` {describe(x)} has no classes along axis {axes}: a distribution needs at "
+            f"least one class."
+        )
+    return num_classes
 
 
 def check_same_shape(a: jax.Array, a_name: str, b: jax.Array, b_name: str) -> None:
@@ -156,15 +216,15 @@ def check_positive(value, name: str, *, allow_none: bool = True) -> None:
     """Raises ``ValueError`` unless ``value`` (a static number) is > 0."""
     if value is None and allow_none:
         return
-    if isinstance(value, jax.core.Tracer):
-        return
-    v = np.asarray(value)
+    v = np.asarray(static_number(value, name))  # a traced value: TypeError naming `name`
     if v.size != 1 or not np.isfinite(v) or float(v) <= 0:
         raise ValueError(f"`{name}` must be a positive finite number; got {value!r}.")
 
 
 def check_reduction(reduction: str) -> str:
     """Raises ``ValueError`` listing the valid reductions for an unknown one."""
+    if not isinstance(reduction, str):
+        raise TypeError(f"`reduction` must be a static string; got {type(reduction).__name__}.")
     if reduction not in REDUCTIONS:
         valid = ", ".join(repr(r) for r in REDUCTIONS)
         raise ValueError(f"Unknown `reduction`={reduction!r}; expected one of {valid}.")
@@ -204,7 +264,7 @@ def _in_range(v, low, high, low_open, high_open):
 
 
 def _describe_range(low, high, low_open, high_open) -> str:
-    return f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    return f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
 
 
 def scheduled_number(
@@ -243,3 +303,60 @@ def poison_unless(x: jax.Array, ok) -> jax.Array:
     if ok is None:
         return x
     return jnp.where(ok, x, jnp.nan)
+
+
+def temperature_option(temperature):
+    """``(temperature, ok)`` for a positive finite temperature, static or traced (see above)."""
+    return scheduled_number(temperature, "temperature", low=0.0, low_open=True)
+
+
+def beta_option(beta):
+    """``(beta, ok)`` for a mixture weight in [0, 1], static or traced."""
+    return scheduled_number(beta, "beta", low=0.0, high=1.0)
+
+
+def static_option(value, name: str, *, allow_none: bool = True):
+    """A structural option: None (if allowed) or a static Python number; TypeError if traced."""
+    if value is None and allow_none:
+        return None
+    return static_number(value, name)
+
+
+def all_ok(*oks):
+    """The conjunction of traced validity flags (None for a static, already checked, value)."""
+    flags = [ok for ok in oks if ok is not None]
+    if not flags:
+        return None
+    out = flags[0]
+    for flag in flags[1:]:
+        out = out & flag
+    return out
+
+
+# ----------------------------------------------------------------------------- masks
+def example_or_class_where(where, shape: Sequence[int], axes: tuple[int, ...], to_name="logits"):
+    """A ``where`` mask read by its **rank**, never by whether it happens to broadcast.
+
+    * rank ``len(shape) - len(axes)`` (the shape of one value per example): a per-example mask,
+      False drops the whole example (optax's ``where`` of shape ``[batch]``);
+    * rank ``len(shape)``: a class mask broadcastable to ``shape``, False excludes a class.
+
+    Returns ``(class_mask, example_mask)``, each None or broadcast to its full shape; any other
+    rank raises ValueError naming ``where``.
+    """
+    if where is None:
+        return None, None
+    where = jnp.asarray(where)
+    if where.dtype != jnp.bool_:
+        raise TypeError(f"`where` must be a boolean mask; got {describe(where)}.")
+    example_shape = tuple(d for a, d in enumerate(shape) if a not in axes)
+    if where.ndim == len(shape):
+        return as_where(where, shape, to_name), None
+    if where.ndim == len(example_shape):
+        check_broadcastable(where, "where", example_shape, f"{to_name} without its class axes")
+        return None, jnp.broadcast_to(where, example_shape)
+    raise ValueError(
+        f"`where` {describe(where)} has rank {where.ndim}; expected rank {len(shape)} (a class "
+        f"mask broadcastable to `{to_name}` {list(shape)}) or rank {len(example_shape)} (a "
+        f"per-example mask of shape {list(example_shape)})."
+    )

@@ -19,15 +19,17 @@ over :func:`infoloss_jax.softmax_cross_entropy_with_integer_labels`,
 :func:`infoloss_jax.softmax_cross_entropy` and :func:`infoloss_jax.sigmoid_binary_cross_entropy`,
 so there is one implementation of each formula.
 
-Deliberate differences from torch, all where torch raises or returns NaN:
+Edge cases follow torch: a ``"mean"`` over nothing (an empty batch, every target ignored,
+class weights of the targets summing to 0) is NaN, an empty ``"sum"`` is 0, NaN in a logit
+poisons its example, and label smoothing reaches ``-inf`` logits (giving ``inf``). The
+differences that remain, each where torch raises or where a NaN would hide a valid zero, are
+listed in the migration guide ("infoloss_jax.torch vs PyTorch"):
 
-* A ``"mean"`` over which nothing contributes (every target ignored) is 0 with a 0 gradient,
-  not NaN.
 * Out-of-range class indices make the affected example NaN instead of raising (JAX cannot raise
-  on array values inside ``jit``); probabilities outside [0, 1] in
-  :func:`binary_cross_entropy` likewise give NaN.
-* :func:`kl_div` with ``log_target=True`` gives 0, not NaN, where the target log-probability is
-  ``-inf`` (a class with target probability 0).
+  on array values inside ``jit``); probabilities or targets outside [0, 1] in
+  :func:`binary_cross_entropy` likewise give NaN. :func:`infoloss_jax.checked` raises for all.
+* :func:`kl_div` gives 0, not NaN, for a zero target probability where ``input`` is ``-inf``
+  (and, with ``log_target=True``, where the target log-probability is ``-inf``).
 * ``reduction="mean"`` in :func:`kl_div` does not warn.
 * The ``target`` gradient of :func:`binary_cross_entropy` at probabilities of exactly 0 or 1
   is that of the clamped loss (:math:`\pm 100`), not torch's :math:`\pm\infty`.
@@ -44,17 +46,22 @@ from jax.typing import ArrayLike
 from ._caching import cached_eager
 from ._checked import check_label_range, check_logits, check_probabilities, register_value_checks
 from ._cross_entropy import (
-    check_label_smoothing,
+    label_logit,
     sigmoid_binary_cross_entropy,
-    softmax_cross_entropy,
     softmax_cross_entropy_with_integer_labels,
 )
-from ._reductions import safe_divide
+from ._divergences import kl_terms, kl_terms_log_targets
+from ._log_partition import stable_log_softmax
+from ._reductions import loss_sum_and_count
 from ._validation import (
     as_float_array,
+    as_integer_array,
     check_broadcastable,
+    check_has_classes,
     check_same_shape,
     describe,
+    equals_index,
+    scheduled_number,
     upcast,
 )
 
@@ -126,11 +133,34 @@ def _classes_last(x: jax.Array) -> jax.Array:
 
 
 def _reduce_elements(loss: jax.Array, reduction: str) -> jax.Array:
+    """torch's elementwise reductions: an empty ``"mean"`` is NaN (0 / 0), an empty sum 0."""
     if reduction == "sum":
         return jnp.sum(loss)
     if reduction == "mean":
-        return jnp.mean(loss)
+        return jnp.sum(loss) / jnp.asarray(loss.size, loss.dtype)
     return loss
+
+
+def _weighted_mean(loss: jax.Array, weights: jax.Array) -> jax.Array:
+    """torch's weighted ``"mean"``: sum(loss) / sum(weights), 0 / 0 = NaN as in torch (an empty
+    batch, every target ignored, or class weights that sum to 0)."""
+    total, count = loss_sum_and_count(loss, weights=weights)
+    return total / count
+
+
+def _check_ignore_index(ignore_index) -> int:
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int | np.integer):
+        raise TypeError(
+            f"`ignore_index` must be a static Python int; got {ignore_index!r} "
+            f"({type(ignore_index).__name__})."
+        )
+    return int(ignore_index)
+
+
+def _torch_log_softmax(logits: jax.Array) -> jax.Array:
+    """log_softmax over the last axis, NaN for a row whose logits are all -inf (as in torch)."""
+    normalized = stable_log_softmax(logits, (logits.ndim - 1,))
+    return jnp.where(normalized.nonempty, normalized.log_probs, jnp.nan)
 
 
 # --- Cross-entropy and negative log-likelihood. -----------------------------------------------
@@ -177,7 +207,8 @@ def cross_entropy(
       ignore_index: index targets equal to it contribute 0 loss, 0 gradient and 0 weight.
         Unused for probability targets.
       reduction: ``"none"``, ``"mean"`` or ``"sum"``.
-      label_smoothing: :math:`\varepsilon` in [0, 1).
+      label_smoothing: :math:`\varepsilon` in [0, 1]; it may be traced (a traced value
+        outside the range gives NaN).
 
     Returns:
       The loss: per example (``input``'s shape without dimension 1) for ``"none"``, else a
@@ -197,42 +228,77 @@ def cross_entropy(
       Architecture for Computer Vision", 2016 (label smoothing).
     """
     _check_reduction(reduction)
+    ignore_index = _check_ignore_index(ignore_index)
+    label_smoothing, smoothing_ok = scheduled_number(
+        label_smoothing, "label_smoothing", low=0.0, high=1.0
+    )
     input = as_float_array(input, "input")
     _check_class_input(input)
     target = jnp.asarray(target)
     num_classes = input.shape[0 if input.ndim == 1 else 1]
+    check_has_classes(input, (0 if input.ndim == 1 else 1,), "input")
     weight = _check_weight(weight, num_classes)
-    logits = _classes_last(input)
+    logits = _classes_last(upcast(input))
     if jnp.issubdtype(target.dtype, jnp.floating):
-        return _cross_entropy_probs(logits, target, input, weight, reduction, label_smoothing)
-    if not jnp.issubdtype(target.dtype, jnp.integer):
+        loss = _cross_entropy_probs(logits, target, input, weight, reduction, label_smoothing)
+    elif jnp.issubdtype(target.dtype, jnp.integer):
+        _check_index_target(input, target)
+        loss = _cross_entropy_indices(
+            logits, target, weight, ignore_index, reduction, label_smoothing
+        )
+    else:
         raise TypeError(
             "`target` must hold class indices (an integer array) or class probabilities (a "
             f"floating-point array of `input`'s shape); got {describe(target)}."
         )
-    _check_index_target(input, target)
-    return softmax_cross_entropy_with_integer_labels(
-        logits,
-        target,
-        ignore_index=ignore_index,
-        label_smoothing=label_smoothing,
-        class_weights=weight,
-        reduction=reduction,
+    return loss if smoothing_ok is None else jnp.where(smoothing_ok, loss, jnp.nan)
+
+
+def _cross_entropy_indices(logits, target, weight, ignore_index, reduction, label_smoothing):
+    """Index targets: the core negative log-likelihood plus torch's smoothing term.
+
+    torch spreads the smoothing mass over all C classes, excluded ones included (a ``-inf``
+    logit with smoothing gives ``inf``), and divides the ``"mean"`` by the summed class weight
+    of the non-ignored targets, 0 / 0 giving NaN.
+    """
+    target = as_integer_array(target, "target")
+    nll = softmax_cross_entropy_with_integer_labels(
+        logits, target, class_weights=weight, ignore_index=ignore_index
     )
+    ignored = equals_index(target, ignore_index)
+    log_q = _torch_log_softmax(logits)
+    nll = jnp.where(ignored, 0.0, jnp.where(jnp.isnan(log_q[..., 0]), jnp.nan, nll))
+    num_classes = logits.shape[-1]
+    if isinstance(label_smoothing, float) and label_smoothing == 0.0:
+        loss = nll
+    else:
+        class_weight = 1.0 if weight is None else weight.astype(log_q.dtype)
+        smooth = -jnp.sum(log_q * class_weight, axis=-1)
+        smooth = jnp.where(ignored, 0.0, smooth)
+        loss = (1.0 - label_smoothing) * nll + (label_smoothing / num_classes) * smooth
+    if reduction == "none":
+        return loss
+    if reduction == "sum":
+        return jnp.sum(loss)
+    safe_target = jnp.clip(target, 0, num_classes - 1)
+    target_weight = jnp.ones(target.shape, loss.dtype) if weight is None else weight[safe_target]
+    return _weighted_mean(loss, jnp.where(ignored, 0.0, target_weight.astype(loss.dtype)))
 
 
 def _cross_entropy_probs(logits, target, input, weight, reduction, label_smoothing):
-    """Probability targets: smooth, weight per class, then the soft-label core loss."""
+    """Probability targets: torch's -sum_k w_k p_k log q_k on the core log-softmax.
+
+    As in torch, a zero target at a ``-inf`` logit gives ``0 * -inf = NaN``, and a row of only
+    ``-inf`` logits is NaN.
+    """
     check_same_shape(input, "input", target, "target")
-    # Smoothing here keeps torch's order (smooth, then weight), which the core's own smoothing
-    # cannot express once the weights are folded into the labels.
-    label_smoothing = check_label_smoothing(label_smoothing)
     labels = _classes_last(upcast(target, jnp.result_type(logits.dtype, target.dtype, jnp.float32)))
-    if label_smoothing:
+    if not (isinstance(label_smoothing, float) and label_smoothing == 0.0):
         labels = (1.0 - label_smoothing) * labels + label_smoothing / logits.shape[-1]
     if weight is not None:
         labels = labels * weight.astype(labels.dtype)
-    return _reduce_elements(softmax_cross_entropy(logits, labels), reduction)
+    loss = -jnp.sum(labels * _torch_log_softmax(logits), axis=-1)
+    return _reduce_elements(loss, reduction)
 
 
 @cached_eager
@@ -252,7 +318,7 @@ def nll_loss(
     :func:`infoloss_jax.checked` catches probabilities passed instead) with classes in
     dimension 1, and :math:`w` is the class
     weight (1 if omitted). Examples whose target is ``ignore_index`` give 0. ``"mean"`` divides
-    by :math:`\sum_i w_{y_i}` over the non-ignored examples (0 if there are none).
+    by :math:`\sum_i w_{y_i}` over the non-ignored examples (NaN if that sum is 0, as in torch).
     ``cross_entropy(x, y)`` equals ``nll_loss(log_softmax(x, axis=1), y)``.
 
     Args:
@@ -285,14 +351,17 @@ def nll_loss(
             f"`target` must hold class indices (an integer array); got {describe(target)}."
         )
     _check_index_target(input, target)
+    ignore_index = _check_ignore_index(ignore_index)
+    target = as_integer_array(target, "target")
     log_probs = upcast(_classes_last(input))
     num_classes = log_probs.shape[-1]
+    check_has_classes(log_probs, (log_probs.ndim - 1,), "input")
     weight = _check_weight(weight, num_classes)
 
-    kept = target != ignore_index
+    kept = ~equals_index(target, ignore_index)
     in_range = (target >= 0) & (target < num_classes)
-    safe_target = jnp.where(kept & in_range, target, 0)
-    picked = jnp.take_along_axis(log_probs, safe_target[..., None], axis=-1)[..., 0]
+    picked = label_logit(log_probs, target)  # the core pick; out-of-range rows masked below
+    safe_target = jnp.clip(target, 0, num_classes - 1)
     example_weight = (
         jnp.ones_like(picked) if weight is None else weight.astype(picked.dtype)[safe_target]
     )
@@ -303,7 +372,7 @@ def nll_loss(
         return loss
     if reduction == "sum":
         return jnp.sum(loss)
-    return safe_divide(jnp.sum(loss), jnp.sum(example_weight))
+    return _weighted_mean(loss, example_weight)
 
 
 # --- KL divergence. ----------------------------------------------------------------------------
@@ -373,24 +442,13 @@ def kl_div(
     dtype = jnp.result_type(input.dtype, target.dtype, jnp.float32)
     log_q = jnp.broadcast_to(input.astype(dtype), shape)
     target = jnp.broadcast_to(target.astype(dtype), shape)
-    terms = _kl_terms_log_target(log_q, target) if log_target else _kl_terms(log_q, target)
+    # The core KL terms: 0 where the target probability is 0 (torch: NaN where that meets a
+    # -inf input), NaN for a negative or NaN target.
+    terms = kl_terms_log_targets(log_q, target) if log_target else kl_terms(log_q, target)
     if reduction == "batchmean":
-        return jnp.sum(terms) / (shape[0] if shape else 1)
+        # torch divides by input.size(0), the *input's* first dimension (0 / 0 = NaN).
+        return jnp.sum(terms) / jnp.asarray(input.shape[0] if input.ndim else 1, terms.dtype)
     return _reduce_elements(terms, reduction)
-
-
-def _kl_terms(log_q: jax.Array, p: jax.Array) -> jax.Array:
-    """p (log p - log q), 0 where p = 0 in value and gradient (double where)."""
-    positive = p > 0
-    safe_p = jnp.where(positive, p, 1.0)
-    return jnp.where(positive, p * (jnp.log(safe_p) - log_q), jnp.where(p == 0, 0.0, jnp.nan))
-
-
-def _kl_terms_log_target(log_q: jax.Array, log_p: jax.Array) -> jax.Array:
-    """exp(log p) (log p - log q), 0 where log p = -inf (torch gives NaN there)."""
-    included = log_p > -jnp.inf
-    safe_log_p = jnp.where(included, log_p, 0.0)
-    return jnp.where(included, jnp.exp(safe_log_p) * (safe_log_p - log_q), 0.0)
 
 
 # --- Binary cross-entropy. ---------------------------------------------------------------------
@@ -477,8 +535,8 @@ def binary_cross_entropy(
     gradient with respect to ``target`` is the derivative of the clamped formula,
     :math:`w\,(\max(\log(1-p), -100) - \max(\log p, -100))`; at :math:`p \in \{0, 1\}` torch
     gives :math:`\pm\infty` there instead of :math:`\pm 100 w`. Prefer
-    :func:`binary_cross_entropy_with_logits`, which needs no clamp. Probabilities outside
-    [0, 1] give NaN (torch raises).
+    :func:`binary_cross_entropy_with_logits`, which needs no clamp. Probabilities or targets
+    outside [0, 1] give NaN (torch raises).
 
     Args:
       input: probabilities, any shape.
@@ -506,6 +564,8 @@ def binary_cross_entropy(
     check_same_shape(input, "input", target, "target")
     dtype = jnp.result_type(input.dtype, target.dtype, jnp.float32)
     loss = _clamped_binary_cross_entropy(input.astype(dtype), target.astype(dtype))
+    outside = (target < 0) | (target > 1) | (input < 0) | (input > 1)
+    loss = jnp.where(outside, jnp.nan, loss)  # torch raises; JAX cannot raise on values
     return _reduce_elements(_apply_weight(loss, weight, input), reduction)
 
 

@@ -20,7 +20,7 @@ from jax._src import dispatch
 from jax.sharding import AxisType
 
 import infoloss_jax as il
-from infoloss_jax import gradients, sharded
+from infoloss_jax import gradients, policy, preference, sharded
 from infoloss_jax import torch as F
 
 # The event JAX records around every XLA backend compile (jax/_src/dispatch.py).
@@ -69,6 +69,8 @@ TANGENT = jnp.asarray(_rng.normal(size=(N, K)), jnp.float32)
 CLASS_WEIGHTS = jnp.linspace(0.5, 1.5, K)
 EXCLUDED = LOGITS.at[:, 0].set(-jnp.inf)  # the exact (masked) branch of every loss
 LLM = dict(label_smoothing=0.1, z_loss=1e-3, logit_softcap=5.0)
+
+PAIRS = tuple(LOG_PREDICTIONS[:, k] for k in range(4))
 
 # Cases: (id, thunk). Each thunk makes one eager call with fixed arguments.
 CORE = {
@@ -268,6 +270,26 @@ SHARDED = {
     ),
 }
 
+POST_TRAINING = {
+    "kl_estimate": lambda: il.kl_estimate(LOG_PREDICTIONS, LOG_TARGETS, estimator="k3"),
+    "policy.clipped_surrogate": lambda: policy.clipped_surrogate(
+        LOG_PREDICTIONS, LOG_TARGETS, TANGENT, ref_log_probs=LOG_TARGETS, kl_coef=0.1
+    )[0],
+    "policy.group_advantages": lambda: policy.group_advantages(LOGITS.reshape(-1), K),
+    "preference.sequence_log_probs": lambda: preference.sequence_log_probs(
+        LOG_PREDICTIONS, mask=WHERE
+    ),
+    "preference.dpo": lambda: preference.dpo(*PAIRS, beta=0.1)[0],
+    "preference.ipo": lambda: preference.ipo(*PAIRS, beta=0.1)[0],
+    "preference.hinge": lambda: preference.hinge(*PAIRS, beta=0.1)[0],
+    "preference.simpo": lambda: preference.simpo(*PAIRS[:2], beta=2.0)[0],
+    "preference.orpo": lambda: preference.orpo(*(-jnp.abs(x) for x in PAIRS[:2]), beta=0.1)[0],
+    "preference.cpo": lambda: preference.cpo(*PAIRS[:2], beta=0.1)[0],
+    "preference.kto": lambda: preference.kto(
+        PAIRS[0], PAIRS[2], jnp.asarray([True, False, True, False]), beta=0.1
+    )[0],
+}
+
 TRANSFORMS = {
     "grad(entropy)": lambda: jax.grad(lambda x: il.entropy(x).sum())(EXCLUDED),
     "grad(forward_kl)": lambda: jax.grad(lambda x: il.forward_kl(x, TARGET_LOGITS).sum())(LOGITS),
@@ -300,6 +322,7 @@ def _params(cases, marks=()):
     + _params(GRADIENTS)
     + _params(CHECKED)
     + _params(TRANSFORMS)
+    + _params(POST_TRAINING)
     + _params(FUSED)
     + _params(SHARDED, marks=ENGINE_REWRITE),
 )
@@ -326,11 +349,15 @@ def test_the_public_names_are_all_covered():
         "gradient_table",
         "register_value_checks",
     }
-    covered = {name.split("[")[0] for name in [*CORE, *TORCH, *GRADIENTS, *FUSED, *SHARDED]}
+    covered = {
+        name.split("[")[0] for name in [*CORE, *TORCH, *GRADIENTS, *FUSED, *SHARDED, *POST_TRAINING]
+    }
     public = (
         set(il.__all__) - not_losses
         | {f"torch.{n}" for n in F.__all__}
         | set(gradients.__all__)
+        | {f"policy.{n}" for n in policy.__all__ if not n.endswith("Aux")}
+        | {f"preference.{n}" for n in preference.__all__ if not n.endswith("Aux")}
         | {f"sharded.{n}" for n in sharded.__all__ if n.endswith("_on_mesh")}
     )
     assert public <= covered, sorted(public - covered)
