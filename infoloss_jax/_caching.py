@@ -45,14 +45,25 @@ def _is_array(x) -> bool:
     return isinstance(x, jax.Array | np.ndarray | np.generic)
 
 
+def _narrowed_by_jit(x) -> bool:
+    wide_integer = np.issubdtype(x.dtype, np.integer) and np.dtype(x.dtype).itemsize == 8
+    return wide_integer and not isinstance(x, jax.Array) and not jax.config.jax_enable_x64
+
+
 def _as_traced(value):
     """What an array parameter's value becomes as a traced argument; None to keep it static.
 
-    Arrays, Python numbers and pytrees of them are traced as they are (a Python number as the
-    weakly typed scalar ``jnp.asarray`` makes of it). A list or tuple of numbers becomes the
-    array ``jnp.asarray`` makes of it. Anything else (None, strings, functions) stays static.
+    Arrays and pytrees of them are traced as they are. A Python number stays static: the loss
+    validates it as a concrete value (``num_tokens=0`` is an error, not a NaN). A list or tuple
+    of numbers becomes the array ``jnp.asarray`` makes of it. A 64-bit NumPy integer array
+    without x64 is not cached: ``jit`` would wrap its values into int32 before the loss can
+    read them. Anything else (None, strings, functions) stays static.
     """
-    if isinstance(value, _NUMBERS) or _is_array(value):
+    if isinstance(value, _NUMBERS):
+        return None
+    if _is_array(value):
+        if _narrowed_by_jit(value):
+            raise _Uncacheable
         return value
     if value is None or isinstance(value, str | bytes):
         return None
