@@ -154,7 +154,7 @@ def sharded_kl_memory(n, d, v, dtype, vocab_shards, data_shards, backward="auto"
 
     def local(h, w, th, tw):
         return vocab_parallel_linear_forward_kl(
-            h, w, th, tw, axis_name="vocab", vocab_size=v, data_axis_name=data, backward=backward
+            h, w, th, tw, vocab_axis="vocab", vocab_size=v, data_axis=data, backward=backward
         )
 
     loss = jax.shard_map(local, mesh=mesh, in_specs=(rows, cols, rows, cols), out_specs=P())
@@ -182,7 +182,7 @@ def sharded_memory(n, d, v, dtype, vocab_shards, data_shards, backward="auto"):
 
     def local(h, y, w):
         return vocab_parallel_linear_cross_entropy(
-            h, y, w, axis_name="vocab", vocab_size=v, data_axis_name=data, backward=backward
+            h, y, w, vocab_axis="vocab", vocab_size=v, data_axis=data, backward=backward
         )
 
     loss = jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=P())
