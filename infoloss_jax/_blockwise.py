@@ -565,7 +565,7 @@ def _in_forward(ctx: _Ctx):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def blockwise(cfg: Config, ops: Operands, coefs: Coefficients) -> Out:
     """Per-row loss over the tiles of ``ops`` (see the module docstring); reverse mode only."""
-    return _fwd(cfg, ops, coefs)[0]
+    return _fwd(cfg._replace(plan="auto"), ops, coefs)[0]
 
 
 def _fwd(cfg: Config, ops: Operands, coefs: Coefficients):
