@@ -97,7 +97,9 @@ def memory(heads, dtypes, blocks):
             base = temp_bytes(compile_only(grad_of(naive_optax), *specs))
             fns = {"naive+optax": grad_of(naive_optax), "naive+core": grad_of(naive_core)}
             fns.update({k: grad_of(f) for k, f in variants(blocks).items()})
-            tied = grad_of(lambda h, w, y: il.linear_softmax_cross_entropy(h, y, w, weight_layout="vd"))
+            tied = grad_of(
+                lambda h, w, y: il.linear_softmax_cross_entropy(h, y, w, weight_layout="vd")
+            )
             fns["fused tied [V, D] table"] = tied
             for label, fn in fns.items():
                 args = specs

@@ -66,8 +66,8 @@ from jax.sharding import AxisType, NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
 import infoloss_jax as il  # noqa: E402
-from infoloss_jax._fused import linear_forward_kl, linear_softmax_cross_entropy  # noqa: E402
 from infoloss_jax._blockwise import resolve_plan as _backward_plan  # noqa: E402
+from infoloss_jax._fused import linear_forward_kl, linear_softmax_cross_entropy  # noqa: E402
 from infoloss_jax._validation import accumulation_dtype  # noqa: E402
 from infoloss_jax.sharded import (  # noqa: E402
     vocab_parallel_linear_cross_entropy,

@@ -156,6 +156,36 @@ def _dot(a, b, contract, acc):
     return lax.dot_general(a.astype(dtype), b.astype(dtype), dims, preferred_element_type=acc)
 
 
+def _dx_part(dz, w_blk, ax, acc):
+    """dz @ w_blk^T for either weight layout."""
+    return _dot(dz, w_blk, ((1,), (1,)) if ax == 1 else ((1,), (0,)), acc)
+
+
+def _dw_part(x_blk, dz, ax, acc):
+    """x_blk^T @ dz in the weight's layout ([D, Vb] or [Vb, D])."""
+    return _dot(x_blk, dz, ((0,), (0,)), acc) if ax == 1 else _dot(dz, x_blk, ((0,), (0,)), acc)
+
+
+def _add_at(buf, start, update, axis):
+    """buf[start:start + len, along axis] += update."""
+    old = _vslice(buf, start, update.shape[axis], axis)
+    return lax.dynamic_update_slice_in_dim(buf, old + update.astype(buf.dtype), start, axis)
+
+
+def _grad_tile(ctx, pinned, row, t0, tl, v0, vl, dw, db, col, tile=None):
+    """One tile's (dx part, dw, db): its parts are added to dw and db (if given) at ``col``."""
+    ops, acc, ax = ctx.ops, ctx.acc, _vocab_axis(ctx.spec)
+    raw, teacher, _ = tile if tile is not None else _tile(ctx, pinned, t0, tl, v0, vl)
+    dz, _ = _tile_grads(ctx, raw, teacher, row, 0 if tile is not None else t0, tl, v0, vl)
+    dz_c = dz.astype(jnp.result_type(ops.x.dtype, ops.w.dtype))
+    x_blk = _rows(pinned[0], t0, tl)
+    if dw is not None:
+        dw = _add_at(dw, col, _dw_part(x_blk, dz_c, ax, acc), ax)
+    if db is not None:
+        db = _add_at(db, col, jnp.sum(dz, axis=0), 0)
+    return _dx_part(dz_c, _vslice(pinned[1], v0, vl, ax), ax, acc), dw, db
+
+
 # ------------------------------------------------------------------------------ one tile
 class _Ctx(NamedTuple):
     cfg: Config
@@ -313,15 +343,15 @@ def _tile_grads(ctx: _Ctx, raw, teacher, row, t0, tl, v0, vl):
             kind = _tiles.teacher_kind(spec.kind)
             kl = sl["p_term"] if spec.kind == "jensen_shannon" else sl["loss"]
             coefs = _tiles.swap_beta(ctx.coefs)
-            dt = _tiles.divergence_tile_grad(kind, teacher, raw, sl["lse1"], sl["lse0"], kl, g, coefs)
+            dt = _tiles.divergence_tile_grad(
+                kind, teacher, raw, sl["lse1"], sl["lse0"], kl, g, coefs
+            )
         return ds, dt
     cw = _vslice(ctx.ops.class_weights, v0, vl, 0)
     cw = None if cw is None else cw.astype(ctx.acc)
     coef = {k: sl[k] for k in ("p", "y", "s")}
     z = _tiles.softcap(raw, spec.softcap)
-    dz = _tiles.ce_tile_grad(
-        z, raw, sl["labels"], ctx.offset + v0, cw, sl["lse0"], coef, spec
-    )
+    dz = _tiles.ce_tile_grad(z, raw, sl["labels"], ctx.offset + v0, cw, sl["lse0"], coef, spec)
     return dz, None
 
 
@@ -332,7 +362,12 @@ def _row_values(ctx: _Ctx, rows: _tiles.Rows, g):
     if spec.divergence:
         if spec.scaled:
             g = g * ctx.coefs.inverse_temperature.astype(g.dtype)
-        row.update(g=g * rows.coef["keep"], kl_q=rows.coef["kl_q"], p_term=rows.coef["p_term"], loss=rows.loss)
+        row.update(
+            g=g * rows.coef["keep"],
+            kl_q=rows.coef["kl_q"],
+            p_term=rows.coef["p_term"],
+            loss=rows.loss,
+        )
     else:
         row.update({k: v * g for k, v in rows.coef.items()}, labels=ctx.ops.labels)
     return row
@@ -358,24 +393,13 @@ def _vocab_outer(ctx: _Ctx, row, psum_axes, want_dx=True):
 
     def vocab_body(carry, v0, vl, pinned):
         dx, dw, db = carry
-        w_blk = _vslice(pinned[1], v0, vl, ax)
 
         def token_body(inner, t0, tl, pinned):
             dx, dw_blk, db_blk = inner
-            raw, teacher, _ = _tile(ctx, pinned, t0, tl, v0, vl)
-            dz, _ = _tile_grads(ctx, raw, teacher, row, t0, tl, v0, vl)
-            dz_c = dz.astype(jnp.result_type(ops.x.dtype, ops.w.dtype))
-            x_blk = _rows(pinned[0], t0, tl)
+            # The block buffers hold columns [v0, v0 + vl) from their own column 0.
+            part, dw_blk, db_blk = _grad_tile(ctx, pinned, row, t0, tl, v0, vl, dw_blk, db_blk, 0)
             if dx is not None:
-                contract = ((1,), (1,)) if ax == 1 else ((1,), (0,))
-                upd = _rows(dx, t0, tl) + _dot(dz_c, w_blk, contract, acc)
-                dx = lax.dynamic_update_slice_in_dim(dx, upd, t0, 0)
-            if ax == 1:
-                dw_blk = dw_blk + _dot(x_blk, dz_c, ((0,), (0,)), acc)
-            else:
-                dw_blk = dw_blk + _dot(dz_c, x_blk, ((0,), (0,)), acc)
-            if db_blk is not None:
-                db_blk = db_blk + jnp.sum(dz, axis=0)
+                dx = _add_at(dx, t0, part, 0)
             return dx, dw_blk, db_blk
 
         shape = (d, vl) if ax == 1 else (vl, d)
@@ -406,31 +430,17 @@ def _vocab_outer(ctx: _Ctx, row, psum_axes, want_dx=True):
 def _tokens_outer(ctx: _Ctx, row, psum_axes, g, want_dw=True):
     """Token blocks outside: each ``[Tb, D]`` block of dx is finished over the slice (and
     summed over the vocabulary axis) in turn; dw accumulates in a full ``accum_dtype`` buffer."""
-    spec, acc, ops = ctx.spec, ctx.acc, ctx.ops
+    acc, ops = ctx.acc, ctx.ops
     n, d = ops.x.shape
-    ax = _vocab_axis(spec)
     blocks = ctx.cfg.blocks
 
     def token_body(carry, t0, tl, pinned):
         dx, dw, db = carry
-        x_blk = _rows(pinned[0], t0, tl)
 
         def vocab_body(inner, v0, vl, pinned):
             dx_blk, dw, db = inner
-            raw, teacher, w_blk = _tile(ctx, pinned, t0, tl, v0, vl)
-            dz, _ = _tile_grads(ctx, raw, teacher, row, t0, tl, v0, vl)
-            dz_c = dz.astype(jnp.result_type(ops.x.dtype, ops.w.dtype))
-            contract = ((1,), (1,)) if ax == 1 else ((1,), (0,))
-            dx_blk = dx_blk + _dot(dz_c, w_blk, contract, acc)
-            if dw is not None:
-                if ax == 1:
-                    upd = _vslice(dw, v0, vl, 1) + _dot(x_blk, dz_c, ((0,), (0,)), acc)
-                else:
-                    upd = _vslice(dw, v0, vl, 0) + _dot(dz_c, x_blk, ((0,), (0,)), acc)
-                dw = lax.dynamic_update_slice_in_dim(dw, upd, v0, ax)
-            if db is not None:
-                db = lax.dynamic_update_slice_in_dim(db, _vslice(db, v0, vl, 0) + dz.sum(0), v0, 0)
-            return dx_blk, dw, db
+            part, dw, db = _grad_tile(ctx, pinned, row, t0, tl, v0, vl, dw, db, v0)
+            return dx_blk + part, dw, db
 
         dx_blk = ctx.zeros((tl, d), acc)
         dx_blk, dw, db = for_blocks(
@@ -473,7 +483,13 @@ def _linear_grads(ctx: _Ctx, row, g):
     n, d = ops.x.shape
     axis_size = 1 if ctx.cfg.axis is None else lax.axis_size(ctx.cfg.axis)
     plan = resolve_plan(
-        ctx.cfg.plan, n, d, _vocab_size(ctx), ops.w.dtype, spec.accum_dtype, bool(psum_axes),
+        ctx.cfg.plan,
+        n,
+        d,
+        _vocab_size(ctx),
+        ops.w.dtype,
+        spec.accum_dtype,
+        bool(psum_axes),
         axis_size,
     )
     if plan == "vocab_outer":
@@ -494,7 +510,6 @@ def _in_forward(ctx: _Ctx):
     spec, acc, ops = ctx.spec, ctx.acc, ctx.ops
     n, d = ops.x.shape
     v = _vocab_size(ctx)
-    ax = _vocab_axis(spec)
     blocks = ctx.cfg.blocks
 
     def token_body(carry, t0, tl, pinned):
@@ -512,7 +527,10 @@ def _in_forward(ctx: _Ctx):
 
         buffers = (ctx.zeros((tl, v), acc),) * (2 if spec.divergence else 1)
         stats, buffers = for_blocks(
-            stats_body, (_tiles.empty(spec, tl, acc, ctx.zeros), buffers), v, blocks.vocab,
+            stats_body,
+            (_tiles.empty(spec, tl, acc, ctx.zeros), buffers),
+            v,
+            blocks.vocab,
             pinned,
         )
         sub = ctx._replace(
@@ -527,25 +545,17 @@ def _in_forward(ctx: _Ctx):
 
         def grad_body(inner, v0, vl, pinned):
             dx_blk, dw, db = inner
-            raw = _vslice(buffers[0], v0, vl, 1)
-            teacher = _vslice(buffers[1], v0, vl, 1) if spec.divergence else None
-            dz, _ = _tile_grads(sub, raw, teacher, row, 0, tl, v0, vl)
-            dz_c = dz.astype(jnp.result_type(ops.x.dtype, ops.w.dtype))
-            w_blk = _vslice(pinned[1], v0, vl, ax)
-            x_blk = _rows(pinned[0], t0, tl)
-            if ax == 1:
-                dx_blk = dx_blk + _dot(dz_c, w_blk, ((1,), (1,)), acc)
-                upd = _vslice(dw, v0, vl, 1) + _dot(x_blk, dz_c, ((0,), (0,)), acc)
-            else:
-                dx_blk = dx_blk + _dot(dz_c, w_blk, ((1,), (0,)), acc)
-                upd = _vslice(dw, v0, vl, 0) + _dot(dz_c, x_blk, ((0,), (0,)), acc)
-            dw = lax.dynamic_update_slice_in_dim(dw, upd, v0, ax)
-            if db is not None:
-                db = lax.dynamic_update_slice_in_dim(db, _vslice(db, v0, vl, 0) + dz.sum(0), v0, 0)
-            return dx_blk, dw, db
+            tile = tuple(None if b is None else _vslice(b, v0, vl, 1) for b in buffers)
+            tile = (tile[0], tile[1] if spec.divergence else None, None)
+            part, dw, db = _grad_tile(sub, pinned, row, t0, tl, v0, vl, dw, db, v0, tile)
+            return dx_blk + part, dw, db
 
-        dx_blk, dw, db = for_blocks(grad_body, (ctx.zeros((tl, d), acc), dw, db), v, blocks.vocab, pinned)
-        out = jax.tree.map(lambda o, s: _set_rows(o, t0, s), out, (rows.loss, rows.lse, rows.weight, stats.argmax))
+        dx_blk, dw, db = for_blocks(
+            grad_body, (ctx.zeros((tl, d), acc), dw, db), v, blocks.vocab, pinned
+        )
+        out = jax.tree.map(
+            lambda o, s: _set_rows(o, t0, s), out, (rows.loss, rows.lse, rows.weight, stats.argmax)
+        )
         return out, _set_rows(dx, t0, dx_blk), dw, db
 
     k = 2 if spec.divergence else 1
@@ -557,7 +567,9 @@ def _in_forward(ctx: _Ctx):
         jnp.zeros(ops.w.shape, acc),
         None if ops.b is None else jnp.zeros(ops.b.shape, acc),
     )
-    (loss, lse, weight, argmax), dx, dw, db = for_blocks(token_body, init, n, blocks.tokens, _pinned(ops))
+    (loss, lse, weight, argmax), dx, dw, db = for_blocks(
+        token_body, init, n, blocks.tokens, _pinned(ops)
+    )
     return Out(loss, jnp.sum(loss), lse, argmax, weight), (dx, dw, db)
 
 
@@ -689,7 +701,9 @@ def choose_plan(backward, reduction, n, v, blocks, token_block_size, dtypes, acc
 def _in_forward_blocks(n, width, blocks, token_block_size):
     if token_block_size is not None:
         return blocks
-    return blocks._replace(tokens=max(1, min(n, _floor_pow2(max(_ROW_ELEMENTS // max(width, 1), 1)))))
+    return blocks._replace(
+        tokens=max(1, min(n, _floor_pow2(max(_ROW_ELEMENTS // max(width, 1), 1))))
+    )
 
 
 def reduce_rows(out: Out, reduction: str, lead, data_axis=None) -> jax.Array:

@@ -65,7 +65,9 @@ def class_vector(x, name, v):
         return None
     x = as_float_array(x, name)
     if x.shape != (v,):
-        raise ValueError(f"`{name}` must have shape [{v}] (one entry per class); got {describe(x)}.")
+        raise ValueError(
+            f"`{name}` must have shape [{v}] (one entry per class); got {describe(x)}."
+        )
     return x
 
 
@@ -85,8 +87,9 @@ def token_mask(mask, lead, name="mask"):
     if mask.dtype != jnp.bool_:
         raise TypeError(f"`{name}` must be a boolean per-token mask; got {describe(mask)}.")
     if mask.shape != tuple(lead):
+        expected = list(lead)
         raise ValueError(
-            f"`{name}` must be a boolean per-token mask of shape {list(lead)}; got {describe(mask)}."
+            f"`{name}` must be a boolean per-token mask of shape {expected}; got {describe(mask)}."
         )
     return mask.reshape(-1)
 
@@ -100,28 +103,29 @@ def run_cross_entropy(
     hidden,
     labels,
     weight,
-    bias,
-    class_weights,
     *,
-    options,
-    reduction,
-    blocks,
-    backward,
-    accum_dtype,
-    layout,
+    bias=None,
+    class_weights=None,
+    weight_layout="dv",
+    reduction="mean",
+    token_block_size=None,
+    vocab_block_size=None,
+    backward="auto",
+    accum_dtype=jnp.float32,
+    return_aux=False,
     axis=None,
     axis_size=1,
     vocab_size=None,
     data_axis=None,
-    return_aux=False,
     names=("hidden", "weight", "bias"),
+    **options,
 ):
     """Validates a linear cross-entropy head and runs the engine; shared by fused and sharded."""
     h_name, w_name, b_name = names
     hidden = as_float_array(hidden, h_name)
     weight = as_float_array(weight, w_name)
     labels = as_integer_array(labels, "labels")
-    d, v = head_sizes(hidden, weight, layout, h_name, w_name)
+    d, v = head_sizes(hidden, weight, weight_layout, h_name, w_name)
     if labels.shape != hidden.shape[:-1]:
         raise ValueError(
             f"`labels` must have the shape of `{h_name}` without its last dimension, "
@@ -138,7 +142,7 @@ def run_cross_entropy(
         v * axis_size if vocab_size is None else vocab_size,
         acc,
         class_weights=class_weights is not None,
-        weight_layout=layout,
+        weight_layout=weight_layout,
         **options,
     )
     blocks, plan = _blockwise.choose_plan(
@@ -146,8 +150,8 @@ def run_cross_entropy(
         reduction,
         n,
         v,
-        _blockwise.choose_blocks(n, d, v, *blocks, axis_size=axis_size),
-        blocks[0],
+        _blockwise.choose_blocks(n, d, v, token_block_size, vocab_block_size, axis_size),
+        token_block_size,
         (hidden.dtype, weight.dtype),
         acc,
         axis,
@@ -169,7 +173,9 @@ def run_cross_entropy(
     counts = lax.stop_gradient(out.weight) != 0
     z_term = jnp.where(counts, coefs.z_loss * lse**2, 0.0)
     correct = counts & (lax.stop_gradient(out.argmax) == y)
-    return value, LinearCrossEntropyAux(lse.reshape(lead), z_term.reshape(lead), correct.reshape(lead))
+    return value, LinearCrossEntropyAux(
+        lse.reshape(lead), z_term.reshape(lead), correct.reshape(lead)
+    )
 
 
 def run_divergence(
@@ -179,18 +185,19 @@ def run_divergence(
     target_hidden,
     target_weight,
     *,
-    options,
-    mask,
-    reduction,
-    blocks,
-    backward,
-    accum_dtype,
-    layout,
+    weight_layout="dv",
+    mask=None,
+    reduction="mean",
+    token_block_size=None,
+    vocab_block_size=None,
+    backward="auto",
+    accum_dtype=jnp.float32,
     axis=None,
     axis_size=1,
     vocab_size=None,
     data_axis=None,
     names=("hidden", "weight", "target_hidden", "target_weight"),
+    **options,
 ):
     """Validates a student and a teacher head and runs the engine; shared by fused and sharded."""
     h_name, w_name, th_name, tw_name = names
@@ -198,8 +205,8 @@ def run_divergence(
     weight = as_float_array(weight, w_name)
     target_hidden = as_float_array(target_hidden, th_name)
     target_weight = as_float_array(target_weight, tw_name)
-    d, v = head_sizes(hidden, weight, layout, h_name, w_name)
-    dt, vt = head_sizes(target_hidden, target_weight, layout, th_name, tw_name)
+    d, v = head_sizes(hidden, weight, weight_layout, h_name, w_name)
+    dt, vt = head_sizes(target_hidden, target_weight, weight_layout, th_name, tw_name)
     if vt != v:
         raise ValueError(
             f"The teacher and the student must share one vocabulary: `{tw_name}` "
@@ -216,7 +223,10 @@ def run_divergence(
     n = int(np.prod(lead, dtype=np.int64))
     acc = accumulation(accum_dtype, hidden, weight, target_hidden, target_weight)
     spec, coefs, ok = make_spec(
-        kind, v * axis_size if vocab_size is None else vocab_size, acc, weight_layout=layout,
+        kind,
+        v * axis_size if vocab_size is None else vocab_size,
+        acc,
+        weight_layout=weight_layout,
         **options,
     )
     blocks, plan = _blockwise.choose_plan(
@@ -224,8 +234,8 @@ def run_divergence(
         reduction,
         n,
         v,
-        _blockwise.choose_blocks(n, max(d, dt), v, *blocks, axis_size=axis_size),
-        blocks[0],
+        _blockwise.choose_blocks(n, max(d, dt), v, token_block_size, vocab_block_size, axis_size),
+        token_block_size,
         (hidden.dtype, weight.dtype),
         acc,
         axis,
@@ -332,26 +342,7 @@ def linear_softmax_cross_entropy(
       Wijmans et al., "Cut Your Losses in Large-Vocabulary Language Models" (Cut Cross-Entropy),
       2024. Hsu et al., "Liger Kernel: Efficient Triton Kernels for LLM Training", 2024.
     """
-    options = dict(
-        ignore_index=ignore_index,
-        label_smoothing=label_smoothing,
-        z_loss=z_loss,
-        logit_softcap=logit_softcap,
-    )
-    return run_cross_entropy(
-        hidden,
-        labels,
-        weight,
-        bias,
-        class_weights,
-        options=options,
-        reduction=reduction,
-        blocks=(token_block_size, vocab_block_size),
-        backward=backward,
-        accum_dtype=accum_dtype,
-        layout=weight_layout,
-        return_aux=return_aux,
-    )
+    return run_cross_entropy(**locals())
 
 
 _DISTILL_ARGS = """
@@ -382,23 +373,6 @@ _DISTILL_ARGS = """
 """
 
 
-def _distill(kind, hidden, weight, target_hidden, target_weight, options, kw):
-    return run_divergence(
-        kind,
-        hidden,
-        weight,
-        target_hidden,
-        target_weight,
-        options=options,
-        mask=kw["mask"],
-        reduction=kw["reduction"],
-        blocks=(kw["token_block_size"], kw["vocab_block_size"]),
-        backward=kw["backward"],
-        accum_dtype=kw["accum_dtype"],
-        layout=kw["weight_layout"],
-    )
-
-
 def _distillation(kind, doc_name):
     def fn(
         hidden: ArrayLike,
@@ -415,9 +389,7 @@ def _distillation(kind, doc_name):
         backward: str = "auto",
         accum_dtype=jnp.float32,
     ) -> jax.Array:
-        kw = dict(locals())
-        options = dict(temperature=temperature)
-        return _distill(kind, hidden, weight, target_hidden, target_weight, options, kw)
+        return run_divergence(kind, **{k: v for k, v in locals().items() if k != "kind"})
 
     fn.__name__ = fn.__qualname__ = doc_name
     return reraise_jvp(doc_name)(fn)
@@ -440,9 +412,7 @@ def linear_jensen_shannon(
     backward: str = "auto",
     accum_dtype=jnp.float32,
 ) -> jax.Array:
-    kw = dict(locals())
-    options = dict(temperature=temperature, beta=beta)
-    return _distill("jensen_shannon", hidden, weight, target_hidden, target_weight, options, kw)
+    return run_divergence("jensen_shannon", **locals())
 
 
 linear_forward_kl = _distillation("forward_kl", "linear_forward_kl")
@@ -517,7 +487,8 @@ linear_jensen_shannon.__doc__ = (
     [0, 1] and may be traced.
 """
     + _DISTILL_ARGS.replace(
-        "      temperature:", "      beta: weight of the teacher in the mixture.\n      temperature:"
+        "      temperature:",
+        "      beta: weight of the teacher in the mixture.\n      temperature:",
     )
     + """
     Example:

@@ -115,7 +115,9 @@ def make_spec(
     ``ok`` is None when every option is static, else a boolean scalar that is False when a traced
     option lies outside its range: pass the result through :func:`poison`.
     """
-    eps, eps_ok = scheduled_number(label_smoothing, "label_smoothing", low=0.0, high=1.0, high_open=True)
+    eps, eps_ok = scheduled_number(
+        label_smoothing, "label_smoothing", low=0.0, high=1.0, high_open=True
+    )
     zc, zc_ok = scheduled_number(z_loss, "z_loss", low=0.0)
     t, t_ok = scheduled_number(temperature, "temperature", low=0.0, low_open=True)
     b, b_ok = scheduled_number(beta, "beta", low=0.0, high=1.0)

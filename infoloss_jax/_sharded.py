@@ -29,7 +29,7 @@ from jax.typing import ArrayLike
 
 from . import _blockwise
 from ._blockwise import AxisName, Operands
-from ._fused import accumulation, head_sizes, run_cross_entropy, run_divergence
+from ._fused import accumulation, head_sizes, run_cross_entropy, run_divergence, token_mask
 from ._loss_spec import make_spec, poison
 from ._validation import as_float_array, as_integer_array, check_reduction, describe
 
@@ -103,8 +103,9 @@ def _class_mask(where, shape):
     return where.reshape(-1, shape[-1])
 
 
-def _run_logits(kind, logits, other, *, vocab_axis, where, vocab_size, options, reduction,
-                data_axis, fn):
+def _run_logits(
+    kind, logits, other, *, vocab_axis, where, vocab_size, options, reduction, data_axis, fn
+):
     """The vocabulary-parallel loss on logits slices: one tile per device."""
     logits = as_float_array(logits, "logits_shard")
     check_reduction(reduction)
@@ -125,12 +126,16 @@ def _run_logits(kind, logits, other, *, vocab_axis, where, vocab_size, options, 
             )
         labels, more = None, ((teacher, "target_logits_shard"),)
     local = logits.shape[-1]
-    d, vocab = _mesh_setup(logits, "logits_shard", local, vocab_axis, vocab_size, data_axis, fn, *more)
+    d, vocab = _mesh_setup(
+        logits, "logits_shard", local, vocab_axis, vocab_size, data_axis, fn, *more
+    )
     lead = logits.shape[:-1]
     n = int(np.prod(lead, dtype=np.int64))
     acc = accumulation(jnp.float32, logits, *([] if teacher is None else [teacher]))
     spec, coefs, ok = make_spec(kind, vocab, acc, **options)
-    cfg = _blockwise.Config(spec, _blockwise.Blocks(max(n, 1), local), "auto", vocab_axis, vocab != local * d)
+    cfg = _blockwise.Config(
+        spec, _blockwise.Blocks(max(n, 1), local), "auto", vocab_axis, vocab != local * d
+    )
     ops = Operands(
         logits.reshape(n, local),
         None,
@@ -434,35 +439,28 @@ def vocab_parallel_linear_cross_entropy(
       Shoeybi et al., "Megatron-LM", 2019; Wijmans et al., "Cut Your Losses in Large-Vocabulary
       Language Models", 2024 (blockwise fused cross-entropy).
     """
-    fn = "vocab_parallel_linear_cross_entropy"
-    hidden = as_float_array(hidden, "hidden")
-    weight = as_float_array(weight_shard, "weight_shard")
-    _, local = head_sizes(hidden, weight, weight_layout, "hidden", "weight_shard")
-    d, vocab = _mesh_setup(weight, "weight_shard", local, vocab_axis, vocab_size, data_axis, fn)
-    options = dict(
-        ignore_index=ignore_index,
-        label_smoothing=label_smoothing,
-        z_loss=z_loss,
-        logit_softcap=logit_softcap,
-    )
+    kw = dict(locals())
+    w = as_float_array(kw.pop("weight_shard"), "weight_shard")
+    kw.update(_mesh_kw(kw, w, "vocab_parallel_linear_cross_entropy"), bias=kw.pop("bias_shard"))
     return run_cross_entropy(
-        hidden,
-        labels,
-        weight,
-        bias_shard,
-        None,
-        options=options,
-        reduction=reduction,
-        blocks=(token_block_size, vocab_block_size),
-        backward=backward,
-        accum_dtype=jnp.float32,
-        layout=weight_layout,
-        axis=vocab_axis,
-        axis_size=d,
-        vocab_size=vocab,
-        data_axis=data_axis,
-        names=("hidden", "weight_shard", "bias_shard"),
+        kw.pop("hidden"), kw.pop("labels"), w, names=("hidden", "weight_shard", "bias_shard"), **kw
     )
+
+
+def _mesh_kw(kw, weight, fn, *more):
+    """axis, axis_size, vocab_size and data_axis of a linear head's slice inside shard_map."""
+    _, local = head_sizes(
+        as_float_array(kw["hidden"], "hidden"),
+        weight,
+        kw["weight_layout"],
+        "hidden",
+        "weight_shard",
+    )
+    axis, data_axis = kw.pop("vocab_axis"), kw.pop("data_axis")
+    d, vocab = _mesh_setup(
+        weight, "weight_shard", local, axis, kw.pop("vocab_size"), data_axis, fn, *more
+    )
+    return dict(axis=axis, axis_size=d, vocab_size=vocab, data_axis=data_axis)
 
 
 _LINEAR_DISTILL_DOC = """
@@ -528,31 +526,13 @@ def _linear_divergence(kind, name, head, value):
         backward: str = "auto",
         **beta,
     ) -> jax.Array:
-        h = as_float_array(hidden, "hidden")
-        w = as_float_array(weight_shard, "weight_shard")
-        tw = as_float_array(target_weight_shard, "target_weight_shard")
-        _, local = head_sizes(h, w, weight_layout, "hidden", "weight_shard")
-        more = ((tw, "target_weight_shard"),)
-        d, vocab = _mesh_setup(w, "weight_shard", local, vocab_axis, vocab_size, data_axis, name, *more)
-        return run_divergence(
-            kind,
-            h,
-            w,
-            target_hidden,
-            tw,
-            options=dict(temperature=temperature, **beta),
-            mask=mask,
-            reduction=reduction,
-            blocks=(token_block_size, vocab_block_size),
-            backward=backward,
-            accum_dtype=jnp.float32,
-            layout=weight_layout,
-            axis=vocab_axis,
-            axis_size=d,
-            vocab_size=vocab,
-            data_axis=data_axis,
-            names=("hidden", "weight_shard", "target_hidden", "target_weight_shard"),
-        )
+        kw = {k: v for k, v in locals().items() if k not in ("kind", "name", "beta")} | beta
+        w = as_float_array(kw.pop("weight_shard"), "weight_shard")
+        tw = as_float_array(kw.pop("target_weight_shard"), "target_weight_shard")
+        kw.update(_mesh_kw(kw, w, name, (tw, "target_weight_shard")))
+        names = ("hidden", "weight_shard", "target_hidden", "target_weight_shard")
+        h, th = kw.pop("hidden"), kw.pop("target_hidden")
+        return run_divergence(kind, h, w, th, tw, names=names, **kw)
 
     fn.__name__ = fn.__qualname__ = name
     beta_doc = _BETA_DOC if kind == "jensen_shannon" else ""
@@ -682,9 +662,18 @@ def _on_mesh(fn, name, mesh, vocab_axis, data_axis, vocab, lead, roles, args, op
         )
     padded = d * -(-vocab // d)
     arrays = {k: v for k, v in options.items() if _is_array(v)}
-    static = _static_items(dict(options, vocab_size=vocab, vocab_axis=vocab_axis, data_axis=data_axis))
+    static = _static_items(
+        dict(options, vocab_size=vocab, vocab_axis=vocab_axis, data_axis=data_axis)
+    )
     program = _program(
-        fn, mesh, vocab_axis, data_axis, roles, static, tuple(arrays), padded if padded != vocab else 0
+        fn,
+        mesh,
+        vocab_axis,
+        data_axis,
+        roles,
+        static,
+        tuple(arrays),
+        padded if padded != vocab else 0,
     )
     out = program(*(a for a in args if a is not None), *arrays.values())
     return out.reshape(lead) if dict(static)["reduction"] == "none" else out
@@ -735,8 +724,16 @@ def vocab_parallel_cross_entropy_on_mesh(
     args = (logits.reshape(-1, vocab), labels.reshape(-1), where)
     options = dict(options, reduction=reduction)
     return _on_mesh(
-        _logits_ce_positional, "vocab_parallel_cross_entropy_on_mesh", mesh, vocab_axis,
-        data_axis, vocab, lead, roles, args, options,
+        _logits_ce_positional,
+        "vocab_parallel_cross_entropy_on_mesh",
+        mesh,
+        vocab_axis,
+        data_axis,
+        vocab,
+        lead,
+        roles,
+        args,
+        options,
     )
 
 
@@ -795,8 +792,16 @@ def vocab_parallel_linear_cross_entropy_on_mesh(
     args = (hidden.reshape(-1, d_model), labels.reshape(-1), weight, bias)
     options = dict(options, reduction=reduction, weight_layout=weight_layout)
     return _on_mesh(
-        _linear_ce_positional, "vocab_parallel_linear_cross_entropy_on_mesh", mesh, vocab_axis,
-        data_axis, vocab, labels.shape, roles, args, options,
+        _linear_ce_positional,
+        "vocab_parallel_linear_cross_entropy_on_mesh",
+        mesh,
+        vocab_axis,
+        data_axis,
+        vocab,
+        labels.shape,
+        roles,
+        args,
+        options,
     )
 
 
@@ -832,8 +837,16 @@ def _logits_divergence_on_mesh(fn, what):
         roles = ("rows_vocab", "rows_vocab", "rows_vocab" if where is not None else None)
         args = (student.reshape(-1, vocab), teacher.reshape(-1, vocab), where)
         return _on_mesh(
-            positional, name, mesh, vocab_axis, data_axis,
-            vocab, student.shape[:-1], roles, args, dict(options, reduction=reduction),
+            positional,
+            name,
+            mesh,
+            vocab_axis,
+            data_axis,
+            vocab,
+            student.shape[:-1],
+            roles,
+            args,
+            dict(options, reduction=reduction),
         )
 
     positional = functools.partial(_divergence_positional, fn)
@@ -841,9 +854,9 @@ def _logits_divergence_on_mesh(fn, what):
     wrapper.__doc__ = (
         f":func:`{fn.__name__}`, {what}, on whole ``[..., V]`` logits and a ``Mesh``.\n\n"
         "    Pads ``V`` to a multiple of the ``vocab_axis`` size (masked), splits tokens over\n"
-        "    ``data_axis`` and the vocabulary over ``vocab_axis``; the ``shard_map`` is built once\n"
-        "    per mesh, shapes and options. ``options``: temperature, beta (Jensen-Shannon), where;\n"
-        "    the defaults are the wrapped function's, ``reduction=\"none\"`` included.\n"
+        "    ``data_axis`` and the vocabulary over ``vocab_axis``; the ``shard_map`` is built\n"
+        "    once per mesh, shapes and options. ``options``: temperature, beta, where;\n"
+        '    the defaults are the wrapped function\'s, ``reduction="none"`` included.\n'
     )
     return wrapper
 
@@ -875,7 +888,9 @@ def _linear_divergence_on_mesh(fn, what):
         target_weight = as_float_array(target_weight, "target_weight")
         check_reduction(reduction)
         d_s, vocab = head_sizes(hidden, weight, weight_layout, "hidden", "weight")
-        d_t, vocab_t = head_sizes(target_hidden, target_weight, weight_layout, "target_hidden", "target_weight")
+        d_t, vocab_t = head_sizes(
+            target_hidden, target_weight, weight_layout, "target_hidden", "target_weight"
+        )
         if vocab_t != vocab:
             raise ValueError(
                 f"`weight` and `target_weight` must be heads over the same vocabulary; got "
@@ -887,23 +902,28 @@ def _linear_divergence_on_mesh(fn, what):
                 f"`hidden` and `target_hidden` must hold the same tokens; got {describe(hidden)} "
                 f"and {describe(target_hidden)}."
             )
-        if mask is not None:
-            mask = jnp.asarray(mask)
-            if mask.dtype != jnp.bool_:
-                raise TypeError(f"`mask` must be a boolean per-token mask; got {describe(mask)}.")
-            if mask.shape != lead:
-                raise ValueError(
-                    f"`mask` must be a boolean per-token mask of shape {list(lead)}; got "
-                    f"{describe(mask)}."
-                )
-            mask = mask.reshape(-1)
+        mask = token_mask(mask, lead)
         w_role = f"vocab_{weight_layout}"
         roles = ("rows2", w_role, "rows2", w_role, "rows" if mask is not None else None)
-        args = (hidden.reshape(-1, d_s), weight, target_hidden.reshape(-1, d_t), target_weight, mask)
+        args = (
+            hidden.reshape(-1, d_s),
+            weight,
+            target_hidden.reshape(-1, d_t),
+            target_weight,
+            mask,
+        )
         options = dict(options, reduction=reduction, weight_layout=weight_layout)
         return _on_mesh(
-            positional, name, mesh, vocab_axis,
-            data_axis, vocab, lead, roles, args, options,
+            positional,
+            name,
+            mesh,
+            vocab_axis,
+            data_axis,
+            vocab,
+            lead,
+            roles,
+            args,
+            options,
         )
 
     positional = functools.partial(_linear_divergence_positional, fn)

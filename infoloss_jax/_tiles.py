@@ -126,7 +126,9 @@ def ce_tile(z, labels, class_weights, start, spec: LossSpec) -> Stats:
     plain = {"target": _pick(z, local)}
     if spec.class_weights:
         hit = (local >= 0) & (local < z.shape[1])
-        plain["label_weight"] = jnp.where(hit, class_weights[jnp.clip(local, 0, z.shape[1] - 1)], 0.0)
+        plain["label_weight"] = jnp.where(
+            hit, class_weights[jnp.clip(local, 0, z.shape[1] - 1)], 0.0
+        )
     if spec.smoothing:
         inc = included(z)
         weight = inc.astype(z.dtype)

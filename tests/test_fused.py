@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
+from infoloss_jax._blockwise import choose_blocks, choose_plan
 from infoloss_jax._cross_entropy import softmax_cross_entropy_with_integer_labels
 from infoloss_jax._divergences import forward_kl, jensen_shannon, reverse_kl
-from infoloss_jax._blockwise import choose_blocks, choose_plan
 from infoloss_jax._fused import (
     linear_forward_kl,
     linear_jensen_shannon,
@@ -370,7 +370,9 @@ def test_bad_input_errors_name_the_arguments():
         linear_forward_kl(hidden, weight, hidden, weight, mask=jnp.ones((3,), bool))
     with pytest.raises(TypeError, match="`mask`"):
         linear_forward_kl(hidden, weight, hidden, weight, mask=jnp.ones((N,)))
-    with pytest.raises(ValueError, match="`backward`.*'two_pass'.*got 'recompute'|`backward`='recompute'"):
+    with pytest.raises(
+        ValueError, match="`backward`.*'two_pass'.*got 'recompute'|`backward`='recompute'"
+    ):
         linear_softmax_cross_entropy(hidden, labels, weight, backward="recompute")
     with pytest.raises(ValueError, match="`weight_layout`"):
         linear_softmax_cross_entropy(hidden, labels, weight, weight_layout="auto")
@@ -407,8 +409,16 @@ def test_distillation_matches_naive_core_divergence(kind, method, reduction):
 
     def fused(h, w, th, tw):
         out = fused_fn(
-            h, w, th, tw, temperature=2.0, mask=keep, reduction=reduction, backward=method,
-            **extra, **BLOCKS,
+            h,
+            w,
+            th,
+            tw,
+            temperature=2.0,
+            mask=keep,
+            reduction=reduction,
+            backward=method,
+            **extra,
+            **BLOCKS,
         )
         return jnp.sum(out), out
 
