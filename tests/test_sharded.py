@@ -6,7 +6,6 @@ mesh axis, so the padding path is always exercised; ignored tokens are spread un
 data shards, so a mean of per-shard means would be wrong.
 """
 
-import math
 import os
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import MESHES, cpu_fallback_mesh, data_axis, make_mesh
 from jax.sharding import AxisType
 from jax.sharding import PartitionSpec as P
 from jax.test_util import check_grads
@@ -23,40 +23,14 @@ from jax.test_util import check_grads
 import infoloss_jax as il
 from infoloss_jax import sharded
 
-
-def cpu_fallback_mesh(shape, names, **kwargs):
-    """A mesh on the default backend, or on the 8 simulated CPU devices when it has fewer.
-
-    On a one-GPU machine the default backend has a single device; conftest's XLA flag gives
-    the CPU backend 8, so the sharded tests still run there.
-    """
-    size = math.prod(shape)
-    devices = jax.devices() if len(jax.devices()) >= size else jax.devices("cpu")
-    return jax.make_mesh(shape, names, devices=devices[:size], **kwargs)
-
-
 N, D, V = 8, 6, 13
 IGNORE = -100
 ROOT = Path(__file__).resolve().parents[1]
 
-MESHES = {
-    "8": ((8,), ("model",)),
-    "2x4": ((2, 4), ("data", "model")),
-    "4x2": ((4, 2), ("data", "model")),
-}
 CE_OPTIONS = {
     "plain": {},
     "all": dict(ignore_index=IGNORE, label_smoothing=0.1, z_loss=1e-3, logit_softcap=4.0),
 }
-
-
-def make_mesh(name):
-    shape, names = MESHES[name]
-    return cpu_fallback_mesh(shape, names, axis_types=(AxisType.Auto,) * len(names))
-
-
-def data_axis(mesh):
-    return "data" if "data" in mesh.axis_names else None
 
 
 def padded_size(mesh, vocab=V):
