@@ -92,7 +92,8 @@ def lse_of(m: jax.Array, sumexp: jax.Array) -> jax.Array:
 def _pick(z: jax.Array, local: jax.Array) -> jax.Array:
     """z[row, local[row]] where 0 <= local < width, else 0 (a gather, not a masked sum)."""
     hit = (local >= 0) & (local < z.shape[1])
-    picked = jnp.take_along_axis(z, jnp.clip(local, 0, z.shape[1] - 1)[:, None], axis=1)[:, 0]
+    index = jnp.clip(local, 0, z.shape[1] - 1)[:, None]
+    picked = jnp.take_along_axis(z, index, axis=1, mode="promise_in_bounds")[:, 0]
     return jnp.where(hit, picked, 0.0)
 
 
@@ -118,25 +119,32 @@ def plain_names(spec: LossSpec, second_pass: bool = False) -> tuple:
     return tuple(names)
 
 
-def ce_tile(z, labels, class_weights, start, spec: LossSpec) -> Stats:
-    """Statistics of one cross-entropy tile ``z`` whose first column is global class ``start``."""
+def _masked_pick(x, local):
+    """x[row, local[row]] as a masked sum (partitions under explicit sharding types)."""
+    cols = lax.broadcasted_iota(local.dtype, (1, x.shape[-1]), 1)
+    return jnp.sum(jnp.where(cols == local[:, None], x, 0.0), axis=1)
+
+
+def ce_tile(z, labels, class_weights, start, spec: LossSpec, explicit=False) -> Stats:
+    """Statistics of one cross-entropy tile ``z`` whose first column is global class ``start``.
+
+    ``explicit`` picks the label's logit with a masked sum instead of a gather.
+    """
     m = jnp.max(z, axis=1)
     sumexp = jnp.sum(jnp.exp(z - _shift(m)[:, None]), axis=1)
     local = labels - start
-    plain = {"target": _pick(z, local)}
+    pick = _masked_pick if explicit else _pick
+    plain = {"target": pick(z, local)}
     if spec.class_weights:
-        hit = (local >= 0) & (local < z.shape[1])
-        plain["label_weight"] = jnp.where(
-            hit, class_weights[jnp.clip(local, 0, z.shape[1] - 1)], 0.0
-        )
+        plain["label_weight"] = pick(jnp.broadcast_to(class_weights, z.shape), local)
     if spec.smoothing:
-        inc = included(z)
-        weight = inc.astype(z.dtype)
+        weight = included(z).astype(z.dtype)
         if spec.class_weights:
             weight = weight * class_weights
             plain["sum_weight"] = jnp.sum(weight, axis=1)
-        plain["sum_z"] = jnp.sum(jnp.where(inc, z, 0.0) * weight, axis=1)
-        plain["count"] = jnp.sum(inc, axis=1).astype(z.dtype)
+        # max(z, lowest) * 0 = 0 at an excluded class: arithmetic, no select in the reduction.
+        plain["sum_z"] = jnp.sum(jnp.maximum(z, jnp.finfo(z.dtype).min) * weight, axis=1)
+        plain["count"] = jnp.sum(included(z), axis=1).astype(z.dtype)
     argmax = jnp.argmax(z, axis=1).astype(jnp.int32) + start
     return Stats((m,), (sumexp,), (), plain, argmax.astype(jnp.int32))
 
