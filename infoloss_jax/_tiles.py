@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from ._log_partition import branch_on_exclusion
 from ._loss_spec import Coefficients, LossSpec
 
 NEG_INF = -jnp.inf
@@ -138,15 +139,35 @@ def ce_tile(z, labels, class_weights, start, spec: LossSpec, explicit=False) -> 
     if spec.class_weights:
         plain["label_weight"] = pick(jnp.broadcast_to(class_weights, z.shape), local)
     if spec.smoothing:
-        weight = included(z).astype(z.dtype)
-        if spec.class_weights:
-            weight = weight * class_weights
-            plain["sum_weight"] = jnp.sum(weight, axis=1)
-        # max(z, lowest) * 0 = 0 at an excluded class: arithmetic, no select in the reduction.
-        plain["sum_z"] = jnp.sum(jnp.maximum(z, jnp.finfo(z.dtype).min) * weight, axis=1)
-        plain["count"] = jnp.sum(included(z), axis=1).astype(z.dtype)
+        plain.update(
+            branch_on_exclusion(_smoothing_sums, _smoothing_sums_plain, (z,), class_weights)
+        )
     argmax = jnp.argmax(z, axis=1).astype(jnp.int32) + start
     return Stats((m,), (sumexp,), (), plain, argmax.astype(jnp.int32))
+
+
+def _smoothing_sums(zs, class_weights):
+    """Sums over the included classes: of c_k z_k, of 1 (K) and of c_k (c = 1 if None)."""
+    (z,) = zs
+    weight = included(z).astype(z.dtype)
+    sums = {"count": jnp.sum(weight, axis=1)}
+    if class_weights is not None:
+        weight = weight * class_weights
+        sums["sum_weight"] = jnp.sum(weight, axis=1)
+    sums["sum_z"] = jnp.sum(jnp.where(included(z), z, 0.0) * weight, axis=1)
+    return sums
+
+
+def _smoothing_sums_plain(zs, class_weights):
+    """The same when no class is excluded: plain reductions, which XLA fuses."""
+    (z,) = zs
+    sums = {"count": jnp.full(z.shape[:1], z.shape[1], z.dtype)}
+    if class_weights is None:
+        sums["sum_z"] = jnp.sum(z, axis=1)
+    else:
+        sums["sum_weight"] = jnp.broadcast_to(jnp.sum(class_weights), z.shape[:1]).astype(z.dtype)
+        sums["sum_z"] = jnp.sum(z * class_weights, axis=1)
+    return sums
 
 
 def divergence_tile(s, t) -> Stats:
@@ -288,7 +309,10 @@ def ce_tile_grad(z, raw, labels, start, class_weights, lse, coef, spec: LossSpec
     dz = coef["p"][:, None] * jnp.exp(z - lse[:, None])
     dz = dz - jnp.where((cols == labels[:, None]) & inc, coef["y"][:, None], 0.0)
     if spec.smoothing:
-        weight = inc.astype(z.dtype) if class_weights is None else inc * class_weights
+        # (z > -inf), not `inc`: a separate expression keeps XLA from materializing one [N, V]
+        # mask shared by the forward reduction and this gradient.
+        keep = (z > -jnp.inf).astype(z.dtype)
+        weight = keep if class_weights is None else keep * class_weights
         dz = dz - coef["s"][:, None] * weight
     return dz * softcap_derivative(raw, spec.softcap)
 
