@@ -161,11 +161,12 @@ def _smoothing_sums(zs, class_weights):
 def _smoothing_sums_plain(zs, class_weights):
     """The same when no class is excluded: plain reductions, which XLA fuses."""
     (z,) = zs
-    sums = {"count": jnp.full(z.shape[:1], z.shape[1], z.dtype)}
+    zero = jnp.zeros_like(z[:, 0])  # typed like z (its mesh axes too)
+    sums = {"count": zero + z.shape[1]}
     if class_weights is None:
         sums["sum_z"] = jnp.sum(z, axis=1)
     else:
-        sums["sum_weight"] = jnp.broadcast_to(jnp.sum(class_weights), z.shape[:1]).astype(z.dtype)
+        sums["sum_weight"] = zero + jnp.sum(class_weights)
         sums["sum_z"] = jnp.sum(z * class_weights, axis=1)
     return sums
 

@@ -518,3 +518,85 @@ def test_benchmark_scripts_run_quick(command):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "platform=" in result.stdout and "| " in result.stdout
+
+
+# ------------------------------------------------------------------------------- bad data
+
+
+@pytest.mark.parametrize("backward", ["one_pass", "two_pass", "in_forward"])
+def test_nan_logits_poison_their_row_value_and_gradient(backward):
+    hidden, weight, _, labels, _, _ = _inputs()
+    hidden = hidden.at[2, 0].set(jnp.nan)
+    per_token = linear_softmax_cross_entropy(hidden, labels, weight, reduction="none", **BLOCKS)
+    grad = jax.grad(
+        lambda h: linear_softmax_cross_entropy(h, labels, weight, backward=backward, **BLOCKS)
+    )(hidden)
+    nan_rows = np.isnan(np.asarray(grad)).any(axis=1)
+    assert np.isnan(per_token[2]) and np.isfinite(np.delete(np.asarray(per_token), 2)).all()
+    assert nan_rows[2] and not np.delete(nan_rows, 2).any()
+
+
+@pytest.mark.parametrize("bad", [V, -1, -100, 2**31 - 1])
+def test_out_of_range_labels_poison_the_gradient_too(bad):
+    hidden, weight, bias, labels, _, _ = _inputs()
+    labels = labels.at[3].set(bad)
+    grads = jax.grad(
+        lambda h, w, b: linear_softmax_cross_entropy(h, labels, w, bias=b, **BLOCKS), (0, 1, 2)
+    )(hidden, weight, bias)
+    nan_rows = np.isnan(np.asarray(grads[0])).any(axis=1)
+    assert nan_rows[3] and not np.delete(nan_rows, 3).any()
+    assert np.isnan(np.asarray(grads[1])).any() and np.isnan(np.asarray(grads[2])).any()
+
+
+def test_extreme_finite_logits_do_not_overflow_the_shift():
+    """Logits near the float32 limit (two tied at 3e38, one at -3e38) give no NaN. (In float32
+    the O(1) part of lse - z_y is lost to rounding at that scale, as in every lse - z form.)"""
+    hidden, weight, _, labels, _, _ = _inputs()
+    bias = jnp.zeros(V).at[0].set(3e38).at[1].set(3e38).at[2].set(-3e38)
+    labels = labels.at[:4].set(jnp.array([0, 1, 0, 1]))
+
+    def loss(b):
+        return linear_softmax_cross_entropy(hidden[:4], labels[:4], weight, bias=b, **BLOCKS)
+
+    value, grad = jax.value_and_grad(loss)(bias)
+    assert np.isfinite(value) and np.isfinite(np.asarray(grad)).all()
+
+
+def test_traced_options_and_static_ones():
+    hidden, weight, _, labels, _, target_hidden = _inputs()
+    target_weight = weight[:DT] * 2
+
+    @jax.jit
+    def scheduled(t, eps, beta):
+        return (
+            linear_forward_kl(hidden, weight, hidden, weight * 2, temperature=t)
+            + linear_softmax_cross_entropy(hidden, labels, weight, label_smoothing=eps)
+            + linear_jensen_shannon(hidden, weight, target_hidden, target_weight, beta=beta)
+        )
+
+    eager = (
+        linear_forward_kl(hidden, weight, hidden, weight * 2, temperature=2.0)
+        + linear_softmax_cross_entropy(hidden, labels, weight, label_smoothing=0.1)
+        + linear_jensen_shannon(hidden, weight, target_hidden, target_weight, beta=0.3)
+    )
+    _assert_close(scheduled(2.0, 0.1, 0.3), eager)
+    assert np.isnan(scheduled(0.0, 0.1, 0.3)) and np.isnan(scheduled(2.0, 1.5, 0.3))
+    with pytest.raises(TypeError, match="`logit_softcap` must be a static Python number"):
+        jax.jit(lambda c: linear_softmax_cross_entropy(hidden, labels, weight, logit_softcap=c))(
+            3.0
+        )
+    with pytest.raises(TypeError, match="`ignore_index`"):
+        jax.jit(lambda i: linear_softmax_cross_entropy(hidden, labels, weight, ignore_index=i))(3)
+
+
+def test_tied_layout_makes_no_transposed_copy():
+    """weight_layout="vd" contracts the [V, D] table in place: no [D, V] array in the program."""
+    n, d, v = 256, 48, 1000
+    structs = (
+        jax.ShapeDtypeStruct((n, d), jnp.bfloat16),
+        jax.ShapeDtypeStruct((n,), jnp.int32),
+        jax.ShapeDtypeStruct((v, d), jnp.bfloat16),
+    )
+    loss = lambda h, y, w: linear_softmax_cross_entropy(h, y, w, weight_layout="vd")
+    text = jax.jit(jax.value_and_grad(loss, (0, 2))).lower(*structs).compile().as_text()
+    assert f"[{d},{v}]" not in text

@@ -783,3 +783,39 @@ def test_example_runs_tiny():
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "per-device" in result.stdout and "loss" in result.stdout
+
+
+def test_on_mesh_wrappers_compile_once():
+    """A second identical eager call of an on-mesh wrapper compiles nothing."""
+    compiles = []
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(event)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    mesh = make_mesh("2x4")
+    logits, target, hidden, weight, bias, labels = make_inputs()
+    labels = jnp.where(labels == IGNORE, 0, labels)
+    calls = [
+        lambda: sharded.vocab_parallel_cross_entropy_on_mesh(
+            logits, labels, mesh=mesh, vocab_axis="model", data_axis="data", label_smoothing=0.1
+        ),
+        lambda: sharded.vocab_parallel_linear_cross_entropy_on_mesh(
+            hidden, labels, weight, bias=bias, mesh=mesh, vocab_axis="model", z_loss=1e-3
+        ),
+        lambda: sharded.vocab_parallel_jensen_shannon_on_mesh(
+            logits, target, mesh=mesh, vocab_axis="model", beta=0.3
+        ),
+        lambda: sharded.vocab_parallel_linear_reverse_kl_on_mesh(
+            hidden, weight, hidden, weight, mesh=mesh, vocab_axis="model", temperature=2.0
+        ),
+    ]
+    try:
+        for call in calls:
+            jax.block_until_ready(call())
+            compiles.clear()
+            jax.block_until_ready(call())
+            assert compiles == [], call
+    finally:
+        jax.monitoring.clear_event_listeners()
