@@ -373,10 +373,6 @@ def _row_values(ctx: _Ctx, rows: _tiles.Rows, g):
     return row
 
 
-def _bias_vocab(ctx):
-    return ctx.ops.b is not None
-
-
 def _weight_psum_axes(ctx: _Ctx, g) -> tuple:
     ops = ctx.ops
     varying = frozenset().union(*(varying_axes(a) for a in (ops.x, ops.labels, g) if a is not None))

@@ -18,6 +18,7 @@ global index ``>= vocab_size`` are excluded from every sum.
 from __future__ import annotations
 
 import functools
+import inspect
 
 import jax
 import jax.numpy as jnp
@@ -306,10 +307,32 @@ def _logits_divergence(kind, name, head, value):
             fn=name,
         )
 
-    fn.__name__ = fn.__qualname__ = name
     beta_doc = _BETA_DOC if kind == "jensen_shannon" else ""
-    fn.__doc__ = head + _DISTILL_DOC.format(beta=beta_doc, name=name, value=value)
-    return fn
+    return _named(fn, kind, name, head + _DISTILL_DOC.format(beta=beta_doc, name=name, value=value))
+
+
+def _named(fn, kind, name, doc):
+    """Names ``fn``; its ``**beta`` becomes a keyword ``beta=0.5`` for the JSD, none otherwise."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if kind != "jensen_shannon" and "beta" in kwargs:
+            raise TypeError(f"{name}() got an unexpected keyword argument 'beta'")
+        return fn(*args, **kwargs)
+
+    params = [p for p in inspect.signature(fn).parameters.values() if p.kind != p.VAR_KEYWORD]
+    if kind == "jensen_shannon":
+        at = next(i for i, p in enumerate(params) if p.name == "temperature")
+        params.insert(
+            at,
+            inspect.Parameter(
+                "beta", inspect.Parameter.KEYWORD_ONLY, default=0.5, annotation=float
+            ),
+        )
+    wrapper.__signature__ = inspect.signature(fn).replace(parameters=params)
+    wrapper.__name__ = wrapper.__qualname__ = name
+    wrapper.__doc__ = doc
+    return _blockwise.reraise_jvp(name)(wrapper)
 
 
 vocab_parallel_forward_kl = _logits_divergence(
@@ -534,10 +557,9 @@ def _linear_divergence(kind, name, head, value):
         h, th = kw.pop("hidden"), kw.pop("target_hidden")
         return run_divergence(kind, h, w, th, tw, names=names, **kw)
 
-    fn.__name__ = fn.__qualname__ = name
     beta_doc = _BETA_DOC if kind == "jensen_shannon" else ""
-    fn.__doc__ = head + _LINEAR_DISTILL_DOC.format(beta=beta_doc, name=name, value=value)
-    return _blockwise.reraise_jvp(name)(fn)
+    doc = head + _LINEAR_DISTILL_DOC.format(beta=beta_doc, name=name, value=value)
+    return _named(fn, kind, name, doc)
 
 
 vocab_parallel_linear_forward_kl = _linear_divergence(

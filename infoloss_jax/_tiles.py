@@ -109,9 +109,9 @@ def empty(spec: LossSpec, n: int, dtype, zeros) -> Stats:
     return Stats((z + NEG_INF,) * k, (z,) * k, scaled, {name: z for name in names}, argmax)
 
 
-def plain_names(spec: LossSpec, second_pass: bool = False) -> tuple:
+def plain_names(spec: LossSpec) -> tuple:
     if spec.divergence:
-        return ("p_term", "q_term") if second_pass else ()
+        return ()
     names = ["target"]
     if spec.class_weights:
         names.append("label_weight")
