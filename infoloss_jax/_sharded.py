@@ -313,6 +313,8 @@ def _logits_divergence(kind, name, head, value):
 
 def _named(fn, kind, name, doc):
     """Names ``fn``; its ``**beta`` becomes a keyword ``beta=0.5`` for the JSD, none otherwise."""
+    fn.__name__ = fn.__qualname__ = name
+    fn.__doc__ = doc
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
