@@ -653,7 +653,10 @@ def choose_blocks(n, d, v, token_block_size, vocab_block_size, axis_size=1, back
         tile, weight_slice, hidden_slice = _ACCEL_BUDGETS
     d = max(d, 1)
     if vocab is None:
-        vocab = min(v, max(128, _floor_pow2(weight_slice // d)))
+        # At least 128 classes per tile for efficient matmuls; on CPU the floor shrinks with
+        # the vocabulary axis as the budget does.
+        floor = max(16, 128 // max(axis_size, 1)) if backend == "cpu" else 128
+        vocab = min(v, max(floor, _floor_pow2(weight_slice // d)))
     if tokens is None:
         tokens = min(n, max(8, _floor_pow2(min(tile // max(vocab, 1), hidden_slice // d))))
     return Blocks(max(1, min(tokens, max(n, 1))), max(1, min(vocab, max(v, 1))))
