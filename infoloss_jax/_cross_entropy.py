@@ -313,7 +313,7 @@ def _integer_label_rows_jvp(spec, explicit, primals, tangents):
     rows = _integer_rows(logits, labels, class_weights, coefs, spec, explicit)
     z = _tiles.softcap(logits, spec.softcap)
     grad = _tiles.ce_tile_grad(z, logits, labels, 0, class_weights, rows.lse[0], rows.coef, spec)
-    loss_dot = jnp.sum(grad * tangents[0], axis=-1)
+    loss_dot = jnp.sum(grad * tangents[0], axis=-1).astype(rows.loss.dtype)
     return (rows.loss, rows.weight), (loss_dot, jnp.zeros_like(rows.weight))
 
 
@@ -423,7 +423,7 @@ def softmax_cross_entropy_with_integer_labels(
     )
     explicit = class_axis_is_explicitly_sharded(logits)
     if weights is not None:
-        weights = jax.lax.stop_gradient(weights)
+        weights = jax.lax.stop_gradient(weights).astype(logits.dtype)
     flat = logits.reshape(-1, num_classes)
     loss, weight = integer_label_rows(flat, labels.reshape(-1), weights, coefs, spec, explicit)
     loss, weight = loss.reshape(labels.shape), weight.reshape(labels.shape)

@@ -134,6 +134,8 @@ def ce_tile(z, labels, class_weights, start, spec: LossSpec, explicit=False) -> 
     m = jnp.max(z, axis=1)
     sumexp = jnp.sum(jnp.exp(z - _shift(m)[:, None]), axis=1)
     local = labels - start
+    if class_weights is not None:
+        class_weights = class_weights.astype(z.dtype)
     pick = _masked_pick if explicit else _pick
     plain = {"target": pick(z, local)}
     if spec.class_weights:
@@ -161,13 +163,11 @@ def _smoothing_sums(zs, class_weights):
 def _smoothing_sums_plain(zs, class_weights):
     """The same when no class is excluded: plain reductions, which XLA fuses."""
     (z,) = zs
-    zero = jnp.zeros_like(z[:, 0])  # typed like z (its mesh axes too)
-    sums = {"count": zero + z.shape[1]}
-    if class_weights is None:
-        sums["sum_z"] = jnp.sum(z, axis=1)
-    else:
-        sums["sum_weight"] = zero + jnp.sum(class_weights)
-        sums["sum_z"] = jnp.sum(z * class_weights, axis=1)
+    sum_z = jnp.sum(z if class_weights is None else z * class_weights, axis=1)
+    zero = jnp.zeros_like(sum_z)  # typed like the rows (sharding, mesh axes)
+    sums = {"count": (zero + z.shape[1]).astype(z.dtype), "sum_z": sum_z.astype(z.dtype)}
+    if class_weights is not None:
+        sums["sum_weight"] = (zero + jnp.sum(class_weights)).astype(z.dtype)
     return sums
 
 
