@@ -59,6 +59,25 @@ def head_sizes(hidden, weight, layout, hidden_name, weight_name):
     return d, v
 
 
+def check_two_heads(hidden, weight, target_hidden, target_weight, layout, names):
+    """(D, D_teacher, V, token shape) of a student and a teacher head over one vocabulary."""
+    h_name, w_name, th_name, tw_name = names
+    d, v = head_sizes(hidden, weight, layout, h_name, w_name)
+    dt, vt = head_sizes(target_hidden, target_weight, layout, th_name, tw_name)
+    if vt != v:
+        raise ValueError(
+            f"The teacher and the student must share one vocabulary: `{tw_name}` "
+            f"{describe(target_weight)} has {vt} classes, `{w_name}` {describe(weight)} has {v}."
+        )
+    lead = hidden.shape[:-1]
+    if target_hidden.shape[:-1] != lead:
+        raise ValueError(
+            f"`{th_name}` must have the leading (token) shape of `{h_name}`; got "
+            f"`{th_name}` {describe(target_hidden)} and `{h_name}` {describe(hidden)}."
+        )
+    return d, dt, v, lead
+
+
 def class_vector(x, name, v):
     """A ``[V]`` per-class vector (bias, class weights) or None."""
     if x is None:
@@ -205,19 +224,8 @@ def run_divergence(
     weight = as_float_array(weight, w_name)
     target_hidden = as_float_array(target_hidden, th_name)
     target_weight = as_float_array(target_weight, tw_name)
-    d, v = head_sizes(hidden, weight, weight_layout, h_name, w_name)
-    dt, vt = head_sizes(target_hidden, target_weight, weight_layout, th_name, tw_name)
-    if vt != v:
-        raise ValueError(
-            f"The teacher and the student must share one vocabulary: `{tw_name}` "
-            f"{describe(target_weight)} has {vt} classes, `{w_name}` {describe(weight)} has {v}."
-        )
-    lead = hidden.shape[:-1]
-    if target_hidden.shape[:-1] != lead:
-        raise ValueError(
-            f"`{th_name}` must have the leading (token) shape of `{h_name}`; got "
-            f"`{th_name}` {describe(target_hidden)} and `{h_name}` {describe(hidden)}."
-        )
+    heads = (hidden, weight, target_hidden, target_weight)
+    d, dt, v, lead = check_two_heads(*heads, weight_layout, names)
     check_reduction(reduction)
     row_mask = token_mask(mask, lead)
     n = int(np.prod(lead, dtype=np.int64))

@@ -30,7 +30,14 @@ from jax.typing import ArrayLike
 
 from . import _blockwise
 from ._blockwise import AxisName, Operands
-from ._fused import accumulation, head_sizes, run_cross_entropy, run_divergence, token_mask
+from ._fused import (
+    accumulation,
+    check_two_heads,
+    head_sizes,
+    run_cross_entropy,
+    run_divergence,
+    token_mask,
+)
 from ._loss_spec import make_spec, poison
 from ._validation import as_float_array, as_integer_array, check_reduction, describe
 
@@ -911,21 +918,9 @@ def _linear_divergence_on_mesh(fn, what):
         target_hidden = as_float_array(target_hidden, "target_hidden")
         target_weight = as_float_array(target_weight, "target_weight")
         check_reduction(reduction)
-        d_s, vocab = head_sizes(hidden, weight, weight_layout, "hidden", "weight")
-        d_t, vocab_t = head_sizes(
-            target_hidden, target_weight, weight_layout, "target_hidden", "target_weight"
-        )
-        if vocab_t != vocab:
-            raise ValueError(
-                f"`weight` and `target_weight` must be heads over the same vocabulary; got "
-                f"{describe(weight)} and {describe(target_weight)}."
-            )
-        lead = hidden.shape[:-1]
-        if target_hidden.shape[:-1] != lead:
-            raise ValueError(
-                f"`hidden` and `target_hidden` must hold the same tokens; got {describe(hidden)} "
-                f"and {describe(target_hidden)}."
-            )
+        names = ("hidden", "weight", "target_hidden", "target_weight")
+        heads = (hidden, weight, target_hidden, target_weight)
+        d_s, d_t, vocab, lead = check_two_heads(*heads, weight_layout, names)
         mask = token_mask(mask, lead)
         w_role = f"vocab_{weight_layout}"
         roles = ("rows2", w_role, "rows2", w_role, "rows" if mask is not None else None)
