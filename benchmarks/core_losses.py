@@ -5,7 +5,9 @@
 
 Each pair computes value_and_grad of the mean loss w.r.t. the logits (both arguments for the
 forward KL): integer-label cross-entropy and soft-label cross-entropy against optax, entropy and
-forward KL against plain autodiff of the textbook formula. Ours should be no slower. The temp
+forward KL against plain autodiff of the textbook formula. Ours should be no slower. The
+integer-label CE with ``ignore_index``, ``label_smoothing`` and ``z_loss`` together is compared
+with the same function without options (target: at most 1.1x, no ``[N, V]`` temporaries). The temp
 columns are XLA's compile-time temporaries of each value_and_grad (outputs not included).
 """
 
@@ -39,12 +41,21 @@ def main():
     t = jax.random.normal(keys[1], (n, v), jnp.float32) * 2
     y = jax.random.randint(keys[2], (n,), 0, v)
     soft = jax.nn.softmax(t)
+    y_ignored = y.at[::8].set(-100)  # the no-options path reads these as out of range (NaN)
 
     pairs = {
         "integer-label CE": (
             lambda z: il.softmax_cross_entropy_with_integer_labels(z, y, reduction="mean"),
             lambda z: optax.softmax_cross_entropy_with_integer_labels(z, y).mean(),
             "optax",
+            (z,),
+        ),
+        "integer-label CE, ignore_index + smoothing + z-loss": (
+            lambda z: il.softmax_cross_entropy_with_integer_labels(
+                z, y_ignored, ignore_index=-100, label_smoothing=0.1, z_loss=1e-4, reduction="mean"
+            ),
+            lambda z: il.softmax_cross_entropy_with_integer_labels(z, y_ignored, reduction="mean"),
+            "ours, no options",
             (z,),
         ),
         "soft-label CE": (

@@ -6,10 +6,11 @@
 Memory (compile-only, no allocation): value_and_grad w.r.t. hidden and weight of
   * naive + optax: ``optax.softmax_cross_entropy_with_integer_labels(hidden @ W, labels).mean()``
   * naive + core:  ``il.softmax_cross_entropy_with_integer_labels(hidden @ W, labels, "mean")``
-  * fused:         ``il.linear_softmax_cross_entropy(hidden, labels, W)`` (automatic method),
-    and each explicit method ("recompute": 4 matmuls and one [N, D] float32 accumulator;
-    "two_pass": 5 matmuls, tile-sized accumulators only, the automatic choice in half
-    precision; "fused": 3 matmuls)
+  * fused:         ``il.linear_softmax_cross_entropy(hidden, labels, W)`` (``backward="auto"``),
+    and each explicit ``backward`` ("one_pass": 4 matmuls and one full-size float32
+    accumulator; "two_pass": 5 matmuls, tile-sized accumulators only, the automatic choice in
+    half precision; "in_forward": 3 matmuls), and the tied head: the weight given as the
+    ``[V, D]`` embedding table with ``weight_layout="vd"`` (no transposed copy may appear)
 for the Llama-3-8B head (N=8192, D=4096, V=128256) and the Gemma-2-2B head (N=8192, D=2304,
 V=256000), float32 and bfloat16 inputs. The "[D,V] arrays" column lists every array type of
 The "W copies in loops" column lists weight-sized arrays of another dtype carried by the compiled
@@ -38,7 +39,6 @@ from _common import (
 )
 
 import infoloss_jax as il
-from infoloss_jax._fused import _linear_softmax_cross_entropy
 
 HEADS = {
     "llama3-8b": (8192, 4096, 128256),
@@ -56,28 +56,28 @@ def naive_core(h, w, y):
     return il.softmax_cross_entropy_with_integer_labels(h @ w, y, reduction="mean")
 
 
-def fused(method, blocks=None):
+def fused(backward, blocks=None):
     tokens, vocab = blocks or (None, None)
 
     def loss(h, w, y):
-        return _linear_softmax_cross_entropy(
-            h, y, w, method=method, token_block_size=tokens, vocab_block_size=vocab
+        return il.linear_softmax_cross_entropy(
+            h, y, w, backward=backward, token_block_size=tokens, vocab_block_size=vocab
         )
 
     return loss
 
 
 def variants(blocks):
-    """The fused variants under test: automatic, each method, and explicit block sizes."""
+    """The fused variants under test: automatic, each backward, and explicit block sizes."""
     out = {
         "fused (auto)": fused("auto"),
-        "fused recompute": fused("recompute"),
+        "fused one_pass": fused("one_pass"),
         "fused two_pass": fused("two_pass"),
-        "fused fused": fused("fused"),
+        "fused in_forward": fused("in_forward"),
     }
     for tokens, vocab in blocks:
-        for method in ("recompute", "two_pass"):
-            out[f"fused {method} {tokens}x{vocab}"] = fused(method, (tokens, vocab))
+        for backward in ("one_pass", "two_pass"):
+            out[f"fused {backward} {tokens}x{vocab}"] = fused(backward, (tokens, vocab))
     return out
 
 
@@ -97,10 +97,21 @@ def memory(heads, dtypes, blocks):
             base = temp_bytes(compile_only(grad_of(naive_optax), *specs))
             fns = {"naive+optax": grad_of(naive_optax), "naive+core": grad_of(naive_core)}
             fns.update({k: grad_of(f) for k, f in variants(blocks).items()})
+            tied = grad_of(
+                lambda h, w, y: il.linear_softmax_cross_entropy(h, y, w, weight_layout="vd")
+            )
+            fns["fused tied [V, D] table"] = tied
             for label, fn in fns.items():
-                compiled = compile_only(fn, *specs)
+                args = specs
+                if label.startswith("fused tied"):
+                    args = (specs[0], jax.ShapeDtypeStruct((v, d), dtype), specs[2])
+                compiled = compile_only(fn, *args)
                 temp = temp_bytes(compiled)
                 extra = loop_copies_of(compiled, (d, v), dtype)
+                if label.startswith("fused tied"):
+                    # No [D, V] array of any dtype may exist: the [V, D] path contracts in place.
+                    text = compiled.as_text()
+                    extra = [f"[{d},{v}] transpose"] if f"[{d},{v}]" in text else []
                 w_f32 = 4 * d * v
                 rows.append(
                     [

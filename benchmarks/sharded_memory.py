@@ -66,8 +66,8 @@ from jax.sharding import AxisType, NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
 import infoloss_jax as il  # noqa: E402
+from infoloss_jax._blockwise import resolve_plan as _backward_plan  # noqa: E402
 from infoloss_jax._fused import linear_forward_kl, linear_softmax_cross_entropy  # noqa: E402
-from infoloss_jax._sharded import _backward_plan  # noqa: E402
 from infoloss_jax._validation import accumulation_dtype  # noqa: E402
 from infoloss_jax.sharded import (  # noqa: E402
     vocab_parallel_linear_cross_entropy,
@@ -154,7 +154,7 @@ def sharded_kl_memory(n, d, v, dtype, vocab_shards, data_shards, backward="auto"
 
     def local(h, w, th, tw):
         return vocab_parallel_linear_forward_kl(
-            h, w, th, tw, axis_name="vocab", vocab_size=v, data_axis_name=data, backward=backward
+            h, w, th, tw, vocab_axis="vocab", vocab_size=v, data_axis=data, backward=backward
         )
 
     loss = jax.shard_map(local, mesh=mesh, in_specs=(rows, cols, rows, cols), out_specs=P())
@@ -182,7 +182,7 @@ def sharded_memory(n, d, v, dtype, vocab_shards, data_shards, backward="auto"):
 
     def local(h, y, w):
         return vocab_parallel_linear_cross_entropy(
-            h, y, w, axis_name="vocab", vocab_size=v, data_axis_name=data, backward=backward
+            h, y, w, vocab_axis="vocab", vocab_size=v, data_axis=data, backward=backward
         )
 
     loss = jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=P())

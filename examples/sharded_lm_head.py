@@ -99,7 +99,7 @@ def sharded_loss_fn(mesh, data_axis, vocab):
 
     def head_loss(h, y, w):
         return vocab_parallel_linear_cross_entropy(
-            h, y, w, axis_name="vocab", vocab_size=vocab, data_axis_name=data_axis
+            h, y, w, vocab_axis="vocab", vocab_size=vocab, data_axis=data_axis
         )
 
     head = jax.shard_map(

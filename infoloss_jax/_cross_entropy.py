@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
 from jax.typing import ArrayLike
 
-from . import _formulas
+from . import _formulas, _tiles
 from ._caching import cached_eager
 from ._log_partition import (
     LogSoftmax,
@@ -18,6 +18,7 @@ from ._log_partition import (
     exclude,
     stable_log_softmax,
 )
+from ._loss_spec import make_spec, poison
 from ._reductions import reduce_loss
 from ._validation import (
     Axis,
@@ -335,55 +336,32 @@ def class_axis_is_explicitly_sharded(x: jax.Array) -> bool:
     return bool(spec) and spec[-1] is not None
 
 
-def masked_pick(values: jax.Array, labels: jax.Array) -> jax.Array:
-    """values[..., label] as a masked sum over the last axis (``values`` may be just [K]).
+@functools.partial(jax.custom_jvp, nondiff_argnums=(4, 5))
+def integer_label_rows(logits, labels, class_weights, coefs, spec, explicit):
+    """(per-row loss, denominator weight) of the integer-label CE on one full tile.
 
-    It partitions under any sharding, but on XLA's CPU backend the select costs a full pass.
+    The same tile formulas as the fused and sharded heads (:mod:`._tiles`), on ``[rows, K]``
+    logits. The JVP rule is the tile's closed-form logit gradient, so reverse mode is one
+    elementwise pass, with the softmax recomputed rather than stored.
     """
-    is_label = jnp.arange(values.shape[-1], dtype=labels.dtype) == labels[..., None]
-    return jnp.sum(jnp.where(is_label, values, 0.0), axis=-1)
+    rows = _integer_rows(logits, labels, class_weights, coefs, spec, explicit)
+    return rows.loss, rows.weight
 
 
-def label_logit(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """logits[..., label]; rows whose label is out of range get some logit (callers mask them).
-
-    A gather, as optax does, rather than :func:`masked_pick`. GSPMD partitions this gather over
-    a sharded class axis; only explicit sharding types reject it, so there the masked sum is used.
-    """
-    if class_axis_is_explicitly_sharded(logits):
-        return masked_pick(logits, labels)
-    index = jnp.clip(labels, 0, logits.shape[-1] - 1)[..., None]
-    return jnp.take_along_axis(logits, index, axis=-1, mode="promise_in_bounds")[..., 0]
+def _integer_rows(logits, labels, class_weights, coefs, spec, explicit):
+    z = _tiles.softcap(logits, spec.softcap)
+    stats = _tiles.ce_tile(z, labels, class_weights, 0, spec, explicit=explicit)
+    return _tiles.ce_rows(stats, labels, None, coefs, spec)
 
 
-@jax.custom_jvp
-def log_partition_and_label_logit(logits: jax.Array, labels: jax.Array):
-    """(logsumexp, logit of the label) along the last axis; logsumexp is 0 for an empty row.
-
-    The JVP rule is the closed form (q . dz, dz[label]), so reverse mode is the single
-    elementwise pass q - onehot(label), with q recomputed rather than stored.
-    """
-    log_z = stable_log_softmax(logits, (logits.ndim - 1,)).log_partition[..., 0]
-    return log_z, label_logit(logits, labels)
-
-
-@log_partition_and_label_logit.defjvp
-def _log_partition_and_label_logit_jvp(primals, tangents):
-    logits, labels = primals
-    logits_dot, _ = tangents
-    log_z, z_label = log_partition_and_label_logit(logits, labels)
-    # From the shifted log-softmax, not logits - log_z: near the float limit log_z rounds to
-    # the max and loses its O(1) part. 0 at -inf logits and in an empty row; NaN rows stay NaN.
-    probs = jnp.exp(stable_log_softmax(logits, (logits.ndim - 1,)).log_probs)
-    log_z_dot = jnp.sum(probs * logits_dot, axis=-1)
-    return (log_z, z_label), (log_z_dot, masked_pick(logits_dot, labels))
-
-
-def class_weight_of_label(weights: jax.Array, labels: jax.Array) -> jax.Array:
-    """weights[label] (out-of-range labels get some weight; callers mask those rows)."""
-    if any(axis is not None for axis in explicit_spec(labels)):
-        return masked_pick(weights, labels)
-    return weights[jnp.clip(labels, 0, weights.shape[0] - 1)]
+@integer_label_rows.defjvp
+def _integer_label_rows_jvp(spec, explicit, primals, tangents):
+    logits, labels, class_weights, coefs = primals
+    rows = _integer_rows(logits, labels, class_weights, coefs, spec, explicit)
+    z = _tiles.softcap(logits, spec.softcap)
+    grad = _tiles.ce_tile_grad(z, logits, labels, 0, class_weights, rows.lse[0], rows.coef, spec)
+    loss_dot = jnp.sum(grad * tangents[0], axis=-1).astype(rows.loss.dtype)
+    return (rows.loss, rows.weight), (loss_dot, jnp.zeros_like(rows.weight))
 
 
 @cached_eager
@@ -468,8 +446,6 @@ def softmax_cross_entropy_with_integer_labels(
       Chowdhery et al., "PaLM", 2022 (z-loss); Team Gemma, "Gemma 2", 2024 (soft-capping).
     """
     check_reduction(reduction)
-    eps = check_label_smoothing(label_smoothing)
-    coefficient = check_z_loss(z_loss)
     logits = as_float_array(logits, "logits")
     labels = as_integer_array(labels, "labels")
     axes = normalize_axis(axis, logits.ndim)
@@ -480,33 +456,26 @@ def softmax_cross_entropy_with_integer_labels(
             f"{list(expected)} for `logits` {describe(logits)}; got `labels` {describe(labels)}."
         )
     mask = integer_where(where, logits, labels, axes)
-    logits = classes_last(exclude(soft_cap(upcast(logits), logit_softcap), mask), axes)
+    logits = classes_last(exclude(upcast(logits), mask), axes)
     num_classes = logits.shape[-1]
     weights = check_class_weights(class_weights, num_classes)
-
-    normalized = stable_log_softmax(logits, (logits.ndim - 1,))
-    log_z, z_label = log_partition_and_label_logit(logits, labels)
-    # logsumexp - z_y, as optax computes it. Logits beyond ~1e7 in float32 lose the O(1) part
-    # of the loss to rounding (values and gradients stay finite).
-    nll = log_z - z_label
-    label_weight = 1.0 if weights is None else class_weight_of_label(weights, labels)
-    loss = label_weight * nll
-    if eps:
-        class_weight = 1.0 if weights is None else weights
-        neg_log_q = -jnp.where(normalized.included, normalized.log_probs, 0.0)
-        smooth = jnp.sum(smoothing_mass(normalized, eps) * class_weight * neg_log_q, axis=-1)
-        loss = (1.0 - eps) * loss + smooth
-    if coefficient:
-        loss = loss + coefficient * jnp.square(log_z)
-
-    in_range = (labels >= 0) & (labels < num_classes)
-    ignored = jnp.zeros(labels.shape, bool) if ignore_index is None else labels == ignore_index
-    nonempty = normalized.nonempty[..., 0]
-    contributing = ~ignored & nonempty
-    loss = jnp.where(ignored | in_range, loss, jnp.nan)
-    loss = jnp.where(contributing, loss, 0.0)
-    denominator_weight = jnp.where(contributing, label_weight, 0.0)
-    return reduce_loss(loss, reduction=reduction, weights=denominator_weight, where=contributing)
+    spec, coefs, ok = make_spec(
+        "cross_entropy",
+        num_classes,
+        logits.dtype,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        logit_softcap=logit_softcap,
+        ignore_index=ignore_index,
+        class_weights=weights is not None,
+    )
+    explicit = class_axis_is_explicitly_sharded(logits)
+    if weights is not None:
+        weights = jax.lax.stop_gradient(weights).astype(logits.dtype)
+    flat = logits.reshape(-1, num_classes)
+    loss, weight = integer_label_rows(flat, labels.reshape(-1), weights, coefs, spec, explicit)
+    loss, weight = loss.reshape(labels.shape), weight.reshape(labels.shape)
+    return poison(reduce_loss(loss, reduction=reduction, weights=weight), ok)
 
 
 # ----------------------------------------------------------------------------- sigmoid

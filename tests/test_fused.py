@@ -17,13 +17,10 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
+from infoloss_jax._blockwise import choose_blocks, choose_plan
 from infoloss_jax._cross_entropy import softmax_cross_entropy_with_integer_labels
 from infoloss_jax._divergences import forward_kl, jensen_shannon, reverse_kl
 from infoloss_jax._fused import (
-    _choose_blocks,
-    _choose_method,
-    _linear_divergence,
-    _linear_softmax_cross_entropy,
     linear_forward_kl,
     linear_jensen_shannon,
     linear_reverse_kl,
@@ -78,11 +75,11 @@ def _assert_close(actual, expected, rtol=RTOL, atol=0.0):
 # ------------------------------------------------------------------------------- cross-entropy
 
 
-# "none" always takes a recompute path; "fused" serves the scalar reductions. "two_pass" (the
+# "none" always recomputes tiles; "in_forward" serves the scalar reductions. "two_pass" (the
 # automatic choice in half precision) is forced here in float32 to compare it at 1e-5.
 CE_CASES = (
-    [("recompute", r) for r in REDUCTIONS]
-    + [("fused", r) for r in REDUCTIONS[1:]]
+    [("one_pass", r) for r in REDUCTIONS]
+    + [("in_forward", r) for r in REDUCTIONS[1:]]
     + [("two_pass", "none"), ("two_pass", "mean")]
 )
 
@@ -96,8 +93,8 @@ def test_cross_entropy_matches_naive_core_loss(method, reduction, options):
         labels = labels.at[::5].set(-100)
 
     def fused(h, w, b):
-        out = _linear_softmax_cross_entropy(
-            h, labels, w, bias=b, reduction=reduction, method=method, **BLOCKS, **opts
+        out = linear_softmax_cross_entropy(
+            h, labels, w, bias=b, reduction=reduction, backward=method, **BLOCKS, **opts
         )
         return jnp.sum(out), out
 
@@ -239,30 +236,17 @@ def test_cross_entropy_under_vmap():
 
 def test_loss_only_call_computes_no_gradient():
     hidden, weight, _, labels, _, _ = _inputs()
-    for method in ("recompute", "two_pass", "fused"):
+    for method in ("one_pass", "two_pass", "in_forward"):
         jaxpr = jax.make_jaxpr(
-            lambda h, w, m=method: _linear_softmax_cross_entropy(h, labels, w, method=m, **BLOCKS)
+            lambda h, w, m=method: linear_softmax_cross_entropy(h, labels, w, backward=m, **BLOCKS)
         )(hidden, weight)
         text = str(jaxpr)
         # One logits matmul in the scanned vocabulary loop and one in its ragged remainder,
         # traced once each for the scanned and the remainder token blocks: no gradient matmuls.
         assert text.count("dot_general") == 4, text
-    for method in ("recompute", "two_pass", "fused"):
+    for method in ("one_pass", "two_pass", "in_forward"):
         jaxpr = jax.make_jaxpr(
-            lambda h, w, m=method: _linear_divergence(
-                "forward",
-                h,
-                w,
-                h,
-                w,
-                beta=0.0,
-                temperature=1.0,
-                where=None,
-                reduction="mean",
-                accum_dtype=jnp.float32,
-                method=m,
-                **BLOCKS,
-            )
+            lambda h, w, m=method: linear_forward_kl(h, w, h, w, backward=m, **BLOCKS)
         )(hidden, weight)
         # The same for the student and the teacher logits.
         assert str(jaxpr).count("dot_general") == 8
@@ -282,27 +266,31 @@ def test_forward_mode_raises_a_clear_error(fn):
 
 
 def test_automatic_blocks_respect_the_budget():
-    blocks = _choose_blocks(8192, 4096, 128256, None, None, backend="cpu")
+    blocks = choose_blocks(8192, 4096, 128256, None, None, backend="cpu")
     assert blocks.vocab * 4096 <= 2**21 and blocks.tokens * blocks.vocab <= 2**21
-    assert _choose_blocks(8192, 4096, 128256, None, None, backend="gpu") == (2048, 1024)
-    assert _choose_blocks(8192, 2304, 256000, None, None, backend="tpu") == (2048, 1024)
-    assert _choose_blocks(8192, 4096, 128256, 64, 128, backend="gpu") == (64, 128)
-    assert _choose_blocks(5, 3, 7, None, None) == (5, 7)
-    assert _choose_blocks(100, 3, 70, 16, 32) == (16, 32)
+    assert choose_blocks(8192, 4096, 128256, None, None, backend="gpu") == (2048, 1024)
+    assert choose_blocks(8192, 2304, 256000, None, None, backend="tpu") == (2048, 1024)
+    assert choose_blocks(8192, 4096, 128256, 64, 128, backend="gpu") == (64, 128)
+    assert choose_blocks(5, 3, 7, None, None) == (5, 7)
+    assert choose_blocks(100, 3, 70, 16, 32) == (16, 32)
+    # Split over 8 vocabulary shards, the CPU budget per device shrinks (not below 2**17).
+    small = choose_blocks(8192, 4096, 128256 // 8, None, None, axis_size=8, backend="cpu")
+    assert small.tokens * small.vocab <= 2**18 and small.tokens * 4096 <= 2**18
 
 
 def test_auto_method_takes_two_passes_in_half_precision_only():
-    blocks = _choose_blocks(64, 16, 256, None, None, backend="cpu")
+    blocks = choose_blocks(64, 16, 256, None, None, backend="cpu")
     f32, bf16 = jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)
     for reduction in ("none", "mean"):
         for dtypes in ((bf16, bf16), (bf16, f32), (f32, bf16)):
-            method = _choose_method("auto", reduction, 64, 256, blocks, None, dtypes, f32)
-            assert method == "two_pass"
-        method = _choose_method("auto", reduction, 64, 256, blocks, None, (f32, f32), f32)
-        assert method != "two_pass"
-    assert _choose_method("recompute", "mean", 64, 256, blocks, None, (bf16, bf16), f32) == (
-        "recompute"
-    )
+            _, plan = choose_plan("auto", reduction, 64, 256, blocks, None, dtypes, f32, None)
+            assert plan == "two_pass"
+        _, plan = choose_plan("auto", reduction, 64, 256, blocks, None, (f32, f32), f32, None)
+        assert plan != "two_pass"
+    _, plan = choose_plan("one_pass", "mean", 64, 256, blocks, None, (bf16, bf16), f32, None)
+    assert plan == "one_pass"
+    with pytest.raises(ValueError, match="in_forward"):
+        choose_plan("in_forward", "none", 64, 256, blocks, None, (f32, f32), f32, None)
 
 
 def _lowered_text(loss, *args):
@@ -316,31 +304,21 @@ def test_half_precision_backward_keeps_no_full_float32_hidden_accumulator():
 
     def ce(method):
         def loss(h, w):
-            return _linear_softmax_cross_entropy(h, labels, w, method=method, **BLOCKS)
+            return linear_softmax_cross_entropy(h, labels, w, backward=method, **BLOCKS)
 
         return _lowered_text(loss, hidden, weight)
 
     def jsd(method):
         def loss(h, w):
-            return _linear_divergence(
-                "jsd",
-                h,
-                w,
-                target_hidden,
-                target_weight,
-                beta=0.5,
-                temperature=1.0,
-                where=None,
-                reduction="mean",
-                accum_dtype=jnp.float32,
-                method=method,
-                **BLOCKS,
+            return linear_jensen_shannon(
+                h, w, target_hidden, target_weight, backward=method, **BLOCKS
             )
 
         return _lowered_text(loss, hidden, weight)
 
     for lowered in (ce, jsd):
-        assert full_f32_hidden in lowered("recompute")  # the one-pass accumulator
+        # One pass with the hidden gradient accumulated over vocabulary blocks.
+        assert full_f32_hidden in lowered("one_pass")
         auto = lowered("auto")
         assert full_f32_hidden not in auto
         assert f"tensor<{D}x{V}xf32>" not in auto
@@ -389,10 +367,18 @@ def test_bad_input_errors_name_the_arguments():
         linear_reverse_kl(hidden, weight, target_hidden[:4], weight[:DT])
     with pytest.raises(ValueError, match="`beta`"):
         linear_jensen_shannon(hidden, weight, target_hidden, weight[:DT], beta=1.5)
-    with pytest.raises(ValueError, match="`where`"):
-        linear_forward_kl(hidden, weight, hidden, weight, where=jnp.ones((3,), bool))
-    with pytest.raises(ValueError, match="`method`.*'two_pass'.*got 'one_pass'"):
-        _linear_softmax_cross_entropy(hidden, labels, weight, method="one_pass")
+    with pytest.raises(ValueError, match="`mask`"):
+        linear_forward_kl(hidden, weight, hidden, weight, mask=jnp.ones((3,), bool))
+    with pytest.raises(TypeError, match="`mask`"):
+        linear_forward_kl(hidden, weight, hidden, weight, mask=jnp.ones((N,)))
+    with pytest.raises(
+        ValueError, match="`backward`.*'two_pass'.*got 'recompute'|`backward`='recompute'"
+    ):
+        linear_softmax_cross_entropy(hidden, labels, weight, backward="recompute")
+    with pytest.raises(ValueError, match="`weight_layout`"):
+        linear_softmax_cross_entropy(hidden, labels, weight, weight_layout="auto")
+    with pytest.raises(ValueError, match="`class_weights` must be non-negative"):
+        linear_softmax_cross_entropy(hidden, labels, weight, class_weights=-jnp.ones(V))
 
 
 # ------------------------------------------------------------------------------- distillation
@@ -404,10 +390,10 @@ DIVERGENCES = {
 }
 # "none" always recomputes; the scalar reductions can take any gradient method.
 DISTILL_CASES = [
-    ("recompute", "none"),
-    ("recompute", "mean"),
-    ("fused", "mean"),
-    ("fused", "sum"),
+    ("one_pass", "none"),
+    ("one_pass", "mean"),
+    ("in_forward", "mean"),
+    ("in_forward", "sum"),
     ("two_pass", "mean"),
 ]
 
@@ -420,19 +406,19 @@ def test_distillation_matches_naive_core_divergence(kind, method, reduction):
     keep = jnp.arange(N) % 4 != 1
     _, core_fn, extra = DIVERGENCES[kind]
 
+    fused_fn = DIVERGENCES[kind][0]
+
     def fused(h, w, th, tw):
-        out = _linear_divergence(
-            kind,
+        out = fused_fn(
             h,
             w,
             th,
             tw,
-            beta=extra.get("beta", 0.0),
             temperature=2.0,
-            where=keep,
+            mask=keep,
             reduction=reduction,
-            accum_dtype=jnp.float32,
-            method=method,
+            backward=method,
+            **extra,
             **BLOCKS,
         )
         return jnp.sum(out), out
@@ -534,3 +520,85 @@ def test_benchmark_scripts_run_quick(command):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "platform=" in result.stdout and "| " in result.stdout
+
+
+# ------------------------------------------------------------------------------- bad data
+
+
+@pytest.mark.parametrize("backward", ["one_pass", "two_pass", "in_forward"])
+def test_nan_logits_poison_their_row_value_and_gradient(backward):
+    hidden, weight, _, labels, _, _ = _inputs()
+    hidden = hidden.at[2, 0].set(jnp.nan)
+    per_token = linear_softmax_cross_entropy(hidden, labels, weight, reduction="none", **BLOCKS)
+    grad = jax.grad(
+        lambda h: linear_softmax_cross_entropy(h, labels, weight, backward=backward, **BLOCKS)
+    )(hidden)
+    nan_rows = np.isnan(np.asarray(grad)).any(axis=1)
+    assert np.isnan(per_token[2]) and np.isfinite(np.delete(np.asarray(per_token), 2)).all()
+    assert nan_rows[2] and not np.delete(nan_rows, 2).any()
+
+
+@pytest.mark.parametrize("bad", [V, -1, -100, 2**31 - 1])
+def test_out_of_range_labels_poison_the_gradient_too(bad):
+    hidden, weight, bias, labels, _, _ = _inputs()
+    labels = labels.at[3].set(bad)
+    grads = jax.grad(
+        lambda h, w, b: linear_softmax_cross_entropy(h, labels, w, bias=b, **BLOCKS), (0, 1, 2)
+    )(hidden, weight, bias)
+    nan_rows = np.isnan(np.asarray(grads[0])).any(axis=1)
+    assert nan_rows[3] and not np.delete(nan_rows, 3).any()
+    assert np.isnan(np.asarray(grads[1])).any() and np.isnan(np.asarray(grads[2])).any()
+
+
+def test_extreme_finite_logits_do_not_overflow_the_shift():
+    """Logits near the float32 limit (two tied at 3e38, one at -3e38) give no NaN. (In float32
+    the O(1) part of lse - z_y is lost to rounding at that scale, as in every lse - z form.)"""
+    hidden, weight, _, labels, _, _ = _inputs()
+    bias = jnp.zeros(V).at[0].set(3e38).at[1].set(3e38).at[2].set(-3e38)
+    labels = labels.at[:4].set(jnp.array([0, 1, 0, 1]))
+
+    def loss(b):
+        return linear_softmax_cross_entropy(hidden[:4], labels[:4], weight, bias=b, **BLOCKS)
+
+    value, grad = jax.value_and_grad(loss)(bias)
+    assert np.isfinite(value) and np.isfinite(np.asarray(grad)).all()
+
+
+def test_traced_options_and_static_ones():
+    hidden, weight, _, labels, _, target_hidden = _inputs()
+    target_weight = weight[:DT] * 2
+
+    @jax.jit
+    def scheduled(t, eps, beta):
+        return (
+            linear_forward_kl(hidden, weight, hidden, weight * 2, temperature=t)
+            + linear_softmax_cross_entropy(hidden, labels, weight, label_smoothing=eps)
+            + linear_jensen_shannon(hidden, weight, target_hidden, target_weight, beta=beta)
+        )
+
+    eager = (
+        linear_forward_kl(hidden, weight, hidden, weight * 2, temperature=2.0)
+        + linear_softmax_cross_entropy(hidden, labels, weight, label_smoothing=0.1)
+        + linear_jensen_shannon(hidden, weight, target_hidden, target_weight, beta=0.3)
+    )
+    _assert_close(scheduled(2.0, 0.1, 0.3), eager)
+    assert np.isnan(scheduled(0.0, 0.1, 0.3)) and np.isnan(scheduled(2.0, 1.5, 0.3))
+    with pytest.raises(TypeError, match="`logit_softcap` must be a static Python number"):
+        jax.jit(lambda c: linear_softmax_cross_entropy(hidden, labels, weight, logit_softcap=c))(
+            3.0
+        )
+    with pytest.raises(TypeError, match="`ignore_index`"):
+        jax.jit(lambda i: linear_softmax_cross_entropy(hidden, labels, weight, ignore_index=i))(3)
+
+
+def test_tied_layout_makes_no_transposed_copy():
+    """weight_layout="vd" contracts the [V, D] table in place: no [D, V] array in the program."""
+    n, d, v = 256, 48, 1000
+    structs = (
+        jax.ShapeDtypeStruct((n, d), jnp.bfloat16),
+        jax.ShapeDtypeStruct((n,), jnp.int32),
+        jax.ShapeDtypeStruct((v, d), jnp.bfloat16),
+    )
+    loss = lambda h, y, w: linear_softmax_cross_entropy(h, y, w, weight_layout="vd")
+    text = jax.jit(jax.value_and_grad(loss, (0, 2))).lower(*structs).compile().as_text()
+    assert f"[{d},{v}]" not in text

@@ -9,29 +9,17 @@ elements than one device's logits shard: gathering logits rows, or any vocabular
 them, would exceed that; gathering per-row scalars does not.
 """
 
-import math
 import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import cpu_fallback_mesh
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import infoloss_jax as il
-
-
-def cpu_fallback_mesh(shape, names, **kwargs):
-    """A mesh on the default backend, or on the 8 simulated CPU devices when it has fewer.
-
-    On a one-GPU machine the default backend has a single device; conftest's XLA flag gives
-    the CPU backend 8, so the sharded tests still run there.
-    """
-    size = math.prod(shape)
-    devices = jax.devices() if len(jax.devices()) >= size else jax.devices("cpu")
-    return jax.make_mesh(shape, names, devices=devices[:size], **kwargs)
-
 
 N, V = 8, 48
 CLASS_WEIGHTS = np.linspace(0.5, 1.5, V)

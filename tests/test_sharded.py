@@ -6,7 +6,6 @@ mesh axis, so the padding path is always exercised; ignored tokens are spread un
 data shards, so a mean of per-shard means would be wrong.
 """
 
-import math
 import os
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import MESHES, cpu_fallback_mesh, data_axis, make_mesh
 from jax.sharding import AxisType
 from jax.sharding import PartitionSpec as P
 from jax.test_util import check_grads
@@ -23,40 +23,14 @@ from jax.test_util import check_grads
 import infoloss_jax as il
 from infoloss_jax import sharded
 
-
-def cpu_fallback_mesh(shape, names, **kwargs):
-    """A mesh on the default backend, or on the 8 simulated CPU devices when it has fewer.
-
-    On a one-GPU machine the default backend has a single device; conftest's XLA flag gives
-    the CPU backend 8, so the sharded tests still run there.
-    """
-    size = math.prod(shape)
-    devices = jax.devices() if len(jax.devices()) >= size else jax.devices("cpu")
-    return jax.make_mesh(shape, names, devices=devices[:size], **kwargs)
-
-
 N, D, V = 8, 6, 13
 IGNORE = -100
 ROOT = Path(__file__).resolve().parents[1]
 
-MESHES = {
-    "8": ((8,), ("model",)),
-    "2x4": ((2, 4), ("data", "model")),
-    "4x2": ((4, 2), ("data", "model")),
-}
 CE_OPTIONS = {
     "plain": {},
     "all": dict(ignore_index=IGNORE, label_smoothing=0.1, z_loss=1e-3, logit_softcap=4.0),
 }
-
-
-def make_mesh(name):
-    shape, names = MESHES[name]
-    return cpu_fallback_mesh(shape, names, axis_types=(AxisType.Auto,) * len(names))
-
-
-def data_axis(mesh):
-    return "data" if "data" in mesh.axis_names else None
 
 
 def padded_size(mesh, vocab=V):
@@ -112,10 +86,10 @@ def test_cross_entropy_matches_core(mesh_name, options):
 
     def local(z, y):
         per_token = sharded.vocab_parallel_cross_entropy(
-            z, y, axis_name="model", vocab_size=V, **opts
+            z, y, vocab_axis="model", vocab_size=V, **opts
         )
         mean = sharded.vocab_parallel_cross_entropy(
-            z, y, axis_name="model", vocab_size=V, reduction="mean", data_axis_name=dp, **opts
+            z, y, vocab_axis="model", vocab_size=V, reduction="mean", data_axis=dp, **opts
         )
         return per_token, mean
 
@@ -134,7 +108,7 @@ def test_data_parallel_mean_is_exact_not_a_mean_of_means():
     logits, _, _, _, _, labels = make_inputs()
     opts = dict(ignore_index=IGNORE)
     loss = sharded.vocab_parallel_cross_entropy_on_mesh(
-        logits, labels, mesh=mesh, vocab_axis="model", data_axis="data", **opts
+        logits, labels, mesh=mesh, vocab_axis="model", data_axis="data", reduction="mean", **opts
     )
     assert_close(loss, core_ce(logits, labels, opts))
     per_token = core_ce(logits, labels, opts, "none")
@@ -154,10 +128,10 @@ def test_grad_taken_inside_shard_map():
             return sharded.vocab_parallel_cross_entropy(
                 z,
                 y,
-                axis_name="model",
+                vocab_axis="model",
                 vocab_size=V,
                 reduction="sum",
-                data_axis_name="data",
+                data_axis="data",
                 **opts,
             )
 
@@ -183,7 +157,7 @@ def test_cross_entropy_where_and_excluded_classes():
 
     def local(z, y, w):
         return sharded.vocab_parallel_cross_entropy(
-            z, y, axis_name="model", vocab_size=V, where=w, reduction="sum", **opts
+            z, y, vocab_axis="model", vocab_size=V, where=w, reduction="sum", **opts
         )
 
     fn = jax.jit(
@@ -221,7 +195,7 @@ def test_cross_entropy_value_level_mistakes():
 
     def mean(z):
         return sharded.vocab_parallel_cross_entropy_on_mesh(
-            z, all_ignored, mesh=mesh, vocab_axis="model", ignore_index=IGNORE
+            z, all_ignored, mesh=mesh, vocab_axis="model", ignore_index=IGNORE, reduction="mean"
         )
 
     value, grad = jax.value_and_grad(mean)(logits)
@@ -236,7 +210,7 @@ def test_cross_entropy_bfloat16():
 
     def loss(z):
         return sharded.vocab_parallel_cross_entropy_on_mesh(
-            z, labels, mesh=mesh, vocab_axis="model", data_axis="data", **opts
+            z, labels, mesh=mesh, vocab_axis="model", data_axis="data", reduction="mean", **opts
         )
 
     value, grad = jax.value_and_grad(loss)(logits)
@@ -252,7 +226,7 @@ def test_cross_entropy_check_grads():
     opts = CE_OPTIONS["all"]
     fn = jax.jit(
         lambda z: sharded.vocab_parallel_cross_entropy_on_mesh(
-            z, labels, mesh=mesh, vocab_axis="model", data_axis="data", **opts
+            z, labels, mesh=mesh, vocab_axis="model", data_axis="data", reduction="mean", **opts
         )
     )
     check_grads(fn, (logits,), order=1, modes=["rev"])
@@ -311,7 +285,7 @@ def test_linear_cross_entropy_per_token_inside_user_shard_map():
 
     def local(h, y, w):
         return sharded.vocab_parallel_linear_cross_entropy(
-            h, y, w, axis_name="model", vocab_size=V, reduction="none", vocab_block_size=2
+            h, y, w, vocab_axis="model", vocab_size=V, reduction="none", vocab_block_size=2
         )
 
     specs = (P("data", None), P("data"), P(None, "model"))
@@ -340,9 +314,9 @@ def test_linear_cross_entropy_per_token_inside_user_shard_map():
 def test_linear_cross_entropy_every_backward_plan(mesh_name, plan, monkeypatch):
     """Both one-pass loop orders and the two-pass backward (weight gradient with vocabulary
     blocks outside, then hidden gradient with token blocks outside) give the exact gradients."""
-    from infoloss_jax import _sharded
+    from infoloss_jax import _blockwise
 
-    monkeypatch.setattr(_sharded, "_backward_plan", lambda *args: plan)
+    monkeypatch.setattr(_blockwise, "resolve_plan", lambda *args: plan)
     mesh = make_mesh(mesh_name)
     opts = CE_OPTIONS["all"]
     _, _, hidden, weight, bias, labels = make_inputs(seed=4)
@@ -461,7 +435,7 @@ def test_distillation_mean_beta_limits_and_excluded_classes():
     # Class 2 excluded from both; class 5 impossible for the teacher only.
     student = student.at[:, 2].set(-jnp.inf)
     teacher = teacher.at[:, 2].set(-jnp.inf).at[:, 5].set(-jnp.inf)
-    common = dict(mesh=mesh, vocab_axis="model", data_axis="data")
+    common = dict(mesh=mesh, vocab_axis="model", data_axis="data", reduction="mean")
     fwd = sharded.vocab_parallel_forward_kl_on_mesh(student, teacher, **common)
     assert_close(fwd, il.forward_kl(student, teacher).mean())
     for beta, core in ((0.0, il.forward_kl), (1.0, il.reverse_kl)):
@@ -511,9 +485,9 @@ LINEAR_DIVERGENCES = {
     ],
 )
 def test_linear_distillation_matches_core(mesh_name, kind, plan, monkeypatch):
-    from infoloss_jax import _sharded
+    from infoloss_jax import _blockwise
 
-    monkeypatch.setattr(_sharded, "_backward_plan", lambda *args: plan)
+    monkeypatch.setattr(_blockwise, "resolve_plan", lambda *args: plan)
     mesh = make_mesh(mesh_name)
     ours, core, opts = LINEAR_DIVERGENCES[kind]
     _, _, hidden, weight, _, _ = make_inputs()
@@ -521,7 +495,7 @@ def test_linear_distillation_matches_core(mesh_name, kind, plan, monkeypatch):
     t_hidden = jnp.asarray(rng.normal(size=(N, 4)))  # the teacher's hidden size differs
     t_weight = jnp.asarray(rng.normal(size=(4, V)))
     keep = jnp.arange(N) % 3 != 1
-    opts = dict(opts, temperature=1.5, where=keep, token_block_size=3, vocab_block_size=3)
+    opts = dict(opts, temperature=1.5, mask=keep, token_block_size=3, vocab_block_size=3)
 
     def loss(h, w, th, tw):
         return ours(h, w, th, tw, mesh=mesh, vocab_axis="model", data_axis=data_axis(mesh), **opts)
@@ -610,22 +584,22 @@ def test_axis_name_not_in_mesh():
     logits, _, hidden, weight, _, labels = make_inputs()
     labels = jnp.where(labels == IGNORE, 0, labels)
     z = pad_vocab(logits, 16)
-    with pytest.raises(ValueError, match=r"`axis_name`='vocab' is not an axis"):
+    with pytest.raises(ValueError, match=r"`vocab_axis`='vocab' is not an axis"):
         _inside(
             mesh,
             lambda z, y: sharded.vocab_parallel_cross_entropy(
-                z, y, axis_name="vocab", reduction="sum"
+                z, y, vocab_axis="vocab", reduction="sum"
             ),
             z,
             labels,
             in_specs=(P("data", "model"), P("data")),
             out_specs=P("data"),
         )
-    with pytest.raises(ValueError, match=r"`data_axis_name`='batch'"):
+    with pytest.raises(ValueError, match=r"`data_axis`='batch'"):
         _inside(
             mesh,
             lambda z, y: sharded.vocab_parallel_cross_entropy(
-                z, y, axis_name="model", reduction="sum", data_axis_name="batch"
+                z, y, vocab_axis="model", reduction="sum", data_axis="batch"
             ),
             z,
             labels,
@@ -652,18 +626,18 @@ def test_weight_shard_disagreeing_with_mesh():
         _inside(
             mesh,
             lambda h, y, w: sharded.vocab_parallel_linear_cross_entropy(
-                h, y, w, axis_name="model", vocab_size=V
+                h, y, w, vocab_axis="model", vocab_size=V
             ),
             hidden,
             labels,
             w,
             in_specs=(P(), P(), P(None, "model")),
         )
-    with pytest.raises(ValueError, match=r"`hidden`.*`weight_shard`.*agree on D"):
+    with pytest.raises(ValueError, match=r"`hidden`.*hidden size D of `weight_shard`"):
         _inside(
             mesh,
             lambda h, y, w: sharded.vocab_parallel_linear_cross_entropy(
-                h[:, :4], y, w, axis_name="model"
+                h[:, :4], y, w, vocab_axis="model"
             ),
             hidden,
             labels,
@@ -674,7 +648,7 @@ def test_weight_shard_disagreeing_with_mesh():
         _inside(
             mesh,
             lambda h, y, w, b: sharded.vocab_parallel_linear_cross_entropy(
-                h, y, w, bias_shard=b[:1], axis_name="model"
+                h, y, w, bias_shard=b[:1], vocab_axis="model"
             ),
             hidden,
             labels,
@@ -695,8 +669,8 @@ def test_other_bad_arguments():
         sharded.vocab_parallel_cross_entropy_on_mesh(labels[:, None], labels, **kw)
     with pytest.raises(ValueError, match="`labels`.*shape"):
         sharded.vocab_parallel_cross_entropy_on_mesh(logits, labels[:3], **kw)
-    with pytest.raises(ValueError, match="`reduction`='batchmean'"):
-        sharded.vocab_parallel_cross_entropy_on_mesh(logits, labels, reduction="batchmean", **kw)
+    with pytest.raises(ValueError, match="`reduction`='avg'"):
+        sharded.vocab_parallel_cross_entropy_on_mesh(logits, labels, reduction="avg", **kw)
     with pytest.raises(ValueError, match="`label_smoothing`"):
         sharded.vocab_parallel_cross_entropy_on_mesh(logits, labels, label_smoothing=1.0, **kw)
     with pytest.raises(ValueError, match="`z_loss`"):
@@ -729,13 +703,13 @@ def test_other_bad_arguments():
         sharded.vocab_parallel_cross_entropy_on_mesh(
             logits[:7], labels[:7], mesh=make_mesh("2x4"), vocab_axis="model", data_axis="data"
         )
-    with pytest.raises(ValueError, match="`weight` \\[D, V\\] and `target_weight`"):
+    with pytest.raises(ValueError, match="share one vocabulary: `target_weight`"):
         sharded.vocab_parallel_linear_forward_kl_on_mesh(
             hidden, weight, hidden, weight[:, :5], **kw
         )
-    with pytest.raises(ValueError, match="`where` must be a boolean per-token mask"):
+    with pytest.raises(ValueError, match="`mask` must be a boolean per-token mask"):
         sharded.vocab_parallel_linear_reverse_kl_on_mesh(
-            hidden, weight, hidden, weight, where=jnp.ones((N, V), bool), **kw
+            hidden, weight, hidden, weight, mask=jnp.ones((N, V), bool), **kw
         )
     with pytest.raises(TypeError, match="`mesh`"):
         sharded.vocab_parallel_cross_entropy_on_mesh(logits, labels, mesh=None, vocab_axis="model")
@@ -769,7 +743,7 @@ def test_sharded_fused_memory_ratio(dtype):
     single_temp = single.lower(*structs).compile().memory_analysis().temp_size_in_bytes
 
     def local(h, y, w):
-        return sharded.vocab_parallel_linear_cross_entropy(h, y, w, axis_name="model")
+        return sharded.vocab_parallel_linear_cross_entropy(h, y, w, vocab_axis="model")
 
     loss = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P(None, "model")), out_specs=P())
     multi = jax.jit(jax.value_and_grad(loss, (0, 2)))
@@ -780,7 +754,7 @@ def test_sharded_fused_memory_ratio(dtype):
 def test_auto_backward_plan():
     """``backward="auto"``: one pass while its float32 accumulator is at most a logits tile (or
     free: a float32 weight gradient written in place), two passes otherwise."""
-    from infoloss_jax._sharded import _backward_plan
+    from infoloss_jax._blockwise import resolve_plan as _backward_plan
 
     f32, bf16 = jnp.float32, jnp.bfloat16
     llama = (8192, 4096, 128256 // 8)  # tokens, hidden size, vocabulary per device (d = 8)
@@ -807,3 +781,39 @@ def test_example_runs_tiny():
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "per-device" in result.stdout and "loss" in result.stdout
+
+
+def test_on_mesh_wrappers_compile_once():
+    """A second identical eager call of an on-mesh wrapper compiles nothing."""
+    compiles = []
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(event)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    mesh = make_mesh("2x4")
+    logits, target, hidden, weight, bias, labels = make_inputs()
+    labels = jnp.where(labels == IGNORE, 0, labels)
+    calls = [
+        lambda: sharded.vocab_parallel_cross_entropy_on_mesh(
+            logits, labels, mesh=mesh, vocab_axis="model", data_axis="data", label_smoothing=0.1
+        ),
+        lambda: sharded.vocab_parallel_linear_cross_entropy_on_mesh(
+            hidden, labels, weight, bias=bias, mesh=mesh, vocab_axis="model", z_loss=1e-3
+        ),
+        lambda: sharded.vocab_parallel_jensen_shannon_on_mesh(
+            logits, target, mesh=mesh, vocab_axis="model", beta=0.3
+        ),
+        lambda: sharded.vocab_parallel_linear_reverse_kl_on_mesh(
+            hidden, weight, hidden, weight, mesh=mesh, vocab_axis="model", temperature=2.0
+        ),
+    ]
+    try:
+        for call in calls:
+            jax.block_until_ready(call())
+            compiles.clear()
+            jax.block_until_ready(call())
+            assert compiles == [], call
+    finally:
+        jax.monitoring.clear_event_listeners()

@@ -1,0 +1,266 @@
+"""Core == fused == sharded: one engine, so every path gives the same values and gradients.
+
+Each case compares, for one set of options and one reduction, the core loss on materialized
+logits, the fused head, the vocabulary-parallel head on 8 simulated devices (and, for the
+cross-entropy, the vocabulary-parallel loss on logits), and a plain ``jax.numpy`` reference.
+The vocabulary (37 classes) is not divisible by the blocks (16) nor by the mesh (8), so the
+ragged and padded paths always run.
+"""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import make_mesh, plain_cross_entropy, plain_divergence
+
+import infoloss_jax as il
+from infoloss_jax import sharded
+
+N, D, V, DT = 16, 8, 37, 5
+BLOCKS = dict(token_block_size=8, vocab_block_size=16)
+IGNORE = -100
+
+CE_CASES = {
+    "plain": dict(),
+    "smoothing": dict(label_smoothing=0.1),
+    "z_loss": dict(z_loss=1e-2),
+    "softcap": dict(logit_softcap=3.0),
+    "ignore": dict(ignore_index=IGNORE),
+    "class_weights": dict(class_weights=True),
+    "mixed": dict(ignore_index=IGNORE, label_smoothing=0.2, z_loss=1e-3, logit_softcap=4.0),
+    "mixed_weights": dict(ignore_index=IGNORE, label_smoothing=0.1, class_weights=True),
+    "excluded": dict(label_smoothing=0.1, logit_softcap=5.0, excluded=True),
+}
+
+
+@pytest.fixture(autouse=True)
+def _true_float32_matmuls():
+    with jax.default_matmul_precision("highest"):
+        yield
+
+
+def _inputs(dtype, case, seed=0):
+    k = jax.random.split(jax.random.key(seed), 5)
+    hidden = jax.random.normal(k[0], (N, D), jnp.float32).astype(dtype)
+    weight = (jax.random.normal(k[1], (D, V)) * 0.8).astype(dtype)
+    bias = (jax.random.normal(k[2], (V,)) * 0.3).astype(dtype)
+    labels = jax.random.randint(k[3], (N,), 0, V)
+    opts = dict(CE_CASES[case])
+    if opts.pop("excluded", False):  # -inf bias entries: excluded classes, never labels
+        bias = bias.at[jnp.array([3, 11, 30])].set(-jnp.inf)
+        labels = jnp.where(jnp.isin(labels, jnp.array([3, 11, 30])), 4, labels)
+    if "ignore_index" in opts:
+        labels = labels.at[jnp.array([0, 5, 6, 13])].set(IGNORE)
+    if opts.pop("class_weights", False):
+        opts["class_weights"] = jax.random.uniform(k[4], (V,), jnp.float32, 0.5, 2.0)
+    return hidden, weight, bias, labels, opts
+
+
+def _tolerance(dtype):
+    return dict(rtol=1e-5, atol=1e-6) if dtype == jnp.float32 else dict(rtol=2e-2, atol=2e-3)
+
+
+def _cross_entropy_paths(labels, opts, reduction, mesh):
+    def core(h, w, b):
+        return il.softmax_cross_entropy_with_integer_labels(
+            h @ w + b, labels, reduction=reduction, **opts
+        )
+
+    def plain(h, w, b):
+        logits = h.astype(jnp.float32) @ w.astype(jnp.float32) + b.astype(jnp.float32)
+        return plain_cross_entropy(logits, labels, reduction=reduction, **opts)
+
+    def fused(h, w, b):
+        return il.linear_softmax_cross_entropy(
+            h, labels, w, bias=b, reduction=reduction, **opts, **BLOCKS
+        )
+
+    def fused_tied(h, w, b):
+        return il.linear_softmax_cross_entropy(
+            h, labels, w.T, bias=b, weight_layout="vd", reduction=reduction, **opts, **BLOCKS
+        )
+
+    paths = dict(core=core, plain=plain, fused=fused, fused_tied=fused_tied)
+    if "class_weights" not in opts:
+
+        def on_mesh(h, w, b):
+            return sharded.vocab_parallel_linear_cross_entropy_on_mesh(
+                h,
+                labels,
+                w,
+                bias=b,
+                mesh=mesh,
+                vocab_axis="model",
+                reduction=reduction,
+                **opts,
+                **BLOCKS,
+            )
+
+        def logits_on_mesh(h, w, b):
+            return sharded.vocab_parallel_cross_entropy_on_mesh(
+                h @ w + b, labels, mesh=mesh, vocab_axis="model", reduction=reduction, **opts
+            )
+
+        paths.update(sharded=on_mesh, sharded_logits=logits_on_mesh)
+    return paths
+
+
+def _check(paths, args, tol, reference="plain"):
+    def value_and_grads(fn):
+        def total(*a):
+            out = fn(*a)
+            return jnp.sum(out), out
+
+        argnums = tuple(range(len(args)))
+        return jax.jit(jax.value_and_grad(total, argnums=argnums, has_aux=True))
+
+    results = {}
+    for name, fn in paths.items():
+        (_, value), grads = value_and_grads(fn)(*args)
+        results[name] = (value, grads)
+    expected_value, expected_grads = results[reference]
+    for name, (value, grads) in results.items():
+        chex.assert_trees_all_close(
+            jnp.asarray(value, jnp.float32),
+            jnp.asarray(expected_value, jnp.float32),
+            **tol,
+            custom_message=f"value of {name}",
+        )
+        finite = jax.tree.map(lambda g: jnp.nan_to_num(g.astype(jnp.float32)), grads)
+        ref = jax.tree.map(lambda g: jnp.nan_to_num(g.astype(jnp.float32)), expected_grads)
+        chex.assert_trees_all_close(finite, ref, **tol, custom_message=f"gradient of {name}")
+
+
+@pytest.mark.parametrize("case", list(CE_CASES))
+def test_cross_entropy_every_option(case):
+    hidden, weight, bias, labels, opts = _inputs(jnp.float32, case)
+    mesh = make_mesh("8")
+    paths = _cross_entropy_paths(labels, opts, "mean", mesh)
+    _check(paths, (hidden, weight, bias), _tolerance(jnp.float32))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("reduction", ["none", "sum", "batchmean"])
+def test_cross_entropy_every_reduction(reduction):
+    hidden, weight, bias, labels, opts = _inputs(jnp.float32, "mixed")
+    paths = _cross_entropy_paths(labels, opts, reduction, make_mesh("2x4"))
+    _check(paths, (hidden, weight, bias), _tolerance(jnp.float32))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["mixed", "excluded"])
+def test_cross_entropy_bfloat16(case):
+    hidden, weight, bias, labels, opts = _inputs(jnp.bfloat16, case)
+    paths = _cross_entropy_paths(labels, opts, "mean", make_mesh("8"))
+    # The bfloat16 logits of the core path round once more than the fused tiles; compare all
+    # paths with the float32 plain reference at a bfloat16 tolerance.
+    _check(paths, (hidden, weight, bias), _tolerance(jnp.bfloat16))
+
+
+def test_fully_ignored_batch_gives_zero_everywhere():
+    hidden, weight, bias, _, _ = _inputs(jnp.float32, "plain")
+    labels = jnp.full((N,), IGNORE)
+    paths = _cross_entropy_paths(labels, dict(ignore_index=IGNORE), "mean", make_mesh("8"))
+    for name, fn in paths.items():
+        value, grads = jax.value_and_grad(fn, argnums=(0, 1, 2))(hidden, weight, bias)
+        assert float(value) == 0.0, name
+        assert all(not np.asarray(g).any() for g in grads), name
+
+
+def test_excluded_classes_under_smoothing_and_softcap_are_finite():
+    """The drift of issue 11: a -inf bias entry stays excluded under soft-capping and gets no
+    smoothing mass, in every path (it used to give inf in the fused and sharded heads)."""
+    k = jax.random.split(jax.random.key(1), 4)
+    h, w = jax.random.normal(k[0], (40, 12)), jax.random.normal(k[1], (12, 96))
+    b = jax.random.normal(k[2], (96,)).at[::7].set(-jnp.inf)
+    y = jax.random.randint(k[3], (40,), 0, 96)
+    y = jnp.where(b[y] == -jnp.inf, 1, y)
+    mesh = make_mesh("8")
+    for opts in (dict(label_smoothing=0.1), dict(logit_softcap=5.0)):
+        paths = _cross_entropy_paths(y, opts, "mean", mesh)
+        values = {name: float(fn(h, w, b)) for name, fn in paths.items()}
+        assert all(np.isfinite(list(values.values()))), values
+        np.testing.assert_allclose(list(values.values()), values["plain"], rtol=1e-5)
+
+
+DIVERGENCES = {
+    "forward_kl": (il.linear_forward_kl, sharded.vocab_parallel_linear_forward_kl_on_mesh, {}),
+    "reverse_kl": (il.linear_reverse_kl, sharded.vocab_parallel_linear_reverse_kl_on_mesh, {}),
+    "jensen_shannon": (
+        il.linear_jensen_shannon,
+        sharded.vocab_parallel_linear_jensen_shannon_on_mesh,
+        dict(beta=0.3),
+    ),
+}
+CORE_DIVERGENCES = {"forward_kl": il.forward_kl, "reverse_kl": il.reverse_kl}
+CORE_DIVERGENCES["jensen_shannon"] = il.jensen_shannon
+
+
+@pytest.mark.parametrize("kind", list(DIVERGENCES))
+@pytest.mark.parametrize("dtype", [jnp.float32, pytest.param(jnp.bfloat16, marks=pytest.mark.slow)])
+def test_distillation_heads_agree(kind, dtype):
+    hidden, weight, _, _, _ = _inputs(dtype, "plain")
+    k = jax.random.split(jax.random.key(7), 2)
+    t_hidden = jax.random.normal(k[0], (N, DT)).astype(dtype)
+    t_weight = jax.random.normal(k[1], (DT, V)).astype(dtype)
+    fused_fn, mesh_fn, extra = DIVERGENCES[kind]
+    mask = jnp.arange(N) % 5 != 2
+    opts = dict(extra, temperature=1.5)
+    mesh = make_mesh("2x4")
+
+    def masked_mean(per_row):
+        return jnp.sum(jnp.where(mask, per_row, 0.0)) / jnp.sum(mask)
+
+    def up(x):
+        return x.astype(jnp.float32)
+
+    paths = dict(
+        plain=lambda h, w: masked_mean(
+            plain_divergence(kind, up(h) @ up(w), up(t_hidden) @ up(t_weight), **opts)
+        ),
+        core=lambda h, w: masked_mean(CORE_DIVERGENCES[kind](h @ w, t_hidden @ t_weight, **opts)),
+        fused=lambda h, w: fused_fn(h, w, t_hidden, t_weight, mask=mask, **opts, **BLOCKS),
+        fused_tied=lambda h, w: fused_fn(
+            h, w.T, t_hidden, t_weight.T, weight_layout="vd", mask=mask, **opts, **BLOCKS
+        ),
+        sharded=lambda h, w: mesh_fn(
+            h,
+            w,
+            t_hidden,
+            t_weight,
+            mesh=mesh,
+            vocab_axis="model",
+            data_axis="data",
+            mask=mask,
+            **opts,
+            **BLOCKS,
+        ),
+    )
+    _check(paths, (hidden, weight), _tolerance(dtype))
+
+
+@pytest.mark.parametrize("kind", list(CORE_DIVERGENCES))
+def test_distillation_on_logits_with_excluded_classes(kind):
+    """-inf in both, in the teacher only, in the student only, and a whole -inf row."""
+    k = jax.random.split(jax.random.key(3), 2)
+    student = jax.random.normal(k[0], (N, V)) * 2
+    teacher = jax.random.normal(k[1], (N, V)) * 2
+    student = student.at[:, 2].set(-jnp.inf).at[:, 9].set(-jnp.inf)
+    teacher = teacher.at[:, 2].set(-jnp.inf).at[:, 5].set(-jnp.inf)
+    student, teacher = student.at[3].set(-jnp.inf), teacher.at[3].set(-jnp.inf)
+    mesh_fn = {
+        "forward_kl": sharded.vocab_parallel_forward_kl_on_mesh,
+        "reverse_kl": sharded.vocab_parallel_reverse_kl_on_mesh,
+        "jensen_shannon": sharded.vocab_parallel_jensen_shannon_on_mesh,
+    }[kind]
+    out = mesh_fn(student, teacher, mesh=make_mesh("8"), vocab_axis="model")
+    expected = plain_divergence(kind, student, teacher)
+    assert not np.isnan(np.asarray(out)).any()
+    assert float(out[3]) == 0.0  # the all -inf row, as the core gives
+    if kind == "forward_kl":  # the student excludes class 9 the teacher keeps: +inf
+        assert np.isinf(np.asarray(out)).all() or np.isinf(np.asarray(out)[:3]).all()
+    else:
+        np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
