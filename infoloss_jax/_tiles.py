@@ -98,6 +98,13 @@ def _pick(z: jax.Array, local: jax.Array) -> jax.Array:
     return jnp.where(hit, picked, 0.0)
 
 
+def pick_label(values: jax.Array, labels: jax.Array) -> jax.Array:
+    """values[..., label] over the last axis (any leading shape); 0 for an out-of-range label."""
+    width = values.shape[-1]
+    picked = _pick(values.reshape(-1, width), labels.reshape(-1))
+    return picked.reshape(labels.shape)
+
+
 # ------------------------------------------------------------------------------ statistics
 def empty(spec: LossSpec, n: int, dtype, zeros) -> Stats:
     """Statistics of no tile at all (``zeros(shape, dtype)`` makes correctly typed zeros)."""

@@ -45,14 +45,11 @@ from jax.typing import ArrayLike
 
 from ._caching import cached_eager
 from ._checked import check_label_range, check_logits, check_probabilities, register_value_checks
-from ._cross_entropy import (
-    label_logit,
-    sigmoid_binary_cross_entropy,
-    softmax_cross_entropy_with_integer_labels,
-)
+from ._cross_entropy import sigmoid_binary_cross_entropy, softmax_cross_entropy_with_integer_labels
 from ._divergences import kl_terms, kl_terms_log_targets
 from ._log_partition import stable_log_softmax
 from ._reductions import loss_sum_and_count
+from ._tiles import pick_label
 from ._validation import (
     as_float_array,
     as_integer_array,
@@ -360,7 +357,7 @@ def nll_loss(
 
     kept = ~equals_index(target, ignore_index)
     in_range = (target >= 0) & (target < num_classes)
-    picked = label_logit(log_probs, target)  # the core pick; out-of-range rows masked below
+    picked = pick_label(log_probs, target)  # the core pick; out-of-range rows masked below
     safe_target = jnp.clip(target, 0, num_classes - 1)
     example_weight = (
         jnp.ones_like(picked) if weight is None else weight.astype(picked.dtype)[safe_target]
