@@ -23,8 +23,8 @@ CPU backend hoists a convert of a bfloat16 weight out of the loop, a full float3
 from __future__ import annotations
 
 import functools
-from collections.abc import Hashable
-from typing import NamedTuple
+from collections.abc import Callable, Hashable
+from typing import Any, NamedTuple, cast, overload
 
 import jax
 import jax.numpy as jnp
@@ -98,9 +98,13 @@ def vary_like(x, *likes):
         return x
     if hasattr(lax, "pcast"):
         return lax.pcast(x, missing, to="varying")
-    return lax.pvary(x, missing)
+    return lax.pvary(x, missing)  # pyright: ignore[reportAttributeAccessIssue]  # JAX without lax.pcast
 
 
+@overload
+def match_cotangent(ct: None, like) -> None: ...
+@overload
+def match_cotangent(ct: jax.Array, like) -> jax.Array: ...
 def match_cotangent(ct, like):
     """Sums ``ct`` over the axes its primal is replicated over, then types it like the primal."""
     if ct is None or like is None:
@@ -112,7 +116,7 @@ def match_cotangent(ct, like):
 
 
 # ------------------------------------------------------------------------------ the loop
-def for_blocks(body, carry, size: int, block: int, pinned: tuple = ()):
+def for_blocks(body, carry, size: int, block: int, pinned: tuple = ()) -> Any:
     """``carry = body(carry, start, length, pinned)`` over [0, size) in blocks of ``block``.
 
     Full blocks run in a ``lax.scan``; a ragged remainder runs once more with its static
@@ -134,6 +138,10 @@ def for_blocks(body, carry, size: int, block: int, pinned: tuple = ()):
     return carry
 
 
+@overload
+def _rows(x: None, start, length) -> None: ...
+@overload
+def _rows(x: jax.Array, start, length) -> jax.Array: ...
 def _rows(x, start, length):
     return None if x is None else lax.dynamic_slice_in_dim(x, start, length, axis=0)
 
@@ -146,6 +154,10 @@ def _vocab_axis(spec: LossSpec) -> int:
     return 1 if spec.layout == "dv" else 0
 
 
+@overload
+def _vslice(x: None, start, length, axis) -> None: ...
+@overload
+def _vslice(x: jax.Array, start, length, axis) -> jax.Array: ...
 def _vslice(x, start, length, axis):
     return None if x is None else lax.dynamic_slice_in_dim(x, start, length, axis=axis)
 
@@ -192,7 +204,7 @@ class _Ctx(NamedTuple):
     ops: Operands
     coefs: Coefficients
     offset: jax.Array | int  # global class of the slice's first column
-    zeros: object  # zeros(shape, dtype), typed for the mesh
+    zeros: Callable[..., jax.Array]  # zeros(shape, dtype), typed for the mesh
 
     @property
     def spec(self):
@@ -290,7 +302,9 @@ def _sweep(ctx: _Ctx, init, tile_fn):
     return for_blocks(token_body, init(n), n, blocks.tokens, _pinned(ctx.ops))
 
 
-def _rows_from_stats(ctx: _Ctx, stats: _tiles.Stats, second_pass) -> _tiles.Rows:
+def _rows_from_stats(
+    ctx: _Ctx, stats: _tiles.Stats, second_pass
+) -> tuple[_tiles.Rows, _tiles.Stats]:
     spec = ctx.spec
     stats = _tiles.all_reduce(stats, ctx.cfg.axis)
     if not spec.divergence:
@@ -383,6 +397,7 @@ def _vocab_outer(ctx: _Ctx, row, psum_axes, want_dx=True):
     """Vocabulary blocks outside: each weight-gradient block is finished once (summed over a
     data axis if any) and written in the weight's dtype; dx accumulates in ``[N, D]``."""
     spec, acc, ops = ctx.spec, ctx.acc, ctx.ops
+    assert ops.w is not None  # the linear-head paths
     n, d = ops.x.shape
     ax = _vocab_axis(spec)
     blocks = ctx.cfg.blocks
@@ -407,7 +422,7 @@ def _vocab_outer(ctx: _Ctx, row, psum_axes, want_dx=True):
             dw_blk = lax.psum(dw_blk, psum_axes)
             db_blk = None if db_blk is None else lax.psum(db_blk, psum_axes)
         dw = lax.dynamic_update_slice_in_dim(dw, dw_blk.astype(dw.dtype), v0, ax)
-        if db is not None:
+        if db is not None and db_blk is not None:
             db = lax.dynamic_update_slice_in_dim(db, db_blk.astype(db.dtype), v0, 0)
         return dx, dw, db
 
@@ -427,6 +442,7 @@ def _tokens_outer(ctx: _Ctx, row, psum_axes, g, want_dw=True):
     """Token blocks outside: each ``[Tb, D]`` block of dx is finished over the slice (and
     summed over the vocabulary axis) in turn; dw accumulates in a full ``accum_dtype`` buffer."""
     acc, ops = ctx.acc, ctx.ops
+    assert ops.w is not None  # the linear-head paths
     n, d = ops.x.shape
     blocks = ctx.cfg.blocks
 
@@ -475,6 +491,7 @@ def resolve_plan(plan: str, n, d, v, weight_dtype, acc, weight_psum: bool, axis_
 
 def _linear_grads(ctx: _Ctx, row, g):
     ops, spec = ctx.ops, ctx.spec
+    assert ops.w is not None  # the linear-head paths
     psum_axes = _weight_psum_axes(ctx, g)
     n, d = ops.x.shape
     axis_size = 1 if ctx.cfg.axis is None else lax.axis_size(ctx.cfg.axis)
@@ -504,6 +521,7 @@ def _in_forward(ctx: _Ctx):
     once in vocabulary tiles, kept, and reused for the gradient: three matmuls in all.
     """
     spec, acc, ops = ctx.spec, ctx.acc, ctx.ops
+    assert ops.w is not None  # the linear-head paths
     n, d = ops.x.shape
     v = _vocab_size(ctx)
     blocks = ctx.cfg.blocks
@@ -517,7 +535,7 @@ def _in_forward(ctx: _Ctx):
             stats = _tiles.merge(stats, _tile_stats(ctx, raw, teacher, t0, tl, v0, vl))
             rows = tuple(
                 lax.dynamic_update_slice_in_dim(r, x, v0, 1)
-                for r, x in zip(rows, (raw, teacher), strict=False)
+                for r, x in zip(rows, (raw,) if teacher is None else (raw, teacher), strict=True)
             )
             return stats, rows
 
@@ -534,7 +552,7 @@ def _in_forward(ctx: _Ctx):
         )
 
         def second_pass(s_lse, t_lse):
-            return _tiles.jensen_shannon_tile(*buffers, s_lse, t_lse, ctx.coefs)
+            return _tiles.jensen_shannon_tile(buffers[0], buffers[1], s_lse, t_lse, ctx.coefs)
 
         rows, stats = _rows_from_stats(sub, stats, second_pass)
         row = _row_values(sub, rows, jnp.ones((tl,), acc))
@@ -591,7 +609,8 @@ def _bwd(cfg: Config, res, cts: Out):
     if grads is not None:
         g = cts.total
         dx, dw, db = (None if x is None else (x * g.astype(x.dtype)).astype(x.dtype) for x in grads)
-        ops_ct = Operands(dx, dw, db, None, None, None, None, None, None)
+        # The in-forward plan always computes dx.
+        ops_ct = Operands(cast(jax.Array, dx), dw, db, None, None, None, None, None, None)
         return ops_ct, None
     ops, coefs, rows = saved
     g = (cts.loss + cts.total).astype(cfg.spec.accum_dtype)
@@ -606,7 +625,7 @@ def _bwd(cfg: Config, res, cts: Out):
     else:
         dx, dw, db = _linear_grads(ctx, row, g)
     cts_ops = Operands(
-        match_cotangent(dx, ops.x),
+        match_cotangent(cast(jax.Array, dx), ops.x),  # dx is always computed
         match_cotangent(dw, ops.w),
         match_cotangent(db, ops.b),
         match_cotangent(dth, ops.th) if dth is not None else None,

@@ -47,7 +47,7 @@ def _is_array(x) -> bool:
 
 def _narrowed_by_jit(x) -> bool:
     wide_integer = np.issubdtype(x.dtype, np.integer) and np.dtype(x.dtype).itemsize == 8
-    return wide_integer and not isinstance(x, jax.Array) and not jax.config.jax_enable_x64
+    return wide_integer and not isinstance(x, jax.Array) and not jax.config.jax_enable_x64  # pyright: ignore[reportAttributeAccessIssue]  # dynamic option
 
 
 def _as_traced(value):

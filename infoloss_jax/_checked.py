@@ -262,6 +262,7 @@ def _mask_for(where, shape, axis):
     class_mask, example_mask = example_or_class_where(where, shape, axes)
     if class_mask is not None:
         return class_mask
+    assert example_mask is not None  # a given `where` is one mask or the other
     return jnp.broadcast_to(jnp.expand_dims(example_mask, axes), shape)
 
 

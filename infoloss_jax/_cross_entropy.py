@@ -7,7 +7,6 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
-from jax.typing import ArrayLike
 
 from . import _formulas, _tiles
 from ._caching import cached_eager
@@ -20,6 +19,7 @@ from ._log_partition import (
 )
 from ._loss_spec import make_spec, poison
 from ._reductions import reduce_loss
+from ._typing import ArrayLike
 from ._validation import (
     Axis,
     all_ok,
@@ -65,13 +65,13 @@ def soft_cap(logits: jax.Array, logit_softcap: float | None) -> jax.Array:
     return jnp.where(excluded, -jnp.inf, logit_softcap * jnp.tanh(safe / logit_softcap))
 
 
-def smoothing_mass(normalized: LogSoftmax, label_smoothing: float) -> jax.Array:
+def smoothing_mass(normalized: LogSoftmax, label_smoothing: float | jax.Array) -> jax.Array:
     """eps / K per class over the K included classes of each row (0 on excluded classes)."""
     per_class = label_smoothing / jnp.maximum(normalized.num_included, 1)
     return jnp.where(normalized.included, per_class, 0.0)
 
 
-def z_loss_term(normalized: LogSoftmax, coefficient: float) -> jax.Array:
+def z_loss_term(normalized: LogSoftmax, coefficient: float | jax.Array) -> jax.Array:
     """coefficient * logsumexp^2, keepdims."""
     return coefficient * jnp.square(normalized.log_partition)
 

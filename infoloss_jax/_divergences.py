@@ -9,7 +9,6 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
-from jax.typing import ArrayLike
 
 from . import _formulas
 from ._caching import cached_eager
@@ -21,6 +20,7 @@ from ._log_partition import (
     normalizers,
     stable_log_softmax,
 )
+from ._typing import ArrayLike
 from ._validation import (
     Axis,
     all_ok,
@@ -278,8 +278,8 @@ def _forward_kl(model, target, axes):
 
 @functools.partial(_forward_kl.defjvp, symbolic_zeros=True)
 def _forward_kl_jvp(axes, primals, tangents):
-    value = _forward_kl(*primals, axes)
-    log_q, log_p = _log_softmax_pair(*primals, axes)
+    value = _forward_kl(primals[0], primals[1], axes)
+    log_q, log_p = _log_softmax_pair(primals[0], primals[1], axes)
     grads = _formulas.forward_kl_grads_given_value(log_q, log_p, value)
     return value, _pair_tangent(grads, tangents, axes)
 
@@ -291,8 +291,8 @@ def _reverse_kl(model, target, axes):
 
 @functools.partial(_reverse_kl.defjvp, symbolic_zeros=True)
 def _reverse_kl_jvp(axes, primals, tangents):
-    value = _reverse_kl(*primals, axes)
-    log_q, log_p = _log_softmax_pair(*primals, axes)
+    value = _reverse_kl(primals[0], primals[1], axes)
+    log_q, log_p = _log_softmax_pair(primals[0], primals[1], axes)
     grads = _formulas.reverse_kl_grads_given_value(log_q, log_p, value)
     return value, _pair_tangent(grads, tangents, axes)
 
@@ -452,7 +452,7 @@ def jensen_shannon(
     logits: ArrayLike,
     target_logits: ArrayLike,
     *,
-    beta: float = 0.5,
+    beta: float | jax.Array = 0.5,
     temperature: float = 1.0,
     axis: Axis = -1,
     where: ArrayLike | None = None,

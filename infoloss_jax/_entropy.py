@@ -7,7 +7,6 @@ from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
-from jax.typing import ArrayLike
 
 from . import _formulas
 from ._caching import cached_eager
@@ -19,6 +18,7 @@ from ._log_partition import (
     prepare_logits,
     stable_log_softmax,
 )
+from ._typing import ArrayLike
 from ._validation import (
     Axis,
     as_float_array,

@@ -11,17 +11,18 @@ under ``jit`` on CPU, GPU and TPU.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.typing import ArrayLike
+from jax.core import Tracer
 
 from . import _blockwise
 from ._blockwise import Operands, reraise_jvp
 from ._loss_spec import check_layout, make_spec, poison
+from ._typing import ArrayLike
 from ._validation import as_float_array, as_integer_array, check_reduction, describe
 
 
@@ -92,7 +93,7 @@ def class_vector(x, name, v):
 
 def check_class_weights(class_weights):
     """Concrete negative weights raise; traced ones cannot be checked here (see ``checked``)."""
-    if class_weights is not None and not isinstance(class_weights, jax.core.Tracer):
+    if class_weights is not None and not isinstance(class_weights, Tracer):
         if bool(np.any(np.asarray(class_weights) < 0)):
             raise ValueError("`class_weights` must be non-negative; got a negative entry.")
     return None if class_weights is None else lax.stop_gradient(class_weights)
@@ -184,7 +185,7 @@ def run_cross_entropy(
     padded = axis is not None and v * axis_size != spec.vocab_size
     cfg = _blockwise.Config(spec, blocks, plan, axis, padded)
     ops = Operands(hidden.reshape(n, d), weight, bias, None, None, y, class_weights, None, None)
-    out = _blockwise.blockwise(cfg, ops, coefs)
+    out = cast(_blockwise.Out, _blockwise.blockwise(cfg, ops, coefs))  # its type is lost in partial
     value = poison(_blockwise.reduce_rows(out, reduction, lead, data_axis), ok)
     if not return_aux:
         return value
@@ -253,7 +254,7 @@ def run_divergence(
     cfg = _blockwise.Config(spec, blocks, plan, axis, padded)
     teacher = lax.stop_gradient((target_hidden.reshape(n, dt), target_weight))
     ops = Operands(hidden.reshape(n, d), weight, None, *teacher, None, None, None, row_mask)
-    out = _blockwise.blockwise(cfg, ops, coefs)
+    out = cast(_blockwise.Out, _blockwise.blockwise(cfg, ops, coefs))  # its type is lost in partial
     return poison(_blockwise.reduce_rows(out, reduction, lead, data_axis), ok)
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from jax.typing import ArrayLike
 
 from ._caching import cached_eager
 from ._segments import check_mask
+from ._typing import ArrayLike
 from ._validation import accumulation_dtype, as_float_array, check_same_shape
 
 KL_ESTIMATORS = ("k1", "k2", "k3")

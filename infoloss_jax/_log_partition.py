@@ -7,9 +7,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jax.typing import ArrayLike
 
 from ._caching import cached_eager
+from ._typing import ArrayLike
 from ._validation import (
     Axis,
     as_float_array,
@@ -131,7 +131,9 @@ def drop_axes(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
 
 
 @cached_eager
-def log_partition(logits: ArrayLike, *, axis: Axis = -1, where: ArrayLike | None = None):
+def log_partition(
+    logits: ArrayLike, *, axis: Axis = -1, where: ArrayLike | None = None
+) -> jax.Array:
     r"""The log-partition function (logsumexp) of the logits, for logging and z-loss.
 
     .. math::
@@ -163,7 +165,7 @@ def log_partition(logits: ArrayLike, *, axis: Axis = -1, where: ArrayLike | None
 
 
 @cached_eager
-def z_loss(logits: ArrayLike, *, axis: Axis = -1, where: ArrayLike | None = None):
+def z_loss(logits: ArrayLike, *, axis: Axis = -1, where: ArrayLike | None = None) -> jax.Array:
     r"""The z-loss penalty :math:`(\log Z)^2`, which keeps the softmax normalizer near 1.
 
     .. math::

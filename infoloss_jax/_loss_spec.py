@@ -16,6 +16,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.core import Tracer
 
 from ._validation import poison_unless, scheduled_number, static_number
 
@@ -90,7 +91,7 @@ def static_ignore_index(ignore_index) -> int | None:
     if ignore_index is None:
         return None
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, int | np.integer):
-        if isinstance(ignore_index, jax.core.Tracer):
+        if isinstance(ignore_index, Tracer):
             static_number(ignore_index, "ignore_index")
         raise TypeError(f"`ignore_index` must be a Python int or None; got {ignore_index!r}.")
     return int(ignore_index)
@@ -131,9 +132,9 @@ def make_spec(
     spec = LossSpec(
         kind=kind,
         vocab_size=int(vocab_size),
-        smoothing=eps_ok is not None or eps > 0,
-        z_loss=zc_ok is not None or zc > 0,
-        scaled=t_ok is not None or t != 1.0,
+        smoothing=eps_ok is not None or bool(eps > 0),
+        z_loss=zc_ok is not None or bool(zc > 0),
+        scaled=t_ok is not None or bool(t != 1.0),
         softcap=static_softcap(logit_softcap),
         ignore_index=static_ignore_index(ignore_index),
         class_weights=bool(class_weights),

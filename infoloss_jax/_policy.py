@@ -7,7 +7,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.typing import ArrayLike
+from jax.core import Tracer
 
 from ._caching import cached_eager
 from ._kl_estimate import check_estimator, estimate_terms, expm1_minus_identity
@@ -18,6 +18,7 @@ from ._segments import (
     safe_divide,
     segment_sums,
 )
+from ._typing import ArrayLike
 from ._validation import (
     accumulation_dtype,
     as_float_array,
@@ -106,15 +107,15 @@ def clipped_surrogate(
     old_log_probs: ArrayLike,
     advantages: ArrayLike,
     *,
-    clip_low: float = 0.2,
-    clip_high: float = 0.2,
+    clip_low: float | jax.Array = 0.2,
+    clip_high: float | jax.Array = 0.2,
     mask: ArrayLike | None = None,
     dual_clip: float | None = None,
     ref_log_probs: ArrayLike | None = None,
-    kl_coef: float = 0.0,
+    kl_coef: float | jax.Array = 0.0,
     kl_estimator: str = "k3",
     entropy: ArrayLike | None = None,
-    entropy_coef: float = 0.0,
+    entropy_coef: float | jax.Array = 0.0,
     normalization: str = "token_mean",
     segment_ids: ArrayLike | None = None,
     num_segments: int | None = None,
@@ -341,6 +342,7 @@ def clipped_surrogate(
         loss = safe_divide(jnp.sum(safe_divide(seq_sums, seq_counts)), denominator)
         ok_den = None
     else:
+        assert l_max is not None  # token_sum_norm requires max_tokens (checked above)
         denominator = (local_sequences if n_seq is None else n_seq) * l_max
         loss = safe_divide(jnp.sum(seq_sums), denominator)
         ok_den = ok_lmax
@@ -403,7 +405,7 @@ def group_advantages(
     group_size: int,
     *,
     normalize_std: bool = True,
-    eps: float = 1e-6,
+    eps: float | jax.Array = 1e-6,
     ddof: int = 1,
 ) -> jax.Array:
     r"""GRPO's group-relative advantages: each reward against the other samples of its prompt.
@@ -453,7 +455,7 @@ def group_advantages(
       (Dr. GRPO).
     """
     r = as_float_array(rewards, "rewards")
-    if isinstance(group_size, jax.core.Tracer):
+    if isinstance(group_size, Tracer):
         raise TypeError("`group_size` must be a static Python int: it sets the grouping.")
     if isinstance(group_size, bool) or not isinstance(group_size, int | np.integer):
         raise TypeError(f"`group_size` must be a positive Python int; got {group_size!r}.")

@@ -6,7 +6,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.typing import ArrayLike
 
 from ._caching import cached_eager
 from ._segments import (
@@ -16,6 +15,7 @@ from ._segments import (
     safe_divide,
     segment_sums,
 )
+from ._typing import ArrayLike
 from ._validation import (
     accumulation_dtype,
     as_float_array,
@@ -267,8 +267,8 @@ def dpo(
     ref_chosen_log_probs: ArrayLike,
     ref_rejected_log_probs: ArrayLike,
     *,
-    beta: float,
-    label_smoothing: float = 0.0,
+    beta: float | jax.Array,
+    label_smoothing: float | jax.Array = 0.0,
     where: ArrayLike | None = None,
     num_pairs: ArrayLike | None = None,
 ) -> tuple[jax.Array, PreferenceAux]:
@@ -341,7 +341,7 @@ def ipo(
     ref_chosen_log_probs: ArrayLike,
     ref_rejected_log_probs: ArrayLike,
     *,
-    beta: float,
+    beta: float | jax.Array,
     chosen_lengths: ArrayLike | None = None,
     rejected_lengths: ArrayLike | None = None,
     where: ArrayLike | None = None,
@@ -420,7 +420,7 @@ def hinge(
     ref_chosen_log_probs: ArrayLike,
     ref_rejected_log_probs: ArrayLike,
     *,
-    beta: float,
+    beta: float | jax.Array,
     where: ArrayLike | None = None,
     num_pairs: ArrayLike | None = None,
 ) -> tuple[jax.Array, PreferenceAux]:
@@ -494,11 +494,11 @@ def simpo(
     chosen_log_probs: ArrayLike,
     rejected_log_probs: ArrayLike,
     *,
-    beta: float,
-    gamma: float = 0.5,
+    beta: float | jax.Array,
+    gamma: float | jax.Array = 0.5,
     chosen_lengths: ArrayLike | None = None,
     rejected_lengths: ArrayLike | None = None,
-    label_smoothing: float = 0.0,
+    label_smoothing: float | jax.Array = 0.0,
     where: ArrayLike | None = None,
     num_pairs: ArrayLike | None = None,
 ) -> tuple[jax.Array, PreferenceAux]:
@@ -578,7 +578,7 @@ def orpo(
     chosen_log_probs: ArrayLike,
     rejected_log_probs: ArrayLike,
     *,
-    beta: float,
+    beta: float | jax.Array,
     chosen_lengths: ArrayLike | None = None,
     rejected_lengths: ArrayLike | None = None,
     where: ArrayLike | None = None,
@@ -680,9 +680,9 @@ def cpo(
     chosen_log_probs: ArrayLike,
     rejected_log_probs: ArrayLike,
     *,
-    beta: float,
-    alpha: float = 1.0,
-    label_smoothing: float = 0.0,
+    beta: float | jax.Array,
+    alpha: float | jax.Array = 1.0,
+    label_smoothing: float | jax.Array = 0.0,
     chosen_lengths: ArrayLike | None = None,
     where: ArrayLike | None = None,
     num_pairs: ArrayLike | None = None,
@@ -761,7 +761,7 @@ def kto(
     ref_log_probs: ArrayLike,
     desirable: ArrayLike,
     *,
-    beta: float,
+    beta: float | jax.Array,
     kl: ArrayLike | None = None,
     desirable_weight: float = 1.0,
     undesirable_weight: float = 1.0,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from jax.typing import ArrayLike
 
+from ._typing import ArrayLike
 from ._validation import as_float_array, check_broadcastable, check_reduction
 
 
@@ -104,7 +104,7 @@ def reduce_loss(
     check_reduction(reduction)
     losses = as_float_array(per_example, "per_example")
     if reduction == "none":
-        return losses if where is None else jnp.where(where, losses, 0.0)
+        return losses if where is None else jnp.where(jnp.asarray(where), losses, 0.0)
     total, count = loss_sum_and_count(losses, weights=weights, where=where)
     if reduction == "sum":
         return total

@@ -16,6 +16,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.core import Tracer
 
 from ._validation import as_integer_array, describe
 
@@ -63,7 +64,7 @@ def resolve_num_segments(num_segments, segment_ids, length: int) -> int:
         return 1
     if num_segments is None:
         return max(int(length), 1)
-    if isinstance(num_segments, jax.core.Tracer):
+    if isinstance(num_segments, Tracer):
         raise TypeError("`num_segments` must be a static Python int: it sets the output's shape.")
     if isinstance(num_segments, bool) or not isinstance(num_segments, int | np.integer):
         raise TypeError(f"`num_segments` must be a positive Python int; got {num_segments!r}.")

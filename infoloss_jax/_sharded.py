@@ -19,14 +19,15 @@ from __future__ import annotations
 
 import functools
 import inspect
+from typing import cast
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.core import Tracer
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
-from jax.typing import ArrayLike
 
 from . import _blockwise
 from ._blockwise import AxisName, Operands
@@ -39,6 +40,7 @@ from ._fused import (
     token_mask,
 )
 from ._loss_spec import make_spec, poison
+from ._typing import ArrayLike
 from ._validation import as_float_array, as_integer_array, check_reduction, describe
 
 
@@ -155,7 +157,7 @@ def _run_logits(
         _class_mask(where, logits.shape),
         None,
     )
-    out = _blockwise.blockwise(cfg, ops, coefs)
+    out = cast(_blockwise.Out, _blockwise.blockwise(cfg, ops, coefs))  # its type is lost in partial
     return poison(_blockwise.reduce_rows(out, reduction, lead, data_axis), ok)
 
 
@@ -338,7 +340,8 @@ def _named(fn, kind, name, doc):
                 "beta", inspect.Parameter.KEYWORD_ONLY, default=0.5, annotation=float
             ),
         )
-    wrapper.__signature__ = inspect.signature(fn).replace(parameters=params)
+    signature = inspect.signature(fn).replace(parameters=params)
+    wrapper.__signature__ = signature  # pyright: ignore[reportAttributeAccessIssue]  # not in the stubs
     wrapper.__name__ = wrapper.__qualname__ = name
     wrapper.__doc__ = doc
     return _blockwise.reraise_jvp(name)(wrapper)
@@ -474,9 +477,10 @@ def vocab_parallel_linear_cross_entropy(
     kw = dict(locals())
     w = as_float_array(kw.pop("weight_shard"), "weight_shard")
     kw.update(_mesh_kw(kw, w, "vocab_parallel_linear_cross_entropy"), bias=kw.pop("bias_shard"))
-    return run_cross_entropy(
+    loss = run_cross_entropy(
         kw.pop("hidden"), kw.pop("labels"), w, names=("hidden", "weight_shard", "bias_shard"), **kw
     )
+    return cast(jax.Array, loss)  # no return_aux here: the loss alone
 
 
 def _mesh_kw(kw, weight, fn, *more):
@@ -636,7 +640,7 @@ def _static_items(options: dict) -> tuple:
 
 
 def _is_array(v) -> bool:
-    return isinstance(v, jax.Array | np.ndarray | jax.core.Tracer)
+    return isinstance(v, jax.Array | np.ndarray | Tracer)
 
 
 @functools.lru_cache(maxsize=64)

@@ -146,6 +146,7 @@ def ce_tile(z, labels, class_weights, start, spec: LossSpec, explicit=False) -> 
     pick = _masked_pick if explicit else _pick
     plain = {"target": pick(z, local)}
     if spec.class_weights:
+        assert class_weights is not None  # the spec says they are given
         plain["label_weight"] = pick(jnp.broadcast_to(class_weights, z.shape), local)
     if spec.smoothing:
         plain.update(
@@ -216,7 +217,8 @@ def merge(a: Stats, b: Stats) -> Stats:
     plain = {k: a.plain[k] + b.plain[k] for k in a.plain}
     argmax = a.argmax
     if argmax is not None:
-        argmax = jnp.where(b.max[0] > a.max[0], b.argmax, a.argmax)
+        assert b.argmax is not None  # both runs come from one spec
+        argmax = jnp.where(b.max[0] > a.max[0], b.argmax, argmax)
     return Stats(maxima, sumexp, scaled, plain, argmax)
 
 
@@ -225,7 +227,7 @@ def all_reduce(stats: Stats, axis_name) -> Stats:
     if axis_name is None:
         return stats
     local = stats.max
-    maxima = tuple(lax.stop_gradient(lax.pmax(jnp.stack(local), axis_name))) if local else ()
+    maxima = tuple(lax.stop_gradient(lax.pmax(jnp.stack(local), axis_name))) if local else local
     ratios = [_rescale(x, m) for x, m in zip(local, maxima, strict=True)]
     parts = [s * r for s, r in zip(stats.sumexp, ratios, strict=True)]
     parts += [s * r for s, r in zip(stats.scaled, ratios, strict=False)]

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.core import Tracer
 
 Axis = int | tuple[int, ...]
 
@@ -175,7 +176,7 @@ def as_where(where, shape: Sequence[int], to_name: str = "logits") -> jax.Array 
 
 def check_temperature(temperature) -> None:
     """Raises ``ValueError`` unless the (static) temperature is a positive finite number."""
-    if isinstance(temperature, jax.core.Tracer):
+    if isinstance(temperature, Tracer):
         return
     t = np.asarray(temperature)
     if t.size != 1 or not np.isfinite(t) or float(t) <= 0:
@@ -184,7 +185,7 @@ def check_temperature(temperature) -> None:
 
 def check_beta(beta) -> float:
     """Raises ``ValueError`` unless ``beta`` is a static Python float in [0, 1]."""
-    if isinstance(beta, jax.core.Tracer):
+    if isinstance(beta, Tracer):
         raise TypeError("`beta` must be a static Python float, not a traced array.")
     b = float(beta)
     if not 0.0 <= b <= 1.0:
@@ -196,7 +197,7 @@ def log_of_base(base) -> float | None:
     """Returns log(base) for unit conversion, or None for nats. Validates ``base``."""
     if base is None:
         return None
-    if isinstance(base, jax.core.Tracer):
+    if isinstance(base, Tracer):
         raise TypeError("`base` must be a static Python number, not a traced array.")
     b = float(base)
     if not math.isfinite(b) or b <= 0 or b == 1:
@@ -241,7 +242,7 @@ def check_reduction(reduction: str) -> str:
 
 def is_traced(value) -> bool:
     """True for a value only known at run time (a tracer under jit, grad or vmap)."""
-    return isinstance(value, jax.core.Tracer)
+    return isinstance(value, Tracer)
 
 
 def static_number(value, name: str) -> float:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.typing import ArrayLike
 
 from . import _formulas
 from ._caching import cached_eager
@@ -39,6 +38,7 @@ from ._cross_entropy import (
     soft_cap,
 )
 from ._log_partition import exclude, stable_log_softmax
+from ._typing import ArrayLike
 from ._validation import (
     accumulation_dtype,
     as_float_array,

@@ -41,7 +41,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import checkify
-from jax.typing import ArrayLike
 
 from ._caching import cached_eager
 from ._checked import check_label_range, check_logits, check_probabilities, register_value_checks
@@ -50,6 +49,7 @@ from ._divergences import kl_terms, kl_terms_log_targets
 from ._log_partition import stable_log_softmax
 from ._reductions import loss_sum_and_count
 from ._tiles import pick_label
+from ._typing import ArrayLike
 from ._validation import (
     as_float_array,
     as_integer_array,
@@ -170,7 +170,7 @@ def cross_entropy(
     weight: ArrayLike | None = None,
     ignore_index: int = -100,
     reduction: str = "mean",
-    label_smoothing: float = 0.0,
+    label_smoothing: float | jax.Array = 0.0,
 ) -> jax.Array:
     r"""``torch.nn.functional.cross_entropy``: softmax cross-entropy with classes in dimension 1.
 
