@@ -378,9 +378,9 @@ def forward_kl(
 
     Returns:
       KL(softmax(target/T) || softmax(logits/T)) per example, in at least float32. Where the
-      target keeps a class the model excludes (a ``-inf`` logit) the value is ``+inf``; its
-      gradient w.r.t. ``logits`` is still the exact :math:`q - p`, and w.r.t.
-      ``target_logits`` it is 0 on that example. A NaN logit makes its example NaN.
+        target keeps a class the model excludes (a ``-inf`` logit) the value is ``+inf``; its
+        gradient w.r.t. ``logits`` is still the exact :math:`q - p`, and w.r.t.
+        ``target_logits`` it is 0 on that example. A NaN logit makes its example NaN.
 
     Example:
       >>> import jax.numpy as jnp
@@ -429,9 +429,9 @@ def reverse_kl(
 
     Returns:
       KL(softmax(logits/T) || softmax(target/T)) per example, in at least float32. Where the
-      model keeps a class the target excludes the value is ``+inf``; its gradient w.r.t.
-      ``target_logits`` is still the exact :math:`p - q`, and w.r.t. ``logits`` it is 0 on that
-      example. A NaN logit makes its example NaN.
+        model keeps a class the target excludes the value is ``+inf``; its gradient w.r.t.
+        ``target_logits`` is still the exact :math:`p - q`, and w.r.t. ``logits`` it is 0 on that
+        example. A NaN logit makes its example NaN.
 
     Example:
       >>> import jax.numpy as jnp
