@@ -344,22 +344,16 @@ def integer_label_rows(logits, labels, class_weights, coefs, spec, explicit):
     logits. The JVP rule is the tile's closed-form logit gradient, so reverse mode is one
     elementwise pass, with the softmax recomputed rather than stored.
     """
-    _, _, rows = _integer_rows(logits, labels, class_weights, coefs, spec, explicit)
-    return rows.loss, rows.weight
-
-
-def _integer_rows(logits, labels, class_weights, coefs, spec, explicit):
     z = _tiles.softcap(logits, spec.softcap)
     stats = _tiles.ce_tile(z, labels, class_weights, 0, spec, explicit=explicit)
-    return z, stats, _tiles.ce_rows(stats, labels, None, coefs, spec)
+    rows = _tiles.ce_rows(stats, labels, None, coefs, spec)
+    return rows.loss, rows.weight
 
 
 @integer_label_rows.defjvp
 def _integer_label_rows_jvp(spec, explicit, primals, tangents):
     logits, labels, class_weights, coefs = primals
-    z, stats, rows = _integer_rows(logits, labels, class_weights, coefs, spec, explicit)
-    log_q = _tiles.log_softmax_of(z, stats)
-    grad = _tiles.ce_tile_grad(z, logits, labels, 0, class_weights, log_q, rows.coef, spec)
+    rows, grad = _tiles.ce_full_tile(logits, labels, class_weights, coefs, spec, explicit)
     loss_dot = jnp.sum(grad * tangents[0], axis=-1).astype(rows.loss.dtype)
     return (rows.loss, rows.weight), (loss_dot, jnp.zeros_like(rows.weight))
 

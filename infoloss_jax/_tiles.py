@@ -344,6 +344,19 @@ def ce_tile_grad(z, raw, labels, start, class_weights, lse, coef, spec: LossSpec
     return dz * softcap_derivative(raw, spec.softcap)
 
 
+def ce_full_tile(raw, labels, class_weights, coefs: Coefficients, spec: LossSpec, explicit=False):
+    """``(rows, d(sum_i loss_i) / d raw)`` of the cross-entropy on one full ``[rows, V]`` tile.
+
+    The core integer-label loss and its closed-form gradient both come from here, so their
+    options are the fused and sharded options.
+    """
+    z = softcap(raw, spec.softcap)
+    stats = ce_tile(z, labels, class_weights, 0, spec, explicit=explicit)
+    rows = ce_rows(stats, labels, None, coefs, spec)
+    log_q = log_softmax_of(z, stats)
+    return rows, ce_tile_grad(z, raw, labels, 0, class_weights, log_q, rows.coef, spec)
+
+
 def divergence_tile_grad(kind, s, t, s_lse, t_lse, kl, g, coefs: Coefficients):
     """d(sum_i g_i D_i) / d(student logits) of one tile (``g`` holds the temperature too).
 
