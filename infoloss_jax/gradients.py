@@ -31,15 +31,16 @@ from jax.typing import ArrayLike
 from . import _formulas, _tiles
 from ._caching import cached_eager
 from ._cross_entropy import (
-    check_class_weights,
+    check_integer_labels,
     check_label_smoothing,
     check_z_loss,
+    integer_label_spec,
     integer_where,
     smoothing_mass,
     soft_cap,
 )
 from ._log_partition import exclude, stable_log_softmax
-from ._loss_spec import make_spec, poison
+from ._loss_spec import poison
 from ._validation import (
     accumulation_dtype,
     as_float_array,
@@ -49,7 +50,6 @@ from ._validation import (
     check_broadcastable,
     check_same_shape,
     check_temperature,
-    describe,
     is_traced,
     log_of_base,
     normalize_axis,
@@ -271,29 +271,20 @@ def softmax_cross_entropy_with_integer_labels_grad(
     x = _prepare_logits(logits)
     axes = normalize_axis(axis, x.ndim)
     y = as_integer_array(labels, "labels")
-    expected = tuple(d for a, d in enumerate(x.shape) if a not in axes)
-    if y.shape != expected:
-        raise ValueError(
-            f"`labels` must have the shape of `logits` without the class axis {axes}: "
-            f"expected {list(expected)} for `logits` {describe(x)}; got `labels` {describe(y)}."
-        )
+    check_integer_labels(x, y, axes)
     mask = integer_where(where, x, y, axes)
     # The classes last and flattened into one (labels index them row-major); the engine's
     # one-tile gradient (the loss's own JVP rule) with a unit cotangent per row.
     z, restore = _classes_last(exclude(x, mask), axes)
     num_classes = z.shape[-1]
-    weights = check_class_weights(class_weights, num_classes)
-    if weights is not None:
-        weights = weights.astype(z.dtype)
-    spec, coefs, ok = make_spec(
-        "cross_entropy",
-        num_classes,
+    weights, spec, coefs, ok = integer_label_spec(
         z.dtype,
+        num_classes,
+        class_weights,
         label_smoothing=eps,
         z_loss=coefficient,
         logit_softcap=logit_softcap,
         ignore_index=ignore_index,
-        class_weights=weights is not None,
     )
     flat = z.reshape(-1, num_classes)
     _, grad = _tiles.ce_full_tile(flat, y.reshape(-1), weights, coefs, spec)
