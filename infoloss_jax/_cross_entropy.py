@@ -336,6 +336,30 @@ def class_axis_is_explicitly_sharded(x: jax.Array) -> bool:
     return bool(spec) and spec[-1] is not None
 
 
+def check_integer_labels(logits: jax.Array, labels: jax.Array, axes) -> None:
+    """Labels must have the shape of the logits without the class axes."""
+    expected = tuple(d for a, d in enumerate(logits.shape) if a not in axes)
+    if labels.shape != expected:
+        raise ValueError(
+            f"`labels` must have the shape of `logits` without the class axis {axes}: expected "
+            f"{list(expected)} for `logits` {describe(logits)}; got `labels` {describe(labels)}."
+        )
+
+
+def integer_label_spec(dtype, num_classes: int, class_weights, **options):
+    """``(class weights, spec, coefficients, ok)`` of the integer-label CE over K classes.
+
+    The weights come back checked, cast to ``dtype`` and without gradient (None if not given).
+    """
+    weights = check_class_weights(class_weights, num_classes)
+    spec, coefs, ok = make_spec(
+        "cross_entropy", num_classes, dtype, class_weights=weights is not None, **options
+    )
+    if weights is not None:
+        weights = jax.lax.stop_gradient(weights).astype(dtype)
+    return weights, spec, coefs, ok
+
+
 @functools.partial(jax.custom_jvp, nondiff_argnums=(4, 5))
 def integer_label_rows(logits, labels, class_weights, coefs, spec, explicit):
     """(per-row loss, denominator weight) of the integer-label CE on one full tile.
@@ -344,22 +368,16 @@ def integer_label_rows(logits, labels, class_weights, coefs, spec, explicit):
     logits. The JVP rule is the tile's closed-form logit gradient, so reverse mode is one
     elementwise pass, with the softmax recomputed rather than stored.
     """
-    rows = _integer_rows(logits, labels, class_weights, coefs, spec, explicit)
-    return rows.loss, rows.weight
-
-
-def _integer_rows(logits, labels, class_weights, coefs, spec, explicit):
     z = _tiles.softcap(logits, spec.softcap)
     stats = _tiles.ce_tile(z, labels, class_weights, 0, spec, explicit=explicit)
-    return _tiles.ce_rows(stats, labels, None, coefs, spec)
+    rows = _tiles.ce_rows(stats, labels, None, coefs, spec)
+    return rows.loss, rows.weight
 
 
 @integer_label_rows.defjvp
 def _integer_label_rows_jvp(spec, explicit, primals, tangents):
     logits, labels, class_weights, coefs = primals
-    rows = _integer_rows(logits, labels, class_weights, coefs, spec, explicit)
-    z = _tiles.softcap(logits, spec.softcap)
-    grad = _tiles.ce_tile_grad(z, logits, labels, 0, class_weights, rows.lse[0], rows.coef, spec)
+    rows, grad = _tiles.ce_full_tile(logits, labels, class_weights, coefs, spec, explicit)
     loss_dot = jnp.sum(grad * tangents[0], axis=-1).astype(rows.loss.dtype)
     return (rows.loss, rows.weight), (loss_dot, jnp.zeros_like(rows.weight))
 
@@ -449,29 +467,20 @@ def softmax_cross_entropy_with_integer_labels(
     logits = as_float_array(logits, "logits")
     labels = as_integer_array(labels, "labels")
     axes = normalize_axis(axis, logits.ndim)
-    expected = tuple(d for a, d in enumerate(logits.shape) if a not in axes)
-    if labels.shape != expected:
-        raise ValueError(
-            f"`labels` must have the shape of `logits` without the class axis {axes}: expected "
-            f"{list(expected)} for `logits` {describe(logits)}; got `labels` {describe(labels)}."
-        )
+    check_integer_labels(logits, labels, axes)
     mask = integer_where(where, logits, labels, axes)
     logits = classes_last(exclude(upcast(logits), mask), axes)
     num_classes = logits.shape[-1]
-    weights = check_class_weights(class_weights, num_classes)
-    spec, coefs, ok = make_spec(
-        "cross_entropy",
-        num_classes,
+    weights, spec, coefs, ok = integer_label_spec(
         logits.dtype,
+        num_classes,
+        class_weights,
         label_smoothing=label_smoothing,
         z_loss=z_loss,
         logit_softcap=logit_softcap,
         ignore_index=ignore_index,
-        class_weights=weights is not None,
     )
     explicit = class_axis_is_explicitly_sharded(logits)
-    if weights is not None:
-        weights = jax.lax.stop_gradient(weights).astype(logits.dtype)
     flat = logits.reshape(-1, num_classes)
     loss, weight = integer_label_rows(flat, labels.reshape(-1), weights, coefs, spec, explicit)
     loss, weight = loss.reshape(labels.shape), weight.reshape(labels.shape)

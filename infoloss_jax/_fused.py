@@ -57,6 +57,11 @@ def head_sizes(hidden, weight, layout, hidden_name, weight_name):
             f"`{weight_name}` {shape} (weight_layout={layout!r}); got `{hidden_name}` "
             f"{describe(hidden)} and `{weight_name}` {describe(weight)}."
         )
+    if v == 0:
+        raise ValueError(
+            f"`{weight_name}` must have at least one class (V >= 1, weight_layout={layout!r}); "
+            f"got {describe(weight)}."
+        )
     return d, v
 
 

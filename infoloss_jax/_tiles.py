@@ -76,8 +76,12 @@ def softcap_derivative(raw: jax.Array, cap: float | None):
 
 
 def _shift(m: jax.Array) -> jax.Array:
-    """The max to subtract: 0 where it is not finite, so -inf - -inf and inf - inf never occur."""
-    return jnp.where(jnp.isfinite(m), m, 0.0)
+    """The max to subtract: 0 for an empty row, so -inf - -inf never occurs.
+
+    A ``+inf`` or NaN max is kept: ``+inf - +inf`` is NaN, so such a row is poisoned (never
+    read as an overflow to ``+inf``).
+    """
+    return jnp.where(m == NEG_INF, 0.0, m)
 
 
 def _rescale(m_old: jax.Array, m_new: jax.Array) -> jax.Array:
@@ -201,8 +205,10 @@ def jensen_shannon_tile(s, t, s_lse, t_lse, coefs: Coefficients) -> Stats:
     """Second Jensen-Shannon pass: sum p log(p/m) and sum q log(q/m) over the tile."""
     log_q, log_p = s - s_lse[:, None], t - t_lse[:, None]
     log_m = _log_mixture(log_p, log_q, coefs)
-    p_term = jnp.where(included(t), jnp.exp(log_p) * (log_p - log_m), 0.0)
-    q_term = jnp.where(included(s), jnp.exp(log_q) * (log_q - log_m), 0.0)
+    # Tested on the log-probabilities: a class so far below the max that its difference
+    # overflows to -inf has probability 0 and counts like an excluded one (0 log 0 = 0).
+    p_term = jnp.where(included(log_p), jnp.exp(log_p) * (log_p - log_m), 0.0)
+    q_term = jnp.where(included(log_q), jnp.exp(log_q) * (log_q - log_m), 0.0)
     plain = {"p_term": jnp.sum(p_term, axis=1), "q_term": jnp.sum(q_term, axis=1)}
     return Stats((), (), (), plain, None)
 
@@ -308,15 +314,28 @@ def divergence_rows(stats: Stats, row_mask, coefs: Coefficients, spec: LossSpec)
 
 
 # ------------------------------------------------------------------------------ gradients
+def log_softmax_of(z: jax.Array, stats: Stats) -> jax.Array:
+    """log softmax of a tile from its row's merged ``(max, sumexp)``, exact for extreme logits.
+
+    ``(z - max) - log sumexp`` rather than ``z - lse``: with logits near the float limit the
+    logsumexp rounds to the max, and its O(1) part would be lost.
+    """
+    (m,), (sumexp,) = stats.max, stats.sumexp
+    log_sumexp = jnp.log(jnp.where(sumexp == 0, 1.0, sumexp))
+    return (z - _shift(m)[:, None]) - log_sumexp[:, None]
+
+
 def ce_tile_grad(z, raw, labels, start, class_weights, lse, coef, spec: LossSpec):
     """d(sum_i g_i loss_i) / d(raw logits) of one tile; ``coef`` already holds g_i.
 
     With q = softmax(z): coef_p q_k - coef_y [k = y] - coef_s c_k [k included], times the
-    soft cap's derivative, where coef_p = (1-eps) c_y + eps/K sum c + 2 lambda lse.
+    soft cap's derivative, where coef_p = (1-eps) c_y + eps/K sum c + 2 lambda lse. ``lse`` is
+    the rows' logsumexp ``[rows]``, or the tile's log-softmax ``[rows, classes]`` itself.
     """
     inc = included(z)
     cols = lax.broadcasted_iota(jnp.int32, z.shape, 1) + start
-    dz = coef["p"][:, None] * jnp.exp(z - lse[:, None])
+    log_q = z - lse[:, None] if lse.ndim == 1 else lse
+    dz = coef["p"][:, None] * jnp.exp(log_q)
     dz = dz - jnp.where((cols == labels[:, None]) & inc, coef["y"][:, None], 0.0)
     if spec.smoothing:
         # (z > -inf), not `inc`: a separate expression keeps XLA from materializing one [N, V]
@@ -325,6 +344,19 @@ def ce_tile_grad(z, raw, labels, start, class_weights, lse, coef, spec: LossSpec
         weight = keep if class_weights is None else keep * class_weights
         dz = dz - coef["s"][:, None] * weight
     return dz * softcap_derivative(raw, spec.softcap)
+
+
+def ce_full_tile(raw, labels, class_weights, coefs: Coefficients, spec: LossSpec, explicit=False):
+    """``(rows, d(sum_i loss_i) / d raw)`` of the cross-entropy on one full ``[rows, V]`` tile.
+
+    The core integer-label loss and its closed-form gradient both come from here, so their
+    options are the fused and sharded options.
+    """
+    z = softcap(raw, spec.softcap)
+    stats = ce_tile(z, labels, class_weights, 0, spec, explicit=explicit)
+    rows = ce_rows(stats, labels, None, coefs, spec)
+    log_q = log_softmax_of(z, stats)
+    return rows, ce_tile_grad(z, raw, labels, 0, class_weights, log_q, rows.coef, spec)
 
 
 def divergence_tile_grad(kind, s, t, s_lse, t_lse, kl, g, coefs: Coefficients):

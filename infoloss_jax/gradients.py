@@ -27,17 +27,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _formulas
+from . import _formulas, _tiles
 from ._caching import cached_eager
 from ._cross_entropy import (
-    check_class_weights,
+    check_integer_labels,
     check_label_smoothing,
     check_z_loss,
+    integer_label_spec,
     integer_where,
     smoothing_mass,
     soft_cap,
 )
 from ._log_partition import exclude, stable_log_softmax
+from ._loss_spec import poison
 from ._typing import ArrayLike
 from ._validation import (
     accumulation_dtype,
@@ -48,7 +50,6 @@ from ._validation import (
     check_broadcastable,
     check_same_shape,
     check_temperature,
-    describe,
     is_traced,
     log_of_base,
     normalize_axis,
@@ -270,37 +271,25 @@ def softmax_cross_entropy_with_integer_labels_grad(
     x = _prepare_logits(logits)
     axes = normalize_axis(axis, x.ndim)
     y = as_integer_array(labels, "labels")
-    expected = tuple(d for a, d in enumerate(x.shape) if a not in axes)
-    if y.shape != expected:
-        raise ValueError(
-            f"`labels` must have the shape of `logits` without the class axis {axes}: "
-            f"expected {list(expected)} for `logits` {describe(x)}; got `labels` {describe(y)}."
-        )
+    check_integer_labels(x, y, axes)
     mask = integer_where(where, x, y, axes)
-    capped, cap_slope = _softcap(x, logit_softcap)
-    # Work with the class axes moved last and flattened into one (labels index them row-major).
-    z, restore = _classes_last(exclude(capped, mask), axes)
-    normalized = stable_log_softmax(z, (z.ndim - 1,))
-    q = jnp.exp(normalized.log_probs)
+    # The classes last and flattened into one (labels index them row-major); the engine's
+    # one-tile gradient (the loss's own JVP rule) with a unit cotangent per row.
+    z, restore = _classes_last(exclude(x, mask), axes)
     num_classes = z.shape[-1]
-    weights = check_class_weights(class_weights, num_classes)
-    weights = jnp.ones((num_classes,), z.dtype) if weights is None else weights.astype(z.dtype)
-
-    in_range = (y >= 0) & (y < num_classes)
-    label = jnp.where(in_range, y, 0)[..., None]
-    label_weight = (1.0 - eps) * weights[label]
-    grad = _scatter_add(label_weight * q, label, -label_weight)
-    if eps:
-        weighted = smoothing_mass(normalized, eps) * weights
-        grad = grad + q * jnp.sum(weighted, -1, keepdims=True) - weighted
-    if coefficient:
-        grad = grad + 2.0 * coefficient * normalized.log_partition * q
-
-    ignored = jnp.zeros(y.shape, bool) if ignore_index is None else y == ignore_index
-    contributing = ~ignored & (normalized.num_included[..., 0] > 0)
-    grad = jnp.where((ignored | in_range)[..., None], grad, jnp.nan)
-    grad = jnp.where(contributing[..., None], grad, 0.0)
-    return _zero_masked(restore(grad) * cap_slope, mask)
+    weights, spec, coefs, ok = integer_label_spec(
+        z.dtype,
+        num_classes,
+        class_weights,
+        label_smoothing=eps,
+        z_loss=coefficient,
+        logit_softcap=logit_softcap,
+        ignore_index=ignore_index,
+    )
+    flat = z.reshape(-1, num_classes)
+    _, grad = _tiles.ce_full_tile(flat, y.reshape(-1), weights, coefs, spec)
+    grad = poison(grad.reshape(z.shape), ok)
+    return _zero_masked(restore(grad), mask)
 
 
 def _classes_last(x: jax.Array, axes: tuple[int, ...]):
@@ -314,12 +303,6 @@ def _classes_last(x: jax.Array, axes: tuple[int, ...]):
         return jnp.transpose(y.reshape(moved.shape), tuple(np.argsort(order).tolist()))
 
     return flat, restore
-
-
-def _scatter_add(x: jax.Array, index: jax.Array, value: jax.Array) -> jax.Array:
-    """Adds ``value[..., 0]`` at position ``index[..., 0]`` of the last axis of each row."""
-    rows = jnp.indices(index.shape[:-1], sparse=True)
-    return x.at[(*rows, index[..., 0])].add(value[..., 0])
 
 
 @cached_eager

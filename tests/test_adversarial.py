@@ -401,7 +401,6 @@ def test_out_of_range_label_poisons_only_its_row(bad, jit):
         assert np.isnan(value[1]) and np.isfinite(value[[0, 2]]).all()
 
 
-@pytest.mark.xfail(strict=False, reason="engine: the integer CE body's gradient for such rows")
 @pytest.mark.parametrize("bad", BAD_LABELS)
 def test_out_of_range_label_poisons_the_gradient_alone(bad):
     # docs/concepts.md: bad input, rows 1 and 6 (a training step that never looks at the value)
@@ -521,7 +520,6 @@ def test_traced_torch_label_smoothing():
     assert np.isnan(traced(1.5))
 
 
-@pytest.mark.xfail(strict=False, reason="engine: the integer CE body's option helpers")
 @pytest.mark.parametrize(
     ("option", "good", "bad"), [("label_smoothing", 0.2, 1.5), ("z_loss", 0.1, -1.0)]
 )

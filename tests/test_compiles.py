@@ -306,13 +306,9 @@ TRANSFORMS = {
     "vmap(entropy)": lambda: jax.vmap(il.entropy)(LOGITS),
 }
 
-ENGINE_REWRITE = pytest.mark.xfail(
-    strict=False, reason="engine rewrite: the sharded wrappers get the cache there"
-)
 
-
-def _params(cases, marks=()):
-    return [pytest.param(call, id=name, marks=marks) for name, call in cases.items()]
+def _params(cases):
+    return [pytest.param(call, id=name) for name, call in cases.items()]
 
 
 @pytest.mark.parametrize(
@@ -324,7 +320,7 @@ def _params(cases, marks=()):
     + _params(TRANSFORMS)
     + _params(POST_TRAINING)
     + _params(FUSED)
-    + _params(SHARDED, marks=ENGINE_REWRITE),
+    + _params(SHARDED),
 )
 def test_repeated_eager_calls_compile_nothing(call):
     assert compiles_after_warm_up(call) == 0
