@@ -476,10 +476,11 @@ def test_traced_beta():
     # docs/concepts.md: bad input, row 7
     x, t = jnp.asarray(CLEAN), jnp.asarray(TARGET)
     traced = jax.jit(lambda b: il.jensen_shannon(x, t, beta=b))
+    # rtol 1e-5: float32 round-off of jit vs eager differs by backend (about 1e-6 on a GPU).
     for beta in (0.0, 0.3, 1.0):
-        np.testing.assert_allclose(traced(beta), il.jensen_shannon(x, t, beta=beta), rtol=1e-6)
-    np.testing.assert_allclose(traced(0.0), il.forward_kl(x, t), rtol=1e-6)
-    np.testing.assert_allclose(traced(1.0), il.reverse_kl(x, t), rtol=1e-6)
+        np.testing.assert_allclose(traced(beta), il.jensen_shannon(x, t, beta=beta), rtol=1e-5)
+    np.testing.assert_allclose(traced(0.0), il.forward_kl(x, t), rtol=1e-5)
+    np.testing.assert_allclose(traced(1.0), il.reverse_kl(x, t), rtol=1e-5)
     for bad in (-0.1, 1.5, NAN):
         assert np.isnan(np.asarray(traced(bad))).all()
         with pytest.raises(ValueError, match="`beta`"):
