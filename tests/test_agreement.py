@@ -134,6 +134,7 @@ def _check(paths, args, tol, reference="plain"):
         chex.assert_trees_all_close(finite, ref, **tol, custom_message=f"gradient of {name}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(CE_CASES))
 def test_cross_entropy_every_option(case):
     hidden, weight, bias, labels, opts = _inputs(jnp.float32, case)
@@ -199,6 +200,7 @@ CORE_DIVERGENCES = {"forward_kl": il.forward_kl, "reverse_kl": il.reverse_kl}
 CORE_DIVERGENCES["jensen_shannon"] = il.jensen_shannon
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", list(DIVERGENCES))
 @pytest.mark.parametrize("dtype", [jnp.float32, pytest.param(jnp.bfloat16, marks=pytest.mark.slow)])
 def test_distillation_heads_agree(kind, dtype):

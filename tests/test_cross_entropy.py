@@ -17,6 +17,7 @@ def random_probs(shape, axis=-1):
     return np.asarray(jax.nn.softmax(x, axis=axis))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "shape,axis", [((7,), -1), ((4, 7), -1), ((3, 4, 5), 1), ((2, 3, 4), (1, 2)), ((5, 3), 0)]
 )

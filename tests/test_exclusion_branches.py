@@ -80,6 +80,7 @@ def test_an_excluded_class_changes_nothing(name):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(LOSSES))
 def test_vmap_over_rows_with_and_without_exclusions(name):
     loss, kind = LOSSES[name]
@@ -163,6 +164,7 @@ def test_gather_and_masked_sum_picks_agree(monkeypatch):
     assert np.isnan(full[3])  # out of range poisons its row
 
 
+@pytest.mark.slow
 def test_integer_label_rule_matches_plain_autodiff_and_hessian():
     z, labels = _logits(), jnp.array([0, 3, 5, 2])
 

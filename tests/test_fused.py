@@ -84,6 +84,7 @@ CE_CASES = (
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("options", list(OPTION_SETS))
 @pytest.mark.parametrize(("method", "reduction"), CE_CASES)
 def test_cross_entropy_matches_naive_core_loss(method, reduction, options):
@@ -398,6 +399,7 @@ DISTILL_CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("method", "reduction"), DISTILL_CASES)
 @pytest.mark.parametrize("kind", list(DIVERGENCES))
 def test_distillation_matches_naive_core_divergence(kind, method, reduction):
@@ -525,6 +527,7 @@ def test_benchmark_scripts_run_quick(command):
 # ------------------------------------------------------------------------------- bad data
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backward", ["one_pass", "two_pass", "in_forward"])
 def test_nan_logits_poison_their_row_value_and_gradient(backward):
     hidden, weight, _, labels, _, _ = _inputs()

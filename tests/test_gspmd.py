@@ -121,11 +121,13 @@ def _check(loss_name, layout, dtype=jnp.float32, axis_type=AxisType.Auto):
         )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss_name", sorted(LOSSES))
 def test_core_loss_partitions_without_gathering_logits(loss_name):
     _check(loss_name, "batch2_vocab4")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "loss_name, layout",
     [

@@ -383,6 +383,7 @@ def _scaled_kernel(monkeypatch, name, factor=1.01):
         jax.clear_caches()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kernel", sorted(MUTATIONS))
 def test_a_wrong_shared_kernel_fails_the_table_and_the_closed_form_tests(kernel, monkeypatch):
     rows, cases = MUTATIONS[kernel]

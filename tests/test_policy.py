@@ -114,6 +114,7 @@ def _packed():
     return {k: jnp.asarray(v) for k, v in out.items()}, jnp.asarray(seg)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", list(NORMALIZATIONS))
 def test_packed_rows_equal_unpacked(kind):
     packed, seg = _packed()
@@ -171,6 +172,7 @@ def test_out_of_range_segment_id_poisons():
 # --- Exact micro-batch accumulation -----------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", list(NORMALIZATIONS))
 def test_micro_batch_sum_equals_full_batch(kind):
     kw = dict(**CLIP, **NORMALIZATIONS[kind])

@@ -74,6 +74,7 @@ def assert_close(actual, expected, tol=1e-10):
 # ------------------------------------------------------------------------ vocab-parallel CE
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("options", sorted(CE_OPTIONS))
 @pytest.mark.parametrize("mesh_name", sorted(MESHES))
 def test_cross_entropy_matches_core(mesh_name, options):
@@ -400,6 +401,7 @@ DIVERGENCES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "mesh_name, kind",
     [
@@ -473,6 +475,7 @@ LINEAR_DIVERGENCES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "mesh_name, kind, plan",
     [

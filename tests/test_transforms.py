@@ -12,6 +12,9 @@ from jax.test_util import check_grads
 import infoloss_jax as il
 from infoloss_jax import torch as F
 
+# Every transform of every loss, with and without jit: the slow selection.
+pytestmark = pytest.mark.slow
+
 RNG = np.random.default_rng(3)
 Z = jnp.asarray(RNG.normal(size=(4, 5)))
 T = jnp.asarray(RNG.normal(size=(4, 5)))
