@@ -36,6 +36,7 @@ def test_soft_label_cross_entropy_matches_optax(shape, axis, masked):
     np.testing.assert_allclose(grad_ours, grad_theirs, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "shape,axis", [((9,), -1), ((4, 9), -1), ((3, 5, 4), 1), ((2, 3, 4), (1, 2))]
 )
@@ -70,6 +71,7 @@ def test_integer_labels_per_example_where_matches_optax():
     np.testing.assert_array_equal(ours[~keep], 0.0)
 
 
+@pytest.mark.slow
 def test_integer_and_one_hot_labels_agree_with_gradients():
     logits, labels = jnp.asarray(RNG.normal(size=(5, 6))), jnp.asarray(RNG.integers(0, 6, 5))
     one_hot = jax.nn.one_hot(labels, 6, dtype=logits.dtype)

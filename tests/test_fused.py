@@ -115,6 +115,7 @@ def test_cross_entropy_matches_naive_core_loss(method, reduction, options):
         _assert_close(g, e)
 
 
+@pytest.mark.slow
 def test_cross_entropy_flattens_leading_dims_and_chooses_blocks():
     hidden, weight, _, labels, _, _ = _inputs(lead=(3, 11))
     fused = jax.jit(

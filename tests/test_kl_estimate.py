@@ -88,6 +88,7 @@ def test_excluded_reference_token_gives_inf_not_nan():
     assert np.isposinf(got[0])
 
 
+@pytest.mark.slow
 def test_check_grads_and_transforms():
     for estimator in ("k1", "k2", "k3"):
         f = lambda x, y, e=estimator: il.kl_estimate(x, y, estimator=e)  # noqa: E731

@@ -109,6 +109,7 @@ def jnp_integer_ce(logits, labels, *, label_smoothing, class_weights, z_loss, lo
 # --- Against PyTorch. -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(CASES.CE_INDEX_CASES))
 def test_integer_options_match_torch(case):
     spec = dict(CASES.CE_INDEX_CASES[case])

@@ -240,6 +240,7 @@ def core_linear_ce(hidden, weight, bias, labels, options):
     return core_ce(hidden @ weight + bias, labels, options)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "mesh_name, options, blocks",
     [
