@@ -41,9 +41,9 @@ from ._harness import compare_gradients as compare_gradients
 from ._harness import gradient_table as gradient_table
 from ._kl_estimate import kl_estimate as kl_estimate
 from ._log_partition import log_partition as log_partition
+from ._log_partition import z_loss as z_loss
 from ._log_probs import linear_log_probs as linear_log_probs
 from ._log_probs import log_probs as log_probs
-from ._log_partition import z_loss as z_loss
 from ._reductions import loss_sum_and_count as loss_sum_and_count
 from ._reductions import reduce_loss as reduce_loss
 

@@ -272,7 +272,9 @@ def all_reduce(stats: Stats, axis_name) -> Stats:
     parts += [s * r for s, r in zip(stats.scaled, ratios, strict=False)]
     parts += [
         _recenter(c, e, m, big, r)
-        for c, e, m, big, r in zip(stats.centered, stats.sumexp, local, maxima, ratios, strict=False)
+        for c, e, m, big, r in zip(
+            stats.centered, stats.sumexp, local, maxima, ratios, strict=False
+        )
     ]
     parts += list(stats.plain.values())
     summed = list(lax.psum(jnp.stack(parts), axis_name)) if parts else []
