@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import scipy.special
 import scipy.stats
+from golden.make_post_training_golden import INPUTS, LOG_PROB_CASES
+from golden.post_training_golden import GOLDEN
+from helpers import plain_log_probs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from jax.test_util import check_grads
 
 import infoloss_jax as il
-from tests.golden.make_post_training_golden import INPUTS, LOG_PROB_CASES
-from tests.golden.post_training_golden import GOLDEN
-from tests.helpers import plain_log_probs
 
 N, D, V = 29, 6, 37
 
