@@ -593,90 +593,71 @@ def _random_inputs(rng: np.random.Generator, shape: tuple[int, int], dtype) -> d
     }
 
 
-def _plain_gradient(loss: Callable) -> Callable:
-    """Autodiff gradient of the summed plain loss: the reference side of a Hessian product."""
-    return jax.grad(lambda z: jnp.sum(loss(z)))
+def _case(name: str, args: tuple, argnums=(0,), loss: str | None = None, **options) -> _Case:
+    """``gradients.<loss>_grad`` against ``jax.grad`` of ``_plain.<loss>``, both given ``options``.
+
+    ``loss`` defaults to the first word of ``name``. The plain losses share no code with the
+    closed forms (no custom rule, no private kernel), so a wrong kernel shows.
+    """
+    from . import _plain, gradients
+
+    loss = loss or name.split()[0]
+    grad_options = options if argnums == (0,) else dict(options, argnums=argnums)
+    grad_fn = functools.partial(getattr(gradients, f"{loss}_grad"), **grad_options)
+    return _Case(name, functools.partial(getattr(_plain, loss), **options), grad_fn, args, argnums)
+
+
+def _hvp_case(name: str, plain_loss: Callable, hvp: Callable, tangent: jax.Array, x) -> _Case:
+    """A Hessian-vector product is the gradient of <v, grad L>, since the Hessian is symmetric;
+    grad L here is autodiff of the plain loss, not a closed form."""
+    plain_gradient = jax.grad(lambda z: jnp.sum(plain_loss(z)))
+    return _Case(name, lambda z: jnp.vdot(tangent, plain_gradient(z)), hvp, (x,))
 
 
 def _cases(inputs: dict) -> list[_Case]:
-    """Each closed form against ``jax.grad`` of the plain loss of :mod:`infoloss_jax._plain`.
-
-    The closed forms come from :mod:`infoloss_jax.gradients`; the losses they are compared with
-    share no code with them (no custom rule, no private kernel), so a wrong kernel shows.
-    """
+    """Every closed form of :mod:`infoloss_jax.gradients`, with the inputs and options it is
+    checked on (a new closed form gets its rows here)."""
     from . import _plain as plain
     from . import gradients as g
 
-    p = functools.partial
     x, t, probs = inputs["logits"], inputs["target_logits"], inputs["probs"]
     labels, where, tangent = inputs["labels"], inputs["where"], inputs["tangent"]
     # Reverse KL needs target mass wherever the model has mass: use the model's support.
     t_reverse = jnp.where(x > -jnp.inf, t, -jnp.inf).at[1, 0].set(t[1, 1])
     log_q = jax.nn.log_softmax(x)
-    int_options = dict(
-        label_smoothing=0.1,
-        z_loss=1e-2,
-        logit_softcap=5.0,
-        class_weights=inputs["class_weights"],
-        ignore_index=0,
-    )
-    soft_options = dict(label_smoothing=0.1, z_loss=1e-2, logit_softcap=5.0, where=where)
-    plain_ce_gradient = _plain_gradient(
-        lambda z: plain.softmax_cross_entropy(z, probs, where=where)
-    )
-    plain_entropy_gradient = _plain_gradient(lambda z: plain.entropy(z, where=where))
+    options = dict(label_smoothing=0.1, z_loss=1e-2, logit_softcap=5.0)
+    int_options = dict(options, class_weights=inputs["class_weights"], ignore_index=0)
     pair = (0, 1)
     return [
-        _Case("softmax_cross_entropy", p(plain.softmax_cross_entropy, where=where),
-              p(g.softmax_cross_entropy_grad, where=where), (x, probs)),
-        _Case("softmax_cross_entropy (smoothing, z-loss, softcap)",
-              p(plain.softmax_cross_entropy, **soft_options),
-              p(g.softmax_cross_entropy_grad, **soft_options), (x, probs)),
-        _Case("softmax_cross_entropy_with_integer_labels",
-              plain.softmax_cross_entropy_with_integer_labels,
-              g.softmax_cross_entropy_with_integer_labels_grad, (x, labels)),
-        _Case("integer labels (all options)",
-              p(plain.softmax_cross_entropy_with_integer_labels, **int_options),
-              p(g.softmax_cross_entropy_with_integer_labels_grad, **int_options), (x, labels)),
-        _Case("entropy", p(plain.entropy, where=where), p(g.entropy_grad, where=where), (x,)),
-        _Case("entropy (bits)", p(plain.entropy, base=2), p(g.entropy_grad, base=2), (x,)),
-        _Case("entropy_from_probs", p(plain.entropy_from_probs, where=where),
-              p(g.entropy_from_probs_grad, where=where), (probs,)),
-        _Case("log_partition", plain.log_partition, g.log_partition_grad, (x,)),
-        _Case("z_loss", plain.z_loss, g.z_loss_grad, (x,)),
-        _Case("forward_kl (T=2)", p(plain.forward_kl, temperature=2.0),
-              p(g.forward_kl_grad, temperature=2.0, argnums=pair), (x, t), pair),
-        _Case("reverse_kl (T=0.5)", p(plain.reverse_kl, temperature=0.5, where=where),
-              p(g.reverse_kl_grad, temperature=0.5, where=where, argnums=pair),
-              (x, t_reverse), pair),
-        _Case("jensen_shannon (beta=0.5)", plain.jensen_shannon,
-              p(g.jensen_shannon_grad, argnums=pair), (x, t), pair),
-        _Case("jensen_shannon (beta=0.2, T=1.5)",
-              p(plain.jensen_shannon, beta=0.2, temperature=1.5, where=where),
-              p(g.jensen_shannon_grad, beta=0.2, temperature=1.5, where=where, argnums=pair),
-              (x, t), pair),
-        _Case("kl_divergence", plain.kl_divergence, p(g.kl_divergence_grad, argnums=pair),
-              (log_q, probs), pair),
-        _Case("kl_divergence_with_log_targets", plain.kl_divergence_with_log_targets,
-              p(g.kl_divergence_with_log_targets_grad, argnums=pair),
-              (log_q, jnp.log(probs)), pair),
-        _Case("generalized_kl_divergence", plain.generalized_kl_divergence,
-              p(g.generalized_kl_divergence_grad, argnums=pair), (log_q, 1.5 * probs), pair),
-        _Case("sigmoid_binary_cross_entropy (pos_weight)",
-              p(plain.sigmoid_binary_cross_entropy, pos_weight=inputs["pos_weight"]),
-              p(g.sigmoid_binary_cross_entropy_grad, pos_weight=inputs["pos_weight"],
-                argnums=pair),
-              (inputs["binary_logits"], inputs["binary_labels"]), pair),
-        _Case("binary_entropy", plain.binary_entropy, g.binary_entropy_grad,
-              (inputs["binary_logits"],)),
-        # A Hessian-vector product is the gradient of <v, grad L>, since the Hessian is
-        # symmetric; grad L here is autodiff of the plain loss, not a closed form.
-        _Case("softmax_cross_entropy Hessian-vector product",
-              lambda z: jnp.vdot(tangent, plain_ce_gradient(z)),
-              lambda z: g.softmax_cross_entropy_hvp(z, probs, tangent, where=where), (x,)),
-        _Case("entropy Hessian-vector product",
-              lambda z: jnp.vdot(tangent, plain_entropy_gradient(z)),
-              lambda z: g.entropy_hvp(z, tangent, where=where), (x,)),
+        _case("softmax_cross_entropy", (x, probs), where=where),
+        _case("softmax_cross_entropy (smoothing, z-loss, softcap)", (x, probs), where=where,
+              **options),
+        _case("softmax_cross_entropy_with_integer_labels", (x, labels)),
+        _case("integer labels (all options)", (x, labels),
+              loss="softmax_cross_entropy_with_integer_labels", **int_options),
+        _case("entropy", (x,), where=where),
+        _case("entropy (bits)", (x,), base=2),
+        _case("entropy_from_probs", (probs,), where=where),
+        _case("log_partition", (x,)),
+        _case("z_loss", (x,)),
+        _case("forward_kl (T=2)", (x, t), pair, temperature=2.0),
+        _case("reverse_kl (T=0.5)", (x, t_reverse), pair, temperature=0.5, where=where),
+        _case("jensen_shannon (beta=0.5)", (x, t), pair),
+        _case("jensen_shannon (beta=0.2, T=1.5)", (x, t), pair, beta=0.2, temperature=1.5,
+              where=where),
+        _case("kl_divergence", (log_q, probs), pair),
+        _case("kl_divergence_with_log_targets", (log_q, jnp.log(probs)), pair),
+        _case("generalized_kl_divergence", (log_q, 1.5 * probs), pair),
+        _case("sigmoid_binary_cross_entropy (pos_weight)",
+              (inputs["binary_logits"], inputs["binary_labels"]), pair,
+              pos_weight=inputs["pos_weight"]),
+        _case("binary_entropy", (inputs["binary_logits"],)),
+        _hvp_case("softmax_cross_entropy Hessian-vector product",
+                  lambda z: plain.softmax_cross_entropy(z, probs, where=where),
+                  lambda z: g.softmax_cross_entropy_hvp(z, probs, tangent, where=where), tangent,
+                  x),
+        _hvp_case("entropy Hessian-vector product", lambda z: plain.entropy(z, where=where),
+                  lambda z: g.entropy_hvp(z, tangent, where=where), tangent, x),
     ]  # fmt: skip
 
 
