@@ -213,21 +213,6 @@ class GradientTable:
 # Rendering
 # --------------------------------------------------------------------------------------------
 
-_HEADER = (
-    "loss",
-    "arg",
-    "shape",
-    "dtype",
-    "max abs err",
-    "max rel err",
-    "cosine",
-    "analytic vs FD",
-    "autodiff vs FD",
-    "FD entries",
-    "NaN/inf",
-    "ok",
-)
-
 
 def _number(x: float | None) -> str:
     if x is None:
@@ -238,14 +223,8 @@ def _number(x: float | None) -> str:
 
 
 def _nonfinite(a: ArgumentReport) -> str:
-    if a.finite:
-        return "none"
-    parts = []
-    if a.analytic_nonfinite:
-        parts.append(f"analytic: {a.analytic_nonfinite}")
-    if a.autodiff_nonfinite:
-        parts.append(f"autodiff: {a.autodiff_nonfinite}")
-    return ", ".join(parts)
+    counts = (("analytic", a.analytic_nonfinite), ("autodiff", a.autodiff_nonfinite))
+    return ", ".join(f"{side}: {count}" for side, count in counts if count) or "none"
 
 
 def _fd_entries(a: ArgumentReport) -> str:
@@ -256,27 +235,26 @@ def _fd_entries(a: ArgumentReport) -> str:
     return str(a.fd_entries)
 
 
+# The columns of every rendering: (header, cell of a report's argument).
+_COLUMNS: tuple[tuple[str, Callable[[GradientReport, ArgumentReport], str]], ...] = (
+    ("loss", lambda report, a: report.name),
+    ("arg", lambda report, a: str(a.argnum)),
+    ("shape", lambda report, a: "x".join(str(d) for d in a.shape) or "scalar"),
+    ("dtype", lambda report, a: a.dtype),
+    ("max abs err", lambda report, a: _number(a.max_abs_error)),
+    ("max rel err", lambda report, a: _number(a.max_rel_error)),
+    ("cosine", lambda report, a: f"{a.cosine_similarity:.10f}"),
+    ("analytic vs FD", lambda report, a: _number(a.analytic_fd_error)),
+    ("autodiff vs FD", lambda report, a: _number(a.autodiff_fd_error)),
+    ("FD entries", lambda report, a: _fd_entries(a)),
+    ("NaN/inf", lambda report, a: _nonfinite(a)),
+    ("ok", lambda report, a: "yes" if a.ok() else "NO"),
+)
+_HEADER = tuple(header for header, _ in _COLUMNS)
+
+
 def _rows(reports: Sequence[GradientReport]) -> list[tuple[str, ...]]:
-    rows: list[tuple[str, ...]] = []
-    for report in reports:
-        for a in report.arguments:
-            rows.append(
-                (
-                    report.name,
-                    str(a.argnum),
-                    "x".join(str(d) for d in a.shape) or "scalar",
-                    a.dtype,
-                    _number(a.max_abs_error),
-                    _number(a.max_rel_error),
-                    f"{a.cosine_similarity:.10f}",
-                    _number(a.analytic_fd_error),
-                    _number(a.autodiff_fd_error),
-                    _fd_entries(a),
-                    _nonfinite(a),
-                    "yes" if a.ok() else "NO",
-                )
-            )
-    return rows
+    return [tuple(cell(r, a) for _, cell in _COLUMNS) for r in reports for a in r.arguments]
 
 
 def _text_table(rows: list[tuple[str, ...]]) -> str:
@@ -313,16 +291,6 @@ def _html_table(rows: list[tuple[str, ...]]) -> str:
 
 def _as_tuple(argnums) -> tuple[int, ...]:
     return (argnums,) if isinstance(argnums, int) else tuple(argnums)
-
-
-def _summed(loss_fn: Callable) -> Callable:
-    """The scalar whose gradient is the per-example gradient: the sum of the loss values."""
-
-    @functools.wraps(loss_fn)
-    def total(*args):
-        return jnp.sum(loss_fn(*args))
-
-    return total
 
 
 def compare_gradients(
@@ -381,7 +349,10 @@ def compare_gradients(
     """
     args = tuple(jnp.asarray(a) if _is_array_like(a) else a for a in args)
     argnums = _check_differentiable(args, _as_tuple(argnums))
-    total = _summed(loss_fn)
+
+    def total(*inputs):  # the scalar whose gradient is the per-example gradient
+        return jnp.sum(loss_fn(*inputs))
+
     autodiff = jax.grad(total, argnums=argnums)
     analytic = grad_fn
     if jit:
@@ -494,18 +465,13 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.clip(np.vdot(a, b) / (na * nb), -1.0, 1.0))
 
 
-def _float64_enabled():
-    """A context with float64 enabled."""
-    return jax.enable_x64(True)
-
-
 def _finite_differences(total, args, argnum, fd_step, max_entries, seed):
     """Central differences of ``total`` in float64 at a sample of the entries of one argument.
 
     One compiled program per argument, vectorized with ``vmap`` over chunks of entries. Returns
     ``(flat indices, derivative estimates)``.
     """
-    with _float64_enabled():
+    with jax.enable_x64(True):
         args64 = tuple(_to_float64(a) for a in args)
         x = args64[argnum]
         size = int(x.size)
@@ -543,8 +509,6 @@ def _finite_differences(total, args, argnum, fd_step, max_entries, seed):
 def _to_float64(a):
     if isinstance(a, jax.Array) and jnp.issubdtype(a.dtype, jnp.floating):
         return jnp.asarray(np.asarray(a, dtype=np.float64))
-    if isinstance(a, jax.Array) and jnp.issubdtype(a.dtype, jnp.integer):
-        return jnp.asarray(np.asarray(a))
     return a
 
 
@@ -700,7 +664,7 @@ def gradient_table(
     if len(shape) != 2 or shape[0] < 2 or shape[1] < 3:
         raise ValueError(f"`shape` must be (batch >= 2, classes >= 3); got {shape!r}.")
     wide = jnp.dtype(dtype) == jnp.float64
-    with _float64_enabled() if wide else contextlib.nullcontext():
+    with jax.enable_x64(True) if wide else contextlib.nullcontext():
         inputs = _random_inputs(np.random.default_rng(seed), (shape[0], shape[1]), dtype)
         cases = _cases(inputs)
         known = [c.name for c in cases]

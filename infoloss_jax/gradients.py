@@ -35,6 +35,7 @@ from ._cross_entropy import (
     check_integer_labels,
     check_label_smoothing,
     check_z_loss,
+    classes_last,
     integer_label_spec,
     integer_where,
     smoothing_mass,
@@ -265,7 +266,8 @@ def softmax_cross_entropy_with_integer_labels_grad(
     mask = integer_where(where, x, y, axes)
     # The classes last and flattened into one (labels index them row-major); the engine's
     # one-tile gradient (the loss's own JVP rule) with a unit cotangent per row.
-    z, restore = _classes_last(exclude(x, mask), axes)
+    to_rows = functools.partial(classes_last, axes=axes)
+    z = to_rows(exclude(x, mask))
     num_classes = z.shape[-1]
     weights, spec, coefs, ok = integer_label_spec(
         z.dtype,
@@ -276,23 +278,10 @@ def softmax_cross_entropy_with_integer_labels_grad(
         logit_softcap=logit_softcap,
         ignore_index=ignore_index,
     )
-    flat = z.reshape(-1, num_classes)
-    _, grad = _tiles.ce_full_tile(flat, y.reshape(-1), weights, coefs, spec)
-    grad = poison(grad.reshape(z.shape), ok)
-    return _zero_masked(restore(grad), mask)
-
-
-def _classes_last(x: jax.Array, axes: tuple[int, ...]):
-    """Moves ``axes`` last and flattens them; returns the array and the inverse transform."""
-    batch_axes = tuple(a for a in range(x.ndim) if a not in axes)
-    order = batch_axes + axes
-    moved = jnp.transpose(x, order)
-    flat = moved.reshape(moved.shape[: len(batch_axes)] + (-1,))
-
-    def restore(y: jax.Array) -> jax.Array:
-        return jnp.transpose(y.reshape(moved.shape), tuple(np.argsort(order).tolist()))
-
-    return flat, restore
+    _, grad = _tiles.ce_full_tile(z.reshape(-1, num_classes), y.reshape(-1), weights, coefs, spec)
+    # to_rows only moves entries, so its transpose is its inverse.
+    (grad,) = jax.linear_transpose(to_rows, x)(poison(grad.reshape(z.shape), ok))
+    return _zero_masked(grad, mask)
 
 
 @cached_eager
