@@ -14,6 +14,7 @@ import functools
 import html
 import math
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -589,7 +590,7 @@ def _cases(inputs: dict) -> list[_Case]:
     # Reverse KL needs target mass wherever the model has mass: use the model's support.
     t_reverse = jnp.where(x > -jnp.inf, t, -jnp.inf).at[1, 0].set(t[1, 1])
     log_q = jax.nn.log_softmax(x)
-    options = dict(label_smoothing=0.1, z_loss=1e-2, logit_softcap=5.0)
+    options: dict[str, Any] = dict(label_smoothing=0.1, z_loss=1e-2, logit_softcap=5.0)
     int_options = dict(options, class_weights=inputs["class_weights"], ignore_index=0)
     pair = (0, 1)
     return [

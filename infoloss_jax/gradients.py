@@ -113,21 +113,21 @@ def _normalized(logits, where, axis, temperature=1.0, name="logits"):
     return stable_log_softmax(exclude(x / temperature, mask), axes), axes, mask
 
 
-def _select(grads: dict[int, jax.Array], argnums) -> jax.Array | tuple[jax.Array, ...]:
-    """Picks gradients the way ``jax.grad(..., argnums=argnums)`` would return them."""
+def _select(grads: tuple[jax.Array, ...], argnums) -> jax.Array | tuple[jax.Array, ...]:
+    """Picks from the gradients of each argument the way ``jax.grad(..., argnums)`` would."""
     if not isinstance(argnums, tuple | list):
-        return grads[_check_argnum(argnums, grads)]
-    return tuple(grads[_check_argnum(a, grads)] for a in argnums)
+        return grads[_check_argnum(argnums, len(grads))]
+    return tuple(grads[_check_argnum(a, len(grads))] for a in argnums)
 
 
-def _check_argnum(argnum, grads) -> int:
+def _check_argnum(argnum, count: int) -> int:
     if is_traced(argnum) or not isinstance(argnum, int | np.integer):
         raise TypeError(
             f"`argnums` must hold static Python ints; got {type(argnum).__name__}. Under "
             "jax.jit, bind it with functools.partial or pass static_argnames=('argnums',)."
         )
-    if argnum not in grads:
-        valid = ", ".join(str(k) for k in sorted(grads))
+    if not 0 <= argnum < count:
+        valid = ", ".join(str(k) for k in range(count))
         raise ValueError(f"`argnums` may contain only {valid}; got {argnum!r}.")
     return int(argnum)
 
@@ -648,11 +648,8 @@ def _sum_to_shape(grad: jax.Array, shape: tuple[int, ...]) -> jax.Array:
 
 
 def _finish_elementwise(grad_predictions, grad_targets, targets_shape, mask, argnums):
-    grads = {
-        0: _zero_masked(grad_predictions, mask),
-        1: _sum_to_shape(_zero_masked(grad_targets, mask), targets_shape),
-    }
-    return _select(grads, argnums)
+    grad_targets = _sum_to_shape(_zero_masked(grad_targets, mask), targets_shape)
+    return _select((_zero_masked(grad_predictions, mask), grad_targets), argnums)
 
 
 def _log_ratio_plus_one(targets: jax.Array, log_predictions: jax.Array) -> jax.Array:
@@ -821,7 +818,7 @@ def _pair_grad(kernel, logits, target_logits, temperature, axis, where, argnums)
     model, axes, mask = _normalized(z.astype(dtype), where, axis, temperature)
     target, _, _ = _normalized(t.astype(dtype), where, axis, temperature, "target_logits")
     grads = kernel(model.log_probs, target.log_probs, axis=axes)
-    return _select({i: _zero_masked(g / temperature, mask) for i, g in enumerate(grads)}, argnums)
+    return _select(tuple(_zero_masked(g / temperature, mask) for g in grads), argnums)
 
 
 @cached_eager
@@ -1033,11 +1030,9 @@ def sigmoid_binary_cross_entropy_grad(
     if pos_weight is not None:
         w = as_float_array(pos_weight, "pos_weight").astype(z.dtype)
         check_broadcastable(w, "pos_weight", z.shape, "logits")
-    grads = {
-        0: jax.nn.sigmoid(z) * (1.0 + (w - 1.0) * y) - w * y,
-        1: jnp.broadcast_to(w * jax.nn.softplus(-z) - jax.nn.softplus(z), z.shape),
-    }
-    return _select(grads, argnums)
+    grad_logits = jax.nn.sigmoid(z) * (1.0 + (w - 1.0) * y) - w * y
+    grad_labels = jnp.broadcast_to(w * jax.nn.softplus(-z) - jax.nn.softplus(z), z.shape)
+    return _select((grad_logits, grad_labels), argnums)
 
 
 @cached_eager
