@@ -592,6 +592,7 @@ def _cases(inputs: dict) -> list[_Case]:
     log_q = jax.nn.log_softmax(x)
     options: dict[str, Any] = dict(label_smoothing=0.1, z_loss=1e-2, logit_softcap=5.0)
     int_options = dict(options, class_weights=inputs["class_weights"], ignore_index=0)
+    token_options: dict[str, Any] = dict(temperature=0.7, logit_softcap=5.0, ignore_index=0)
     pair = (0, 1)
     return [
         _case("softmax_cross_entropy", (x, probs), where=where),
@@ -600,6 +601,11 @@ def _cases(inputs: dict) -> list[_Case]:
         _case("softmax_cross_entropy_with_integer_labels", (x, labels)),
         _case("integer labels (all options)", (x, labels),
               loss="softmax_cross_entropy_with_integer_labels", **int_options),
+        _case("log_probs (T=0.7, softcap, ignore_index)", (x, labels), **token_options),
+        _Case("log_probs entropy (T=0.7, softcap, ignore_index)",
+              functools.partial(plain.token_entropy, **token_options),
+              lambda z, y: g.log_probs_grad(z, y, with_entropy=True, **token_options)[1],
+              (x, labels)),
         _case("entropy", (x,), where=where),
         _case("entropy (bits)", (x,), base=2),
         _case("entropy_from_probs", (probs,), where=where),

@@ -52,25 +52,50 @@ def _token_rows(raw, labels, coefs: Coefficients, spec: LossSpec):
     return (-rows.loss, rows.entropy) if spec.entropy else (-rows.loss,)
 
 
-@_token_rows.defjvp
-def _token_rows_jvp(spec, primals, tangents):
-    raw, labels, coefs = primals
+def token_grads(raw, labels, coefs: Coefficients, spec: LossSpec):
+    """``(rows, d log q(label) / d raw, d H / d raw or None)`` of ``[rows, K]`` raw logits.
+
+    The closed forms of :func:`log_probs`, from the engine's tile gradient with the temperature's
+    chain rule applied; shared by its JVP rule and :mod:`infoloss_jax.gradients`.
+    """
     z = _tiles.ce_logits(raw, spec, coefs)
     stats = _tiles.ce_tile(z, labels, None, 0, spec)
     rows = _tiles.ce_rows(stats, labels, None, coefs, spec)
     log_q = _tiles.log_softmax_of(z, stats)
     chain = coefs.inverse_temperature.astype(z.dtype) if spec.scaled else 1.0
-    tangent = tangents[0] * chain
     zero = jnp.zeros_like(rows.loss)
     coef = dict(rows.coef, h=zero)
-    d_loss = _tiles.ce_tile_grad(z, raw, labels, 0, None, log_q, coef, spec)
-    outs, dots = [-rows.loss], [-jnp.sum(d_loss * tangent, axis=-1)]
+    d_log_probs = -chain * _tiles.ce_tile_grad(z, raw, labels, 0, None, log_q, coef, spec)
+    d_entropy = None
     if spec.entropy:
         coef = dict(rows.coef, p=zero, y=zero, s=zero)
-        d_entropy = _tiles.ce_tile_grad(z, raw, labels, 0, None, log_q, coef, spec)
+        d_entropy = chain * _tiles.ce_tile_grad(z, raw, labels, 0, None, log_q, coef, spec)
+    return rows, d_log_probs, d_entropy
+
+
+@_token_rows.defjvp
+def _token_rows_jvp(spec, primals, tangents):
+    raw, labels, coefs = primals
+    rows, d_log_probs, d_entropy = token_grads(raw, labels, coefs, spec)
+    outs, grads = [-rows.loss], [d_log_probs]
+    if d_entropy is not None:
         outs.append(cast(jax.Array, rows.entropy))
-        dots.append(jnp.sum(d_entropy * tangent, axis=-1))
-    return tuple(outs), tuple(dot.astype(rows.loss.dtype) for dot in dots)
+        grads.append(d_entropy)
+    dots = (jnp.sum(g * tangents[0], axis=-1).astype(rows.loss.dtype) for g in grads)
+    return tuple(outs), tuple(dots)
+
+
+def token_log_probs_spec(logits, labels, axis, where, **options):
+    """Validates the inputs of :func:`log_probs`; returns ``(raw [rows, K], labels, spec,
+    coefficients, ok, to_rows)``, where ``to_rows`` moves the class axes last and flattens them."""
+    logits = as_float_array(logits, "logits")
+    labels = as_integer_array(labels, "labels")
+    axes = normalize_axis(axis, logits.ndim)
+    check_integer_labels(logits, labels, axes)
+    to_rows = functools.partial(classes_last, axes=axes)
+    raw = to_rows(exclude(upcast(logits), as_where(where, logits.shape)))
+    spec, coefs, ok = make_spec("cross_entropy", raw.shape[-1], raw.dtype, **options)
+    return raw.reshape(-1, raw.shape[-1]), labels, spec, coefs, ok, to_rows
 
 
 @cached_eager
@@ -122,8 +147,7 @@ def log_probs(
       axis: the class axis (or axes, read row-major as one flat class index).
       where: optional boolean class mask broadcastable to ``logits``; False excludes a class.
       temperature: :math:`T > 0`; the logits are divided by it after the soft cap (may be
-        traced; no gradient flows to it through the closed form, but one does through the
-        division, which is plain ``jnp``).
+        traced; it receives no gradient).
       logit_softcap: optional static cap :math:`s > 0`.
       with_entropy: also return the entropy :math:`H(q)` per token (in nats).
       ignore_index: label value whose tokens give 0 for both outputs, or None.
@@ -146,23 +170,18 @@ def log_probs(
       "DeepSeekMath" (GRPO), 2024; verl ``logprobs_from_logits`` and ``entropy_from_logits``;
       TRL ``selective_log_softmax``.
     """
-    logits = as_float_array(logits, "logits")
-    labels = as_integer_array(labels, "labels")
-    axes = normalize_axis(axis, logits.ndim)
-    check_integer_labels(logits, labels, axes)
     with_entropy = _check_with_entropy(with_entropy)
-    logits = classes_last(exclude(upcast(logits), as_where(where, logits.shape)), axes)
-    num_classes = logits.shape[-1]
-    spec, coefs, ok = make_spec(
-        "cross_entropy",
-        num_classes,
-        logits.dtype,
+    raw, labels, spec, coefs, ok, _ = token_log_probs_spec(
+        logits,
+        labels,
+        axis,
+        where,
         temperature=temperature,
         logit_softcap=logit_softcap,
         ignore_index=ignore_index,
         entropy=with_entropy,
     )
-    out = _token_rows(logits.reshape(-1, num_classes), labels.reshape(-1), coefs, spec)
+    out = _token_rows(raw, labels.reshape(-1), coefs, spec)
     out = tuple(o.reshape(labels.shape) for o in out)
     return _outputs(out[0], out[-1], with_entropy, ok)
 

@@ -42,6 +42,7 @@ from ._cross_entropy import (
     soft_cap,
 )
 from ._log_partition import exclude, stable_log_softmax
+from ._log_probs import token_grads, token_log_probs_spec
 from ._loss_spec import poison
 from ._typing import ArrayLike
 from ._validation import (
@@ -70,6 +71,7 @@ __all__ = [
     "kl_divergence_grad",
     "kl_divergence_with_log_targets_grad",
     "log_partition_grad",
+    "log_probs_grad",
     "reverse_kl_grad",
     "sigmoid_binary_cross_entropy_grad",
     "softmax_cross_entropy_grad",
@@ -282,6 +284,83 @@ def softmax_cross_entropy_with_integer_labels_grad(
     # to_rows only moves entries, so its transpose is its inverse.
     (grad,) = jax.linear_transpose(to_rows, x)(poison(grad.reshape(z.shape), ok))
     return _zero_masked(grad, mask)
+
+
+@cached_eager
+def log_probs_grad(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    axis=-1,
+    where: ArrayLike | None = None,
+    temperature: float = 1.0,
+    logit_softcap: float | None = None,
+    ignore_index: int | None = None,
+    with_entropy: bool = False,
+) -> jax.Array | tuple[jax.Array, jax.Array]:
+    r"""Gradients of :func:`infoloss_jax.log_probs`: of the token log-probability and entropy.
+
+    With :math:`z = s \tanh(\ell / s) / T` (soft cap, then temperature) and :math:`q =
+    \mathrm{softmax}(z)`:
+
+    .. math::
+
+        \frac{\partial \log q_y}{\partial \ell_k} = \frac{c_k}{T} \big([k = y] - q_k\big),
+        \qquad
+        \frac{\partial H}{\partial \ell_k} = -\frac{c_k}{T}\, q_k \big(\log q_k + H\big),
+
+    where :math:`c_k = 1 - \tanh^2(\ell_k / s)` is the soft cap's slope (1 without a cap). The
+    entropy's gradient is the score-function form: it vanishes at the uniform distribution
+    (:math:`\log q_k = -H` for every k) and at a one-hot one. Excluded classes (``-inf``
+    logits, ``where=False``) get 0; ignored tokens get 0 rows; a label outside
+    :math:`[0, K)` gives a NaN row.
+
+    Args:
+      logits: raw logits, classes along ``axis``.
+      labels: integer token indices, the shape of ``logits`` without ``axis``.
+      axis: the class axis (or axes, read row-major as one flat index).
+      where: optional boolean class mask broadcastable to ``logits``.
+      temperature: :math:`T > 0`.
+      logit_softcap: optional cap :math:`s > 0`.
+      ignore_index: a label value whose tokens get a 0 gradient.
+      with_entropy: also return the entropy's gradient.
+
+    Returns:
+      The per-token gradient of :math:`\log q_y` with the shape of ``logits``, or the pair
+      (that, the gradient of :math:`H`) with ``with_entropy=True``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from infoloss_jax.gradients import log_probs_grad
+      >>> d_lp, d_h = log_probs_grad(jnp.array([1.0, 2.0, 3.0]), 2, with_entropy=True)
+      >>> print([round(float(v), 4) for v in d_lp], [round(float(v), 4) for v in d_h])
+      [-0.09, -0.2447, 0.3348] [0.1418, 0.1408, -0.2826]
+
+    References:
+      Williams, "Simple statistical gradient-following algorithms" (REINFORCE), 1992;
+      Schulman et al., "Proximal Policy Optimization Algorithms", 2017.
+    """
+    if not isinstance(with_entropy, bool):
+        raise TypeError(f"`with_entropy` must be a Python bool; got {with_entropy!r}.")
+    x = _prepare_logits(logits)
+    raw, y, spec, coefs, ok, to_rows = token_log_probs_spec(
+        x,
+        labels,
+        axis,
+        where,
+        temperature=temperature,
+        logit_softcap=logit_softcap,
+        ignore_index=ignore_index,
+        entropy=with_entropy,
+    )
+    _, d_log_probs, d_entropy = token_grads(raw, y.reshape(-1), coefs, spec)
+    # to_rows only moves entries, so its transpose is its inverse.
+    back = jax.linear_transpose(to_rows, x)
+    shape = (*y.shape, raw.shape[-1])
+    grads = [
+        back(poison(g.reshape(shape), ok))[0] for g in (d_log_probs, d_entropy) if g is not None
+    ]
+    return (grads[0], grads[1]) if with_entropy else grads[0]
 
 
 @cached_eager
