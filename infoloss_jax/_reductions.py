@@ -6,6 +6,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from ._caching import cached_eager
 from ._segments import (
     check_segment_ids,
     count_sequences,
@@ -32,9 +33,10 @@ _PAIRS = ("mean", "sequence_mean", "per_sequence_mean")
 
 
 def _check_reduction(reduction, valid=REDUCTIONS + SEQUENCE_REDUCTIONS) -> str:
-    if isinstance(reduction, str) and reduction in valid:
+    if not isinstance(reduction, str):
+        check_reduction(reduction)  # the TypeError for a non-string (a traced value)
+    if reduction in valid:
         return reduction
-    check_reduction(reduction)  # the TypeError for a non-string (a traced value)
     names = ", ".join(repr(r) for r in valid)
     raise ValueError(f"Unknown `reduction`={reduction!r}; expected one of {names}.")
 
@@ -69,6 +71,7 @@ def _sequence_totals(losses, weights, where, segment_ids, num_segments):
     return segment_sums(losses.astype(dtype), valid, seg, num_seg, weights=w)
 
 
+@cached_eager
 def loss_sum_and_count(
     per_example: ArrayLike,
     *,
@@ -156,6 +159,7 @@ def _token_sum_and_count(losses, weights, where):
     return jnp.sum(losses), jnp.sum(count)
 
 
+@cached_eager
 def reduce_loss(
     per_example: ArrayLike,
     *,
