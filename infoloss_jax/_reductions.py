@@ -253,7 +253,7 @@ def reduce_loss(
       [[2. 4. 0.]]
       >>> print(float(il.reduce_loss(losses, reduction="sequence_mean", segment_ids=ids)))
       3.0
-      >>> print(float(il.reduce_loss(losses, reduction="mean", segment_ids=ids)))
+      >>> print(round(float(il.reduce_loss(losses, reduction="mean", segment_ids=ids)), 4))
       3.2
 
     References:

@@ -362,9 +362,14 @@ def test_sequence_mean_micro_batches_add_up_with_the_global_count():
     )
     _assert_close(total, full)
     # Averaging the micro-batches' own sequence means is not the same number.
-    kw = dict(reduction="sequence_mean", num_segments=S)
     means = [
-        il.reduce_loss(losses[r], segment_ids=ACC_IDS[r], where=ACC_WHERE[r], **kw)
+        il.reduce_loss(
+            losses[r],
+            reduction="sequence_mean",
+            segment_ids=ACC_IDS[r],
+            where=ACC_WHERE[r],
+            num_segments=S,
+        )
         for r in (slice(0, 2), slice(2, 3), slice(3, 6))
     ]
     assert abs(float(np.mean(means)) - float(full)) > 1e-3
@@ -384,13 +389,25 @@ def test_per_sequence_pairs_add_over_token_chunks():
             num_segments=S,
         )
         sums, counts = sums + s, counts + n
-    kw = dict(weights=WEIGHTS[:1, :1], where=ACC_WHERE, segment_ids=ACC_IDS, num_segments=S)
-    kw_plain = dict(weights=WEIGHTS[:1, :1], where=ACC_WHERE)
-    _assert_close(sums, il.reduce_loss(ACC_X, reduction="per_sequence_sum", **kw))
+    w = WEIGHTS[:1, :1]
+
+    def full(reduction):
+        return il.reduce_loss(
+            ACC_X,
+            reduction=reduction,
+            weights=w,
+            where=ACC_WHERE,
+            segment_ids=ACC_IDS,
+            num_segments=S,
+        )
+
+    _assert_close(sums, full("per_sequence_sum"))
     sums, counts = np.asarray(sums), np.asarray(counts)
     means = np.where(counts != 0, sums / np.where(counts != 0, counts, 1.0), 0.0)
-    _assert_close(means, il.reduce_loss(ACC_X, reduction="per_sequence_mean", **kw))
-    _assert_close(means, numpy_reduce(ACC_X, "per_sequence_mean", ACC_IDS, S, **kw_plain))
+    _assert_close(means, full("per_sequence_mean"))
+    _assert_close(
+        means, numpy_reduce(ACC_X, "per_sequence_mean", ACC_IDS, S, weights=w, where=ACC_WHERE)
+    )
 
 
 # ----------------------------------------------------------------------------- property
@@ -438,7 +455,7 @@ def test_bad_num_segments():
     with pytest.raises(ValueError, match="`num_segments` must be at least 1"):
         il.reduce_loss(LOSSES, reduction="sum", segment_ids=IDS, num_segments=0)
     with pytest.raises(TypeError, match="`num_segments` must be a positive Python int"):
-        il.reduce_loss(LOSSES, reduction="sum", segment_ids=IDS, num_segments=2.0)
+        il.reduce_loss(LOSSES, reduction="sum", segment_ids=IDS, num_segments=2.0)  # pyright: ignore[reportArgumentType]
 
 
 def test_per_sequence_reduction_of_a_scalar_is_a_value_error():
