@@ -202,6 +202,18 @@ def test_out_of_range_id_poisons_its_row_only():
     assert np.isnan(s) and np.isnan(c)
 
 
+def test_nan_in_a_counted_token_poisons_its_sequence_only():
+    losses = np.nan_to_num(LOSSES)
+    losses[0, 3] = np.nan  # row 0, document 1
+    means = np.asarray(
+        il.reduce_loss(losses, reduction="per_sequence_mean", segment_ids=IDS, num_segments=S)
+    )
+    assert np.isnan(means[0, 1]) and np.sum(np.isnan(means)) == 1
+    assert np.isnan(il.reduce_loss(losses, reduction="sequence_mean", segment_ids=IDS))
+    masked = il.reduce_loss(losses, reduction="sequence_mean", segment_ids=IDS, where=IDS != 1)
+    assert np.isfinite(masked)  # masked out, it is only padding
+
+
 def test_ids_too_large_for_the_integer_dtype_stay_out_of_range():
     ids = IDS.astype(np.uint64)  # padding ids wrap to huge unsigned values
     out = il.reduce_loss(np.nan_to_num(LOSSES), reduction="per_sequence_sum", segment_ids=ids)
