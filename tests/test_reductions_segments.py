@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from test_compiles import compiles_after_warm_up
 
 import infoloss_jax as il
+from infoloss_jax import policy
 
 S = 4  # segment ids per row
 # Row 0: documents 0, 1 and 2, one padding token, id 3 absent (an empty sequence).
@@ -482,3 +483,23 @@ def test_unknown_reductions_list_the_per_sequence_ones():
         il.reduce_loss(LOSSES, reduction="mean_of_sequence_means")
     with pytest.raises(ValueError, match="'mean', 'sequence_mean', 'per_sequence_mean'"):
         il.loss_sum_and_count(LOSSES, reduction="sum")
+
+
+def test_sequence_mean_is_the_policy_normalization_of_the_same_name():
+    """At ratio 1 the clipped surrogate's per-token loss is -advantage."""
+    advantages = np.nan_to_num(LOSSES)
+    log_probs = jnp.full(IDS.shape, -1.0)
+    for normalization, reduction in (("sequence_mean", "sequence_mean"), ("token_mean", "mean")):
+        loss, _ = policy.clipped_surrogate(
+            log_probs,
+            log_probs,
+            advantages,
+            mask=WHERE,
+            segment_ids=IDS,
+            num_segments=S,
+            normalization=normalization,
+        )
+        expected = il.reduce_loss(
+            -advantages, reduction=reduction, where=WHERE, segment_ids=IDS, num_segments=S
+        )
+        _assert_close(loss, expected)
