@@ -284,7 +284,7 @@ def dpo(
     probability :math:`\varepsilon` (``label_smoothing``, cDPO). The loss is the mean over
     pairs. ``log_sigmoid`` keeps it finite for any margin. With ``label_smoothing=0`` it is
     TRL's ``loss_type="sigmoid"`` with the same ``beta``; with smoothing it is the conservative
-    DPO of TRL releases before its 2026 DPO refactor (Liger-Kernel's chunked DPO keeps it).
+    DPO (Mitchell, 2023) that TRL applied to that loss type before its 2026 DPO refactor.
 
     Args:
       chosen_log_probs: log-probability of each chosen response under the policy (the sum
