@@ -393,6 +393,9 @@ def plot(grpo, dpo, before, path: Path) -> None:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    for flag, low in (("updates", 1), ("group_size", 2), ("prompt_len", 1), ("completion_len", 1)):
+        if getattr(args, flag) < low:
+            raise SystemExit(f"--{flag.replace('_', '-')} must be at least {low}")
     data = lm.text_dataset(args.corpus)
     missing = sorted(set(args.target) - set(data.alphabet))
     if not args.target or missing:
