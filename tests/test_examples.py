@@ -116,7 +116,7 @@ def test_grpo_char_lm_raises_the_reward_and_runs_dpo(tmp_path):
     results = json.loads(png.with_suffix(".json").read_text())
     assert png.read_bytes().startswith(b"\x89PNG")
     before, grpo = results["before"], results["grpo"]
-    assert before["kl"] == 0.0  # the reference scored against itself
+    assert abs(before["kl"]) < 1e-6  # the reference scored against itself
     assert grpo["reward"] > before["reward"] + 0.1
     assert grpo["kl"] > 0.0
     history = results["grpo_history"]
