@@ -68,7 +68,7 @@ def naive(with_entropy: bool):
 def fused(with_entropy: bool, backward: str = "auto"):
     def objective(h, w, y):
         out = il.linear_log_probs(h, y, w, with_entropy=with_entropy, backward=backward)
-        if not with_entropy:
+        if not isinstance(out, tuple):
             return jnp.sum(out)
         lp, entropy = out
         return jnp.sum(lp) + ENTROPY_WEIGHT * jnp.sum(entropy)
@@ -188,7 +188,7 @@ def speed(n, d, v, rounds, dtype, backwards):
 
 
 def main():
-    p = parser(__doc__.splitlines()[0])
+    p = parser((__doc__ or "").splitlines()[0])
     p.add_argument("--shape", type=int, nargs=3, metavar=("N", "D", "V"), help="speed sizes")
     p.add_argument("--dtype", default="float32", help="speed input dtype, e.g. bfloat16")
     p.add_argument("--heads", nargs="*", default=None, help=f"memory heads of {list(HEADS)}")
