@@ -56,23 +56,48 @@ def _wide(x) -> jax.Array:
     return x.astype(jnp.result_type(x.dtype, jnp.float32))
 
 
-def check_log_probabilities(x, name: str, *, axis=-1, where=None, atol: float = 1e-3) -> None:
-    """log-probabilities must be <= 0 and normalize; probabilities passed instead are caught."""
+def _worst_total(total: jax.Array) -> jax.Array:
+    """The row sum furthest from 1, for the error message."""
+    return total.ravel()[jnp.argmax(jnp.abs(total - 1.0).ravel())]
+
+
+def check_log_probabilities(
+    x,
+    name: str,
+    *,
+    axis=-1,
+    where=None,
+    atol: float = 1e-3,
+    hint: str = "Pass `jnp.log(p)` or `jax.nn.log_softmax(logits)`.",
+    normalized: bool = True,
+) -> None:
+    """log-probabilities must be <= 0 and (if ``normalized``) normalize along ``axis``;
+    probabilities passed instead are caught, with ``hint`` saying what to pass."""
     atol = _tolerance(x, atol)
     x = _wide(x)
-    axes = normalize_axis(axis, x.ndim)
     checkify.check(
         jnp.all(_masked(x, where) <= atol),
         f"`{name}` must hold log-probabilities (all <= 0), but its largest value is {{m}}: it "
-        f"looks like probabilities, not log-probabilities. Pass `jnp.log(p)` or "
-        f"`jax.nn.log_softmax(logits)`.",
+        f"looks like probabilities, not log-probabilities. {hint}",
         m=jnp.max(_masked(x, where)),
     )
-    total = jnp.sum(_masked(jnp.exp(x), where), axis=axes)
+    if normalized:
+        total = jnp.sum(_masked(jnp.exp(x), where), axis=normalize_axis(axis, x.ndim))
+        checkify.check(
+            jnp.all(jnp.abs(total - 1.0) <= atol),
+            f"`{name}` must be normalized log-probabilities: exp(`{name}`) sums to {{s}}, not 1.",
+            s=_worst_total(total),
+        )
+
+
+def check_unit_interval(x, name: str, hint: str = "") -> None:
+    """Probabilities of independent events (binary targets) must lie in [0, 1]."""
+    x = _wide(x)
     checkify.check(
-        jnp.all(jnp.abs(total - 1.0) <= atol),
-        f"`{name}` must be normalized log-probabilities: exp(`{name}`) sums to {{s}}, not 1.",
-        s=total.ravel()[jnp.argmax(jnp.abs(total - 1.0).ravel())],
+        jnp.all((x >= 0) & (x <= 1)),
+        f"`{name}` must hold probabilities in [0, 1], but it ranges over [{{lo}}, {{hi}}].{hint}",
+        lo=jnp.min(x),
+        hi=jnp.max(x),
     )
 
 
@@ -98,7 +123,7 @@ def check_probabilities(x, name: str, *, axis=-1, where=None, atol: float = 1e-3
         jnp.all(normalized),
         f"`{name}` must sum to 1 along the class axis, but a row sums to {{s}}. Normalize it, "
         f"or pass log-probabilities to the `*_with_log_targets` variant.",
-        s=total.ravel()[jnp.argmax(jnp.abs(total - 1.0).ravel())],
+        s=_worst_total(total),
     )
 
 
@@ -305,11 +330,7 @@ def _register_core_checks() -> None:
 
     def binary_labels(logits, labels, **options):
         check_logits(logits)
-        labels = _wide(labels)
-        checkify.check(
-            jnp.all((labels >= 0) & (labels <= 1)),
-            "`labels` must be probabilities in [0, 1] for binary cross-entropy.",
-        )
+        check_unit_interval(labels, "labels", " Binary cross-entropy needs them.")
         check_weights(options.get("pos_weight"), "pos_weight")
 
     def two_logits(logits, target_logits, **_):

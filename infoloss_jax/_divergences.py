@@ -271,30 +271,25 @@ def _kl_of_logits(first, second, axes):
     return branch_on_exclusion(exact, plain, (first, second), *parts)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
-def _forward_kl(model, target, axes):
-    return _kl_of_logits(target, model, axes)
+def _directed_kl(reverse: bool, grads_given_value):
+    """KL(target || model) (``reverse=False``) or KL(model || target), with the closed-form
+    JVP of ``grads_given_value``; the directions differ only in argument order."""
+
+    @functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+    def kl(model, target, axes):
+        return _kl_of_logits(model, target, axes) if reverse else _kl_of_logits(target, model, axes)
+
+    @functools.partial(kl.defjvp, symbolic_zeros=True)
+    def _jvp(axes, primals, tangents):
+        value = kl(primals[0], primals[1], axes)
+        grads = grads_given_value(*_log_softmax_pair(primals[0], primals[1], axes), value)
+        return value, _pair_tangent(grads, tangents, axes)
+
+    return kl
 
 
-@functools.partial(_forward_kl.defjvp, symbolic_zeros=True)
-def _forward_kl_jvp(axes, primals, tangents):
-    value = _forward_kl(primals[0], primals[1], axes)
-    log_q, log_p = _log_softmax_pair(primals[0], primals[1], axes)
-    grads = _formulas.forward_kl_grads_given_value(log_q, log_p, value)
-    return value, _pair_tangent(grads, tangents, axes)
-
-
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
-def _reverse_kl(model, target, axes):
-    return _kl_of_logits(model, target, axes)
-
-
-@functools.partial(_reverse_kl.defjvp, symbolic_zeros=True)
-def _reverse_kl_jvp(axes, primals, tangents):
-    value = _reverse_kl(primals[0], primals[1], axes)
-    log_q, log_p = _log_softmax_pair(primals[0], primals[1], axes)
-    grads = _formulas.reverse_kl_grads_given_value(log_q, log_p, value)
-    return value, _pair_tangent(grads, tangents, axes)
+_forward_kl = _directed_kl(False, _formulas.forward_kl_grads_given_value)
+_reverse_kl = _directed_kl(True, _formulas.reverse_kl_grads_given_value)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
@@ -318,20 +313,13 @@ def _jensen_shannon_jvp(axes, primals, tangents):
     return value, value_dot
 
 
-# Branches for a traced ``beta``, selected at run time: beta = 0, 0 < beta < 1, beta = 1.
-def _beta_is_zero(model, target, beta, axes):
-    return _forward_kl(model, target, axes)
-
-
-def _beta_inside(model, target, beta, axes):
-    return _jensen_shannon(model, target, beta, axes)
-
-
-def _beta_is_one(model, target, beta, axes):
-    return _reverse_kl(model, target, axes)
-
-
-_BETA_BRANCHES = (_beta_is_zero, _beta_inside, _beta_is_one)
+# The divergence for beta = 0 (forward KL), 0 < beta < 1 and beta = 1 (reverse KL), indexed by
+# (beta > 0) + (beta >= 1): chosen in Python for a static beta, by lax.switch for a traced one.
+_BETA_BRANCHES = (
+    lambda model, target, beta, axes: _forward_kl(model, target, axes),
+    lambda model, target, beta, axes: _jensen_shannon(model, target, beta, axes),
+    lambda model, target, beta, axes: _reverse_kl(model, target, axes),
+)
 
 
 def _jensen_shannon_any_beta(model, target, beta, axes):
@@ -504,10 +492,6 @@ def jensen_shannon(
     model, target, axes, ok = _scaled_logit_pair(logits, target_logits, temperature, axis, where)
     if beta_ok is not None:
         value = _jensen_shannon_any_beta(model, target, beta, axes)
-    elif beta == 0.0:
-        value = _forward_kl(model, target, axes)
-    elif beta == 1.0:
-        value = _reverse_kl(model, target, axes)
     else:
-        value = _jensen_shannon(model, target, beta, axes)
+        value = _BETA_BRANCHES[(beta > 0) + (beta >= 1)](model, target, beta, axes)
     return poison_unless(drop_axes(value, axes), all_ok(ok, beta_ok))

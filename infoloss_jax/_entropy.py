@@ -106,11 +106,6 @@ def entropy(
     return in_base(drop_axes(_entropy_of_logits(logits, axes), axes), base)
 
 
-def _negative_entropy_terms(probs: jax.Array) -> jax.Array:
-    """p log p with 0 log 0 = 0 (and a 0 derivative there); NaN for a negative or NaN p."""
-    return _formulas.xlogx(probs)
-
-
 @cached_eager
 def entropy_from_probs(
     probs: ArrayLike,
@@ -153,7 +148,7 @@ def entropy_from_probs(
     axes = normalize_axis(axis, probs.ndim)
     check_has_classes(probs, axes, "probs")
     mask = as_where(where, probs.shape, "probs")
-    terms = _negative_entropy_terms(probs)
+    terms = _formulas.xlogx(probs)
     if mask is not None:
         terms = jnp.where(mask, terms, 0.0)
     return in_base(-jnp.sum(terms, axis=axes), base)

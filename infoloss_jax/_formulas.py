@@ -115,20 +115,14 @@ def softmax_vjp_given_kl(log_p: jax.Array, log_ratio: jax.Array, kl: jax.Array) 
     return jnp.where(infinite, 0.0, p * (safe_ratio - safe_kl))
 
 
-def kl_and_softmax_vjp(log_p: jax.Array, log_ratio: jax.Array, axis: Axes):
-    r"""KL(p || r) and its gradient w.r.t. z for p = softmax(z), r fixed, in one pass.
+def softmax_vjp_of_log_ratio(log_p: jax.Array, log_ratio: jax.Array, axis: Axes) -> jax.Array:
+    r"""d/dz of KL(p || r) for p = softmax(z) and fixed r: :math:`p (\log p - \log r - KL)`.
 
-    ``log_ratio`` holds log p - log r (any value where p = 0; it is masked out). Returns
-    ``(KL, p (log p - log r - KL))`` with KL keepdims.
+    ``log_ratio`` holds log p - log r (any value where p = 0; it is masked out).
     """
     p, _, included = probs_and_safe_logs(log_p)
     kl = sum_over(p * jnp.where(included, log_ratio, 0.0), axis)
-    return kl, softmax_vjp_given_kl(log_p, log_ratio, kl)
-
-
-def softmax_vjp_of_log_ratio(log_p: jax.Array, log_ratio: jax.Array, axis: Axes) -> jax.Array:
-    r"""d/dz of KL(p || r) for p = softmax(z) and fixed r: :math:`p (\log p - \log r - KL)`."""
-    return kl_and_softmax_vjp(log_p, log_ratio, axis)[1]
+    return softmax_vjp_given_kl(log_p, log_ratio, kl)
 
 
 def forward_kl_grads_given_value(log_q: jax.Array, log_p: jax.Array, kl: jax.Array):
@@ -138,18 +132,12 @@ def forward_kl_grads_given_value(log_q: jax.Array, log_p: jax.Array, kl: jax.Arr
     return q - p, softmax_vjp_given_kl(log_p, log_p - log_q, kl)
 
 
-def forward_kl_value_and_grads(log_q: jax.Array, log_p: jax.Array, axis: Axes):
-    """KL(p || q) (keepdims) and ``(d/dz_model, d/dz_target)``, sharing one KL reduction."""
-    kl = kl_value(log_p, log_q, axis)
-    return kl, forward_kl_grads_given_value(log_q, log_p, kl)
-
-
 def forward_kl_grads(log_q: jax.Array, log_p: jax.Array, axis: Axes) -> tuple[jax.Array, ...]:
     r"""Gradients of KL(p || q), p = softmax(target logits), q = softmax(model logits).
 
     Returns ``(d/dz_model, d/dz_target)`` = :math:`(q - p,\; p (\log p - \log q - KL))`.
     """
-    return forward_kl_value_and_grads(log_q, log_p, axis)[1]
+    return forward_kl_grads_given_value(log_q, log_p, kl_value(log_p, log_q, axis))
 
 
 def reverse_kl_grads_given_value(log_q: jax.Array, log_p: jax.Array, kl: jax.Array):
@@ -158,18 +146,12 @@ def reverse_kl_grads_given_value(log_q: jax.Array, log_p: jax.Array, kl: jax.Arr
     return grad_model, grad_target
 
 
-def reverse_kl_value_and_grads(log_q: jax.Array, log_p: jax.Array, axis: Axes):
-    """KL(q || p) (keepdims) and ``(d/dz_model, d/dz_target)``, sharing one KL reduction."""
-    kl = kl_value(log_q, log_p, axis)
-    return kl, reverse_kl_grads_given_value(log_q, log_p, kl)
-
-
 def reverse_kl_grads(log_q: jax.Array, log_p: jax.Array, axis: Axes) -> tuple[jax.Array, ...]:
     r"""Gradients of KL(q || p), q = softmax(model logits), p = softmax(target logits).
 
     Returns ``(d/dz_model, d/dz_target)`` = :math:`(q (\log q - \log p - KL),\; p - q)`.
     """
-    return reverse_kl_value_and_grads(log_q, log_p, axis)[1]
+    return reverse_kl_grads_given_value(log_q, log_p, kl_value(log_q, log_p, axis))
 
 
 def log_mixture(log_q: jax.Array, log_p: jax.Array, beta: float) -> jax.Array:

@@ -222,13 +222,13 @@ def check_positive(value, name: str, *, allow_none: bool = True) -> None:
         raise ValueError(f"`{name}` must be a positive finite number; got {value!r}.")
 
 
-def check_reduction(reduction: str) -> str:
-    """Raises ``ValueError`` listing the valid reductions for an unknown one."""
+def check_reduction(reduction: str, valid: tuple[str, ...] = REDUCTIONS) -> str:
+    """Raises ``ValueError`` listing the ``valid`` reductions for an unknown one."""
     if not isinstance(reduction, str):
         raise TypeError(f"`reduction` must be a static string; got {type(reduction).__name__}.")
-    if reduction not in REDUCTIONS:
-        valid = ", ".join(repr(r) for r in REDUCTIONS)
-        raise ValueError(f"Unknown `reduction`={reduction!r}; expected one of {valid}.")
+    if reduction not in valid:
+        names = ", ".join(repr(r) for r in valid)
+        raise ValueError(f"Unknown `reduction`={reduction!r}; expected one of {names}.")
     return reduction
 
 
