@@ -69,15 +69,6 @@ def kl_terms(log_predictions: jax.Array, targets: jax.Array) -> jax.Array:
     return jnp.where(zero, _formulas.nan_or_zero(log_predictions), terms)
 
 
-def kl_terms_log_targets(log_predictions: jax.Array, log_targets: jax.Array) -> jax.Array:
-    """exp(log t) (log t - log q) per element; 0 where log t = -inf unless log q is NaN."""
-    absent = log_targets == -jnp.inf
-    safe_log_targets = jnp.where(absent, 0.0, log_targets)
-    safe_log_predictions = jnp.where(absent, 0.0, log_predictions)
-    terms = jnp.exp(safe_log_targets) * (safe_log_targets - safe_log_predictions)
-    return jnp.where(absent, _formulas.nan_or_zero(log_predictions), terms)
-
-
 @cached_eager
 def kl_divergence(
     log_predictions: ArrayLike,
@@ -168,7 +159,7 @@ def kl_divergence_with_log_targets(
     log_predictions, log_targets, axes, mask = _paired_inputs(
         log_predictions, "log_predictions", log_targets, "log_targets", axis, where
     )
-    return _masked_sum(kl_terms_log_targets(log_predictions, log_targets), axes, mask)
+    return _masked_sum(_formulas.kl_terms(log_targets, log_predictions), axes, mask)
 
 
 @cached_eager

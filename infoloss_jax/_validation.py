@@ -75,9 +75,9 @@ def as_integer_array(x, name: str) -> jax.Array:
 
 def equals_index(labels: jax.Array, value) -> jax.Array:
     """``labels == value`` for a static Python int, False where ``value`` does not fit the dtype
-    (so a large ``ignore_index`` never wraps round onto a real label)."""
+    (so a large ``ignore_index`` never wraps round onto a real label) or is None."""
     info = jnp.iinfo(labels.dtype)
-    if not info.min <= int(value) <= info.max:
+    if value is None or not info.min <= int(value) <= info.max:
         return jnp.zeros(labels.shape, bool)
     return labels == value
 

@@ -15,24 +15,15 @@ parts that surprise people:
 * :func:`binary_cross_entropy` clamps each log at -100.
 
 The index-target cross-entropy and the logits binary cross-entropy are thin layout adapters
-over :func:`infoloss_jax.softmax_cross_entropy_with_integer_labels`,
-:func:`infoloss_jax.softmax_cross_entropy` and :func:`infoloss_jax.sigmoid_binary_cross_entropy`,
-so there is one implementation of each formula.
+over :func:`infoloss_jax.softmax_cross_entropy_with_integer_labels` and
+:func:`infoloss_jax.sigmoid_binary_cross_entropy`, so there is one implementation of each formula.
 
 Edge cases follow torch: a ``"mean"`` over nothing (an empty batch, every target ignored,
 class weights of the targets summing to 0) is NaN, an empty ``"sum"`` is 0, NaN in a logit
-poisons its example, and label smoothing reaches ``-inf`` logits (giving ``inf``). The
-differences that remain, each where torch raises or where a NaN would hide a valid zero, are
-listed in the migration guide ("infoloss_jax.torch vs PyTorch"):
-
-* Out-of-range class indices make the affected example NaN instead of raising (JAX cannot raise
-  on array values inside ``jit``); probabilities or targets outside [0, 1] in
-  :func:`binary_cross_entropy` likewise give NaN. :func:`infoloss_jax.checked` raises for all.
-* :func:`kl_div` gives 0, not NaN, for a zero target probability where ``input`` is ``-inf``
-  (and, with ``log_target=True``, where the target log-probability is ``-inf``).
-* ``reduction="mean"`` in :func:`kl_div` does not warn.
-* The ``target`` gradient of :func:`binary_cross_entropy` at probabilities of exactly 0 or 1
-  is that of the clamped loss (:math:`\pm 100`), not torch's :math:`\pm\infty`.
+poisons its example, and label smoothing reaches ``-inf`` logits (giving ``inf``). The few
+differences that remain, each where torch raises on values (JAX cannot inside ``jit``: the
+example becomes NaN, and :func:`infoloss_jax.checked` raises) or where a NaN would hide a valid
+zero, are listed with their reasons in the migration guide ("infoloss_jax.torch vs PyTorch").
 """
 
 from __future__ import annotations
@@ -42,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import checkify
 
+from . import _formulas
 from ._caching import cached_eager
 from ._checked import (
     check_label_range,
@@ -56,8 +48,9 @@ from ._cross_entropy import (
     sigmoid_binary_cross_entropy,
     softmax_cross_entropy_with_integer_labels,
 )
-from ._divergences import kl_terms, kl_terms_log_targets
+from ._divergences import kl_terms
 from ._log_partition import stable_log_softmax
+from ._loss_spec import static_ignore_index
 from ._reductions import loss_sum_and_count
 from ._tiles import pick_label
 from ._typing import ArrayLike
@@ -158,15 +151,6 @@ def _reduce(loss: jax.Array, reduction: str, weights: jax.Array | None = None) -
     return total / count
 
 
-def _check_ignore_index(ignore_index) -> int:
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int | np.integer):
-        raise TypeError(
-            f"`ignore_index` must be a static Python int; got {ignore_index!r} "
-            f"({type(ignore_index).__name__})."
-        )
-    return int(ignore_index)
-
-
 def _torch_log_softmax(logits: jax.Array) -> jax.Array:
     """log_softmax over the last axis, NaN for a row whose logits are all -inf (as in torch)."""
     normalized = stable_log_softmax(logits, (logits.ndim - 1,))
@@ -238,7 +222,7 @@ def cross_entropy(
       Architecture for Computer Vision", 2016 (label smoothing).
     """
     check_reduction(reduction, _REDUCTIONS)
-    ignore_index = _check_ignore_index(ignore_index)
+    ignore_index = static_ignore_index(ignore_index)
     label_smoothing, smoothing_ok = scheduled_number(
         label_smoothing, "label_smoothing", low=0.0, high=1.0
     )
@@ -354,7 +338,7 @@ def nll_loss(
             f"`target` must hold class indices (an integer array); got {describe(target)}."
         )
     _check_index_target(input, target)
-    ignore_index = _check_ignore_index(ignore_index)
+    ignore_index = static_ignore_index(ignore_index)
     target = as_integer_array(target, "target")
     log_probs = upcast(_classes_last(input))
     num_classes = log_probs.shape[-1]
@@ -436,7 +420,7 @@ def kl_div(
     target = jnp.broadcast_to(target.astype(dtype), shape)
     # The core KL terms: 0 where the target probability is 0 (torch: NaN where that meets a
     # -inf input), NaN for a negative or NaN target.
-    terms = kl_terms_log_targets(log_q, target) if log_target else kl_terms(log_q, target)
+    terms = _formulas.kl_terms(target, log_q) if log_target else kl_terms(log_q, target)
     if reduction == "batchmean":
         # torch divides by input.size(0), the *input's* first dimension (0 / 0 = NaN).
         return jnp.sum(terms) / jnp.asarray(input.shape[0] if input.ndim else 1, terms.dtype)
@@ -576,11 +560,9 @@ def _clamped_binary_cross_entropy(p: jax.Array, y: jax.Array) -> jax.Array:
 def _clamped_binary_cross_entropy_jvp(primals, tangents):
     p, y = primals
     p_dot, y_dot = tangents
-    log_p, log_1mp = _clamped_log(p), _clamped_log(1.0 - p)
-    value = -(y * log_p + (1.0 - y) * log_1mp)
     d_p = (p - y) / jnp.maximum(p * (1.0 - p), _BCE_GRAD_EPSILON)
-    d_y = log_1mp - log_p
-    return value, d_p * p_dot + d_y * y_dot
+    d_y = _clamped_log(1.0 - p) - _clamped_log(p)
+    return _clamped_binary_cross_entropy(p, y), d_p * p_dot + d_y * y_dot
 
 
 # --- Value checks for infoloss_jax.checked. ----------------------------------------------------
