@@ -26,13 +26,12 @@ from ._validation import (
     all_ok,
     as_float_array,
     as_where,
-    beta_option,
     check_broadcastable,
     check_has_classes,
     check_same_shape,
     normalize_axis,
     poison_unless,
-    temperature_option,
+    scheduled_number,
 )
 
 
@@ -211,7 +210,7 @@ def _scaled_logit_pair(logits, target_logits, temperature, axis, where):
     Returns ``(model, target, axes, ok)``: ``ok`` is None for a static temperature (checked
     now) and a traced flag for a traced one, to be passed to :func:`poison_unless`.
     """
-    temperature, ok = temperature_option(temperature)
+    temperature, ok = scheduled_number(temperature, "temperature", low=0.0, low_open=True)
     logits = as_float_array(logits, "logits")
     target_logits = as_float_array(target_logits, "target_logits")
     check_same_shape(logits, "logits", target_logits, "target_logits")
@@ -479,7 +478,7 @@ def jensen_shannon(
       Lin, "Divergence measures based on the Shannon entropy", 1991; Agarwal et al.,
       "On-Policy Distillation of Language Models (GKD)", 2024.
     """
-    beta, beta_ok = beta_option(beta)
+    beta, beta_ok = scheduled_number(beta, "beta", low=0.0, high=1.0)
     model, target, axes, ok = _scaled_logit_pair(logits, target_logits, temperature, axis, where)
     if beta_ok is not None:
         value = _jensen_shannon_any_beta(model, target, beta, axes)

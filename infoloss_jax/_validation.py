@@ -8,7 +8,9 @@ looks at array *values*: those mistakes are handled by NaN-poisoning and by
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 from collections.abc import Sequence
 
 import jax
@@ -175,12 +177,10 @@ def as_where(where, shape: Sequence[int], to_name: str = "logits") -> jax.Array 
 
 
 def check_temperature(temperature) -> None:
-    """Raises ``ValueError`` unless the (static) temperature is a positive finite number."""
-    if isinstance(temperature, Tracer):
-        return
-    t = np.asarray(temperature)
-    if t.size != 1 or not np.isfinite(t) or float(t) <= 0:
-        raise ValueError(f"`temperature` must be a positive finite number; got {temperature!r}.")
+    """Raises ``ValueError`` unless a static temperature is a positive finite number (a traced
+    one is left to the caller)."""
+    if not is_traced(temperature):
+        check_positive(temperature, "temperature")
 
 
 def check_beta(beta) -> float:
@@ -217,8 +217,8 @@ def check_positive(value, name: str, *, allow_none: bool = True) -> None:
     """Raises ``ValueError`` unless ``value`` (a static number) is > 0."""
     if value is None and allow_none:
         return
-    v = np.asarray(static_number(value, name))  # a traced value: TypeError naming `name`
-    if v.size != 1 or not np.isfinite(v) or float(v) <= 0:
+    v = static_number(value, name)  # a traced value: TypeError naming `name`
+    if not math.isfinite(v) or v <= 0:
         raise ValueError(f"`{name}` must be a positive finite number; got {value!r}.")
 
 
@@ -306,16 +306,6 @@ def poison_unless(x: jax.Array, ok) -> jax.Array:
     return jnp.where(ok, x, jnp.nan)
 
 
-def temperature_option(temperature):
-    """``(temperature, ok)`` for a positive finite temperature, static or traced (see above)."""
-    return scheduled_number(temperature, "temperature", low=0.0, low_open=True)
-
-
-def beta_option(beta):
-    """``(beta, ok)`` for a mixture weight in [0, 1], static or traced."""
-    return scheduled_number(beta, "beta", low=0.0, high=1.0)
-
-
 def static_option(value, name: str, *, allow_none: bool = True):
     """A structural option: None (if allowed) or a static Python number; TypeError if traced."""
     if value is None and allow_none:
@@ -326,12 +316,7 @@ def static_option(value, name: str, *, allow_none: bool = True):
 def all_ok(*oks):
     """The conjunction of traced validity flags (None for a static, already checked, value)."""
     flags = [ok for ok in oks if ok is not None]
-    if not flags:
-        return None
-    out = flags[0]
-    for flag in flags[1:]:
-        out = out & flag
-    return out
+    return functools.reduce(operator.and_, flags) if flags else None
 
 
 # ----------------------------------------------------------------------------- masks
