@@ -2,17 +2,12 @@
 
 An eager call of a loss runs op by op, and anything the loss builds afresh on each call (a
 ``lax.cond`` branch, a custom-derivative rule, a ``shard_map``) costs a backend compile every
-time. ``cached_eager`` routes an eager call through a ``jax.jit`` of the loss, built once per
-function and per *static signature* of the call: the non-array arguments (axis, reduction,
-options, None, meshes, dtypes) by type and value, and which arguments are arrays. Identical
-calls then reuse one executable. Inside an outer transformation (an argument is a tracer) the
-loss is called as written: the outer trace compiles it once.
-
-Which parameters hold arrays is read from the annotations (``ArrayLike``, ``PyTree``). Their
-values (arrays, Python numbers, lists of numbers) become traced arguments, as ``jnp.asarray``
-would make them, so a new value never costs a compile. Every other argument is static. A call
-the cache cannot express as it was written (an unhashable value, or a concrete array where a
-static option is expected) runs eagerly as before, so validation and its messages never change.
+time. ``cached_eager`` routes it through a ``jax.jit`` of the loss built once per function and
+per *static signature* of the call (the non-array arguments by type and value, and which
+arguments are arrays), so identical calls reuse one executable. Which parameters hold arrays is
+read from their annotations (``ArrayLike``, ``PyTree``); :func:`_as_traced` says which of their
+values are traced. A call the cache cannot express (an unhashable value, or a concrete array
+where a static option is expected) runs eagerly, so validation and its messages never change.
 """
 
 from __future__ import annotations

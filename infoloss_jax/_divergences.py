@@ -214,13 +214,11 @@ def _scaled_logit_pair(logits, target_logits, temperature, axis, where):
     logits = as_float_array(logits, "logits")
     target_logits = as_float_array(target_logits, "target_logits")
     check_same_shape(logits, "logits", target_logits, "target_logits")
-    axes = normalize_axis(axis, logits.ndim)
-    check_has_classes(logits, axes)
-    mask = as_where(where, logits.shape)
-    dtype = jnp.result_type(logits.dtype, target_logits.dtype, jnp.float32)
+    model, target, axes, mask = _paired_inputs(
+        logits, "logits", target_logits, "target_logits", axis, where
+    )
     if ok is not None:  # a traced temperature: divide by a safe value, poison the result after
-        temperature = jnp.where(ok, temperature, 1.0).astype(dtype)
-    model, target = logits.astype(dtype), target_logits.astype(dtype)
+        temperature = jnp.where(ok, temperature, 1.0).astype(model.dtype)
     if ok is not None or temperature != 1.0:
         model, target = model / temperature, target / temperature
     return exclude(model, mask), exclude(target, mask), axes, ok
