@@ -13,11 +13,8 @@ from jax.custom_derivatives import SymbolicZero
 from . import _formulas
 from ._caching import cached_eager
 from ._log_partition import (
-    branch_on_exclusion,
     drop_axes,
     exclude,
-    log_probs_from,
-    normalizers,
     stable_log_softmax,
 )
 from ._typing import ArrayLike
@@ -237,26 +234,10 @@ def _pair_tangent(grads, tangents, axes):
     return _formulas.sum_over(functools.reduce(operator.add, terms), axes)
 
 
-@functools.cache  # one pair per `axes`: fresh branch functions would defeat JAX's caches
-def _kl_branches(axes):
-    def exact(logits, *parts):
-        log_p, log_r = log_probs_from(logits[0], *parts[:2]), log_probs_from(logits[1], *parts[2:])
-        return _formulas.kl_value(log_p, log_r, axes)
-
-    def plain(logits, *parts):
-        log_p, log_r = log_probs_from(logits[0], *parts[:2]), log_probs_from(logits[1], *parts[2:])
-        return _formulas.sum_over(jnp.exp(log_p) * (log_p - log_r), axes)
-
-    return exact, plain
-
-
 def _kl_of_logits(first, second, axes):
     """KL(softmax(first) || softmax(second)), keepdims."""
-    exact, plain = _kl_branches(axes)
-    parts = normalizers(stable_log_softmax(first, axes)) + normalizers(
-        stable_log_softmax(second, axes)
-    )
-    return branch_on_exclusion(exact, plain, (first, second), *parts)
+    exact, plain = _formulas.kl_value, _formulas.plain_kl_value
+    return _formulas.of_logits(exact, plain, (first, second), axes)
 
 
 def _directed_kl(reverse: bool, grads_given_value):

@@ -12,8 +12,12 @@ neither values nor their derivatives produce ``0 * inf``.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
+
+from ._log_partition import branch_on_exclusion, log_probs_from, normalizers, stable_log_softmax
 
 Axes = tuple[int, ...]
 
@@ -53,10 +57,35 @@ def sum_over(x: jax.Array, axis: Axes) -> jax.Array:
     return jnp.sum(x, axis=axis, keepdims=True)
 
 
+def of_logits(exact, plain, logits: tuple[jax.Array, ...], axis: Axes) -> jax.Array:
+    """``exact(*log_probs, axis)`` on the log-softmax of each of ``logits``, or ``plain(...)``
+    when nothing can be excluded (:func:`branch_on_exclusion` picks, and the branches get only
+    the logits and their [N, 1] normalizers)."""
+    parts = [part for x in logits for part in normalizers(stable_log_softmax(x, axis))]
+    return branch_on_exclusion(*_branches_of(exact, plain, axis), logits, *parts)
+
+
+@functools.cache  # one pair per formula and `axis`: fresh branches would defeat JAX's caches
+def _branches_of(exact, plain, axis: Axes):
+    def lift(formula):
+        def branch(logits, *parts):
+            log_probs = [log_probs_from(x, *parts[2 * i : 2 * i + 2]) for i, x in enumerate(logits)]
+            return formula(*log_probs, axis)
+
+        return branch
+
+    return lift(exact), lift(plain)
+
+
 def entropy_value(log_p: jax.Array, axis: Axes) -> jax.Array:
     """H(p) = -sum p log p, with keepdims, 0 log 0 = 0."""
     p, safe_log_p, _ = probs_and_safe_logs(log_p)
     return -sum_over(p * safe_log_p, axis)
+
+
+def plain_entropy_value(log_p: jax.Array, axis: Axes) -> jax.Array:
+    """:func:`entropy_value` where no class is excluded: one fusible product, no selects."""
+    return -sum_over(jnp.exp(log_p) * log_p, axis)
 
 
 def kl_terms(log_p: jax.Array, log_q: jax.Array) -> jax.Array:
@@ -79,6 +108,11 @@ def kl_terms(log_p: jax.Array, log_q: jax.Array) -> jax.Array:
 def kl_value(log_p: jax.Array, log_q: jax.Array, axis: Axes) -> jax.Array:
     """KL(p || q) = sum p (log p - log q), with keepdims; see :func:`kl_terms`."""
     return sum_over(kl_terms(log_p, log_q), axis)
+
+
+def plain_kl_value(log_p: jax.Array, log_q: jax.Array, axis: Axes) -> jax.Array:
+    """:func:`kl_value` where no class is excluded: one fusible product, no selects."""
+    return sum_over(jnp.exp(log_p) * (log_p - log_q), axis)
 
 
 def softmax_cross_entropy_grad(log_q: jax.Array, labels: jax.Array, axis: Axes) -> jax.Array:
