@@ -81,7 +81,7 @@ def equals_index(labels: jax.Array, value) -> jax.Array:
     info = jnp.iinfo(labels.dtype)
     if value is None or not info.min <= int(value) <= info.max:
         return jnp.zeros(labels.shape, bool)
-    return labels == value
+    return labels == int(value)
 
 
 def accumulation_dtype(*dtypes) -> jnp.dtype:

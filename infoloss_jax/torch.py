@@ -76,8 +76,7 @@ __all__ = [
     "nll_loss",
 ]
 
-_REDUCTIONS = ("none", "mean", "sum")
-_KL_REDUCTIONS = ("none", "mean", "sum", "batchmean")
+_REDUCTIONS = ("none", "mean", "sum")  # kl_div also takes "batchmean", as the core losses do
 # torch's binary_cross_entropy backward divides by max(p * (1 - p), EPSILON), with EPSILON the
 # float32 constant 1e-12.
 _BCE_GRAD_EPSILON = float(np.float32(1e-12))
@@ -222,7 +221,7 @@ def cross_entropy(
       Architecture for Computer Vision", 2016 (label smoothing).
     """
     check_reduction(reduction, _REDUCTIONS)
-    ignore_index = static_ignore_index(ignore_index)
+    static_ignore_index(ignore_index)  # a static int (or None: nothing ignored)
     label_smoothing, smoothing_ok = scheduled_number(
         label_smoothing, "label_smoothing", low=0.0, high=1.0
     )
@@ -338,7 +337,7 @@ def nll_loss(
             f"`target` must hold class indices (an integer array); got {describe(target)}."
         )
     _check_index_target(input, target)
-    ignore_index = static_ignore_index(ignore_index)
+    static_ignore_index(ignore_index)  # a static int (or None: nothing ignored)
     target = as_integer_array(target, "target")
     log_probs = upcast(_classes_last(input))
     num_classes = log_probs.shape[-1]
@@ -406,7 +405,7 @@ def kl_div(
       ``torch.nn.functional.kl_div``; Kullback and Leibler, "On Information and Sufficiency",
       1951.
     """
-    check_reduction(reduction, _KL_REDUCTIONS)
+    check_reduction(reduction)
     input = as_float_array(input, "input")
     target = as_float_array(target, "target")
     try:
