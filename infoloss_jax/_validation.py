@@ -184,12 +184,9 @@ def check_temperature(temperature) -> None:
 
 
 def check_beta(beta) -> float:
-    """Raises ``ValueError`` unless ``beta`` is a static Python float in [0, 1]."""
-    if isinstance(beta, Tracer):
-        raise TypeError("`beta` must be a static Python float, not a traced array.")
-    b = float(beta)
-    if not 0.0 <= b <= 1.0:
-        raise ValueError(f"`beta` must lie in [0, 1]; got {beta!r}.")
+    """``beta`` as a Python float; ValueError unless it lies in [0, 1], TypeError if traced."""
+    b = static_number(beta, "beta")
+    scheduled_number(b, "beta", low=0.0, high=1.0)
     return b
 
 
@@ -214,11 +211,9 @@ def in_base(x: jax.Array, base) -> jax.Array:
 
 
 def check_positive(value, name: str, *, allow_none: bool = True) -> None:
-    """Raises ``ValueError`` unless ``value`` (a static number) is > 0."""
-    if value is None and allow_none:
-        return
-    v = static_number(value, name)  # a traced value: TypeError naming `name`
-    if not math.isfinite(v) or v <= 0:
+    """Raises ``ValueError`` unless ``value`` (a static number, or None if allowed) is > 0."""
+    v = static_option(value, name, allow_none=allow_none)  # traced: TypeError naming `name`
+    if v is not None and not (math.isfinite(v) and v > 0):
         raise ValueError(f"`{name}` must be a positive finite number; got {value!r}.")
 
 
