@@ -154,7 +154,7 @@ def log_probs(
 
     Returns:
       ``log_probs`` with the shape of ``labels`` (at least float32), or ``(log_probs,
-      entropy)`` with ``with_entropy=True``.
+        entropy)`` with ``with_entropy=True``.
 
     Example:
       >>> import jax.numpy as jnp

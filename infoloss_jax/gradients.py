@@ -327,7 +327,7 @@ def log_probs_grad(
 
     Returns:
       The per-token gradient of :math:`\log q_y` with the shape of ``logits``, or the pair
-      (that, the gradient of :math:`H`) with ``with_entropy=True``.
+        (that, the gradient of :math:`H`) with ``with_entropy=True``.
 
     Example:
       >>> import jax.numpy as jnp
