@@ -117,9 +117,9 @@ def accumulation(accum_dtype, *arrays):
 
 
 # ------------------------------------------------------------------------------ operands
-def cross_entropy_ops(hidden, labels, weight, bias, class_weights, layout, names):
-    """The validated :class:`~._blockwise.Operands` of a linear cross-entropy head, and the
-    token shape; shared by the fused loss and the sharded ones (in and outside shard_map)."""
+def cross_entropy_ops(hidden, labels, weight, bias, class_weights, layout, names, mask=None):
+    """The validated :class:`~._blockwise.Operands` of a linear head with integer labels (and a
+    per-token ``mask``), and the token shape; shared by the fused and the sharded losses."""
     h_name, w_name, b_name = names
     hidden = as_float_array(hidden, h_name)
     weight = as_float_array(weight, w_name)
@@ -128,7 +128,8 @@ def cross_entropy_ops(hidden, labels, weight, bias, class_weights, layout, names
     bias = class_vector(bias, b_name, v)
     class_weights = check_class_weights(class_vector(class_weights, "class_weights", v))
     x, y = hidden.reshape(labels.size, d), labels.reshape(-1)
-    return Operands(x, weight, bias, None, None, y, class_weights, None, None), labels.shape
+    row_mask = token_mask(mask, labels.shape)
+    return Operands(x, weight, bias, None, None, y, class_weights, None, row_mask), labels.shape
 
 
 def distillation_ops(hidden, weight, target_hidden, target_weight, mask, layout, names):
@@ -186,9 +187,10 @@ def run(
     **options,
 ):
     """Plans the tiles of validated operands and runs the engine; every fused and sharded loss
-    ends here. Returns the reduced loss, the :class:`~._blockwise.Out`, the coefficients and
-    the int32 labels. Logits (``ops.w`` None) are one tile per device; ``axis`` names the mesh
-    axis (of ``axis_size`` devices) a vocabulary of ``vocab_size`` classes is split over."""
+    ends here. Returns the reduced loss, the :class:`~._blockwise.Out`, the coefficients, the
+    int32 labels and ``ok`` (False where a traced option is out of range). Logits (``ops.w``
+    None) are one tile per device; ``axis`` names the mesh axis (of ``axis_size`` devices) a
+    vocabulary of ``vocab_size`` classes is split over."""
     check_reduction(reduction)
     n, d = ops.x.shape
     acc = accumulation(accum_dtype, *(x for x in (ops.x, ops.w, ops.th, ops.tw) if x is not None))
@@ -212,7 +214,16 @@ def run(
     cfg = _blockwise.Config(spec, blocks, plan, axis, vocab != v * axis_size)
     out = cast(_blockwise.Out, _blockwise.blockwise(cfg, ops, coefs))  # its type is lost in partial
     value = poison(_blockwise.reduce_rows(out, reduction, lead, data_axis), ok)
-    return value, out, coefs, ops.labels
+    return value, out, coefs, ops.labels, ok
+
+
+def run_head(hidden, labels, weight, *, bias=None, mask=None, **kw):
+    """The unreduced cross-entropy rows of a linear head with integer labels: ``(Out, int32
+    labels, token shape, coefficients, ok)``; the token log-probabilities read them."""
+    layout, names = kw.get("weight_layout", "dv"), ("hidden", "weight", "bias")
+    ops, lead = cross_entropy_ops(hidden, labels, weight, bias, None, layout, names, mask)
+    _, out, coefs, y, ok = run("cross_entropy", ops, lead, **kw)
+    return out, y, lead, coefs, ok
 
 
 # ------------------------------------------------------------------------------ public API
@@ -311,7 +322,7 @@ def linear_softmax_cross_entropy(
     options = {k: v for k, v in locals().items() if k not in _CE_ARRAYS}
     names = ("hidden", "weight", "bias")
     ops, lead = cross_entropy_ops(hidden, labels, weight, bias, class_weights, weight_layout, names)
-    value, out, coefs, y = run("cross_entropy", ops, lead, **options)
+    value, out, coefs, y, _ = run("cross_entropy", ops, lead, **options)
     if not return_aux:
         return value
     lse = lax.stop_gradient(out.lse[0])
