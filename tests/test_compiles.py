@@ -142,6 +142,9 @@ TORCH = {
 }
 
 GRADIENTS = {
+    "log_probs_grad": lambda: gradients.log_probs_grad(
+        LOGITS, IGNORED_LABELS, ignore_index=-100, temperature=0.7, with_entropy=True
+    )[1],
     "softmax_cross_entropy_grad": lambda: gradients.softmax_cross_entropy_grad(
         LOGITS, PROBS, **LLM
     ),
