@@ -18,6 +18,7 @@ global index ``>= vocab_size`` are excluded from every sum.
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -37,6 +38,8 @@ from ._fused import (
     distillation_ops,
     run,
 )
+from ._log_probs import _check_with_entropy as check_with_entropy
+from ._log_probs import _outputs as token_outputs
 from ._typing import ArrayLike
 from ._validation import (
     as_float_array,
@@ -77,7 +80,8 @@ def _require_split(x, name: str, axis) -> None:
 def _mesh_setup(fn: str, kw: dict, ops: Operands) -> dict:
     """Pops the mesh arguments of ``kw`` (inside shard_map) and checks them against the slices
     in ``ops``; returns the mesh keywords of :func:`._fused.run`."""
-    axis, vocab_size, data_axis = kw.pop("vocab_axis"), kw.pop("vocab_size"), kw.pop("data_axis")
+    axis, vocab_size = kw.pop("vocab_axis"), kw.pop("vocab_size")
+    data_axis = kw.pop("data_axis", None)  # the token log-probs reduce nothing
     if ops.w is None:
         local, shards = ops.x.shape[1], {"logits_shard": ops.x, "target_logits_shard": ops.th}
     else:
@@ -104,13 +108,13 @@ def _mesh_setup(fn: str, kw: dict, ops: Operands) -> dict:
 
 
 # ------------------------------------------------------------------------------ on logits
-def _logits_ops(kind, logits, other, where, names):
+def _logits_ops(logits, other, where, names):
     """The validated Operands of a loss on logits (slices or whole arrays), and the token shape."""
     logits = as_float_array(logits, names[0])
     if logits.ndim < 1:
         raise ValueError(f"`{names[0]}` must have a vocabulary axis; got {describe(logits)}.")
     labels = teacher = None
-    if kind == "cross_entropy":
+    if names[1] == "labels":
         labels = check_labels(other, logits, names[0]).reshape(-1)
     else:
         teacher = as_float_array(other, names[1])
@@ -123,30 +127,36 @@ def _logits_ops(kind, logits, other, where, names):
     return ops, logits.shape[:-1]
 
 
-def _ops(kind, kw, suffix):
+def _ops(kw, suffix):
     """Pops the array arguments of a ``vocab_parallel_*`` loss from ``kw``, its arguments (named
     ``*_shard`` inside shard_map, ``suffix="_shard"``, and without it on a mesh); returns their
     validated Operands and the token shape."""
     logits, weight = "logits" + suffix, "weight" + suffix
     if logits in kw:
-        names = (logits, "target_logits" + suffix)
-        other = kw.pop("labels") if kind == "cross_entropy" else kw.pop(names[1])
-        return _logits_ops(kind, kw.pop(logits), other, kw.pop("where", None), names)
-    if kind == "cross_entropy":
+        names = (logits, "labels" if "labels" in kw else "target_logits" + suffix)
+        other = kw.pop(names[1])
+        return _logits_ops(kw.pop(logits), other, kw.pop("where", None), names)
+    if "labels" in kw:
         names = ("hidden", weight, "bias" + suffix)
         head = (kw.pop("hidden"), kw.pop("labels"), kw.pop(weight), kw.pop(names[2]))
-        return cross_entropy_ops(*head, None, kw["weight_layout"], names)
+        return cross_entropy_ops(*head, None, kw["weight_layout"], names, kw.pop("mask", None))
     names = ("hidden", weight, "target_hidden", "target_" + weight)
     h, w, th, tw = (kw.pop(k) for k in names)
     return distillation_ops(h, w, th, tw, kw.pop("mask"), kw["weight_layout"], names)
 
 
-def _run_shards(kind, fn, kw):
-    """A ``vocab_parallel_*`` loss inside shard_map from its public function's arguments."""
+def _run_shards(kind, fn, kw) -> Any:  # a loss, or the log-probs (and entropies)
+    """A ``vocab_parallel_*`` function inside shard_map from its public function's arguments."""
     kw = {k: v for k, v in kw.items() if k not in ("kind", "name", "beta")} | kw.get("beta", {})
-    ops, lead = _ops(kind, kw, "_shard")
-    mesh = _mesh_setup(fn, kw, ops)
-    return run(kind, ops, lead, **mesh, **kw)[0]
+    ops, lead = _ops(kw, "_shard")
+    kw.update(_mesh_setup(fn, kw, ops))
+    if kind != "log_probs":
+        return run(kind, ops, lead, **kw)[0]
+    # The token log-probabilities are the cross-entropy rows read the other way round.
+    with_entropy = check_with_entropy(kw.pop("with_entropy"))
+    _, out, _, _, ok = run("cross_entropy", ops, lead, reduction="none", entropy=with_entropy, **kw)
+    entropy = None if out.entropy is None else out.entropy.reshape(lead)
+    return token_outputs(-out.loss.reshape(lead), entropy, with_entropy, ok)
 
 
 def vocab_parallel_cross_entropy(
@@ -453,6 +463,149 @@ vocab_parallel_linear_reverse_kl = _linear_divergence("reverse_kl")
 vocab_parallel_linear_jensen_shannon = _linear_divergence("jensen_shannon")
 
 
+# ------------------------------------------------------------------------------ token log-probs
+def vocab_parallel_log_probs(
+    logits_shard: ArrayLike,
+    labels: ArrayLike,
+    *,
+    vocab_axis: AxisName,
+    where: ArrayLike | None = None,
+    vocab_size: int | None = None,
+    temperature: float = 1.0,
+    logit_softcap: float | None = None,
+    with_entropy: bool = False,
+    ignore_index: int | None = None,
+) -> jax.Array | tuple[jax.Array, jax.Array]:
+    r"""Per-token log-probability of the label (and entropy), the vocabulary split over a mesh axis.
+
+    Call it **inside** ``jax.shard_map``. Each device passes its ``[..., V_local]`` slice of the
+    logits, device ``i`` holding classes ``[i * V_local, (i + 1) * V_local)``. The result equals
+    :func:`infoloss_jax.log_probs` on the gathered logits, without gathering them:
+
+    .. math::
+        \log q(y) = z_y - \log \sum_k e^{z_k}, \qquad H(q) = -\sum_k q_k \log q_k, \qquad
+        z = \frac{s \tanh(\ell / s)}{T},
+
+    with the soft cap :math:`s` (optional) applied to the raw logits :math:`\ell` before the
+    temperature :math:`T`. These are the cross-entropy rows of
+    :func:`vocab_parallel_cross_entropy` read the other way round: one ``pmax`` and one fused
+    ``psum`` per token over ``vocab_axis`` (the entropy adds one number to it). Gradients flow
+    from both outputs and are recomputed in the backward pass from the saved statistics, with
+    no collective; forward mode (``jax.jvp``) is unsupported. A ``-inf`` logit (or
+    ``where=False``) excludes a class; a label on an excluded class has log-probability
+    ``-inf``.
+
+    Args:
+      logits_shard: ``[..., V_local]`` float logits, this device's vocabulary slice.
+      labels: ``[...]`` integer token ids, *global* class indices, the same on every device of
+        ``vocab_axis``. A label outside ``[0, vocab_size)`` that is not ``ignore_index`` gives
+        NaN in both outputs.
+      vocab_axis: the mesh axis (or tuple of axes) the vocabulary is split over.
+      where: optional boolean class mask broadcastable to ``logits_shard``: False excludes a class.
+      vocab_size: the true vocabulary size when it was padded up to a multiple of the axis size;
+        ``V_local`` must equal ``ceil(vocab_size / d)``.
+      temperature: :math:`T > 0` (may be traced).
+      logit_softcap: optional static cap :math:`s > 0`.
+      with_entropy: also return the per-token entropy :math:`H(q)` (nats).
+      ignore_index: label value whose tokens give 0 for both outputs and no gradient, or None.
+
+    Returns:
+      ``log_probs`` ``[...]`` (float32 for half-precision inputs), or ``(log_probs, entropy)``
+        with ``with_entropy=True``; identical on every device of ``vocab_axis``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from jax.sharding import PartitionSpec as P
+      >>> from infoloss_jax.sharded import vocab_parallel_log_probs
+      >>> mesh = jax.make_mesh((1,), ("vocab",), axis_types=(jax.sharding.AxisType.Auto,))
+      >>> fn = jax.shard_map(
+      ...     lambda z, y: vocab_parallel_log_probs(z, y, vocab_axis="vocab", with_entropy=True),
+      ...     mesh=mesh, in_specs=(P(None, "vocab"), P()), out_specs=P())
+      >>> lp, ent = fn(jnp.array([[2.0, 1.0, 0.0], [0.0, 0.0, -jnp.inf]]), jnp.array([0, 1]))
+      >>> print([round(float(v), 4) for v in lp], [round(float(v), 4) for v in ent])
+      [-0.4076, -0.6931] [0.8324, 0.6931]
+
+    References:
+      Shoeybi et al., "Megatron-LM", 2019 (vocab-parallel statistics); verl
+      ``logprobs_from_logits`` and ``entropy_from_logits``.
+    """
+    return _run_shards("log_probs", "vocab_parallel_log_probs", locals())
+
+
+def vocab_parallel_linear_log_probs(
+    hidden: ArrayLike,
+    labels: ArrayLike,
+    weight_shard: ArrayLike,
+    *,
+    vocab_axis: AxisName,
+    bias_shard: ArrayLike | None = None,
+    vocab_size: int | None = None,
+    temperature: float = 1.0,
+    logit_softcap: float | None = None,
+    with_entropy: bool = False,
+    ignore_index: int | None = None,
+    mask: ArrayLike | None = None,
+    weight_layout: str = "dv",
+    token_block_size: int | None = None,
+    vocab_block_size: int | None = None,
+    backward: str = "auto",
+) -> jax.Array | tuple[jax.Array, jax.Array]:
+    r"""Fused LM-head token log-probabilities (and entropy), the weight split along the vocabulary.
+
+    Call it **inside** ``jax.shard_map``. Computes :func:`vocab_parallel_log_probs` of
+    ``hidden @ weight + bias``, ``weight`` being the concatenation of the ``weight_shard``
+    slices along ``vocab_axis``, without ever storing the local ``[N, V_local]`` logits: this
+    is :func:`infoloss_jax.linear_log_probs` with its statistics all-reduced across the axis
+    (one ``pmax`` and one fused ``psum`` per token), and the hidden-state gradient summed over
+    it in the backward pass.
+
+    .. math::
+        \log q(y) = z_y - \log \sum_k e^{z_k}, \qquad H(q) = -\sum_k q_k \log q_k, \qquad
+        z = \frac{s \tanh((h W + b) / s)}{T}.
+
+    Gradients flow to ``hidden``, ``weight_shard`` and ``bias_shard`` from both outputs;
+    reverse mode only (a ``jax.custom_vjp``).
+
+    Args:
+      hidden: ``[..., D]`` hidden states, identical on every device of ``vocab_axis``.
+      labels: ``[...]`` integer global token ids.
+      weight_shard: this device's slice of the head weight, ``[D, V_local]`` or, with
+        ``weight_layout="vd"``, ``[V_local, D]``.
+      vocab_axis: the mesh axis (or axes) the vocabulary is split over.
+      bias_shard: optional ``[V_local]`` slice of the bias (a ``-inf`` entry excludes a class).
+      vocab_size: the true vocabulary size when the weight was padded to a multiple of the axis
+        size (padded classes are excluded).
+      temperature, logit_softcap, with_entropy, ignore_index: as in
+        :func:`vocab_parallel_log_probs`.
+      mask: optional boolean ``[...]`` per-token mask (False gives 0 and no gradient).
+      weight_layout: ``"dv"`` (default) or ``"vd"``; never inferred from the shape.
+      token_block_size, vocab_block_size: block sizes (positive ints) or None (automatic).
+      backward: ``"auto"`` (default), ``"one_pass"`` or ``"two_pass"``, as in
+        :func:`vocab_parallel_linear_cross_entropy`.
+
+    Returns:
+      ``log_probs`` with the shape of ``labels``, or ``(log_probs, entropy)``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from jax.sharding import PartitionSpec as P
+      >>> from infoloss_jax.sharded import vocab_parallel_linear_log_probs
+      >>> mesh = jax.make_mesh((1,), ("vocab",), axis_types=(jax.sharding.AxisType.Auto,))
+      >>> fn = jax.shard_map(
+      ...     lambda h, y, w: vocab_parallel_linear_log_probs(h, y, w, vocab_axis="vocab"),
+      ...     mesh=mesh, in_specs=(P(), P(), P(None, "vocab")), out_specs=P())
+      >>> hidden = jnp.array([[1.0, 0.0], [0.0, 1.0]])
+      >>> weight = jnp.array([[2.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+      >>> print([round(float(v), 4) for v in fn(hidden, jnp.array([0, 1]), weight)])
+      [-0.4076, -1.0986]
+
+    References:
+      Shoeybi et al., "Megatron-LM", 2019; Wijmans et al., "Cut Your Losses in Large-Vocabulary
+      Language Models", 2024; verl's and TRL's fused log-prob and entropy kernels.
+    """
+    return _run_shards("log_probs", "vocab_parallel_linear_log_probs", locals())
+
+
 # ------------------------------------------------------------------------------ on a mesh
 def _mesh_axis_size(mesh: Mesh, axis, name: str, fn: str) -> int:
     """Product of the sizes of ``axis`` (a mesh axis name or tuple of them); 1 for None."""
@@ -488,7 +641,7 @@ def _program(fn, mesh, data_axis, roles, static, array_names, padded):
         return fn(**dict(zip(names, args, strict=True)), **dict(static))
 
     in_specs = tuple(spec for _, spec, _ in roles) + (P(),) * len(array_names)
-    out_spec = P(data_axis) if dict(static)["reduction"] == "none" else P()
+    out_spec = P(data_axis) if dict(static).get("reduction", "none") == "none" else P()
     mapped = jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=out_spec)
 
     def run(*args):
@@ -509,13 +662,13 @@ _KEYWORDS = dict(
 )
 
 
-def _on_mesh(fn, kind, kw):
+def _on_mesh(fn, kw):
     """``fn`` (a ``vocab_parallel_*`` loss) on whole arrays, from its ``*_on_mesh`` wrapper's
     arguments ``kw``: tokens split over ``data_axis``, the vocabulary over ``vocab_axis``."""
-    kw = {k: v for k, v in kw.items() if k not in ("fn", "kind", "options")} | kw["options"]
+    kw = {k: v for k, v in kw.items() if k not in ("fn", "options")} | kw["options"]
     mesh, vocab_axis, data_axis = kw.pop("mesh"), kw.pop("vocab_axis"), kw.pop("data_axis")
-    ops, lead = _ops(kind, kw, "")
-    check_reduction(kw["reduction"])
+    ops, lead = _ops(kw, "")
+    reduction = check_reduction(kw.get("reduction", "none"))
     name = fn.__name__ + "_on_mesh"
     d = _mesh_axis_size(mesh, vocab_axis, "vocab_axis", name)
     dp = _mesh_axis_size(mesh, data_axis, "data_axis", name)
@@ -539,12 +692,14 @@ def _on_mesh(fn, kind, kw):
             roles.append((keywords[f], P(*dims), vocab_dims.get(f)))
             args.append(x)
     arrays = {k: v for k, v in kw.items() if _is_array(v)}
-    static = dict(kw, vocab_size=vocab, vocab_axis=vocab_axis, data_axis=data_axis)
+    static = dict(kw, vocab_size=vocab, vocab_axis=vocab_axis)
+    if "reduction" in kw:  # exact over the tokens of every data shard (the log-probs have none)
+        static["data_axis"] = data_axis
     static = tuple(sorted((k, v) for k, v in static.items() if k not in arrays))
     padded = d * -(-vocab // d) if vocab % d else 0
     program = _program(fn, mesh, data_axis, tuple(roles), static, tuple(arrays), padded)
     out = program(*args, *arrays.values())
-    return out.reshape(lead) if kw["reduction"] == "none" else out
+    return jax.tree.map(lambda x: x.reshape(lead), out) if reduction == "none" else out
 
 
 def vocab_parallel_cross_entropy_on_mesh(
@@ -576,7 +731,7 @@ def vocab_parallel_cross_entropy_on_mesh(
       >>> print(round(float(loss), 4))
       0.67
     """
-    return _on_mesh(vocab_parallel_cross_entropy, "cross_entropy", locals())
+    return _on_mesh(vocab_parallel_cross_entropy, locals())
 
 
 def vocab_parallel_linear_cross_entropy_on_mesh(
@@ -612,7 +767,72 @@ def vocab_parallel_linear_cross_entropy_on_mesh(
       >>> print(round(float(loss), 4))
       0.67
     """
-    return _on_mesh(vocab_parallel_linear_cross_entropy, "cross_entropy", locals())
+    return _on_mesh(vocab_parallel_linear_cross_entropy, locals())
+
+
+def vocab_parallel_log_probs_on_mesh(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    mesh: Mesh,
+    vocab_axis: AxisName,
+    data_axis: AxisName | None = None,
+    **options,
+) -> jax.Array | tuple[jax.Array, jax.Array]:
+    """:func:`vocab_parallel_log_probs` on whole ``[..., V]`` logits and a ``Mesh``.
+
+    Splits the tokens over ``data_axis`` (optional) and the vocabulary over ``vocab_axis``,
+    padding ``V`` up to a multiple of the vocabulary axis size (the padded classes are masked),
+    and builds the ``shard_map`` once per mesh, shapes and options. ``options`` are the keyword
+    options of :func:`vocab_parallel_log_probs` (where, temperature, logit_softcap,
+    with_entropy, ignore_index), with its defaults.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from infoloss_jax.sharded import vocab_parallel_log_probs_on_mesh
+      >>> mesh = jax.make_mesh((1,), ("vocab",), axis_types=(jax.sharding.AxisType.Auto,))
+      >>> logits = jnp.array([[2.0, 1.0, 0.0], [0.0, 0.0, -jnp.inf]])
+      >>> lp = vocab_parallel_log_probs_on_mesh(
+      ...     logits, jnp.array([0, 1]), mesh=mesh, vocab_axis="vocab", temperature=2.0)
+      >>> print([round(float(v), 4) for v in lp])
+      [-0.6803, -0.6931]
+    """
+    return _on_mesh(vocab_parallel_log_probs, locals())
+
+
+def vocab_parallel_linear_log_probs_on_mesh(
+    hidden: ArrayLike,
+    labels: ArrayLike,
+    weight: ArrayLike,
+    *,
+    mesh: Mesh,
+    vocab_axis: AxisName,
+    data_axis: AxisName | None = None,
+    bias: ArrayLike | None = None,
+    mask: ArrayLike | None = None,
+    weight_layout: str = "dv",
+    **options,
+) -> jax.Array | tuple[jax.Array, jax.Array]:
+    """:func:`vocab_parallel_linear_log_probs` on a whole head weight and a ``Mesh``.
+
+    Splits the weight (and bias) over ``vocab_axis`` along its vocabulary dimension, padding
+    ``V`` to a multiple of its size (padded classes are masked), the tokens (and ``mask``) over
+    ``data_axis`` (optional), and builds the ``shard_map`` once per mesh, shapes and options.
+    ``options``: temperature, logit_softcap, with_entropy, ignore_index, token_block_size,
+    vocab_block_size, backward (that function's defaults).
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from infoloss_jax.sharded import vocab_parallel_linear_log_probs_on_mesh
+      >>> mesh = jax.make_mesh((1,), ("vocab",), axis_types=(jax.sharding.AxisType.Auto,))
+      >>> hidden = jnp.array([[1.0, 0.0], [0.0, 1.0]])
+      >>> weight = jnp.array([[2.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+      >>> lp, ent = vocab_parallel_linear_log_probs_on_mesh(
+      ...     hidden, jnp.array([0, 1]), weight, mesh=mesh, vocab_axis="vocab", with_entropy=True)
+      >>> print([round(float(v), 4) for v in ent])
+      [0.8324, 1.0986]
+    """
+    return _on_mesh(vocab_parallel_linear_log_probs, locals())
 
 
 def _mesh_wrapper(wrapper, fn, kind, inputs, options):
@@ -643,7 +863,7 @@ def _logits_mesh(fn):
         reduction: str = "none",
         **options,
     ) -> jax.Array:
-        return _on_mesh(fn, kind, locals())
+        return _on_mesh(fn, locals())
 
     inputs = "whole ``[..., V]`` logits and a ``Mesh``"
     return _mesh_wrapper(wrapper, fn, kind, inputs, "temperature, beta, where")
@@ -666,7 +886,7 @@ def _linear_mesh(fn):
         reduction: str = "mean",
         **options,
     ) -> jax.Array:
-        return _on_mesh(fn, kind, locals())
+        return _on_mesh(fn, locals())
 
     inputs = "whole heads (split along their vocabulary dimension) and a ``Mesh``"
     options = "temperature, beta (Jensen-Shannon), token_block_size, vocab_block_size, backward"
