@@ -11,6 +11,8 @@ under ``jit`` on CPU, GPU and TPU.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import NamedTuple, cast
 
 import jax
@@ -65,23 +67,15 @@ def head_sizes(hidden, weight, layout, hidden_name, weight_name):
     return d, v
 
 
-def check_two_heads(hidden, weight, target_hidden, target_weight, layout, names):
-    """(D, D_teacher, V, token shape) of a student and a teacher head over one vocabulary."""
-    h_name, w_name, th_name, tw_name = names
-    d, v = head_sizes(hidden, weight, layout, h_name, w_name)
-    dt, vt = head_sizes(target_hidden, target_weight, layout, th_name, tw_name)
-    if vt != v:
+def check_labels(labels, x, x_name):
+    """Integer ``labels`` shaped as ``x`` (hidden states or logits) without its last axis."""
+    labels = as_integer_array(labels, "labels")
+    if labels.shape != x.shape[:-1]:
         raise ValueError(
-            f"The teacher and the student must share one vocabulary: `{tw_name}` "
-            f"{describe(target_weight)} has {vt} classes, `{w_name}` {describe(weight)} has {v}."
+            f"`labels` must have the shape of `{x_name}` without its last axis, "
+            f"{list(x.shape[:-1])}; got `{x_name}` {describe(x)} and `labels` {describe(labels)}."
         )
-    lead = hidden.shape[:-1]
-    if target_hidden.shape[:-1] != lead:
-        raise ValueError(
-            f"`{th_name}` must have the leading (token) shape of `{h_name}`; got "
-            f"`{th_name}` {describe(target_hidden)} and `{h_name}` {describe(hidden)}."
-        )
-    return d, dt, v, lead
+    return labels
 
 
 def class_vector(x, name, v):
@@ -104,17 +98,16 @@ def check_class_weights(class_weights):
     return None if class_weights is None else lax.stop_gradient(class_weights)
 
 
-def token_mask(mask, lead, name="mask"):
+def token_mask(mask, lead):
     """A boolean per-token mask of shape ``lead`` flattened, or None."""
     if mask is None:
         return None
     mask = jnp.asarray(mask)
     if mask.dtype != jnp.bool_:
-        raise TypeError(f"`{name}` must be a boolean per-token mask; got {describe(mask)}.")
+        raise TypeError(f"`mask` must be a boolean per-token mask; got {describe(mask)}.")
     if mask.shape != tuple(lead):
-        expected = list(lead)
         raise ValueError(
-            f"`{name}` must be a boolean per-token mask of shape {expected}; got {describe(mask)}."
+            f"`mask` must be a boolean per-token mask of shape {list(lead)}; got {describe(mask)}."
         )
     return mask.reshape(-1)
 
@@ -123,107 +116,65 @@ def accumulation(accum_dtype, *arrays):
     return jnp.dtype(jnp.result_type(jnp.dtype(accum_dtype), *(a.dtype for a in arrays)))
 
 
-# ------------------------------------------------------------------------------ runners
-def run_head(
-    hidden,
-    labels,
-    weight,
-    *,
-    bias=None,
-    class_weights=None,
-    weight_layout="dv",
-    reduction="mean",
-    token_block_size=None,
-    vocab_block_size=None,
-    backward="auto",
-    accum_dtype=jnp.float32,
-    axis=None,
-    axis_size=1,
-    vocab_size=None,
-    mask=None,
-    names=("hidden", "weight", "bias"),
-    **options,
-):
-    """Validates a linear head with integer labels and runs the engine's cross-entropy rows.
-
-    Returns ``(out, labels as int32 [N], lead shape, coefficients, ok)``; shared by the fused
-    and sharded cross-entropy and token log-probabilities.
-    """
+# ------------------------------------------------------------------------------ operands
+def cross_entropy_ops(hidden, labels, weight, bias, class_weights, layout, names, mask=None):
+    """The validated :class:`~._blockwise.Operands` of a linear head with integer labels (and a
+    per-token ``mask``), and the token shape; shared by the fused and the sharded losses."""
     h_name, w_name, b_name = names
     hidden = as_float_array(hidden, h_name)
     weight = as_float_array(weight, w_name)
-    labels = as_integer_array(labels, "labels")
-    d, v = head_sizes(hidden, weight, weight_layout, h_name, w_name)
-    if labels.shape != hidden.shape[:-1]:
-        raise ValueError(
-            f"`labels` must have the shape of `{h_name}` without its last dimension, "
-            f"{list(hidden.shape[:-1])}; got {describe(labels)}."
-        )
+    d, v = head_sizes(hidden, weight, layout, h_name, w_name)
+    labels = check_labels(labels, hidden, h_name)
     bias = class_vector(bias, b_name, v)
     class_weights = check_class_weights(class_vector(class_weights, "class_weights", v))
-    check_reduction(reduction)
-    lead = labels.shape
+    x, y = hidden.reshape(labels.size, d), labels.reshape(-1)
+    row_mask = token_mask(mask, labels.shape)
+    return Operands(x, weight, bias, None, None, y, class_weights, None, row_mask), labels.shape
+
+
+def distillation_ops(hidden, weight, target_hidden, target_weight, mask, layout, names):
+    """The validated Operands of a student and a (frozen) teacher head over one vocabulary, and
+    the token shape; shared by the fused losses and the sharded ones."""
+    heads = (hidden, weight, target_hidden, target_weight)
+    h, w, th, tw = (as_float_array(x, name) for x, name in zip(heads, names, strict=True))
+    h_name, w_name, th_name, tw_name = names
+    d, v = head_sizes(h, w, layout, h_name, w_name)
+    dt, vt = head_sizes(th, tw, layout, th_name, tw_name)
+    if vt != v:
+        raise ValueError(
+            f"The teacher and the student must share one vocabulary: `{tw_name}` "
+            f"{describe(tw)} has {vt} classes, `{w_name}` {describe(w)} has {v}."
+        )
+    lead = h.shape[:-1]
+    if th.shape[:-1] != lead:
+        raise ValueError(
+            f"`{th_name}` must have the leading (token) shape of `{h_name}`; got "
+            f"`{th_name}` {describe(th)} and `{h_name}` {describe(h)}."
+        )
     n = int(np.prod(lead, dtype=np.int64))
-    acc = accumulation(accum_dtype, hidden, weight)
-    spec, coefs, ok = make_spec(
-        "cross_entropy",
-        v * axis_size if vocab_size is None else vocab_size,
-        acc,
-        class_weights=class_weights is not None,
-        weight_layout=weight_layout,
-        **options,
-    )
-    blocks, plan = _blockwise.choose_plan(
-        backward,
-        reduction,
-        n,
-        v,
-        _blockwise.choose_blocks(n, d, v, token_block_size, vocab_block_size, axis_size),
-        token_block_size,
-        (hidden.dtype, weight.dtype),
-        acc,
-        axis,
-    )
-    y = labels.reshape(n)
-    if y.dtype != jnp.int32:  # a label beyond int32 is out of range, never wrapped around
-        bad = -1 if spec.ignore_index != -1 else spec.vocab_size
-        y = jnp.where((y >= 0) & (y < spec.vocab_size), y, bad).astype(jnp.int32)
-        if spec.ignore_index is not None:
-            y = jnp.where(labels.reshape(n) == spec.ignore_index, spec.ignore_index, y)
-    padded = axis is not None and v * axis_size != spec.vocab_size
-    cfg = _blockwise.Config(spec, blocks, plan, axis, padded)
-    row_mask = token_mask(mask, lead)
-    ops = Operands(hidden.reshape(n, d), weight, bias, None, None, y, class_weights, None, row_mask)
-    out = cast(_blockwise.Out, _blockwise.blockwise(cfg, ops, coefs))  # its type is lost in partial
-    return out, y, lead, coefs, ok
+    teacher = lax.stop_gradient((th.reshape(n, dt), tw))
+    ops = Operands(h.reshape(n, d), w, None, *teacher, None, None, None, token_mask(mask, lead))
+    return ops, lead
 
 
-def run_cross_entropy(
-    hidden, labels, weight, *, reduction="mean", return_aux=False, data_axis=None, **kw
-):
-    """The linear cross-entropy head, reduced (and its aux); shared by fused and sharded."""
-    out, y, lead, coefs, ok = run_head(hidden, labels, weight, reduction=reduction, **kw)
-    value = poison(_blockwise.reduce_rows(out, reduction, lead, data_axis), ok)
-    if not return_aux:
-        return value
-    lse = lax.stop_gradient(out.lse[0])
-    counts = lax.stop_gradient(out.weight) != 0
-    z_term = jnp.where(counts, coefs.z_loss * lse**2, 0.0)
-    correct = counts & (lax.stop_gradient(out.argmax) == y)
-    return value, LinearCrossEntropyAux(
-        lse.reshape(lead), z_term.reshape(lead), correct.reshape(lead)
-    )
+# ------------------------------------------------------------------------------ runner
+def int32_labels(labels, spec):
+    """``[N]`` int32 labels: a label beyond int32 is out of range (NaN), never wrapped around."""
+    if labels.dtype == jnp.int32:
+        return labels
+    bad = -1 if spec.ignore_index != -1 else spec.vocab_size
+    fit = jnp.where((labels >= 0) & (labels < spec.vocab_size), labels, bad).astype(jnp.int32)
+    if spec.ignore_index is None:
+        return fit
+    return jnp.where(labels == spec.ignore_index, spec.ignore_index, fit)
 
 
-def run_divergence(
+def run(
     kind,
-    hidden,
-    weight,
-    target_hidden,
-    target_weight,
+    ops,
+    lead,
     *,
     weight_layout="dv",
-    mask=None,
     reduction="mean",
     token_block_size=None,
     vocab_block_size=None,
@@ -233,46 +184,46 @@ def run_divergence(
     axis_size=1,
     vocab_size=None,
     data_axis=None,
-    names=("hidden", "weight", "target_hidden", "target_weight"),
     **options,
 ):
-    """Validates a student and a teacher head and runs the engine; shared by fused and sharded."""
-    h_name, w_name, th_name, tw_name = names
-    hidden = as_float_array(hidden, h_name)
-    weight = as_float_array(weight, w_name)
-    target_hidden = as_float_array(target_hidden, th_name)
-    target_weight = as_float_array(target_weight, tw_name)
-    heads = (hidden, weight, target_hidden, target_weight)
-    d, dt, v, lead = check_two_heads(*heads, weight_layout, names)
+    """Plans the tiles of validated operands and runs the engine; every fused and sharded loss
+    ends here. Returns the reduced loss, the :class:`~._blockwise.Out`, the coefficients, the
+    int32 labels and ``ok`` (False where a traced option is out of range). Logits (``ops.w``
+    None) are one tile per device; ``axis`` names the mesh axis (of ``axis_size`` devices) a
+    vocabulary of ``vocab_size`` classes is split over."""
     check_reduction(reduction)
-    row_mask = token_mask(mask, lead)
-    n = int(np.prod(lead, dtype=np.int64))
-    acc = accumulation(accum_dtype, hidden, weight, target_hidden, target_weight)
+    n, d = ops.x.shape
+    acc = accumulation(accum_dtype, *(x for x in (ops.x, ops.w, ops.th, ops.tw) if x is not None))
+    if ops.w is None:
+        v, blocks, plan = d, _blockwise.Blocks(max(n, 1), d), "auto"
+    else:
+        v = ops.w.shape[1 if weight_layout == "dv" else 0]
+        d = d if ops.th is None else max(d, ops.th.shape[1])
+        blocks = _blockwise.choose_blocks(n, d, v, token_block_size, vocab_block_size, axis_size)
+        dtypes, rows = (ops.x.dtype, ops.w.dtype), 1 if ops.th is None else 2
+        blocks, plan = _blockwise.choose_plan(
+            backward, reduction, n, v, blocks, token_block_size, dtypes, acc, axis, rows
+        )
+    vocab = v * axis_size if vocab_size is None else vocab_size
+    weighted = ops.class_weights is not None
     spec, coefs, ok = make_spec(
-        kind,
-        v * axis_size if vocab_size is None else vocab_size,
-        acc,
-        weight_layout=weight_layout,
-        **options,
+        kind, vocab, acc, class_weights=weighted, weight_layout=weight_layout, **options
     )
-    blocks, plan = _blockwise.choose_plan(
-        backward,
-        reduction,
-        n,
-        v,
-        _blockwise.choose_blocks(n, max(d, dt), v, token_block_size, vocab_block_size, axis_size),
-        token_block_size,
-        (hidden.dtype, weight.dtype),
-        acc,
-        axis,
-        rows=2,
-    )
-    padded = axis is not None and v * axis_size != spec.vocab_size
-    cfg = _blockwise.Config(spec, blocks, plan, axis, padded)
-    teacher = lax.stop_gradient((target_hidden.reshape(n, dt), target_weight))
-    ops = Operands(hidden.reshape(n, d), weight, None, *teacher, None, None, None, row_mask)
+    if ops.labels is not None:
+        ops = ops._replace(labels=int32_labels(ops.labels, spec))
+    cfg = _blockwise.Config(spec, blocks, plan, axis, vocab != v * axis_size)
     out = cast(_blockwise.Out, _blockwise.blockwise(cfg, ops, coefs))  # its type is lost in partial
-    return poison(_blockwise.reduce_rows(out, reduction, lead, data_axis), ok)
+    value = poison(_blockwise.reduce_rows(out, reduction, lead, data_axis), ok)
+    return value, out, coefs, ops.labels, ok
+
+
+def run_head(hidden, labels, weight, *, bias=None, mask=None, **kw):
+    """The unreduced cross-entropy rows of a linear head with integer labels: ``(Out, int32
+    labels, token shape, coefficients, ok)``; the token log-probabilities read them."""
+    layout, names = kw.get("weight_layout", "dv"), ("hidden", "weight", "bias")
+    ops, lead = cross_entropy_ops(hidden, labels, weight, bias, None, layout, names, mask)
+    _, out, coefs, y, ok = run("cross_entropy", ops, lead, **kw)
+    return out, y, lead, coefs, ok
 
 
 # ------------------------------------------------------------------------------ public API
@@ -368,7 +319,95 @@ def linear_softmax_cross_entropy(
       Wijmans et al., "Cut Your Losses in Large-Vocabulary Language Models" (Cut Cross-Entropy),
       2024. Hsu et al., "Liger Kernel: Efficient Triton Kernels for LLM Training", 2024.
     """
-    return run_cross_entropy(**locals())
+    options = {k: v for k, v in locals().items() if k not in _CE_ARRAYS}
+    names = ("hidden", "weight", "bias")
+    ops, lead = cross_entropy_ops(hidden, labels, weight, bias, class_weights, weight_layout, names)
+    value, out, coefs, y, _ = run("cross_entropy", ops, lead, **options)
+    if not return_aux:
+        return value
+    lse = lax.stop_gradient(out.lse[0])
+    counts = lax.stop_gradient(out.weight) != 0
+    z_term = jnp.where(counts, coefs.z_loss * lse**2, 0.0)
+    correct = counts & (lax.stop_gradient(out.argmax) == y)
+    aux = (lse.reshape(lead), z_term.reshape(lead), correct.reshape(lead))
+    return value, LinearCrossEntropyAux(*aux)
+
+
+_CE_ARRAYS = ("hidden", "labels", "weight", "bias", "class_weights", "return_aux")
+
+
+# The three divergences of the distillation heads, fused and sharded: (what, math, reference).
+DIVERGENCES = {
+    "forward_kl": (
+        "Forward KL(teacher || student)",
+        r"""
+    .. math::
+        \mathrm{KL}(P \,\|\, Q) = \sum_k p_k (\log p_k - \log q_k), \quad
+        P = \mathrm{softmax}(t / T),\; Q = \mathrm{softmax}(s / T)
+
+    with :math:`t` the teacher's (target's) logits and :math:`s` the student's: the same
+    direction as :func:`forward_kl`, the usual (mean-seeking) distillation loss. Its gradient
+    w.r.t. the student logits is :math:`(q - p) / T`.
+""",
+        'Hinton et al., "Distilling the Knowledge in a Neural Network", 2015.',
+    ),
+    "reverse_kl": (
+        "Reverse KL(student || teacher)",
+        r"""
+    .. math::
+        \mathrm{KL}(Q \,\|\, P) = \sum_k q_k (\log q_k - \log p_k), \quad
+        P = \mathrm{softmax}(t / T),\; Q = \mathrm{softmax}(s / T)
+
+    with :math:`t` the teacher's (target's) logits and :math:`s` the student's: the same
+    direction as :func:`reverse_kl` (mode-seeking, as in MiniLLM). Its gradient w.r.t. the
+    student logits is :math:`q (\log q - \log p - \mathrm{KL}) / T`.
+""",
+        'Gu et al., "MiniLLM: Knowledge Distillation of Large Language Models", 2024.',
+    ),
+    "jensen_shannon": (
+        "Generalized Jensen-Shannon divergence",
+        r"""
+    .. math::
+        \mathrm{JSD}_\beta = \beta\, \mathrm{KL}(P \,\|\, M) + (1-\beta)\, \mathrm{KL}(Q \,\|\, M),
+        \quad M = \beta P + (1-\beta) Q
+
+    with :math:`P = \mathrm{softmax}(t/T)` the teacher (target) and
+    :math:`Q = \mathrm{softmax}(s/T)` the student, as :func:`jensen_shannon`. ``beta=0`` gives
+    the forward KL(teacher || student) and ``beta=1`` the reverse KL(student || teacher)
+    (the TRL / Liger-Kernel convention); ``beta=0.5`` is the symmetric JSD. ``beta`` lies in
+    [0, 1] and may be traced.
+""",
+        'Agarwal et al., "On-Policy Distillation of Language Models: Learning from\n'
+        '      Self-Generated Mistakes" (GKD), 2024.',
+    ),
+}
+_BETA_DOC = "\n      beta: weight of the teacher in the mixture, in [0, 1] (may be traced)."
+
+
+def distillation(fn, kind, name, suffix, template, **fields):
+    """``fn`` as the public loss ``name``: its docstring (the shared math of ``kind``, then
+    ``template``) and signature, where ``fn``'s ``**beta`` becomes a keyword ``beta=0.5`` for
+    the Jensen-Shannon divergence and is refused for the KLs."""
+    what, math, refs = DIVERGENCES[kind]
+    beta_doc = _BETA_DOC if kind == "jensen_shannon" else ""
+    args = template.format(name=name, core=kind, beta=beta_doc, refs=refs, **fields)
+    fn.__name__ = fn.__qualname__ = name
+    fn.__doc__ = f"{what} {suffix}\n{math}{args}"
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if kind != "jensen_shannon" and "beta" in kwargs:
+            raise TypeError(f"{name}() got an unexpected keyword argument 'beta'")
+        return fn(*args, **kwargs)
+
+    params = [p for p in inspect.signature(fn).parameters.values() if p.kind != p.VAR_KEYWORD]
+    if kind == "jensen_shannon":
+        at = next(i for i, p in enumerate(params) if p.name == "temperature")
+        beta = inspect.Parameter("beta", inspect.Parameter.KEYWORD_ONLY, default=0.5)
+        params.insert(at, beta.replace(annotation="float"))
+    signature = inspect.signature(fn).replace(parameters=params)
+    wrapper.__signature__ = signature  # pyright: ignore[reportAttributeAccessIssue]  # not in the stubs
+    return reraise_jvp(name)(wrapper)
 
 
 _DISTILL_ARGS = """
@@ -383,7 +422,7 @@ _DISTILL_ARGS = """
       weight: student output projection, ``[D, V]`` or ``[V, D]`` (``weight_layout``).
       target_hidden: ``[..., D_t]`` teacher hidden states (same leading shape).
       target_weight: teacher output projection, in the same layout.
-      weight_layout: ``"dv"`` (default) or ``"vd"`` for both heads; never inferred.
+      weight_layout: ``"dv"`` (default) or ``"vd"`` for both heads; never inferred.{beta}
       temperature: positive temperature for both (no T**2 factor is applied); may be traced.
       mask: optional boolean per-token mask (shape ``hidden.shape[:-1]``); False drops a token
         from the loss and from the mean.
@@ -396,10 +435,24 @@ _DISTILL_ARGS = """
 
     Returns:
       The divergence in nats, reduced as asked, in at least float32.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> import infoloss_jax as il
+      >>> h, th = jax.random.normal(jax.random.key(0), (2, 4, 8)), jnp.ones((2, 4, 6))
+      >>> w = jax.random.normal(jax.random.key(1), (8, 30))
+      >>> tw = jax.random.normal(jax.random.key(2), (6, 30))
+      >>> fused = il.{name}(h, w, th, tw, reduction="none")
+      >>> naive = il.{core}(h @ w, th @ tw)
+      >>> print(fused.shape, bool(jnp.allclose(fused, naive, rtol=1e-5, atol=1e-6)))
+      (2, 4) True
+
+    References:
+      {refs}
 """
 
 
-def _distillation(kind, doc_name):
+def _distillation(kind):
     def fn(
         hidden: ArrayLike,
         weight: ArrayLike,
@@ -414,122 +467,19 @@ def _distillation(kind, doc_name):
         vocab_block_size: int | None = None,
         backward: str = "auto",
         accum_dtype=jnp.float32,
+        **beta,
     ) -> jax.Array:
-        return run_divergence(kind, **{k: v for k, v in locals().items() if k != "kind"})
+        options = {k: v for k, v in locals().items() if k not in _DISTILL_ARRAYS} | beta
+        names = _DISTILL_ARRAYS[:4]
+        heads = (hidden, weight, target_hidden, target_weight)
+        ops, lead = distillation_ops(*heads, mask, weight_layout, names)
+        return run(kind, ops, lead, **options)[0]
 
-    fn.__name__ = fn.__qualname__ = doc_name
-    return reraise_jvp(doc_name)(fn)
-
-
-@reraise_jvp("linear_jensen_shannon")
-def linear_jensen_shannon(
-    hidden: ArrayLike,
-    weight: ArrayLike,
-    target_hidden: ArrayLike,
-    target_weight: ArrayLike,
-    *,
-    weight_layout: str = "dv",
-    beta: float = 0.5,
-    temperature: float = 1.0,
-    mask: ArrayLike | None = None,
-    reduction: str = "mean",
-    token_block_size: int | None = None,
-    vocab_block_size: int | None = None,
-    backward: str = "auto",
-    accum_dtype=jnp.float32,
-) -> jax.Array:
-    return run_divergence("jensen_shannon", **locals())
+    suffix = "of a teacher and a student LM head, fused."
+    return distillation(fn, kind, f"linear_{kind}", suffix, _DISTILL_ARGS)
 
 
-linear_forward_kl = _distillation("forward_kl", "linear_forward_kl")
-linear_forward_kl.__doc__ = (
-    r"""Forward KL from a teacher head to a student head, fused: KL(teacher || student).
-
-    .. math::
-        \mathrm{KL}(P \,\|\, Q) = \sum_k p_k (\log p_k - \log q_k), \quad
-        P = \mathrm{softmax}(t / T),\; Q = \mathrm{softmax}(s / T)
-
-    with :math:`t` the teacher's (target's) logits and :math:`s` the student's: the same
-    direction as :func:`forward_kl`, the usual (mean-seeking) distillation loss. Its gradient
-    w.r.t. the student logits is :math:`(q - p) / T`.
-"""
-    + _DISTILL_ARGS
-    + """
-    Example:
-      >>> import jax, jax.numpy as jnp
-      >>> import infoloss_jax as il
-      >>> h, th = jax.random.normal(jax.random.key(0), (2, 4, 8)), jnp.ones((2, 4, 6))
-      >>> w = jax.random.normal(jax.random.key(1), (8, 30))
-      >>> tw = jax.random.normal(jax.random.key(2), (6, 30))
-      >>> fused = il.linear_forward_kl(h, w, th, tw, reduction="none")
-      >>> naive = il.forward_kl(h @ w, th @ tw)
-      >>> print(fused.shape, bool(jnp.allclose(fused, naive, rtol=1e-5, atol=1e-6)))
-      (2, 4) True
-
-    References:
-      Hinton et al., "Distilling the Knowledge in a Neural Network", 2015.
-"""
-)
-linear_reverse_kl = _distillation("reverse_kl", "linear_reverse_kl")
-linear_reverse_kl.__doc__ = (
-    r"""Reverse KL from a student head to a teacher head, fused: KL(student || teacher).
-
-    .. math::
-        \mathrm{KL}(Q \,\|\, P) = \sum_k q_k (\log q_k - \log p_k), \quad
-        P = \mathrm{softmax}(t / T),\; Q = \mathrm{softmax}(s / T)
-
-    with :math:`t` the teacher's (target's) logits and :math:`s` the student's: the same
-    direction as :func:`reverse_kl` (mode-seeking, as in MiniLLM). Its gradient w.r.t. the
-    student logits is :math:`q (\log q - \log p - \mathrm{KL}) / T`.
-"""
-    + _DISTILL_ARGS
-    + """
-    Example:
-      >>> import jax, jax.numpy as jnp
-      >>> import infoloss_jax as il
-      >>> h, th = jax.random.normal(jax.random.key(0), (4, 8)), jnp.ones((4, 6))
-      >>> w = jax.random.normal(jax.random.key(1), (8, 30))
-      >>> tw = jax.random.normal(jax.random.key(2), (6, 30))
-      >>> fused = il.linear_reverse_kl(h, w, th, tw)
-      >>> naive = jnp.mean(il.reverse_kl(h @ w, th @ tw))
-      >>> print(bool(jnp.allclose(fused, naive, rtol=1e-5)))
-      True
-
-    References:
-      Gu et al., "MiniLLM: Knowledge Distillation of Large Language Models", 2024.
-"""
-)
-linear_jensen_shannon.__doc__ = (
-    r"""Generalized Jensen-Shannon divergence between teacher and student heads, fused.
-
-    .. math::
-        \mathrm{JSD}_\beta = \beta\, \mathrm{KL}(P \,\|\, M) + (1-\beta)\, \mathrm{KL}(Q \,\|\, M),
-        \quad M = \beta P + (1-\beta) Q
-
-    with :math:`P = \mathrm{softmax}(t/T)` the teacher (target) and
-    :math:`Q = \mathrm{softmax}(s/T)` the student, as :func:`jensen_shannon`. ``beta=0`` gives
-    the forward KL(teacher || student) and ``beta=1`` the reverse KL(student || teacher)
-    (the TRL / Liger-Kernel convention); ``beta=0.5`` is the symmetric JSD. ``beta`` lies in
-    [0, 1] and may be traced.
-"""
-    + _DISTILL_ARGS.replace(
-        "      temperature:",
-        "      beta: weight of the teacher in the mixture.\n      temperature:",
-    )
-    + """
-    Example:
-      >>> import jax, jax.numpy as jnp
-      >>> import infoloss_jax as il
-      >>> h, th = jax.random.normal(jax.random.key(0), (4, 8)), jnp.ones((4, 6))
-      >>> w = jax.random.normal(jax.random.key(1), (8, 30))
-      >>> tw = jax.random.normal(jax.random.key(2), (6, 30))
-      >>> fused = il.linear_jensen_shannon(h, w, th, tw, beta=0.3)
-      >>> naive = jnp.mean(il.jensen_shannon(h @ w, th @ tw, beta=0.3))
-      >>> print(bool(jnp.allclose(fused, naive, rtol=1e-5)))
-      True
-
-    References:
-      Agarwal et al., "On-Policy Distillation of Language Models: Learning from Self-Generated
-      Mistakes" (GKD), 2024.
-"""
-)
+_DISTILL_ARRAYS = ("hidden", "weight", "target_hidden", "target_weight", "mask", "kind", "beta")
+linear_forward_kl = _distillation("forward_kl")
+linear_reverse_kl = _distillation("reverse_kl")
+linear_jensen_shannon = _distillation("jensen_shannon")

@@ -18,8 +18,7 @@ global index ``>= vocab_size`` are excluded from every sum.
 from __future__ import annotations
 
 import functools
-import inspect
-from typing import cast
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -32,16 +31,23 @@ from jax.sharding import PartitionSpec as P
 from . import _blockwise
 from ._blockwise import AxisName, Operands
 from ._fused import (
-    accumulation,
-    check_two_heads,
-    head_sizes,
-    run_cross_entropy,
-    run_divergence,
-    token_mask,
+    DIVERGENCES,
+    check_labels,
+    cross_entropy_ops,
+    distillation,
+    distillation_ops,
+    run,
 )
-from ._loss_spec import make_spec, poison
+from ._log_probs import _check_with_entropy as check_with_entropy
+from ._log_probs import _outputs as token_outputs
 from ._typing import ArrayLike
-from ._validation import as_float_array, as_integer_array, check_reduction, describe
+from ._validation import (
+    as_float_array,
+    as_where,
+    check_reduction,
+    check_same_shape,
+    describe,
+)
 
 
 # ------------------------------------------------------------------------------ mesh checks
@@ -71,94 +77,86 @@ def _require_split(x, name: str, axis) -> None:
         )
 
 
-def _vocab_layout(local: int, axis_size: int, vocab_size, what: str, axis) -> int:
-    """Checks the shard size against the mesh; returns the true (unpadded) vocabulary size."""
-    if vocab_size is None:
-        return local * axis_size
-    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size <= 0:
-        raise ValueError(f"`vocab_size` must be a positive int or None; got {vocab_size!r}.")
-    expected = -(-vocab_size // axis_size)
-    if local != expected:
-        raise ValueError(
-            f"{what} holds {local} classes per device, but `vocab_size`={vocab_size} over the "
-            f"{axis_size} devices of mesh axis {axis!r} needs ceil({vocab_size}/{axis_size}) = "
-            f"{expected} per device (the vocabulary padded to {expected * axis_size})."
-        )
-    return vocab_size
-
-
-def _mesh_setup(x, x_name, local, vocab_axis, vocab_size, data_axis, fn, *more):
-    d = _axis_size(vocab_axis, "vocab_axis", fn)
-    vocab = _vocab_layout(local, d, vocab_size, f"`{x_name}`", vocab_axis)
-    for arr, name in ((x, x_name), *more):
-        _require_split(arr, name, vocab_axis)
+def _mesh_setup(fn: str, kw: dict, ops: Operands) -> dict:
+    """Pops the mesh arguments of ``kw`` (inside shard_map) and checks them against the slices
+    in ``ops``; returns the mesh keywords of :func:`._fused.run`."""
+    axis, vocab_size = kw.pop("vocab_axis"), kw.pop("vocab_size")
+    data_axis = kw.pop("data_axis", None)  # the token log-probs reduce nothing
+    if ops.w is None:
+        local, shards = ops.x.shape[1], {"logits_shard": ops.x, "target_logits_shard": ops.th}
+    else:
+        local = ops.w.shape[1 if kw["weight_layout"] == "dv" else 0]
+        shards = {"weight_shard": ops.w, "target_weight_shard": ops.tw}
+    d = _axis_size(axis, "vocab_axis", fn)
+    if vocab_size is not None:
+        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size <= 0:
+            raise ValueError(f"`vocab_size` must be a positive int or None; got {vocab_size!r}.")
+        expected = -(-vocab_size // d)
+        if local != expected:
+            raise ValueError(
+                f"`{next(iter(shards))}` holds {local} classes per device, but `vocab_size`="
+                f"{vocab_size} over the {d} devices of mesh axis {axis!r} needs "
+                f"ceil({vocab_size}/{d}) = {expected} per device (the vocabulary padded to "
+                f"{expected * d})."
+            )
+    for name, x in shards.items():
+        if x is not None:
+            _require_split(x, name, axis)
     if data_axis is not None:
         _axis_size(data_axis, "data_axis", fn)
-    return d, vocab
+    return dict(axis=axis, axis_size=d, vocab_size=vocab_size, data_axis=data_axis)
 
 
 # ------------------------------------------------------------------------------ on logits
-def _class_mask(where, shape):
-    if where is None:
-        return None
-    where = jnp.asarray(where)
-    if where.dtype != jnp.bool_:
-        raise TypeError(f"`where` must be a boolean class mask; got {describe(where)}.")
-    try:
-        where = jnp.broadcast_to(where, shape)
-    except ValueError as err:
-        raise ValueError(
-            f"`where` {describe(where)} is not broadcastable to the logits slice {list(shape)}."
-        ) from err
-    return where.reshape(-1, shape[-1])
-
-
-def _run_logits(
-    kind, logits, other, *, vocab_axis, where, vocab_size, options, reduction, data_axis, fn
-):
-    """The vocabulary-parallel loss on logits slices: one tile per device."""
-    logits = as_float_array(logits, "logits_shard")
-    check_reduction(reduction)
-    if kind == "cross_entropy":
-        labels = as_integer_array(other, "labels")
-        if logits.ndim < 1 or labels.shape != logits.shape[:-1]:
-            raise ValueError(
-                f"`labels` must have the shape of `logits_shard` without its last (vocabulary) "
-                f"axis; got `logits_shard` {describe(logits)} and `labels` {describe(labels)}."
-            )
-        teacher, more = None, ()
+def _logits_ops(logits, other, where, names):
+    """The validated Operands of a loss on logits (slices or whole arrays), and the token shape."""
+    logits = as_float_array(logits, names[0])
+    if logits.ndim < 1:
+        raise ValueError(f"`{names[0]}` must have a vocabulary axis; got {describe(logits)}.")
+    labels = teacher = None
+    if names[1] == "labels":
+        labels = check_labels(other, logits, names[0]).reshape(-1)
     else:
-        teacher = as_float_array(other, "target_logits_shard")
-        if logits.ndim < 1 or logits.shape != teacher.shape:
-            raise ValueError(
-                f"`logits_shard` and `target_logits_shard` must have the same shape; got "
-                f"{describe(logits)} and {describe(teacher)}."
-            )
-        labels, more = None, ((teacher, "target_logits_shard"),)
-    local = logits.shape[-1]
-    d, vocab = _mesh_setup(
-        logits, "logits_shard", local, vocab_axis, vocab_size, data_axis, fn, *more
-    )
-    lead = logits.shape[:-1]
-    n = int(np.prod(lead, dtype=np.int64))
-    acc = accumulation(jnp.float32, logits, *([] if teacher is None else [teacher]))
-    spec, coefs, ok = make_spec(kind, vocab, acc, **options)
-    cfg = _blockwise.Config(
-        spec, _blockwise.Blocks(max(n, 1), local), "auto", vocab_axis, vocab != local * d
-    )
-    ops = Operands(
-        logits.reshape(n, local),
-        None,
-        None,
-        None if teacher is None else teacher.reshape(n, local),
-        None,
-        None if labels is None else labels.reshape(n).astype(jnp.int32),
-        None,
-        _class_mask(where, logits.shape),
-        None,
-    )
-    out = cast(_blockwise.Out, _blockwise.blockwise(cfg, ops, coefs))  # its type is lost in partial
-    return poison(_blockwise.reduce_rows(out, reduction, lead, data_axis), ok)
+        teacher = as_float_array(other, names[1])
+        check_same_shape(logits, names[0], teacher, names[1])
+    n, v = int(np.prod(logits.shape[:-1], dtype=np.int64)), logits.shape[-1]
+    th = None if teacher is None else teacher.reshape(n, v)
+    mask = as_where(where, logits.shape, names[0])
+    mask = None if mask is None else mask.reshape(n, v)
+    ops = Operands(logits.reshape(n, v), None, None, th, None, labels, None, mask, None)
+    return ops, logits.shape[:-1]
+
+
+def _ops(kw, suffix):
+    """Pops the array arguments of a ``vocab_parallel_*`` loss from ``kw``, its arguments (named
+    ``*_shard`` inside shard_map, ``suffix="_shard"``, and without it on a mesh); returns their
+    validated Operands and the token shape."""
+    logits, weight = "logits" + suffix, "weight" + suffix
+    if logits in kw:
+        names = (logits, "labels" if "labels" in kw else "target_logits" + suffix)
+        other = kw.pop(names[1])
+        return _logits_ops(kw.pop(logits), other, kw.pop("where", None), names)
+    if "labels" in kw:
+        names = ("hidden", weight, "bias" + suffix)
+        head = (kw.pop("hidden"), kw.pop("labels"), kw.pop(weight), kw.pop(names[2]))
+        return cross_entropy_ops(*head, None, kw["weight_layout"], names, kw.pop("mask", None))
+    names = ("hidden", weight, "target_hidden", "target_" + weight)
+    h, w, th, tw = (kw.pop(k) for k in names)
+    return distillation_ops(h, w, th, tw, kw.pop("mask"), kw["weight_layout"], names)
+
+
+def _run_shards(kind, fn, kw) -> Any:  # a loss, or the log-probs (and entropies)
+    """A ``vocab_parallel_*`` function inside shard_map from its public function's arguments."""
+    kw = {k: v for k, v in kw.items() if k not in ("kind", "name", "beta")} | kw.get("beta", {})
+    ops, lead = _ops(kw, "_shard")
+    kw.update(_mesh_setup(fn, kw, ops))
+    if kind != "log_probs":
+        return run(kind, ops, lead, **kw)[0]
+    # The token log-probabilities are the cross-entropy rows read the other way round.
+    with_entropy = check_with_entropy(kw.pop("with_entropy"))
+    _, out, _, _, ok = run("cross_entropy", ops, lead, reduction="none", entropy=with_entropy, **kw)
+    entropy = None if out.entropy is None else out.entropy.reshape(lead)
+    return token_outputs(-out.loss.reshape(lead), entropy, with_entropy, ok)
 
 
 def vocab_parallel_cross_entropy(
@@ -234,29 +232,13 @@ def vocab_parallel_cross_entropy(
       Shoeybi et al., "Megatron-LM: Training Multi-Billion Parameter Language Models Using Model
       Parallelism", 2019 (vocab-parallel cross-entropy).
     """
-    options = dict(
-        ignore_index=ignore_index,
-        label_smoothing=label_smoothing,
-        z_loss=z_loss,
-        logit_softcap=logit_softcap,
-    )
-    return _run_logits(
-        "cross_entropy",
-        logits_shard,
-        labels,
-        vocab_axis=vocab_axis,
-        where=where,
-        vocab_size=vocab_size,
-        options=options,
-        reduction=reduction,
-        data_axis=data_axis,
-        fn="vocab_parallel_cross_entropy",
-    )
+    return _run_shards("cross_entropy", "vocab_parallel_cross_entropy", locals())
 
 
 _DISTILL_DOC = """
-    Call it **inside** ``jax.shard_map``: ``logits_shard`` (student) and ``target_logits_shard``
-    (teacher) are this device's ``[..., V_local]`` slices of logits split along ``vocab_axis``.
+    Equals :func:`infoloss_jax.{core}` on the gathered logits. Call it **inside**
+    ``jax.shard_map``: ``logits_shard`` (student) and ``target_logits_shard`` (teacher) are this
+    device's ``[..., V_local]`` slices of logits split along ``vocab_axis``.
     The collectives over ``vocab_axis`` are one ``pmax`` and one ``psum`` (two of each for the
     Jensen-Shannon divergence); no device holds a full vocabulary row. Gradients flow to both
     inputs (wrap the teacher in ``jax.lax.stop_gradient`` to freeze it); a class ``-inf`` in
@@ -286,11 +268,15 @@ _DISTILL_DOC = """
       ...     mesh=mesh, in_specs=P(None, "vocab"), out_specs=P())
       >>> print(round(float(kl(jnp.array([[0.5, 0.5]]), jnp.array([[0.2, 0.8]]))[0]), 6))
       {value}
+
+    References:
+      {refs}
 """
-_BETA_DOC = "\n      beta: weight of the teacher in the mixture, in [0, 1] (may be traced)."
+# The value of each divergence in the examples below (the same logits on every path).
+_EXAMPLE = {"forward_kl": "0.043053", "reverse_kl": "0.044341", "jensen_shannon": "0.010881"}
 
 
-def _logits_divergence(kind, name, head, value):
+def _logits_divergence(kind):
     def fn(
         logits_shard: ArrayLike,
         target_logits_shard: ArrayLike,
@@ -303,95 +289,16 @@ def _logits_divergence(kind, name, head, value):
         data_axis: AxisName | None = None,
         **beta,
     ) -> jax.Array:
-        return _run_logits(
-            kind,
-            logits_shard,
-            target_logits_shard,
-            vocab_axis=vocab_axis,
-            where=where,
-            vocab_size=vocab_size,
-            options=dict(temperature=temperature, **beta),
-            reduction=reduction,
-            data_axis=data_axis,
-            fn=name,
-        )
+        return _run_shards(kind, f"vocab_parallel_{kind}", locals())
 
-    beta_doc = _BETA_DOC if kind == "jensen_shannon" else ""
-    return _named(fn, kind, name, head + _DISTILL_DOC.format(beta=beta_doc, name=name, value=value))
+    suffix = "with the vocabulary split over a mesh axis."
+    name = f"vocab_parallel_{kind}"
+    return distillation(fn, kind, name, suffix, _DISTILL_DOC, value=_EXAMPLE[kind])
 
 
-def _named(fn, kind, name, doc):
-    """Names ``fn``; its ``**beta`` becomes a keyword ``beta=0.5`` for the JSD, none otherwise."""
-    fn.__name__ = fn.__qualname__ = name
-    fn.__doc__ = doc
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        if kind != "jensen_shannon" and "beta" in kwargs:
-            raise TypeError(f"{name}() got an unexpected keyword argument 'beta'")
-        return fn(*args, **kwargs)
-
-    params = [p for p in inspect.signature(fn).parameters.values() if p.kind != p.VAR_KEYWORD]
-    if kind == "jensen_shannon":
-        at = next(i for i, p in enumerate(params) if p.name == "temperature")
-        params.insert(
-            at,
-            inspect.Parameter(
-                "beta", inspect.Parameter.KEYWORD_ONLY, default=0.5, annotation=float
-            ),
-        )
-    signature = inspect.signature(fn).replace(parameters=params)
-    wrapper.__signature__ = signature  # pyright: ignore[reportAttributeAccessIssue]  # not in the stubs
-    wrapper.__name__ = wrapper.__qualname__ = name
-    wrapper.__doc__ = doc
-    return _blockwise.reraise_jvp(name)(wrapper)
-
-
-vocab_parallel_forward_kl = _logits_divergence(
-    "forward_kl",
-    "vocab_parallel_forward_kl",
-    r"""Forward KL, KL(teacher || student), with the vocabulary split over a mesh axis.
-
-    .. math::
-
-        \mathrm{KL}(P \,\|\, Q) = \sum_k p_k (\log p_k - \log q_k),
-        \quad P = \mathrm{softmax}(\text{target} / T),\ Q = \mathrm{softmax}(\text{logits} / T).
-
-    Equals :func:`infoloss_jax.forward_kl` on the gathered logits (mean-seeking distillation).
-""",
-    "0.043053",
-)
-vocab_parallel_reverse_kl = _logits_divergence(
-    "reverse_kl",
-    "vocab_parallel_reverse_kl",
-    r"""Reverse KL, KL(student || teacher), with the vocabulary split over a mesh axis.
-
-    .. math::
-
-        \mathrm{KL}(Q \,\|\, P) = \sum_k q_k (\log q_k - \log p_k),
-        \quad Q = \mathrm{softmax}(\text{logits} / T),\ P = \mathrm{softmax}(\text{target} / T).
-
-    Equals :func:`infoloss_jax.reverse_kl` on the gathered logits (mode-seeking distillation).
-""",
-    "0.044341",
-)
-vocab_parallel_jensen_shannon = _logits_divergence(
-    "jensen_shannon",
-    "vocab_parallel_jensen_shannon",
-    r"""Generalized Jensen-Shannon divergence between teacher and student, vocabulary sharded.
-
-    .. math::
-
-        \mathrm{JS}_\beta = \beta\,\mathrm{KL}(P \,\|\, M) + (1 - \beta)\,\mathrm{KL}(Q \,\|\, M),
-        \quad M = \beta P + (1 - \beta) Q,
-
-    with ``P = softmax(target / T)`` the teacher and ``Q = softmax(logits / T)`` the student.
-    ``beta=0`` returns the forward KL(P || Q) and ``beta=1`` the reverse KL(Q || P) (the TRL /
-    Liger-Kernel convention), as :func:`infoloss_jax.jensen_shannon` does (keyword ``beta``,
-    default 0.5).
-""",
-    "0.010881",
-)
+vocab_parallel_forward_kl = _logits_divergence("forward_kl")
+vocab_parallel_reverse_kl = _logits_divergence("reverse_kl")
+vocab_parallel_jensen_shannon = _logits_divergence("jensen_shannon")
 
 
 # ------------------------------------------------------------------------------ linear heads
@@ -474,29 +381,7 @@ def vocab_parallel_linear_cross_entropy(
       Shoeybi et al., "Megatron-LM", 2019; Wijmans et al., "Cut Your Losses in Large-Vocabulary
       Language Models", 2024 (blockwise fused cross-entropy).
     """
-    kw = dict(locals())
-    w = as_float_array(kw.pop("weight_shard"), "weight_shard")
-    kw.update(_mesh_kw(kw, w, "vocab_parallel_linear_cross_entropy"), bias=kw.pop("bias_shard"))
-    loss = run_cross_entropy(
-        kw.pop("hidden"), kw.pop("labels"), w, names=("hidden", "weight_shard", "bias_shard"), **kw
-    )
-    return cast(jax.Array, loss)  # no return_aux here: the loss alone
-
-
-def _mesh_kw(kw, weight, fn, *more):
-    """axis, axis_size, vocab_size and data_axis of a linear head's slice inside shard_map."""
-    _, local = head_sizes(
-        as_float_array(kw["hidden"], "hidden"),
-        weight,
-        kw["weight_layout"],
-        "hidden",
-        "weight_shard",
-    )
-    axis, data_axis = kw.pop("vocab_axis"), kw.pop("data_axis")
-    d, vocab = _mesh_setup(
-        weight, "weight_shard", local, axis, kw.pop("vocab_size"), data_axis, fn, *more
-    )
-    return dict(axis=axis, axis_size=d, vocab_size=vocab, data_axis=data_axis)
+    return _run_shards("cross_entropy", "vocab_parallel_linear_cross_entropy", locals())
 
 
 _LINEAR_DISTILL_DOC = """
@@ -540,10 +425,15 @@ _LINEAR_DISTILL_DOC = """
       >>> teacher_w = jnp.array([[0.2, 0.8], [0.0, 0.0]])
       >>> print(round(float(loss(h, w, h, teacher_w)), 6))
       {value}
+
+    References:
+      {refs}
 """
 
 
-def _linear_divergence(kind, name, head, value):
+def _linear_divergence(kind):
+    name = f"vocab_parallel_linear_{kind}"
+
     def fn(
         hidden: ArrayLike,
         weight_shard: ArrayLike,
@@ -562,58 +452,158 @@ def _linear_divergence(kind, name, head, value):
         backward: str = "auto",
         **beta,
     ) -> jax.Array:
-        kw = {k: v for k, v in locals().items() if k not in ("kind", "name", "beta")} | beta
-        w = as_float_array(kw.pop("weight_shard"), "weight_shard")
-        tw = as_float_array(kw.pop("target_weight_shard"), "target_weight_shard")
-        kw.update(_mesh_kw(kw, w, name, (tw, "target_weight_shard")))
-        names = ("hidden", "weight_shard", "target_hidden", "target_weight_shard")
-        h, th = kw.pop("hidden"), kw.pop("target_hidden")
-        return run_divergence(kind, h, w, th, tw, names=names, **kw)
+        return _run_shards(kind, name, locals())
 
-    beta_doc = _BETA_DOC if kind == "jensen_shannon" else ""
-    doc = head + _LINEAR_DISTILL_DOC.format(beta=beta_doc, name=name, value=value)
-    return _named(fn, kind, name, doc)
+    suffix = "of two LM heads, the vocabulary split over a mesh axis."
+    return distillation(fn, kind, name, suffix, _LINEAR_DISTILL_DOC, value=_EXAMPLE[kind])
 
 
-vocab_parallel_linear_forward_kl = _linear_divergence(
-    "forward_kl",
-    "vocab_parallel_linear_forward_kl",
-    r"""Forward KL(teacher || student) of two LM heads, vocabulary split over a mesh axis.
+vocab_parallel_linear_forward_kl = _linear_divergence("forward_kl")
+vocab_parallel_linear_reverse_kl = _linear_divergence("reverse_kl")
+vocab_parallel_linear_jensen_shannon = _linear_divergence("jensen_shannon")
 
-    .. math::
 
-        \mathrm{KL}(P \,\|\, Q), \quad P = \mathrm{softmax}(h_t W_t / T),\
-        Q = \mathrm{softmax}(h W / T).
-""",
-    "0.043053",
-)
-vocab_parallel_linear_reverse_kl = _linear_divergence(
-    "reverse_kl",
-    "vocab_parallel_linear_reverse_kl",
-    r"""Reverse KL(student || teacher) of two LM heads, vocabulary split over a mesh axis.
+# ------------------------------------------------------------------------------ token log-probs
+def vocab_parallel_log_probs(
+    logits_shard: ArrayLike,
+    labels: ArrayLike,
+    *,
+    vocab_axis: AxisName,
+    where: ArrayLike | None = None,
+    vocab_size: int | None = None,
+    temperature: float = 1.0,
+    logit_softcap: float | None = None,
+    with_entropy: bool = False,
+    ignore_index: int | None = None,
+) -> jax.Array | tuple[jax.Array, jax.Array]:
+    r"""Per-token log-probability of the label (and entropy), the vocabulary split over a mesh axis.
 
-    .. math::
-
-        \mathrm{KL}(Q \,\|\, P), \quad Q = \mathrm{softmax}(h W / T),\
-        P = \mathrm{softmax}(h_t W_t / T).
-""",
-    "0.044341",
-)
-vocab_parallel_linear_jensen_shannon = _linear_divergence(
-    "jensen_shannon",
-    "vocab_parallel_linear_jensen_shannon",
-    r"""Generalized Jensen-Shannon divergence of two LM heads, vocabulary split over a mesh axis.
+    Call it **inside** ``jax.shard_map``. Each device passes its ``[..., V_local]`` slice of the
+    logits, device ``i`` holding classes ``[i * V_local, (i + 1) * V_local)``. The result equals
+    :func:`infoloss_jax.log_probs` on the gathered logits, without gathering them:
 
     .. math::
+        \log q(y) = z_y - \log \sum_k e^{z_k}, \qquad H(q) = -\sum_k q_k \log q_k, \qquad
+        z = \frac{s \tanh(\ell / s)}{T},
 
-        \beta\,\mathrm{KL}(P \,\|\, M) + (1 - \beta)\,\mathrm{KL}(Q \,\|\, M),
-        \quad M = \beta P + (1 - \beta) Q,
+    with the soft cap :math:`s` (optional) applied to the raw logits :math:`\ell` before the
+    temperature :math:`T`. These are the cross-entropy rows of
+    :func:`vocab_parallel_cross_entropy` read the other way round: one ``pmax`` and one fused
+    ``psum`` per token over ``vocab_axis`` (the entropy adds one number to it). Gradients flow
+    from both outputs and are recomputed in the backward pass from the saved statistics, with
+    no collective; forward mode (``jax.jvp``) is unsupported. A ``-inf`` logit (or
+    ``where=False``) excludes a class; a label on an excluded class has log-probability
+    ``-inf``.
 
-    teacher ``P``, student ``Q``; ``beta=0`` is the forward KL(P || Q) and ``beta=1`` the
-    reverse KL(Q || P), as in :func:`infoloss_jax.jensen_shannon` (keyword ``beta``, default 0.5).
-""",
-    "0.010881",
-)
+    Args:
+      logits_shard: ``[..., V_local]`` float logits, this device's vocabulary slice.
+      labels: ``[...]`` integer token ids, *global* class indices, the same on every device of
+        ``vocab_axis``. A label outside ``[0, vocab_size)`` that is not ``ignore_index`` gives
+        NaN in both outputs.
+      vocab_axis: the mesh axis (or tuple of axes) the vocabulary is split over.
+      where: optional boolean class mask broadcastable to ``logits_shard``: False excludes a class.
+      vocab_size: the true vocabulary size when it was padded up to a multiple of the axis size;
+        ``V_local`` must equal ``ceil(vocab_size / d)``.
+      temperature: :math:`T > 0` (may be traced).
+      logit_softcap: optional static cap :math:`s > 0`.
+      with_entropy: also return the per-token entropy :math:`H(q)` (nats).
+      ignore_index: label value whose tokens give 0 for both outputs and no gradient, or None.
+
+    Returns:
+      ``log_probs`` ``[...]`` (float32 for half-precision inputs), or ``(log_probs, entropy)``
+        with ``with_entropy=True``; identical on every device of ``vocab_axis``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from jax.sharding import PartitionSpec as P
+      >>> from infoloss_jax.sharded import vocab_parallel_log_probs
+      >>> mesh = jax.make_mesh((1,), ("vocab",), axis_types=(jax.sharding.AxisType.Auto,))
+      >>> fn = jax.shard_map(
+      ...     lambda z, y: vocab_parallel_log_probs(z, y, vocab_axis="vocab", with_entropy=True),
+      ...     mesh=mesh, in_specs=(P(None, "vocab"), P()), out_specs=P())
+      >>> lp, ent = fn(jnp.array([[2.0, 1.0, 0.0], [0.0, 0.0, -jnp.inf]]), jnp.array([0, 1]))
+      >>> print([round(float(v), 4) for v in lp], [round(float(v), 4) for v in ent])
+      [-0.4076, -0.6931] [0.8324, 0.6931]
+
+    References:
+      Shoeybi et al., "Megatron-LM", 2019 (vocab-parallel statistics); verl
+      ``logprobs_from_logits`` and ``entropy_from_logits``.
+    """
+    return _run_shards("log_probs", "vocab_parallel_log_probs", locals())
+
+
+def vocab_parallel_linear_log_probs(
+    hidden: ArrayLike,
+    labels: ArrayLike,
+    weight_shard: ArrayLike,
+    *,
+    vocab_axis: AxisName,
+    bias_shard: ArrayLike | None = None,
+    vocab_size: int | None = None,
+    temperature: float = 1.0,
+    logit_softcap: float | None = None,
+    with_entropy: bool = False,
+    ignore_index: int | None = None,
+    mask: ArrayLike | None = None,
+    weight_layout: str = "dv",
+    token_block_size: int | None = None,
+    vocab_block_size: int | None = None,
+    backward: str = "auto",
+) -> jax.Array | tuple[jax.Array, jax.Array]:
+    r"""Fused LM-head token log-probabilities (and entropy), the weight split along the vocabulary.
+
+    Call it **inside** ``jax.shard_map``. Computes :func:`vocab_parallel_log_probs` of
+    ``hidden @ weight + bias``, ``weight`` being the concatenation of the ``weight_shard``
+    slices along ``vocab_axis``, without ever storing the local ``[N, V_local]`` logits: this
+    is :func:`infoloss_jax.linear_log_probs` with its statistics all-reduced across the axis
+    (one ``pmax`` and one fused ``psum`` per token), and the hidden-state gradient summed over
+    it in the backward pass.
+
+    .. math::
+        \log q(y) = z_y - \log \sum_k e^{z_k}, \qquad H(q) = -\sum_k q_k \log q_k, \qquad
+        z = \frac{s \tanh((h W + b) / s)}{T}.
+
+    Gradients flow to ``hidden``, ``weight_shard`` and ``bias_shard`` from both outputs;
+    reverse mode only (a ``jax.custom_vjp``).
+
+    Args:
+      hidden: ``[..., D]`` hidden states, identical on every device of ``vocab_axis``.
+      labels: ``[...]`` integer global token ids.
+      weight_shard: this device's slice of the head weight, ``[D, V_local]`` or, with
+        ``weight_layout="vd"``, ``[V_local, D]``.
+      vocab_axis: the mesh axis (or axes) the vocabulary is split over.
+      bias_shard: optional ``[V_local]`` slice of the bias (a ``-inf`` entry excludes a class).
+      vocab_size: the true vocabulary size when the weight was padded to a multiple of the axis
+        size (padded classes are excluded).
+      temperature, logit_softcap, with_entropy, ignore_index: as in
+        :func:`vocab_parallel_log_probs`.
+      mask: optional boolean ``[...]`` per-token mask (False gives 0 and no gradient).
+      weight_layout: ``"dv"`` (default) or ``"vd"``; never inferred from the shape.
+      token_block_size, vocab_block_size: block sizes (positive ints) or None (automatic).
+      backward: ``"auto"`` (default), ``"one_pass"`` or ``"two_pass"``, as in
+        :func:`vocab_parallel_linear_cross_entropy`.
+
+    Returns:
+      ``log_probs`` with the shape of ``labels``, or ``(log_probs, entropy)``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from jax.sharding import PartitionSpec as P
+      >>> from infoloss_jax.sharded import vocab_parallel_linear_log_probs
+      >>> mesh = jax.make_mesh((1,), ("vocab",), axis_types=(jax.sharding.AxisType.Auto,))
+      >>> fn = jax.shard_map(
+      ...     lambda h, y, w: vocab_parallel_linear_log_probs(h, y, w, vocab_axis="vocab"),
+      ...     mesh=mesh, in_specs=(P(), P(), P(None, "vocab")), out_specs=P())
+      >>> hidden = jnp.array([[1.0, 0.0], [0.0, 1.0]])
+      >>> weight = jnp.array([[2.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+      >>> print([round(float(v), 4) for v in fn(hidden, jnp.array([0, 1]), weight)])
+      [-0.4076, -1.0986]
+
+    References:
+      Shoeybi et al., "Megatron-LM", 2019; Wijmans et al., "Cut Your Losses in Large-Vocabulary
+      Language Models", 2024; verl's and TRL's fused log-prob and entropy kernels.
+    """
+    return _run_shards("log_probs", "vocab_parallel_linear_log_probs", locals())
 
 
 # ------------------------------------------------------------------------------ on a mesh
@@ -634,50 +624,30 @@ def _mesh_axis_size(mesh: Mesh, axis, name: str, fn: str) -> int:
     return size
 
 
-def _static_items(options: dict) -> tuple:
-    """Options that select the program (hashable); array-valued ones travel as arguments."""
-    return tuple(sorted((k, v) for k, v in options.items() if not _is_array(v)))
-
-
 def _is_array(v) -> bool:
     return isinstance(v, jax.Array | np.ndarray | Tracer)
 
 
 @functools.lru_cache(maxsize=64)
-def _program(fn, mesh, vocab_axis, data_axis, roles, static, array_names, padded):
-    """The jitted shard_map of ``fn`` for one (mesh, options, argument roles): built once.
+def _program(fn, mesh, data_axis, roles, static, array_names, padded):
+    """The jitted shard_map of ``fn`` for one (mesh, options, arguments): built once.
 
-    ``roles`` says per positional argument how it is split: ``"rows"`` (tokens over the data
-    axis), ``"rows_vocab"`` (tokens and classes), ``"vocab_dv"``/``"vocab_vd"`` (a head weight)
-    or ``"vocab"`` (a per-class vector); a ``None`` role is absent.
+    ``roles`` gives each array argument's keyword, ``PartitionSpec`` and vocabulary dimension
+    (None if it has none); those are padded to ``padded`` classes when it is not 0.
     """
-    vocab_dim = {"rows_vocab": -1, "vocab_dv": 1, "vocab_vd": 0, "vocab": 0}
-    specs = {
-        "rows": P(data_axis),
-        "rows2": P(data_axis, None),
-        "rows_vocab": P(data_axis, vocab_axis),
-        "vocab_dv": P(None, vocab_axis),
-        "vocab_vd": P(vocab_axis, None),
-        "vocab": P(vocab_axis),
-    }
-    kinds = [r for r in roles if r is not None]
-    reduction = dict(static).get("reduction")
-    out_spec = P(data_axis) if reduction == "none" else P()
+    names = [k for k, _, _ in roles] + list(array_names)
 
     def local(*args):
-        arrays, extra = args[: len(kinds)], dict(zip(array_names, args[len(kinds) :], strict=True))
-        it = iter(arrays)
-        full = [None if r is None else next(it) for r in roles]
-        return fn(*full, **dict(static), **extra)
+        return fn(**dict(zip(names, args, strict=True)), **dict(static))
 
-    in_specs = tuple(specs[r] for r in kinds) + (P(),) * len(array_names)
+    in_specs = tuple(spec for _, spec, _ in roles) + (P(),) * len(array_names)
+    out_spec = P(data_axis) if dict(static).get("reduction", "none") == "none" else P()
     mapped = jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=out_spec)
 
     def run(*args):
         args = list(args)
-        for i, role in enumerate(kinds):
-            if role in vocab_dim and padded:
-                dim = vocab_dim[role] % args[i].ndim
+        for i, (_, _, dim) in enumerate(roles):
+            if dim is not None and padded:
                 pad = [(0, 0)] * args[i].ndim
                 pad[dim] = (0, padded - args[i].shape[dim])
                 args[i] = jnp.pad(args[i], pad)
@@ -686,32 +656,50 @@ def _program(fn, mesh, vocab_axis, data_axis, roles, static, array_names, padded
     return jax.jit(run)
 
 
-def _on_mesh(fn, name, mesh, vocab_axis, data_axis, vocab, lead, roles, args, options):
+# The keyword of each Operands field in the vocab_parallel_* losses (hidden or logits aside).
+_KEYWORDS = dict(
+    w="weight_shard", tw="target_weight_shard", b="bias_shard", labels="labels", mask="where"
+)
+
+
+def _on_mesh(fn, kw):
+    """``fn`` (a ``vocab_parallel_*`` loss) on whole arrays, from its ``*_on_mesh`` wrapper's
+    arguments ``kw``: tokens split over ``data_axis``, the vocabulary over ``vocab_axis``."""
+    kw = {k: v for k, v in kw.items() if k not in ("fn", "options")} | kw["options"]
+    mesh, vocab_axis, data_axis = kw.pop("mesh"), kw.pop("vocab_axis"), kw.pop("data_axis")
+    ops, lead = _ops(kw, "")
+    reduction = check_reduction(kw.get("reduction", "none"))
+    name = fn.__name__ + "_on_mesh"
     d = _mesh_axis_size(mesh, vocab_axis, "vocab_axis", name)
     dp = _mesh_axis_size(mesh, data_axis, "data_axis", name)
-    n = int(np.prod(lead, dtype=np.int64))
+    n = ops.x.shape[0]
     if n % dp:
         raise ValueError(
             f"The inputs hold {n} tokens, not a multiple of the {dp} devices of data axis "
             f"{data_axis!r}; pad the batch (with ignored labels) to a multiple of {dp}."
         )
-    padded = d * -(-vocab // d)
-    arrays = {k: v for k, v in options.items() if _is_array(v)}
-    static = _static_items(
-        dict(options, vocab_size=vocab, vocab_axis=vocab_axis, data_axis=data_axis)
-    )
-    program = _program(
-        fn,
-        mesh,
-        vocab_axis,
-        data_axis,
-        roles,
-        static,
-        tuple(arrays),
-        padded if padded != vocab else 0,
-    )
-    out = program(*(a for a in args if a is not None), *arrays.values())
-    return out.reshape(lead) if dict(static)["reduction"] == "none" else out
+    w_dim = 1 if kw.get("weight_layout", "dv") == "dv" else 0
+    vocab = ops.x.shape[1] if ops.w is None else ops.w.shape[w_dim]
+    vocab_dims = dict(x=1, th=1, mask=1) if ops.w is None else dict(w=w_dim, tw=w_dim, b=0)
+    x_name = "logits_shard" if ops.w is None else "hidden"
+    keywords = dict(_KEYWORDS, x=x_name, th=f"target_{x_name}", row_mask="mask")
+    roles, args = [], []
+    for f, x in ops._asdict().items():
+        if x is not None:
+            dims = [None if f in ("w", "tw", "b") else data_axis] + [None] * (x.ndim - 1)
+            if f in vocab_dims:
+                dims[vocab_dims[f]] = vocab_axis
+            roles.append((keywords[f], P(*dims), vocab_dims.get(f)))
+            args.append(x)
+    arrays = {k: v for k, v in kw.items() if _is_array(v)}
+    static = dict(kw, vocab_size=vocab, vocab_axis=vocab_axis)
+    if "reduction" in kw:  # exact over the tokens of every data shard (the log-probs have none)
+        static["data_axis"] = data_axis
+    static = tuple(sorted((k, v) for k, v in static.items() if k not in arrays))
+    padded = d * -(-vocab // d) if vocab % d else 0
+    program = _program(fn, mesh, data_axis, tuple(roles), static, tuple(arrays), padded)
+    out = program(*args, *arrays.values())
+    return jax.tree.map(lambda x: x.reshape(lead), out) if reduction == "none" else out
 
 
 def vocab_parallel_cross_entropy_on_mesh(
@@ -743,37 +731,7 @@ def vocab_parallel_cross_entropy_on_mesh(
       >>> print(round(float(loss), 4))
       0.67
     """
-    logits = as_float_array(logits, "logits")
-    labels = as_integer_array(labels, "labels")
-    check_reduction(reduction)
-    if logits.ndim < 1 or labels.shape != logits.shape[:-1]:
-        raise ValueError(
-            f"`labels` must have the shape of `logits` without its last (vocabulary) axis; got "
-            f"`logits` {describe(logits)} and `labels` {describe(labels)}."
-        )
-    vocab, lead = logits.shape[-1], labels.shape
-    where = options.pop("where", None)
-    roles = ("rows_vocab", "rows", "rows_vocab" if where is not None else None)
-    if where is not None:
-        where = jnp.broadcast_to(jnp.asarray(where), logits.shape).reshape(-1, vocab)
-    args = (logits.reshape(-1, vocab), labels.reshape(-1), where)
-    options = dict(options, reduction=reduction)
-    return _on_mesh(
-        _logits_ce_positional,
-        "vocab_parallel_cross_entropy_on_mesh",
-        mesh,
-        vocab_axis,
-        data_axis,
-        vocab,
-        lead,
-        roles,
-        args,
-        options,
-    )
-
-
-def _logits_ce_positional(z, y, where=None, **kw):
-    return vocab_parallel_cross_entropy(z, y, where=where, **kw)
+    return _on_mesh(vocab_parallel_cross_entropy, locals())
 
 
 def vocab_parallel_linear_cross_entropy_on_mesh(
@@ -809,43 +767,91 @@ def vocab_parallel_linear_cross_entropy_on_mesh(
       >>> print(round(float(loss), 4))
       0.67
     """
-    hidden = as_float_array(hidden, "hidden")
-    weight = as_float_array(weight, "weight")
-    labels = as_integer_array(labels, "labels")
-    check_reduction(reduction)
-    d_model, vocab = head_sizes(hidden, weight, weight_layout, "hidden", "weight")
-    if labels.shape != hidden.shape[:-1]:
-        raise ValueError(
-            f"`labels` must have the shape of `hidden` without its last axis; got `hidden` "
-            f"{describe(hidden)} and `labels` {describe(labels)}."
-        )
-    if bias is not None:
-        bias = as_float_array(bias, "bias")
-        if bias.shape != (vocab,):
-            raise ValueError(f"`bias` must have shape [V] = [{vocab}]; got {describe(bias)}.")
-    roles = ("rows2", "rows", f"vocab_{weight_layout}", "vocab" if bias is not None else None)
-    args = (hidden.reshape(-1, d_model), labels.reshape(-1), weight, bias)
-    options = dict(options, reduction=reduction, weight_layout=weight_layout)
-    return _on_mesh(
-        _linear_ce_positional,
-        "vocab_parallel_linear_cross_entropy_on_mesh",
-        mesh,
-        vocab_axis,
-        data_axis,
-        vocab,
-        labels.shape,
-        roles,
-        args,
-        options,
-    )
+    return _on_mesh(vocab_parallel_linear_cross_entropy, locals())
 
 
-def _linear_ce_positional(h, y, w, b=None, **kw):
-    return vocab_parallel_linear_cross_entropy(h, y, w, bias_shard=b, **kw)
+def vocab_parallel_log_probs_on_mesh(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    mesh: Mesh,
+    vocab_axis: AxisName,
+    data_axis: AxisName | None = None,
+    **options,
+) -> jax.Array | tuple[jax.Array, jax.Array]:
+    """:func:`vocab_parallel_log_probs` on whole ``[..., V]`` logits and a ``Mesh``.
+
+    Splits the tokens over ``data_axis`` (optional) and the vocabulary over ``vocab_axis``,
+    padding ``V`` up to a multiple of the vocabulary axis size (the padded classes are masked),
+    and builds the ``shard_map`` once per mesh, shapes and options. ``options`` are the keyword
+    options of :func:`vocab_parallel_log_probs` (where, temperature, logit_softcap,
+    with_entropy, ignore_index), with its defaults.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from infoloss_jax.sharded import vocab_parallel_log_probs_on_mesh
+      >>> mesh = jax.make_mesh((1,), ("vocab",), axis_types=(jax.sharding.AxisType.Auto,))
+      >>> logits = jnp.array([[2.0, 1.0, 0.0], [0.0, 0.0, -jnp.inf]])
+      >>> lp = vocab_parallel_log_probs_on_mesh(
+      ...     logits, jnp.array([0, 1]), mesh=mesh, vocab_axis="vocab", temperature=2.0)
+      >>> print([round(float(v), 4) for v in lp])
+      [-0.6803, -0.6931]
+    """
+    return _on_mesh(vocab_parallel_log_probs, locals())
 
 
-def _logits_divergence_on_mesh(fn, what):
-    name = fn.__name__ + "_on_mesh"
+def vocab_parallel_linear_log_probs_on_mesh(
+    hidden: ArrayLike,
+    labels: ArrayLike,
+    weight: ArrayLike,
+    *,
+    mesh: Mesh,
+    vocab_axis: AxisName,
+    data_axis: AxisName | None = None,
+    bias: ArrayLike | None = None,
+    mask: ArrayLike | None = None,
+    weight_layout: str = "dv",
+    **options,
+) -> jax.Array | tuple[jax.Array, jax.Array]:
+    """:func:`vocab_parallel_linear_log_probs` on a whole head weight and a ``Mesh``.
+
+    Splits the weight (and bias) over ``vocab_axis`` along its vocabulary dimension, padding
+    ``V`` to a multiple of its size (padded classes are masked), the tokens (and ``mask``) over
+    ``data_axis`` (optional), and builds the ``shard_map`` once per mesh, shapes and options.
+    ``options``: temperature, logit_softcap, with_entropy, ignore_index, token_block_size,
+    vocab_block_size, backward (that function's defaults).
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from infoloss_jax.sharded import vocab_parallel_linear_log_probs_on_mesh
+      >>> mesh = jax.make_mesh((1,), ("vocab",), axis_types=(jax.sharding.AxisType.Auto,))
+      >>> hidden = jnp.array([[1.0, 0.0], [0.0, 1.0]])
+      >>> weight = jnp.array([[2.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+      >>> lp, ent = vocab_parallel_linear_log_probs_on_mesh(
+      ...     hidden, jnp.array([0, 1]), weight, mesh=mesh, vocab_axis="vocab", with_entropy=True)
+      >>> print([round(float(v), 4) for v in ent])
+      [0.8324, 1.0986]
+    """
+    return _on_mesh(vocab_parallel_linear_log_probs, locals())
+
+
+def _mesh_wrapper(wrapper, fn, kind, inputs, options):
+    """Names ``wrapper`` as the ``*_on_mesh`` version of the divergence ``fn``; its docstring."""
+    what = DIVERGENCES[kind][0]
+    wrapper.__name__ = wrapper.__qualname__ = fn.__name__ + "_on_mesh"
+    wrapper.__doc__ = f""":func:`{fn.__name__}`, the {what[0].lower() + what[1:]}, on {inputs}.
+
+    Splits the tokens over ``data_axis`` (optional) and the vocabulary over ``vocab_axis``,
+    padding ``V`` up to a multiple of its size (the padded classes are masked), and builds the
+    ``shard_map`` once per mesh, shapes and options. The defaults are those of
+    :func:`{fn.__name__}`, ``reduction`` included; ``options``:
+    {options}.
+    """
+    return wrapper
+
+
+def _logits_mesh(fn):
+    kind = fn.__name__.removeprefix("vocab_parallel_")
 
     def wrapper(
         logits: ArrayLike,
@@ -857,51 +863,14 @@ def _logits_divergence_on_mesh(fn, what):
         reduction: str = "none",
         **options,
     ) -> jax.Array:
-        student = as_float_array(logits, "logits")
-        teacher = as_float_array(target_logits, "target_logits")
-        check_reduction(reduction)
-        if student.shape != teacher.shape or student.ndim < 1:
-            raise ValueError(
-                f"`logits` and `target_logits` must have the same shape; got {describe(student)} "
-                f"and {describe(teacher)}."
-            )
-        vocab = student.shape[-1]
-        where = options.pop("where", None)
-        if where is not None:
-            where = jnp.broadcast_to(jnp.asarray(where), student.shape).reshape(-1, vocab)
-        roles = ("rows_vocab", "rows_vocab", "rows_vocab" if where is not None else None)
-        args = (student.reshape(-1, vocab), teacher.reshape(-1, vocab), where)
-        return _on_mesh(
-            positional,
-            name,
-            mesh,
-            vocab_axis,
-            data_axis,
-            vocab,
-            student.shape[:-1],
-            roles,
-            args,
-            dict(options, reduction=reduction),
-        )
+        return _on_mesh(fn, locals())
 
-    positional = functools.partial(_divergence_positional, fn)
-    wrapper.__name__ = wrapper.__qualname__ = name
-    wrapper.__doc__ = (
-        f":func:`{fn.__name__}`, {what}, on whole ``[..., V]`` logits and a ``Mesh``.\n\n"
-        "    Pads ``V`` to a multiple of the ``vocab_axis`` size (masked), splits tokens over\n"
-        "    ``data_axis`` and the vocabulary over ``vocab_axis``; the ``shard_map`` is built\n"
-        "    once per mesh, shapes and options. ``options``: temperature, beta, where;\n"
-        '    the defaults are the wrapped function\'s, ``reduction="none"`` included.\n'
-    )
-    return wrapper
+    inputs = "whole ``[..., V]`` logits and a ``Mesh``"
+    return _mesh_wrapper(wrapper, fn, kind, inputs, "temperature, beta, where")
 
 
-def _divergence_positional(fn, s, t, where=None, **kw):
-    return fn(s, t, where=where, **kw)
-
-
-def _linear_divergence_on_mesh(fn, what):
-    name = fn.__name__ + "_on_mesh"
+def _linear_mesh(fn):
+    kind = fn.__name__.removeprefix("vocab_parallel_linear_")
 
     def wrapper(
         hidden: ArrayLike,
@@ -917,70 +886,16 @@ def _linear_divergence_on_mesh(fn, what):
         reduction: str = "mean",
         **options,
     ) -> jax.Array:
-        hidden = as_float_array(hidden, "hidden")
-        weight = as_float_array(weight, "weight")
-        target_hidden = as_float_array(target_hidden, "target_hidden")
-        target_weight = as_float_array(target_weight, "target_weight")
-        check_reduction(reduction)
-        names = ("hidden", "weight", "target_hidden", "target_weight")
-        heads = (hidden, weight, target_hidden, target_weight)
-        d_s, d_t, vocab, lead = check_two_heads(*heads, weight_layout, names)
-        mask = token_mask(mask, lead)
-        w_role = f"vocab_{weight_layout}"
-        roles = ("rows2", w_role, "rows2", w_role, "rows" if mask is not None else None)
-        args = (
-            hidden.reshape(-1, d_s),
-            weight,
-            target_hidden.reshape(-1, d_t),
-            target_weight,
-            mask,
-        )
-        options = dict(options, reduction=reduction, weight_layout=weight_layout)
-        return _on_mesh(
-            positional,
-            name,
-            mesh,
-            vocab_axis,
-            data_axis,
-            vocab,
-            lead,
-            roles,
-            args,
-            options,
-        )
+        return _on_mesh(fn, locals())
 
-    positional = functools.partial(_linear_divergence_positional, fn)
-    wrapper.__name__ = wrapper.__qualname__ = name
-    wrapper.__doc__ = (
-        f":func:`{fn.__name__}`, {what}, on whole heads and a ``Mesh``.\n\n"
-        "    Pads ``V`` to a multiple of the ``vocab_axis`` size (masked), splits the heads over\n"
-        "    ``vocab_axis`` along their vocabulary dimension and the tokens over ``data_axis``\n"
-        "    (optional); the ``shard_map`` is built once per mesh, shapes and options.\n"
-        "    ``options``: temperature, beta (Jensen-Shannon), token_block_size,\n"
-        "    vocab_block_size, backward (the wrapped function's defaults).\n"
-    )
-    return wrapper
+    inputs = "whole heads (split along their vocabulary dimension) and a ``Mesh``"
+    options = "temperature, beta (Jensen-Shannon), token_block_size, vocab_block_size, backward"
+    return _mesh_wrapper(wrapper, fn, kind, inputs, options)
 
 
-def _linear_divergence_positional(fn, h, w, th, tw, mask=None, **kw):
-    return fn(h, w, th, tw, mask=mask, **kw)
-
-
-vocab_parallel_forward_kl_on_mesh = _logits_divergence_on_mesh(
-    vocab_parallel_forward_kl, "KL(teacher || student)"
-)
-vocab_parallel_reverse_kl_on_mesh = _logits_divergence_on_mesh(
-    vocab_parallel_reverse_kl, "KL(student || teacher)"
-)
-vocab_parallel_jensen_shannon_on_mesh = _logits_divergence_on_mesh(
-    vocab_parallel_jensen_shannon, "the generalized Jensen-Shannon divergence"
-)
-vocab_parallel_linear_forward_kl_on_mesh = _linear_divergence_on_mesh(
-    vocab_parallel_linear_forward_kl, "KL(teacher || student)"
-)
-vocab_parallel_linear_reverse_kl_on_mesh = _linear_divergence_on_mesh(
-    vocab_parallel_linear_reverse_kl, "KL(student || teacher)"
-)
-vocab_parallel_linear_jensen_shannon_on_mesh = _linear_divergence_on_mesh(
-    vocab_parallel_linear_jensen_shannon, "the generalized Jensen-Shannon divergence"
-)
+vocab_parallel_forward_kl_on_mesh = _logits_mesh(vocab_parallel_forward_kl)
+vocab_parallel_reverse_kl_on_mesh = _logits_mesh(vocab_parallel_reverse_kl)
+vocab_parallel_jensen_shannon_on_mesh = _logits_mesh(vocab_parallel_jensen_shannon)
+vocab_parallel_linear_forward_kl_on_mesh = _linear_mesh(vocab_parallel_linear_forward_kl)
+vocab_parallel_linear_reverse_kl_on_mesh = _linear_mesh(vocab_parallel_linear_reverse_kl)
+vocab_parallel_linear_jensen_shannon_on_mesh = _linear_mesh(vocab_parallel_linear_jensen_shannon)

@@ -30,10 +30,16 @@ from ._sharded import vocab_parallel_linear_jensen_shannon as vocab_parallel_lin
 from ._sharded import (
     vocab_parallel_linear_jensen_shannon_on_mesh as vocab_parallel_linear_jensen_shannon_on_mesh,
 )
+from ._sharded import vocab_parallel_linear_log_probs as vocab_parallel_linear_log_probs
+from ._sharded import (
+    vocab_parallel_linear_log_probs_on_mesh as vocab_parallel_linear_log_probs_on_mesh,
+)
 from ._sharded import vocab_parallel_linear_reverse_kl as vocab_parallel_linear_reverse_kl
 from ._sharded import (
     vocab_parallel_linear_reverse_kl_on_mesh as vocab_parallel_linear_reverse_kl_on_mesh,
 )
+from ._sharded import vocab_parallel_log_probs as vocab_parallel_log_probs
+from ._sharded import vocab_parallel_log_probs_on_mesh as vocab_parallel_log_probs_on_mesh
 from ._sharded import vocab_parallel_reverse_kl as vocab_parallel_reverse_kl
 from ._sharded import vocab_parallel_reverse_kl_on_mesh as vocab_parallel_reverse_kl_on_mesh
 
@@ -50,8 +56,12 @@ __all__ = [
     "vocab_parallel_linear_forward_kl_on_mesh",
     "vocab_parallel_linear_jensen_shannon",
     "vocab_parallel_linear_jensen_shannon_on_mesh",
+    "vocab_parallel_linear_log_probs",
+    "vocab_parallel_linear_log_probs_on_mesh",
     "vocab_parallel_linear_reverse_kl",
     "vocab_parallel_linear_reverse_kl_on_mesh",
+    "vocab_parallel_log_probs",
+    "vocab_parallel_log_probs_on_mesh",
     "vocab_parallel_reverse_kl",
     "vocab_parallel_reverse_kl_on_mesh",
 ]

@@ -271,6 +271,14 @@ SHARDED = {
             HIDDEN, HEAD, TARGET_HIDDEN, TARGET_HEAD, mesh=_mesh(), **MESH_ARGS
         )
     ),
+    "sharded.vocab_parallel_log_probs_on_mesh": lambda: sharded.vocab_parallel_log_probs_on_mesh(
+        TOKEN_LOGITS, TOKEN_LABELS, mesh=_mesh(), temperature=0.7, with_entropy=True, **MESH_ARGS
+    )[1],
+    "sharded.vocab_parallel_linear_log_probs_on_mesh": lambda: (
+        sharded.vocab_parallel_linear_log_probs_on_mesh(
+            HIDDEN, TOKEN_LABELS, HEAD, mesh=_mesh(), logit_softcap=5.0, **MESH_ARGS
+        )
+    ),
 }
 
 POST_TRAINING = {

@@ -389,6 +389,120 @@ def test_linear_cross_entropy_check_grads():
     check_grads(fn, (hidden, weight, bias), order=1, modes=["rev"])
 
 
+# ------------------------------------------------------------------------ token log-probs
+
+
+def _log_prob_inputs(seed=3):
+    """Logits with an excluded class (-inf, never a label), ignored tokens, random cotangents."""
+    logits, _, hidden, weight, bias, labels = make_inputs(seed=seed)
+    labels = jnp.where(labels == 4, 5, labels)
+    rng = np.random.default_rng(seed)
+    cotangents = tuple(jnp.asarray(rng.normal(size=(N,))) for _ in range(2))
+    return (
+        logits.at[:, 4].set(-jnp.inf),
+        hidden,
+        weight,
+        bias.at[4].set(-jnp.inf),
+        labels,
+        cotangents,
+    )
+
+
+LOG_PROB_OPTIONS = dict(temperature=0.7, logit_softcap=4.0, ignore_index=IGNORE)
+
+
+def core_log_probs(logits, labels, **options):
+    return il.log_probs(logits, labels, with_entropy=True, **LOG_PROB_OPTIONS, **options)
+
+
+def weighted(outputs, cotangents):
+    return sum(jnp.sum(c * o) for o, c in zip(outputs, cotangents, strict=True))
+
+
+def test_log_probs_match_core_inside_shard_map_and_on_mesh():
+    mesh = make_mesh("2x4")
+    logits, _, _, _, labels, cts = _log_prob_inputs()
+    size = padded_size(mesh)
+
+    def local(z, y):
+        return sharded.vocab_parallel_log_probs(
+            z, y, vocab_axis="model", vocab_size=V, with_entropy=True, **LOG_PROB_OPTIONS
+        )
+
+    specs = (P("data", "model"), P("data"))
+    inside = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=P("data")))
+
+    def on_mesh(z):
+        return sharded.vocab_parallel_log_probs_on_mesh(
+            z,
+            labels,
+            mesh=mesh,
+            vocab_axis="model",
+            data_axis="data",
+            with_entropy=True,
+            **LOG_PROB_OPTIONS,
+        )
+
+    expected = core_log_probs(logits, labels)
+    assert float(expected[0][0]) == 0.0 and float(expected[1][0]) == 0.0  # an ignored token
+    ref_grad = jax.grad(lambda z: weighted(core_log_probs(z, labels), cts))(logits)
+    for out, grad in [
+        (inside(pad_vocab(logits, size), labels), None),
+        (on_mesh(logits), jax.grad(lambda z: weighted(on_mesh(z), cts))(logits)),
+    ]:
+        assert_close(out[0], expected[0])
+        assert_close(out[1], expected[1])
+        if grad is not None:
+            assert_close(grad, ref_grad)
+    grad = jax.grad(lambda z: weighted(inside(z, labels), cts))(pad_vocab(logits, size))
+    assert_close(grad[:, :V], ref_grad)
+    # Without the entropy: the log-probs alone; a label on the excluded class gives -inf.
+    alone = sharded.vocab_parallel_log_probs_on_mesh(
+        logits, labels.at[3].set(4), mesh=mesh, vocab_axis="model", temperature=0.7
+    )
+    assert_close(alone, il.log_probs(logits, labels.at[3].set(4), temperature=0.7))
+    assert float(alone[3]) == -np.inf
+
+
+@pytest.mark.parametrize("layout", ["dv", "vd"])
+def test_linear_log_probs_match_core(layout):
+    mesh = make_mesh("4x2")
+    _, hidden, weight, bias, labels, cts = _log_prob_inputs(seed=4)
+    mask = jnp.arange(N) % 3 != 1
+
+    def fn(h, w, b):
+        return sharded.vocab_parallel_linear_log_probs_on_mesh(
+            h,
+            labels,
+            w if layout == "dv" else w.T,
+            bias=b,
+            mask=mask,
+            weight_layout=layout,
+            mesh=mesh,
+            vocab_axis="model",
+            data_axis="data",
+            with_entropy=True,
+            vocab_block_size=2,
+            **LOG_PROB_OPTIONS,
+        )
+
+    def ref(h, w, b):
+        outs = core_log_probs(h @ w + b, labels)
+        return tuple(jnp.where(mask, o, 0.0) for o in outs)
+
+    out, expected = fn(hidden, weight, bias), ref(hidden, weight, bias)
+    assert_close(out[0], expected[0])
+    assert_close(out[1], expected[1])
+    assert_close(
+        out[0],
+        il.linear_log_probs(hidden, labels, weight, bias=bias, mask=mask, **LOG_PROB_OPTIONS),
+    )
+    grads = jax.grad(lambda *a: weighted(fn(*a), cts), (0, 1, 2))(hidden, weight, bias)
+    ref_grads = jax.grad(lambda *a: weighted(ref(*a), cts), (0, 1, 2))(hidden, weight, bias)
+    for grad, expected in zip(grads, ref_grads, strict=True):
+        assert_close(grad, expected)
+
+
 # ------------------------------------------------------------------------ distillation
 
 DIVERGENCES = {
