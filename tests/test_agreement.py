@@ -333,4 +333,10 @@ def test_token_log_probs_and_entropy_agree(case, dtype):
     temperature and soft cap: every path, values and gradients through both outputs."""
     hidden, weight, bias, labels, opts = _token_inputs(dtype, case)
     paths = _log_probs_paths(labels, opts, make_mesh("2x4"))
-    _check(paths, (hidden, weight, bias), _tolerance(dtype))
+    tol = _tolerance(dtype)
+    if dtype == jnp.bfloat16:
+        # The logits paths round the logits to bfloat16 before the softmax (the fused tiles
+        # keep them in float32); the entropy's gradient, q (log q + H), feels that rounding
+        # in absolute terms.
+        tol = dict(tol, atol=1e-2)
+    _check(paths, (hidden, weight, bias), tol)
