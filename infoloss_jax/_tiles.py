@@ -26,7 +26,6 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ._log_partition import branch_on_exclusion
 from ._loss_spec import Coefficients, LossSpec
 
 NEG_INF = -jnp.inf
@@ -153,23 +152,75 @@ def ce_tile(z, labels, class_weights, start, spec: LossSpec, explicit=False) -> 
         assert class_weights is not None  # the spec says they are given
         plain["label_weight"] = pick(jnp.broadcast_to(class_weights, z.shape), local)
     if spec.smoothing:
-        plain.update(
-            branch_on_exclusion(_smoothing_sums, _smoothing_sums_plain, (z,), class_weights)
-        )
+        plain.update(_smoothing(z, sumexp, class_weights))
     argmax = jnp.argmax(z, axis=1).astype(jnp.int32) + start
     return Stats((m,), (sumexp,), (), plain, argmax.astype(jnp.int32))
 
 
-def _smoothing_sums(zs, class_weights):
+def _smoothing(z, sumexp, class_weights):
+    """The smoothing sums of a tile: in plain form, unless a row needs the exact form.
+
+    The plain sum of a row's logits is finite exactly when no class of the row is excluded
+    (barring an overflow, which the exact form repeats); it is -inf, or NaN with class weights,
+    when one is. A row whose ``sumexp`` is NaN holds a NaN or ``+inf`` logit and is poisoned
+    either way, so it never sends the tile to the exact form. The test costs nothing beyond the
+    plain sums themselves, which XLA fuses into one reduction.
+    """
+    sums = _smoothing_sums_plain((z,), class_weights)
+    needs_exact = ~jnp.isfinite(sums["sum_z"]) & ~jnp.isnan(sumexp)
+    return lax.cond(jnp.any(needs_exact), _smoothing_sums, _given, (z,), class_weights, sums)
+
+
+def _given(zs, class_weights, sums):
+    del zs, class_weights
+    return sums
+
+
+def _smoothing_sums(zs, class_weights, sums=None):
     """Sums over the included classes: of c_k z_k, of 1 (K) and of c_k (c = 1 if None)."""
+    del sums  # the plain sums, which this exact form replaces
     (z,) = zs
-    weight = included(z).astype(z.dtype)
-    sums = {"count": jnp.sum(weight, axis=1)}
+    count, sum_weight, sum_z = _included_sums(z, class_weights)
+    sums = {"count": count, "sum_z": sum_z}
+    if class_weights is not None:
+        sums["sum_weight"] = sum_weight
+    return sums
+
+
+@jax.custom_jvp
+def _included_sums(z, class_weights):
+    """``(K, sum c_k, sum c_k z_k)`` over the included classes of each row, in one reduction.
+
+    One variadic reduction: XLA's CPU backend fuses its masks into the loop, where separate
+    masked sums would each write an ``[N, V]`` mask first. (Its derivative is a rule of its own
+    because JAX cannot differentiate a variadic reduction with constant operands.)
+    """
+    keep = included(z)
+    weight = keep.astype(z.dtype)
     if class_weights is not None:
         weight = weight * class_weights
-        sums["sum_weight"] = jnp.sum(weight, axis=1)
-    sums["sum_z"] = jnp.sum(jnp.where(included(z), z, 0.0) * weight, axis=1)
-    return sums
+    operands = (keep.astype(z.dtype), weight, jnp.where(keep, z, 0.0) * weight)
+    zero = jnp.zeros((), z.dtype)
+    return tuple(lax.reduce(operands, (zero,) * 3, _add_pairs, (1,)))
+
+
+def _add_pairs(a, b):
+    return tuple(x + y for x, y in zip(a, b, strict=True))
+
+
+@_included_sums.defjvp
+def _included_sums_jvp(primals, tangents):
+    z, class_weights = primals
+    dz, dweights = tangents
+    sums = _included_sums(z, class_weights)
+    keep = included(z)
+    weight = 1.0 if class_weights is None else class_weights
+    d_sum_z = jnp.where(keep, dz, 0.0) * weight
+    d_sum_weight = jnp.zeros_like(sums[1])
+    if class_weights is not None:
+        d_sum_z = d_sum_z + jnp.where(keep, z, 0.0) * dweights
+        d_sum_weight = jnp.sum(jnp.where(keep, dweights, 0.0), axis=1)
+    return sums, (jnp.zeros_like(sums[0]), d_sum_weight, jnp.sum(d_sum_z, axis=1))
 
 
 def _smoothing_sums_plain(zs, class_weights):
