@@ -20,6 +20,7 @@ mesh axis with one ``pmax`` and one ``psum``.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -27,6 +28,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from ._loss_spec import Coefficients, LossSpec
+from ._validation import upcast
 
 NEG_INF = -jnp.inf
 
@@ -136,10 +138,13 @@ def _masked_pick(x, local):
     return jnp.sum(jnp.where(cols == local[:, None], x, 0.0), axis=1)
 
 
-def ce_tile(z, labels, class_weights, start, spec: LossSpec, explicit=False) -> Stats:
+def ce_tile(z, labels, class_weights, start, spec: LossSpec, explicit=False, raw=None) -> Stats:
     """Statistics of one cross-entropy tile ``z`` whose first column is global class ``start``.
 
-    ``explicit`` picks the label's logit with a masked sum instead of a gather.
+    ``explicit`` picks the label's logit with a masked sum instead of a gather. ``raw``: the
+    logits ``z`` was made of (``z = softcap(upcast(raw))``), when the caller holds them; the
+    branch for excluded classes then takes ``raw`` and rebuilds ``z``, so that no upcast or
+    soft-capped ``[N, V]`` copy has to be written for it.
     """
     m = jnp.max(z, axis=1)
     sumexp = jnp.sum(jnp.exp(z - _shift(m)[:, None]), axis=1)
@@ -152,12 +157,12 @@ def ce_tile(z, labels, class_weights, start, spec: LossSpec, explicit=False) -> 
         assert class_weights is not None  # the spec says they are given
         plain["label_weight"] = pick(jnp.broadcast_to(class_weights, z.shape), local)
     if spec.smoothing:
-        plain.update(_smoothing(z, sumexp, class_weights))
+        plain.update(_smoothing(z, sumexp, class_weights, raw, spec.softcap))
     argmax = jnp.argmax(z, axis=1).astype(jnp.int32) + start
     return Stats((m,), (sumexp,), (), plain, argmax.astype(jnp.int32))
 
 
-def _smoothing(z, sumexp, class_weights):
+def _smoothing(z, sumexp, class_weights, raw=None, cap=None):
     """The smoothing sums of a tile: in plain form, unless a row needs the exact form.
 
     The plain sum of a row's logits is finite exactly when no class of the row is excluded
@@ -168,7 +173,15 @@ def _smoothing(z, sumexp, class_weights):
     """
     sums = _smoothing_sums_plain((z,), class_weights)
     needs_exact = ~jnp.isfinite(sums["sum_z"]) & ~jnp.isnan(sumexp)
-    return lax.cond(jnp.any(needs_exact), _smoothing_sums, _given, (z,), class_weights, sums)
+    if raw is None:
+        return lax.cond(jnp.any(needs_exact), _smoothing_sums, _given, (z,), class_weights, sums)
+    exact = functools.partial(_smoothing_sums_of_raw, cap=cap, dtype=z.dtype)
+    return lax.cond(jnp.any(needs_exact), exact, _given, (raw,), class_weights, sums)
+
+
+def _smoothing_sums_of_raw(raws, class_weights, sums, *, cap, dtype):
+    (raw,) = raws
+    return _smoothing_sums((softcap(upcast(raw, dtype), cap),), class_weights, sums)
 
 
 def _given(zs, class_weights, sums):
@@ -401,13 +414,14 @@ def ce_full_tile(raw, labels, class_weights, coefs: Coefficients, spec: LossSpec
     """``(rows, d(sum_i loss_i) / d raw)`` of the cross-entropy on one full ``[rows, V]`` tile.
 
     The core integer-label loss and its closed-form gradient both come from here, so their
-    options are the fused and sharded options.
+    options are the fused and sharded options. Half-precision ``raw`` is computed in float32.
     """
-    z = softcap(raw, spec.softcap)
-    stats = ce_tile(z, labels, class_weights, 0, spec, explicit=explicit)
+    wide = upcast(raw)
+    z = softcap(wide, spec.softcap)
+    stats = ce_tile(z, labels, class_weights, 0, spec, explicit=explicit, raw=raw)
     rows = ce_rows(stats, labels, None, coefs, spec)
     log_q = log_softmax_of(z, stats)
-    return rows, ce_tile_grad(z, raw, labels, 0, class_weights, log_q, rows.coef, spec)
+    return rows, ce_tile_grad(z, wide, labels, 0, class_weights, log_q, rows.coef, spec)
 
 
 def divergence_tile_grad(kind, s, t, s_lse, t_lse, kl, g, coefs: Coefficients):
