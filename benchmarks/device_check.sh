@@ -34,4 +34,5 @@ step memory 130 "$python" benchmarks/linear_cross_entropy.py --no-speed \
 step speed 75 "$python" benchmarks/linear_cross_entropy.py --no-memory --reps 5 \
     --shape 8192 4096 128256 --dtype bfloat16
 step distillation 60 "$python" benchmarks/distillation.py --no-speed
+step log_probs 90 "$python" benchmarks/log_probs.py --reps 5 --heads llama3-8b gemma2-2b
 step core 80 "$python" benchmarks/core_losses.py --reps 5

@@ -42,6 +42,8 @@ from ._harness import gradient_table as gradient_table
 from ._kl_estimate import kl_estimate as kl_estimate
 from ._log_partition import log_partition as log_partition
 from ._log_partition import z_loss as z_loss
+from ._log_probs import linear_log_probs as linear_log_probs
+from ._log_probs import log_probs as log_probs
 from ._reductions import loss_sum_and_count as loss_sum_and_count
 from ._reductions import reduce_loss as reduce_loss
 
@@ -67,9 +69,11 @@ __all__ = [
     "kl_divergence_with_log_targets",
     "linear_forward_kl",
     "linear_jensen_shannon",
+    "linear_log_probs",
     "linear_reverse_kl",
     "linear_softmax_cross_entropy",
     "log_partition",
+    "log_probs",
     "loss_sum_and_count",
     "reduce_loss",
     "register_value_checks",

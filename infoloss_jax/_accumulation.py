@@ -37,6 +37,13 @@ def accumulate_value_and_grad(
     parameters. Only the running sums are kept, so memory is that of one micro-batch. When no
     token contributes at all, the loss and the gradient are 0, not NaN.
 
+    The same holds for any mean whose denominator does not depend on the parameters. For
+    GRPO's mean of per-sequence token means (packed sequences included), return
+    ``loss_sum_and_count(per_token, reduction="sequence_mean", segment_ids=..., num_segments=...)``:
+    :math:`S_m` is then the sum of the micro-batch's sequence means and :math:`C_m` its number of
+    non-empty sequences, and the result is the mean over every sequence of the batch, provided
+    no sequence is split between micro-batches (see :func:`infoloss_jax.reduce_loss`).
+
     The micro-batches are stacked along a new leading axis (every leaf of ``microbatches`` has
     shape ``[num_microbatches, ...]``) and visited with :func:`jax.lax.scan`, so they must share
     one shape: pad short ones with ignored tokens, which count 0.
@@ -67,6 +74,18 @@ def accumulate_value_and_grad(
       ...     x.reshape(6, 2) * w, y.reshape(6), ignore_index=-100, reduction="mean")
       >>> print(bool(jnp.allclose(loss, full(1.0))), bool(jnp.allclose(grad, jax.grad(full)(1.0))))
       True True
+
+      Packed sequences, averaged per sequence (two micro-batches of one row each):
+
+      >>> ids = jnp.array([[[0, 0, 1, -1]], [[0, 0, 0, 0]]])  # 2 documents, then 1
+      >>> def sequence_sum_and_count(w, batch):
+      ...     return il.loss_sum_and_count(w * batch["x"], reduction="sequence_mean",
+      ...                                  segment_ids=batch["ids"], num_segments=2)
+      >>> batches = {"x": jnp.array([[[1.0, 3.0, 5.0, 7.0]], [[2.0, 2.0, 2.0, 2.0]]]), "ids": ids}
+      >>> loss, grad = il.accumulate_value_and_grad(sequence_sum_and_count, jnp.float32(1.0),
+      ...                                           batches)
+      >>> print(float(loss), float(grad))  # (2 + 5 + 2) / 3 sequences
+      3.0 3.0
 
     References:
       fla-org/flash-linear-attention issue #539 (per-micro-batch means under accumulation).

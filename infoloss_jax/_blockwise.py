@@ -78,6 +78,7 @@ class Out(NamedTuple):
     lse: tuple
     argmax: jax.Array | None
     weight: jax.Array  # [N] denominator weights of the mean
+    entropy: jax.Array | None = None  # [N] entropy of the softmax (spec.entropy)
 
 
 # ------------------------------------------------------------------------------ mesh types
@@ -251,7 +252,7 @@ def _tile(ctx: _Ctx, pinned, t0, tl, v0, vl):
             raw = raw + _vslice(ops.b, v0, vl, 0).astype(acc)
         if spec.divergence:
             teacher = _head_logits(_rows(th, t0, tl), tw, v0, vl, spec.layout, acc)[0]
-    if spec.scaled:
+    if spec.scaled and spec.divergence:  # the cross-entropy scales after its soft cap
         inv_t = ctx.coefs.inverse_temperature.astype(acc)
         raw = raw * inv_t
         teacher = None if teacher is None else teacher * inv_t
@@ -274,7 +275,7 @@ def _tile_stats(ctx: _Ctx, raw, teacher, t0, tl, v0, vl):
         return _tiles.divergence_tile(raw, teacher)
     cw = _vslice(ctx.ops.class_weights, v0, vl, 0)
     cw = None if cw is None else cw.astype(ctx.acc)
-    z = _tiles.softcap(raw, spec.softcap)
+    z = _tiles.ce_logits(raw, spec, ctx.coefs)
     return _tiles.ce_tile(z, _rows(ctx.ops.labels, t0, tl), cw, ctx.offset + v0, spec)
 
 
@@ -363,19 +364,22 @@ def _tile_grads(ctx: _Ctx, raw, teacher, row, t0, tl, v0, vl):
         return ds, dt
     cw = _vslice(ctx.ops.class_weights, v0, vl, 0)
     cw = None if cw is None else cw.astype(ctx.acc)
-    coef = {k: sl[k] for k in ("p", "y", "s")}
-    z = _tiles.softcap(raw, spec.softcap)
+    coef = {k: sl[k] for k in ("p", "y", "s", "h", "entropy") if k in sl}
+    z = _tiles.ce_logits(raw, spec, ctx.coefs)
     dz = _tiles.ce_tile_grad(z, raw, sl["labels"], ctx.offset + v0, cw, sl["lse0"], coef, spec)
     return dz, None
 
 
-def _row_values(ctx: _Ctx, rows: _tiles.Rows, g):
-    """Per-row arrays the tile gradients read, with the cotangent ``g`` folded in."""
+def _row_values(ctx: _Ctx, rows: _tiles.Rows, g, g_entropy=None):
+    """Per-row arrays the tile gradients read, with the cotangents ``g`` (of the loss) and
+    ``g_entropy`` (of the entropy, if any) and the temperature's chain rule folded in."""
     spec = ctx.spec
     row = {f"lse{i}": v for i, v in enumerate(rows.lse)}
+    if spec.scaled:
+        inv_t = ctx.coefs.inverse_temperature.astype(g.dtype)
+        g = g * inv_t
+        g_entropy = None if g_entropy is None else g_entropy * inv_t
     if spec.divergence:
-        if spec.scaled:
-            g = g * ctx.coefs.inverse_temperature.astype(g.dtype)
         row.update(
             g=g * rows.coef["keep"],
             kl_q=rows.coef["kl_q"],
@@ -383,7 +387,10 @@ def _row_values(ctx: _Ctx, rows: _tiles.Rows, g):
             loss=rows.loss,
         )
     else:
-        row.update({k: v * g for k, v in rows.coef.items()}, labels=ctx.ops.labels)
+        row.update({k: rows.coef[k] * g for k in ("p", "y", "s")}, labels=ctx.ops.labels)
+        if spec.entropy:
+            g_entropy = jnp.zeros_like(g) if g_entropy is None else g_entropy
+            row.update(h=rows.coef["h"] * g_entropy, entropy=rows.coef["entropy"])
     return row
 
 
@@ -600,7 +607,7 @@ def _fwd(cfg: Config, ops: Operands, coefs: Coefficients):
         out, grads = _in_forward(ctx)
         return out, (None, grads)
     rows, stats = _forward(ctx)
-    out = Out(rows.loss, jnp.sum(rows.loss), rows.lse, stats.argmax, rows.weight)
+    out = Out(rows.loss, jnp.sum(rows.loss), rows.lse, stats.argmax, rows.weight, rows.entropy)
     return out, ((ops, coefs, rows), None)
 
 
@@ -613,9 +620,11 @@ def _bwd(cfg: Config, res, cts: Out):
         ops_ct = Operands(cast(jax.Array, dx), dw, db, None, None, None, None, None, None)
         return ops_ct, None
     ops, coefs, rows = saved
-    g = (cts.loss + cts.total).astype(cfg.spec.accum_dtype)
+    acc = cfg.spec.accum_dtype
+    g = (cts.loss + cts.total).astype(acc)
+    g_entropy = None if cts.entropy is None else cts.entropy.astype(acc)
     ctx = _context(cfg, ops, coefs, g)
-    row = _row_values(ctx, rows, g)
+    row = _row_values(ctx, rows, g, g_entropy)
     dth = None
     if ops.w is None:
         n, v = ops.x.shape

@@ -2,17 +2,12 @@
 
 An eager call of a loss runs op by op, and anything the loss builds afresh on each call (a
 ``lax.cond`` branch, a custom-derivative rule, a ``shard_map``) costs a backend compile every
-time. ``cached_eager`` routes an eager call through a ``jax.jit`` of the loss, built once per
-function and per *static signature* of the call: the non-array arguments (axis, reduction,
-options, None, meshes, dtypes) by type and value, and which arguments are arrays. Identical
-calls then reuse one executable. Inside an outer transformation (an argument is a tracer) the
-loss is called as written: the outer trace compiles it once.
-
-Which parameters hold arrays is read from the annotations (``ArrayLike``, ``PyTree``). Their
-values (arrays, Python numbers, lists of numbers) become traced arguments, as ``jnp.asarray``
-would make them, so a new value never costs a compile. Every other argument is static. A call
-the cache cannot express as it was written (an unhashable value, or a concrete array where a
-static option is expected) runs eagerly as before, so validation and its messages never change.
+time. ``cached_eager`` routes it through a ``jax.jit`` of the loss built once per function and
+per *static signature* of the call (the non-array arguments by type and value, and which
+arguments are arrays), so identical calls reuse one executable. Which parameters hold arrays is
+read from their annotations (``ArrayLike``, ``PyTree``); :func:`_as_traced` says which of their
+values are traced. A call the cache cannot express (an unhashable value, or a concrete array
+where a static option is expected) runs eagerly, so validation and its messages never change.
 """
 
 from __future__ import annotations
@@ -203,10 +198,6 @@ class ProgramCache:
         with self._lock:
             self._entries[key] = program
 
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
-
 
 def split_call(fn: Callable, args: tuple, kwargs: dict) -> _Split | None:
     """Splits an eager call of ``fn`` into static key and traced arrays; None if it can't."""
@@ -234,6 +225,20 @@ def jit_of_call(body: Callable, template: _Template, transform=None) -> Callable
     return jax.jit(run if transform is None else transform(run))
 
 
+def call_compiled(programs: ProgramCache, key, split: _Split, body, eager, transform=None):
+    """Runs the program for ``key`` (``jit_of_call(body, ...)``, built on first use) on the
+    split call's arrays, or ``eager()`` for a call that must run eagerly: one whose body looks
+    at a value only an eager call knows, remembered after its first ConcretizationTypeError."""
+    template = split.template
+    program = programs.get(key, lambda: jit_of_call(body, template, transform))
+    if program is not EAGER:
+        try:
+            return program(split.dynamic)
+        except jax.errors.ConcretizationTypeError:
+            programs.put(key, EAGER)
+    return eager()
+
+
 def cached_eager(fn: F) -> F:
     """Decorates a public loss so that repeated identical eager calls reuse one executable.
 
@@ -246,21 +251,9 @@ def cached_eager(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        if _has_tracer(args, kwargs):
-            return fn(*args, **kwargs)
-        split = split_call(fn, args, kwargs)
+        split = None if _has_tracer(args, kwargs) else split_call(fn, args, kwargs)
         if split is None:
             return fn(*args, **kwargs)
-        template = split.template
-        program = programs.get(split.key, lambda: jit_of_call(fn, template))
-        if program is EAGER:
-            return fn(*args, **kwargs)
-        try:
-            return program(split.dynamic)
-        except jax.errors.ConcretizationTypeError:
-            # ``fn`` looks at a value that only an eager call knows: keep calling it eagerly.
-            programs.put(split.key, EAGER)
-            return fn(*args, **kwargs)
+        return call_compiled(programs, split.key, split, fn, lambda: fn(*args, **kwargs))
 
-    wrapper._programs = programs  # type: ignore[attr-defined]
     return wrapper  # type: ignore[return-value]

@@ -10,25 +10,16 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import checkify
 
-from ._caching import EAGER, ProgramCache, jit_of_call, split_call
+from ._caching import ProgramCache, call_compiled, split_call
 from ._validation import (
     as_integer_array,
     equals_index,
-    example_or_class_where,
     is_traced,
     normalize_axis,
 )
 
 ValueCheck = Callable[..., None]
 _VALUE_CHECKS: dict[Callable, ValueCheck] = {}
-_HEADS_REGISTERED = []
-
-
-def _register_heads_once() -> None:
-    """The fused and sharded modules import this one, so their checks register on first use."""
-    if not _HEADS_REGISTERED:
-        _HEADS_REGISTERED.append(True)
-        _register_head_checks()
 
 
 def register_value_checks(fn: Callable, check: ValueCheck) -> None:
@@ -56,23 +47,44 @@ def _wide(x) -> jax.Array:
     return x.astype(jnp.result_type(x.dtype, jnp.float32))
 
 
-def check_log_probabilities(x, name: str, *, axis=-1, where=None, atol: float = 1e-3) -> None:
-    """log-probabilities must be <= 0 and normalize; probabilities passed instead are caught."""
+def _worst_total(total: jax.Array) -> jax.Array:
+    """The row sum furthest from 1, for the error message."""
+    return total.ravel()[jnp.argmax(jnp.abs(total - 1.0).ravel())]
+
+
+_LOG_HINT = "Pass `jnp.log(p)` or `jax.nn.log_softmax(logits)`."
+
+
+def check_log_probabilities(
+    x, name: str, *, axis=-1, where=None, atol=1e-3, hint=_LOG_HINT, normalized=True
+) -> None:
+    """log-probabilities must be <= 0 and (if ``normalized``) normalize along ``axis``;
+    probabilities passed instead are caught, with ``hint`` saying what to pass."""
     atol = _tolerance(x, atol)
     x = _wide(x)
-    axes = normalize_axis(axis, x.ndim)
     checkify.check(
         jnp.all(_masked(x, where) <= atol),
         f"`{name}` must hold log-probabilities (all <= 0), but its largest value is {{m}}: it "
-        f"looks like probabilities, not log-probabilities. Pass `jnp.log(p)` or "
-        f"`jax.nn.log_softmax(logits)`.",
+        f"looks like probabilities, not log-probabilities. {hint}",
         m=jnp.max(_masked(x, where)),
     )
-    total = jnp.sum(_masked(jnp.exp(x), where), axis=axes)
+    if normalized:
+        total = jnp.sum(_masked(jnp.exp(x), where), axis=normalize_axis(axis, x.ndim))
+        checkify.check(
+            jnp.all(jnp.abs(total - 1.0) <= atol),
+            f"`{name}` must be normalized log-probabilities: exp(`{name}`) sums to {{s}}, not 1.",
+            s=_worst_total(total),
+        )
+
+
+def check_unit_interval(x, name: str, hint: str = "") -> None:
+    """Probabilities of independent events (binary targets) must lie in [0, 1]."""
+    x = _wide(x)
     checkify.check(
-        jnp.all(jnp.abs(total - 1.0) <= atol),
-        f"`{name}` must be normalized log-probabilities: exp(`{name}`) sums to {{s}}, not 1.",
-        s=total.ravel()[jnp.argmax(jnp.abs(total - 1.0).ravel())],
+        jnp.all((x >= 0) & (x <= 1)),
+        f"`{name}` must hold probabilities in [0, 1], but it ranges over [{{lo}}, {{hi}}].{hint}",
+        lo=jnp.min(x),
+        hi=jnp.max(x),
     )
 
 
@@ -98,7 +110,7 @@ def check_probabilities(x, name: str, *, axis=-1, where=None, atol: float = 1e-3
         jnp.all(normalized),
         f"`{name}` must sum to 1 along the class axis, but a row sums to {{s}}. Normalize it, "
         f"or pass log-probabilities to the `*_with_log_targets` variant.",
-        s=total.ravel()[jnp.argmax(jnp.abs(total - 1.0).ravel())],
+        s=_worst_total(total),
     )
 
 
@@ -169,7 +181,7 @@ def checked(fn: Callable) -> Callable:
     References:
       ``jax.experimental.checkify`` documentation.
     """
-    _register_heads_once()
+    _register_head_checks()
     check = _VALUE_CHECKS.get(fn)
     if check is None:
         raise TypeError(
@@ -212,20 +224,14 @@ _CHECKED_PROGRAMS = ProgramCache(max_entries=256)
 def _run_checks(fn: Callable, check: ValueCheck, args: tuple, kwargs: dict):
     """checkify(check) on the call, compiled once per (fn, check, static signature)."""
 
-    def run(*inner, **inner_kwargs):
-        check(*inner, **inner_kwargs)
+    def eager():
+        return checkify.checkify(functools.partial(check, **kwargs))(*args)
 
     split = split_call(fn, args, kwargs)
-    if split is not None:
-        template = split.template
-        key = (fn, check, split.key)
-        program = _CHECKED_PROGRAMS.get(key, lambda: jit_of_call(run, template, checkify.checkify))
-        if program is not EAGER:
-            try:
-                return program(split.dynamic)
-            except jax.errors.ConcretizationTypeError:
-                _CHECKED_PROGRAMS.put(key, EAGER)
-    return checkify.checkify(functools.partial(run, **kwargs))(*args)
+    if split is None:
+        return eager()
+    key = (fn, check, split.key)
+    return call_compiled(_CHECKED_PROGRAMS, key, split, check, eager, checkify.checkify)
 
 
 # ----------------------------------------------------------------------------- registrations
@@ -254,16 +260,15 @@ def _finite(x, name: str) -> None:
     checkify.check(jnp.all(jnp.isfinite(_wide(x))), f"`{name}` contains NaN or an infinity.")
 
 
-def _mask_for(where, shape, axis):
-    """``where`` as a class mask of ``shape`` (a per-example mask is broadcast over classes)."""
-    if where is None:
-        return None
-    axes = normalize_axis(axis, len(shape))
-    class_mask, example_mask = example_or_class_where(where, shape, axes)
-    if class_mask is not None:
-        return class_mask
-    assert example_mask is not None  # a given `where` is one mask or the other
-    return jnp.broadcast_to(jnp.expand_dims(example_mask, axes), shape)
+def _two_logits(logits, target_logits, **_) -> None:
+    check_logits(logits)
+    check_logits(target_logits, "target_logits")
+
+
+def _integer_labels(logits, labels, axis=-1, where=None, *, ignore_index=None, **options) -> None:
+    check_logits(logits)
+    check_label_range(logits, labels, axis=axis, ignore_index=ignore_index)
+    check_weights(options.get("class_weights"), "class_weights")
 
 
 def _register_core_checks() -> None:
@@ -287,13 +292,9 @@ def _register_core_checks() -> None:
 
     def soft_labels(logits, labels, axis=-1, where=None, **_):
         check_logits(logits)
-        mask = _mask_for(where, jnp.shape(logits), axis)
+        logits = jnp.asarray(logits)  # a per-example `where` is broadcast over the classes
+        mask = ce.integer_where(where, logits, labels, normalize_axis(axis, logits.ndim))
         check_probabilities(labels, "labels", axis=axis, where=mask)
-
-    def integer_labels(logits, labels, axis=-1, where=None, *, ignore_index=None, **options):
-        check_logits(logits)
-        check_label_range(logits, labels, axis=axis, ignore_index=ignore_index)
-        check_weights(options.get("class_weights"), "class_weights")
 
     def probs(probs, *, axis=-1, where=None, **_):
         check_probabilities(probs, "probs", axis=axis, where=where)
@@ -305,27 +306,19 @@ def _register_core_checks() -> None:
 
     def binary_labels(logits, labels, **options):
         check_logits(logits)
-        labels = _wide(labels)
-        checkify.check(
-            jnp.all((labels >= 0) & (labels <= 1)),
-            "`labels` must be probabilities in [0, 1] for binary cross-entropy.",
-        )
+        check_unit_interval(labels, "labels", " Binary cross-entropy needs them.")
         check_weights(options.get("pos_weight"), "pos_weight")
-
-    def two_logits(logits, target_logits, **_):
-        check_logits(logits)
-        check_logits(target_logits, "target_logits")
 
     for fn, check in [
         (div.kl_divergence, kl),
         (div.kl_divergence_with_log_targets, kl_log_targets),
         (div.generalized_kl_divergence, generalized_kl),
-        (div.forward_kl, two_logits),
-        (div.reverse_kl, two_logits),
-        (div.jensen_shannon, two_logits),
+        (div.forward_kl, _two_logits),
+        (div.reverse_kl, _two_logits),
+        (div.jensen_shannon, _two_logits),
         (ce.softmax_cross_entropy, soft_labels),
         (ce.safe_softmax_cross_entropy, soft_labels),
-        (ce.softmax_cross_entropy_with_integer_labels, integer_labels),
+        (ce.softmax_cross_entropy_with_integer_labels, _integer_labels),
         (ce.sigmoid_binary_cross_entropy, binary_labels),
         (ent.entropy, check_logits),
         (ent.binary_entropy, check_logits),
@@ -335,6 +328,7 @@ def _register_core_checks() -> None:
         register_value_checks(fn, check)
 
 
+@functools.cache  # on first use: the fused and sharded modules import this one
 def _register_head_checks() -> None:
     """The fused heads and the on-mesh sharded losses, by their public signatures."""
     from . import _fused, sharded
@@ -350,35 +344,20 @@ def _register_head_checks() -> None:
         check_weights(options.get("class_weights"), "class_weights")
 
     def linear_pair(hidden, weight, target_hidden, target_weight, **_):
-        for x, name in [
-            (hidden, "hidden"),
-            (weight, "weight"),
-            (target_hidden, "target_hidden"),
-            (target_weight, "target_weight"),
-        ]:
+        names = ("hidden", "weight", "target_hidden", "target_weight")
+        for x, name in zip((hidden, weight, target_hidden, target_weight), names, strict=True):
             _finite(x, name)
-
-    def mesh_ce(logits, labels, *, ignore_index=None, **options):
-        check_logits(logits)
-        check_label_range(logits, labels, ignore_index=ignore_index)
-
-    def mesh_pair(logits, target_logits, **_):
-        check_logits(logits)
-        check_logits(target_logits, "target_logits")
-
-    def mesh_linear_ce(hidden, labels, weight, *, bias=None, ignore_index=None, **options):
-        linear_ce(hidden, labels, weight, bias=bias, ignore_index=ignore_index, **options)
 
     table = [
         (_fused, "linear_softmax_cross_entropy", linear_ce),
         (_fused, "linear_forward_kl", linear_pair),
         (_fused, "linear_reverse_kl", linear_pair),
         (_fused, "linear_jensen_shannon", linear_pair),
-        (sharded, "vocab_parallel_cross_entropy_on_mesh", mesh_ce),
-        (sharded, "vocab_parallel_forward_kl_on_mesh", mesh_pair),
-        (sharded, "vocab_parallel_reverse_kl_on_mesh", mesh_pair),
-        (sharded, "vocab_parallel_jensen_shannon_on_mesh", mesh_pair),
-        (sharded, "vocab_parallel_linear_cross_entropy_on_mesh", mesh_linear_ce),
+        (sharded, "vocab_parallel_cross_entropy_on_mesh", _integer_labels),
+        (sharded, "vocab_parallel_forward_kl_on_mesh", _two_logits),
+        (sharded, "vocab_parallel_reverse_kl_on_mesh", _two_logits),
+        (sharded, "vocab_parallel_jensen_shannon_on_mesh", _two_logits),
+        (sharded, "vocab_parallel_linear_cross_entropy_on_mesh", linear_ce),
         (sharded, "vocab_parallel_linear_forward_kl_on_mesh", linear_pair),
         (sharded, "vocab_parallel_linear_reverse_kl_on_mesh", linear_pair),
         (sharded, "vocab_parallel_linear_jensen_shannon_on_mesh", linear_pair),

@@ -370,8 +370,14 @@ def integer_label_rows(logits, labels, class_weights, coefs, spec, explicit):
     elementwise pass, with the softmax recomputed rather than stored. Half-precision logits come
     in as they are and are upcast inside, where the cast fuses into every pass over them.
     """
-    z = _tiles.softcap(upcast(logits), spec.softcap)
-    stats = _tiles.ce_tile(z, labels, class_weights, 0, spec, explicit=explicit, raw=logits)
+
+    def rebuild(raw):
+        return _tiles.softcap(upcast(raw), spec.softcap)
+
+    z = rebuild(logits)
+    stats = _tiles.ce_tile(
+        z, labels, class_weights, 0, spec, explicit=explicit, source=(logits, rebuild)
+    )
     rows = _tiles.ce_rows(stats, labels, None, coefs, spec)
     return rows.loss, rows.weight
 

@@ -13,11 +13,8 @@ from jax.custom_derivatives import SymbolicZero
 from . import _formulas
 from ._caching import cached_eager
 from ._log_partition import (
-    branch_on_exclusion,
     drop_axes,
     exclude,
-    log_probs_from,
-    normalizers,
     stable_log_softmax,
 )
 from ._typing import ArrayLike
@@ -26,13 +23,12 @@ from ._validation import (
     all_ok,
     as_float_array,
     as_where,
-    beta_option,
     check_broadcastable,
     check_has_classes,
     check_same_shape,
     normalize_axis,
     poison_unless,
-    temperature_option,
+    scheduled_number,
 )
 
 
@@ -67,15 +63,6 @@ def kl_terms(log_predictions: jax.Array, targets: jax.Array) -> jax.Array:
     safe_log_predictions = jnp.where(zero, 0.0, log_predictions)
     terms = targets * (jnp.log(safe_targets) - safe_log_predictions)  # NaN for t < 0 or NaN
     return jnp.where(zero, _formulas.nan_or_zero(log_predictions), terms)
-
-
-def kl_terms_log_targets(log_predictions: jax.Array, log_targets: jax.Array) -> jax.Array:
-    """exp(log t) (log t - log q) per element; 0 where log t = -inf unless log q is NaN."""
-    absent = log_targets == -jnp.inf
-    safe_log_targets = jnp.where(absent, 0.0, log_targets)
-    safe_log_predictions = jnp.where(absent, 0.0, log_predictions)
-    terms = jnp.exp(safe_log_targets) * (safe_log_targets - safe_log_predictions)
-    return jnp.where(absent, _formulas.nan_or_zero(log_predictions), terms)
 
 
 @cached_eager
@@ -168,7 +155,7 @@ def kl_divergence_with_log_targets(
     log_predictions, log_targets, axes, mask = _paired_inputs(
         log_predictions, "log_predictions", log_targets, "log_targets", axis, where
     )
-    return _masked_sum(kl_terms_log_targets(log_predictions, log_targets), axes, mask)
+    return _masked_sum(_formulas.kl_terms(log_targets, log_predictions), axes, mask)
 
 
 @cached_eager
@@ -220,17 +207,15 @@ def _scaled_logit_pair(logits, target_logits, temperature, axis, where):
     Returns ``(model, target, axes, ok)``: ``ok`` is None for a static temperature (checked
     now) and a traced flag for a traced one, to be passed to :func:`poison_unless`.
     """
-    temperature, ok = temperature_option(temperature)
+    temperature, ok = scheduled_number(temperature, "temperature", low=0.0, low_open=True)
     logits = as_float_array(logits, "logits")
     target_logits = as_float_array(target_logits, "target_logits")
     check_same_shape(logits, "logits", target_logits, "target_logits")
-    axes = normalize_axis(axis, logits.ndim)
-    check_has_classes(logits, axes)
-    mask = as_where(where, logits.shape)
-    dtype = jnp.result_type(logits.dtype, target_logits.dtype, jnp.float32)
+    model, target, axes, mask = _paired_inputs(
+        logits, "logits", target_logits, "target_logits", axis, where
+    )
     if ok is not None:  # a traced temperature: divide by a safe value, poison the result after
-        temperature = jnp.where(ok, temperature, 1.0).astype(dtype)
-    model, target = logits.astype(dtype), target_logits.astype(dtype)
+        temperature = jnp.where(ok, temperature, 1.0).astype(model.dtype)
     if ok is not None or temperature != 1.0:
         model, target = model / temperature, target / temperature
     return exclude(model, mask), exclude(target, mask), axes, ok
@@ -249,52 +234,31 @@ def _pair_tangent(grads, tangents, axes):
     return _formulas.sum_over(functools.reduce(operator.add, terms), axes)
 
 
-@functools.cache  # one pair per `axes`: fresh branch functions would defeat JAX's caches
-def _kl_branches(axes):
-    def exact(logits, *parts):
-        log_p, log_r = log_probs_from(logits[0], *parts[:2]), log_probs_from(logits[1], *parts[2:])
-        return _formulas.kl_value(log_p, log_r, axes)
-
-    def plain(logits, *parts):
-        log_p, log_r = log_probs_from(logits[0], *parts[:2]), log_probs_from(logits[1], *parts[2:])
-        return _formulas.sum_over(jnp.exp(log_p) * (log_p - log_r), axes)
-
-    return exact, plain
-
-
 def _kl_of_logits(first, second, axes):
     """KL(softmax(first) || softmax(second)), keepdims."""
-    exact, plain = _kl_branches(axes)
-    parts = normalizers(stable_log_softmax(first, axes)) + normalizers(
-        stable_log_softmax(second, axes)
-    )
-    return branch_on_exclusion(exact, plain, (first, second), *parts)
+    exact, plain = _formulas.kl_value, _formulas.plain_kl_value
+    return _formulas.of_logits(exact, plain, (first, second), axes)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
-def _forward_kl(model, target, axes):
-    return _kl_of_logits(target, model, axes)
+def _directed_kl(reverse: bool, grads_given_value):
+    """KL(target || model) (``reverse=False``) or KL(model || target), with the closed-form
+    JVP of ``grads_given_value``; the directions differ only in argument order."""
+
+    @functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+    def kl(model, target, axes):
+        return _kl_of_logits(model, target, axes) if reverse else _kl_of_logits(target, model, axes)
+
+    @functools.partial(kl.defjvp, symbolic_zeros=True)
+    def _jvp(axes, primals, tangents):
+        value = kl(primals[0], primals[1], axes)
+        grads = grads_given_value(*_log_softmax_pair(primals[0], primals[1], axes), value)
+        return value, _pair_tangent(grads, tangents, axes)
+
+    return kl
 
 
-@functools.partial(_forward_kl.defjvp, symbolic_zeros=True)
-def _forward_kl_jvp(axes, primals, tangents):
-    value = _forward_kl(primals[0], primals[1], axes)
-    log_q, log_p = _log_softmax_pair(primals[0], primals[1], axes)
-    grads = _formulas.forward_kl_grads_given_value(log_q, log_p, value)
-    return value, _pair_tangent(grads, tangents, axes)
-
-
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
-def _reverse_kl(model, target, axes):
-    return _kl_of_logits(model, target, axes)
-
-
-@functools.partial(_reverse_kl.defjvp, symbolic_zeros=True)
-def _reverse_kl_jvp(axes, primals, tangents):
-    value = _reverse_kl(primals[0], primals[1], axes)
-    log_q, log_p = _log_softmax_pair(primals[0], primals[1], axes)
-    grads = _formulas.reverse_kl_grads_given_value(log_q, log_p, value)
-    return value, _pair_tangent(grads, tangents, axes)
+_forward_kl = _directed_kl(False, _formulas.forward_kl_grads_given_value)
+_reverse_kl = _directed_kl(True, _formulas.reverse_kl_grads_given_value)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
@@ -318,20 +282,13 @@ def _jensen_shannon_jvp(axes, primals, tangents):
     return value, value_dot
 
 
-# Branches for a traced ``beta``, selected at run time: beta = 0, 0 < beta < 1, beta = 1.
-def _beta_is_zero(model, target, beta, axes):
-    return _forward_kl(model, target, axes)
-
-
-def _beta_inside(model, target, beta, axes):
-    return _jensen_shannon(model, target, beta, axes)
-
-
-def _beta_is_one(model, target, beta, axes):
-    return _reverse_kl(model, target, axes)
-
-
-_BETA_BRANCHES = (_beta_is_zero, _beta_inside, _beta_is_one)
+# The divergence for beta = 0 (forward KL), 0 < beta < 1 and beta = 1 (reverse KL), indexed by
+# (beta > 0) + (beta >= 1): chosen in Python for a static beta, by lax.switch for a traced one.
+_BETA_BRANCHES = (
+    lambda model, target, beta, axes: _forward_kl(model, target, axes),
+    lambda model, target, beta, axes: _jensen_shannon(model, target, beta, axes),
+    lambda model, target, beta, axes: _reverse_kl(model, target, axes),
+)
 
 
 def _jensen_shannon_any_beta(model, target, beta, axes):
@@ -500,14 +457,10 @@ def jensen_shannon(
       Lin, "Divergence measures based on the Shannon entropy", 1991; Agarwal et al.,
       "On-Policy Distillation of Language Models (GKD)", 2024.
     """
-    beta, beta_ok = beta_option(beta)
+    beta, beta_ok = scheduled_number(beta, "beta", low=0.0, high=1.0)
     model, target, axes, ok = _scaled_logit_pair(logits, target_logits, temperature, axis, where)
     if beta_ok is not None:
         value = _jensen_shannon_any_beta(model, target, beta, axes)
-    elif beta == 0.0:
-        value = _forward_kl(model, target, axes)
-    elif beta == 1.0:
-        value = _reverse_kl(model, target, axes)
     else:
-        value = _jensen_shannon(model, target, beta, axes)
+        value = _BETA_BRANCHES[(beta > 0) + (beta >= 1)](model, target, beta, axes)
     return poison_unless(drop_axes(value, axes), all_ok(ok, beta_ok))

@@ -11,10 +11,7 @@ import jax.numpy as jnp
 from . import _formulas
 from ._caching import cached_eager
 from ._log_partition import (
-    branch_on_exclusion,
     drop_axes,
-    log_probs_from,
-    normalizers,
     prepare_logits,
     stable_log_softmax,
 )
@@ -31,24 +28,10 @@ from ._validation import (
 )
 
 
-@functools.cache  # one pair per `axes`: fresh branch functions would defeat JAX's caches
-def _entropy_branches(axes: tuple[int, ...]):
-    def exact(logits, shift, shifted_log_partition):
-        log_p = log_probs_from(logits[0], shift, shifted_log_partition)
-        return _formulas.entropy_value(log_p, axes)
-
-    def plain(logits, shift, shifted_log_partition):
-        log_p = log_probs_from(logits[0], shift, shifted_log_partition)
-        return -_formulas.sum_over(jnp.exp(log_p) * log_p, axes)
-
-    return exact, plain
-
-
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
 def _entropy_of_logits(logits: jax.Array, axes: tuple[int, ...]) -> jax.Array:
-    exact, plain = _entropy_branches(axes)
-    parts = normalizers(stable_log_softmax(logits, axes))
-    return branch_on_exclusion(exact, plain, (logits,), *parts)
+    exact, plain = _formulas.entropy_value, _formulas.plain_entropy_value
+    return _formulas.of_logits(exact, plain, (logits,), axes)
 
 
 @_entropy_of_logits.defjvp
@@ -106,11 +89,6 @@ def entropy(
     return in_base(drop_axes(_entropy_of_logits(logits, axes), axes), base)
 
 
-def _negative_entropy_terms(probs: jax.Array) -> jax.Array:
-    """p log p with 0 log 0 = 0 (and a 0 derivative there); NaN for a negative or NaN p."""
-    return _formulas.xlogx(probs)
-
-
 @cached_eager
 def entropy_from_probs(
     probs: ArrayLike,
@@ -153,7 +131,7 @@ def entropy_from_probs(
     axes = normalize_axis(axis, probs.ndim)
     check_has_classes(probs, axes, "probs")
     mask = as_where(where, probs.shape, "probs")
-    terms = _negative_entropy_terms(probs)
+    terms = _formulas.xlogx(probs)
     if mask is not None:
         terms = jnp.where(mask, terms, 0.0)
     return in_base(-jnp.sum(terms, axis=axes), base)

@@ -12,8 +12,12 @@ neither values nor their derivatives produce ``0 * inf``.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
+
+from ._log_partition import branch_on_exclusion, log_probs_from, normalizers, stable_log_softmax
 
 Axes = tuple[int, ...]
 
@@ -53,10 +57,35 @@ def sum_over(x: jax.Array, axis: Axes) -> jax.Array:
     return jnp.sum(x, axis=axis, keepdims=True)
 
 
+def of_logits(exact, plain, logits: tuple[jax.Array, ...], axis: Axes) -> jax.Array:
+    """``exact(*log_probs, axis)`` on the log-softmax of each of ``logits``, or ``plain(...)``
+    when nothing can be excluded (:func:`branch_on_exclusion` picks, and the branches get only
+    the logits and their [N, 1] normalizers)."""
+    parts = [part for x in logits for part in normalizers(stable_log_softmax(x, axis))]
+    return branch_on_exclusion(*_branches_of(exact, plain, axis), logits, *parts)
+
+
+@functools.cache  # one pair per formula and `axis`: fresh branches would defeat JAX's caches
+def _branches_of(exact, plain, axis: Axes):
+    def lift(formula):
+        def branch(logits, *parts):
+            log_probs = [log_probs_from(x, *parts[2 * i : 2 * i + 2]) for i, x in enumerate(logits)]
+            return formula(*log_probs, axis)
+
+        return branch
+
+    return lift(exact), lift(plain)
+
+
 def entropy_value(log_p: jax.Array, axis: Axes) -> jax.Array:
     """H(p) = -sum p log p, with keepdims, 0 log 0 = 0."""
     p, safe_log_p, _ = probs_and_safe_logs(log_p)
     return -sum_over(p * safe_log_p, axis)
+
+
+def plain_entropy_value(log_p: jax.Array, axis: Axes) -> jax.Array:
+    """:func:`entropy_value` where no class is excluded: one fusible product, no selects."""
+    return -sum_over(jnp.exp(log_p) * log_p, axis)
 
 
 def kl_terms(log_p: jax.Array, log_q: jax.Array) -> jax.Array:
@@ -79,6 +108,11 @@ def kl_terms(log_p: jax.Array, log_q: jax.Array) -> jax.Array:
 def kl_value(log_p: jax.Array, log_q: jax.Array, axis: Axes) -> jax.Array:
     """KL(p || q) = sum p (log p - log q), with keepdims; see :func:`kl_terms`."""
     return sum_over(kl_terms(log_p, log_q), axis)
+
+
+def plain_kl_value(log_p: jax.Array, log_q: jax.Array, axis: Axes) -> jax.Array:
+    """:func:`kl_value` where no class is excluded: one fusible product, no selects."""
+    return sum_over(jnp.exp(log_p) * (log_p - log_q), axis)
 
 
 def softmax_cross_entropy_grad(log_q: jax.Array, labels: jax.Array, axis: Axes) -> jax.Array:
@@ -115,20 +149,14 @@ def softmax_vjp_given_kl(log_p: jax.Array, log_ratio: jax.Array, kl: jax.Array) 
     return jnp.where(infinite, 0.0, p * (safe_ratio - safe_kl))
 
 
-def kl_and_softmax_vjp(log_p: jax.Array, log_ratio: jax.Array, axis: Axes):
-    r"""KL(p || r) and its gradient w.r.t. z for p = softmax(z), r fixed, in one pass.
+def softmax_vjp_of_log_ratio(log_p: jax.Array, log_ratio: jax.Array, axis: Axes) -> jax.Array:
+    r"""d/dz of KL(p || r) for p = softmax(z) and fixed r: :math:`p (\log p - \log r - KL)`.
 
-    ``log_ratio`` holds log p - log r (any value where p = 0; it is masked out). Returns
-    ``(KL, p (log p - log r - KL))`` with KL keepdims.
+    ``log_ratio`` holds log p - log r (any value where p = 0; it is masked out).
     """
     p, _, included = probs_and_safe_logs(log_p)
     kl = sum_over(p * jnp.where(included, log_ratio, 0.0), axis)
-    return kl, softmax_vjp_given_kl(log_p, log_ratio, kl)
-
-
-def softmax_vjp_of_log_ratio(log_p: jax.Array, log_ratio: jax.Array, axis: Axes) -> jax.Array:
-    r"""d/dz of KL(p || r) for p = softmax(z) and fixed r: :math:`p (\log p - \log r - KL)`."""
-    return kl_and_softmax_vjp(log_p, log_ratio, axis)[1]
+    return softmax_vjp_given_kl(log_p, log_ratio, kl)
 
 
 def forward_kl_grads_given_value(log_q: jax.Array, log_p: jax.Array, kl: jax.Array):
@@ -138,18 +166,12 @@ def forward_kl_grads_given_value(log_q: jax.Array, log_p: jax.Array, kl: jax.Arr
     return q - p, softmax_vjp_given_kl(log_p, log_p - log_q, kl)
 
 
-def forward_kl_value_and_grads(log_q: jax.Array, log_p: jax.Array, axis: Axes):
-    """KL(p || q) (keepdims) and ``(d/dz_model, d/dz_target)``, sharing one KL reduction."""
-    kl = kl_value(log_p, log_q, axis)
-    return kl, forward_kl_grads_given_value(log_q, log_p, kl)
-
-
 def forward_kl_grads(log_q: jax.Array, log_p: jax.Array, axis: Axes) -> tuple[jax.Array, ...]:
     r"""Gradients of KL(p || q), p = softmax(target logits), q = softmax(model logits).
 
     Returns ``(d/dz_model, d/dz_target)`` = :math:`(q - p,\; p (\log p - \log q - KL))`.
     """
-    return forward_kl_value_and_grads(log_q, log_p, axis)[1]
+    return forward_kl_grads_given_value(log_q, log_p, kl_value(log_p, log_q, axis))
 
 
 def reverse_kl_grads_given_value(log_q: jax.Array, log_p: jax.Array, kl: jax.Array):
@@ -158,18 +180,12 @@ def reverse_kl_grads_given_value(log_q: jax.Array, log_p: jax.Array, kl: jax.Arr
     return grad_model, grad_target
 
 
-def reverse_kl_value_and_grads(log_q: jax.Array, log_p: jax.Array, axis: Axes):
-    """KL(q || p) (keepdims) and ``(d/dz_model, d/dz_target)``, sharing one KL reduction."""
-    kl = kl_value(log_q, log_p, axis)
-    return kl, reverse_kl_grads_given_value(log_q, log_p, kl)
-
-
 def reverse_kl_grads(log_q: jax.Array, log_p: jax.Array, axis: Axes) -> tuple[jax.Array, ...]:
     r"""Gradients of KL(q || p), q = softmax(model logits), p = softmax(target logits).
 
     Returns ``(d/dz_model, d/dz_target)`` = :math:`(q (\log q - \log p - KL),\; p - q)`.
     """
-    return reverse_kl_value_and_grads(log_q, log_p, axis)[1]
+    return reverse_kl_grads_given_value(log_q, log_p, kl_value(log_q, log_p, axis))
 
 
 def log_mixture(log_q: jax.Array, log_p: jax.Array, beta: float) -> jax.Array:

@@ -124,7 +124,7 @@ def accumulation(accum_dtype, *arrays):
 
 
 # ------------------------------------------------------------------------------ runners
-def run_cross_entropy(
+def run_head(
     hidden,
     labels,
     weight,
@@ -137,15 +137,18 @@ def run_cross_entropy(
     vocab_block_size=None,
     backward="auto",
     accum_dtype=jnp.float32,
-    return_aux=False,
     axis=None,
     axis_size=1,
     vocab_size=None,
-    data_axis=None,
+    mask=None,
     names=("hidden", "weight", "bias"),
     **options,
 ):
-    """Validates a linear cross-entropy head and runs the engine; shared by fused and sharded."""
+    """Validates a linear head with integer labels and runs the engine's cross-entropy rows.
+
+    Returns ``(out, labels as int32 [N], lead shape, coefficients, ok)``; shared by the fused
+    and sharded cross-entropy and token log-probabilities.
+    """
     h_name, w_name, b_name = names
     hidden = as_float_array(hidden, h_name)
     weight = as_float_array(weight, w_name)
@@ -189,8 +192,17 @@ def run_cross_entropy(
             y = jnp.where(labels.reshape(n) == spec.ignore_index, spec.ignore_index, y)
     padded = axis is not None and v * axis_size != spec.vocab_size
     cfg = _blockwise.Config(spec, blocks, plan, axis, padded)
-    ops = Operands(hidden.reshape(n, d), weight, bias, None, None, y, class_weights, None, None)
+    row_mask = token_mask(mask, lead)
+    ops = Operands(hidden.reshape(n, d), weight, bias, None, None, y, class_weights, None, row_mask)
     out = cast(_blockwise.Out, _blockwise.blockwise(cfg, ops, coefs))  # its type is lost in partial
+    return out, y, lead, coefs, ok
+
+
+def run_cross_entropy(
+    hidden, labels, weight, *, reduction="mean", return_aux=False, data_axis=None, **kw
+):
+    """The linear cross-entropy head, reduced (and its aux); shared by fused and sharded."""
+    out, y, lead, coefs, ok = run_head(hidden, labels, weight, reduction=reduction, **kw)
     value = poison(_blockwise.reduce_rows(out, reduction, lead, data_axis), ok)
     if not return_aux:
         return value

@@ -14,6 +14,7 @@ import functools
 import html
 import math
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -213,21 +214,6 @@ class GradientTable:
 # Rendering
 # --------------------------------------------------------------------------------------------
 
-_HEADER = (
-    "loss",
-    "arg",
-    "shape",
-    "dtype",
-    "max abs err",
-    "max rel err",
-    "cosine",
-    "analytic vs FD",
-    "autodiff vs FD",
-    "FD entries",
-    "NaN/inf",
-    "ok",
-)
-
 
 def _number(x: float | None) -> str:
     if x is None:
@@ -238,14 +224,8 @@ def _number(x: float | None) -> str:
 
 
 def _nonfinite(a: ArgumentReport) -> str:
-    if a.finite:
-        return "none"
-    parts = []
-    if a.analytic_nonfinite:
-        parts.append(f"analytic: {a.analytic_nonfinite}")
-    if a.autodiff_nonfinite:
-        parts.append(f"autodiff: {a.autodiff_nonfinite}")
-    return ", ".join(parts)
+    counts = (("analytic", a.analytic_nonfinite), ("autodiff", a.autodiff_nonfinite))
+    return ", ".join(f"{side}: {count}" for side, count in counts if count) or "none"
 
 
 def _fd_entries(a: ArgumentReport) -> str:
@@ -256,27 +236,26 @@ def _fd_entries(a: ArgumentReport) -> str:
     return str(a.fd_entries)
 
 
+# The columns of every rendering: (header, cell of a report's argument).
+_COLUMNS: tuple[tuple[str, Callable[[GradientReport, ArgumentReport], str]], ...] = (
+    ("loss", lambda report, a: report.name),
+    ("arg", lambda report, a: str(a.argnum)),
+    ("shape", lambda report, a: "x".join(str(d) for d in a.shape) or "scalar"),
+    ("dtype", lambda report, a: a.dtype),
+    ("max abs err", lambda report, a: _number(a.max_abs_error)),
+    ("max rel err", lambda report, a: _number(a.max_rel_error)),
+    ("cosine", lambda report, a: f"{a.cosine_similarity:.10f}"),
+    ("analytic vs FD", lambda report, a: _number(a.analytic_fd_error)),
+    ("autodiff vs FD", lambda report, a: _number(a.autodiff_fd_error)),
+    ("FD entries", lambda report, a: _fd_entries(a)),
+    ("NaN/inf", lambda report, a: _nonfinite(a)),
+    ("ok", lambda report, a: "yes" if a.ok() else "NO"),
+)
+_HEADER = tuple(header for header, _ in _COLUMNS)
+
+
 def _rows(reports: Sequence[GradientReport]) -> list[tuple[str, ...]]:
-    rows: list[tuple[str, ...]] = []
-    for report in reports:
-        for a in report.arguments:
-            rows.append(
-                (
-                    report.name,
-                    str(a.argnum),
-                    "x".join(str(d) for d in a.shape) or "scalar",
-                    a.dtype,
-                    _number(a.max_abs_error),
-                    _number(a.max_rel_error),
-                    f"{a.cosine_similarity:.10f}",
-                    _number(a.analytic_fd_error),
-                    _number(a.autodiff_fd_error),
-                    _fd_entries(a),
-                    _nonfinite(a),
-                    "yes" if a.ok() else "NO",
-                )
-            )
-    return rows
+    return [tuple(cell(r, a) for _, cell in _COLUMNS) for r in reports for a in r.arguments]
 
 
 def _text_table(rows: list[tuple[str, ...]]) -> str:
@@ -313,16 +292,6 @@ def _html_table(rows: list[tuple[str, ...]]) -> str:
 
 def _as_tuple(argnums) -> tuple[int, ...]:
     return (argnums,) if isinstance(argnums, int) else tuple(argnums)
-
-
-def _summed(loss_fn: Callable) -> Callable:
-    """The scalar whose gradient is the per-example gradient: the sum of the loss values."""
-
-    @functools.wraps(loss_fn)
-    def total(*args):
-        return jnp.sum(loss_fn(*args))
-
-    return total
 
 
 def compare_gradients(
@@ -381,7 +350,10 @@ def compare_gradients(
     """
     args = tuple(jnp.asarray(a) if _is_array_like(a) else a for a in args)
     argnums = _check_differentiable(args, _as_tuple(argnums))
-    total = _summed(loss_fn)
+
+    def total(*inputs):  # the scalar whose gradient is the per-example gradient
+        return jnp.sum(loss_fn(*inputs))
+
     autodiff = jax.grad(total, argnums=argnums)
     analytic = grad_fn
     if jit:
@@ -494,18 +466,13 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.clip(np.vdot(a, b) / (na * nb), -1.0, 1.0))
 
 
-def _float64_enabled():
-    """A context with float64 enabled."""
-    return jax.enable_x64(True)
-
-
 def _finite_differences(total, args, argnum, fd_step, max_entries, seed):
     """Central differences of ``total`` in float64 at a sample of the entries of one argument.
 
     One compiled program per argument, vectorized with ``vmap`` over chunks of entries. Returns
     ``(flat indices, derivative estimates)``.
     """
-    with _float64_enabled():
+    with jax.enable_x64(True):
         args64 = tuple(_to_float64(a) for a in args)
         x = args64[argnum]
         size = int(x.size)
@@ -543,8 +510,6 @@ def _finite_differences(total, args, argnum, fd_step, max_entries, seed):
 def _to_float64(a):
     if isinstance(a, jax.Array) and jnp.issubdtype(a.dtype, jnp.floating):
         return jnp.asarray(np.asarray(a, dtype=np.float64))
-    if isinstance(a, jax.Array) and jnp.issubdtype(a.dtype, jnp.integer):
-        return jnp.asarray(np.asarray(a))
     return a
 
 
@@ -593,90 +558,77 @@ def _random_inputs(rng: np.random.Generator, shape: tuple[int, int], dtype) -> d
     }
 
 
-def _plain_gradient(loss: Callable) -> Callable:
-    """Autodiff gradient of the summed plain loss: the reference side of a Hessian product."""
-    return jax.grad(lambda z: jnp.sum(loss(z)))
+def _case(name: str, args: tuple, argnums=(0,), loss: str | None = None, **options) -> _Case:
+    """``gradients.<loss>_grad`` against ``jax.grad`` of ``_plain.<loss>``, both given ``options``.
+
+    ``loss`` defaults to the first word of ``name``. The plain losses share no code with the
+    closed forms (no custom rule, no private kernel), so a wrong kernel shows.
+    """
+    from . import _plain, gradients
+
+    loss = loss or name.split()[0]
+    grad_options = options if argnums == (0,) else dict(options, argnums=argnums)
+    grad_fn = functools.partial(getattr(gradients, f"{loss}_grad"), **grad_options)
+    return _Case(name, functools.partial(getattr(_plain, loss), **options), grad_fn, args, argnums)
+
+
+def _hvp_case(name: str, plain_loss: Callable, hvp: Callable, tangent: jax.Array, x) -> _Case:
+    """A Hessian-vector product is the gradient of <v, grad L>, since the Hessian is symmetric;
+    grad L here is autodiff of the plain loss, not a closed form."""
+    plain_gradient = jax.grad(lambda z: jnp.sum(plain_loss(z)))
+    return _Case(name, lambda z: jnp.vdot(tangent, plain_gradient(z)), hvp, (x,))
 
 
 def _cases(inputs: dict) -> list[_Case]:
-    """Each closed form against ``jax.grad`` of the plain loss of :mod:`infoloss_jax._plain`.
-
-    The closed forms come from :mod:`infoloss_jax.gradients`; the losses they are compared with
-    share no code with them (no custom rule, no private kernel), so a wrong kernel shows.
-    """
+    """Every closed form of :mod:`infoloss_jax.gradients`, with the inputs and options it is
+    checked on (a new closed form gets its rows here)."""
     from . import _plain as plain
     from . import gradients as g
 
-    p = functools.partial
     x, t, probs = inputs["logits"], inputs["target_logits"], inputs["probs"]
     labels, where, tangent = inputs["labels"], inputs["where"], inputs["tangent"]
     # Reverse KL needs target mass wherever the model has mass: use the model's support.
     t_reverse = jnp.where(x > -jnp.inf, t, -jnp.inf).at[1, 0].set(t[1, 1])
     log_q = jax.nn.log_softmax(x)
-    int_options = dict(
-        label_smoothing=0.1,
-        z_loss=1e-2,
-        logit_softcap=5.0,
-        class_weights=inputs["class_weights"],
-        ignore_index=0,
-    )
-    soft_options = dict(label_smoothing=0.1, z_loss=1e-2, logit_softcap=5.0, where=where)
-    plain_ce_gradient = _plain_gradient(
-        lambda z: plain.softmax_cross_entropy(z, probs, where=where)
-    )
-    plain_entropy_gradient = _plain_gradient(lambda z: plain.entropy(z, where=where))
+    options: dict[str, Any] = dict(label_smoothing=0.1, z_loss=1e-2, logit_softcap=5.0)
+    int_options = dict(options, class_weights=inputs["class_weights"], ignore_index=0)
+    token_options: dict[str, Any] = dict(temperature=0.7, logit_softcap=5.0, ignore_index=0)
     pair = (0, 1)
     return [
-        _Case("softmax_cross_entropy", p(plain.softmax_cross_entropy, where=where),
-              p(g.softmax_cross_entropy_grad, where=where), (x, probs)),
-        _Case("softmax_cross_entropy (smoothing, z-loss, softcap)",
-              p(plain.softmax_cross_entropy, **soft_options),
-              p(g.softmax_cross_entropy_grad, **soft_options), (x, probs)),
-        _Case("softmax_cross_entropy_with_integer_labels",
-              plain.softmax_cross_entropy_with_integer_labels,
-              g.softmax_cross_entropy_with_integer_labels_grad, (x, labels)),
-        _Case("integer labels (all options)",
-              p(plain.softmax_cross_entropy_with_integer_labels, **int_options),
-              p(g.softmax_cross_entropy_with_integer_labels_grad, **int_options), (x, labels)),
-        _Case("entropy", p(plain.entropy, where=where), p(g.entropy_grad, where=where), (x,)),
-        _Case("entropy (bits)", p(plain.entropy, base=2), p(g.entropy_grad, base=2), (x,)),
-        _Case("entropy_from_probs", p(plain.entropy_from_probs, where=where),
-              p(g.entropy_from_probs_grad, where=where), (probs,)),
-        _Case("log_partition", plain.log_partition, g.log_partition_grad, (x,)),
-        _Case("z_loss", plain.z_loss, g.z_loss_grad, (x,)),
-        _Case("forward_kl (T=2)", p(plain.forward_kl, temperature=2.0),
-              p(g.forward_kl_grad, temperature=2.0, argnums=pair), (x, t), pair),
-        _Case("reverse_kl (T=0.5)", p(plain.reverse_kl, temperature=0.5, where=where),
-              p(g.reverse_kl_grad, temperature=0.5, where=where, argnums=pair),
-              (x, t_reverse), pair),
-        _Case("jensen_shannon (beta=0.5)", plain.jensen_shannon,
-              p(g.jensen_shannon_grad, argnums=pair), (x, t), pair),
-        _Case("jensen_shannon (beta=0.2, T=1.5)",
-              p(plain.jensen_shannon, beta=0.2, temperature=1.5, where=where),
-              p(g.jensen_shannon_grad, beta=0.2, temperature=1.5, where=where, argnums=pair),
-              (x, t), pair),
-        _Case("kl_divergence", plain.kl_divergence, p(g.kl_divergence_grad, argnums=pair),
-              (log_q, probs), pair),
-        _Case("kl_divergence_with_log_targets", plain.kl_divergence_with_log_targets,
-              p(g.kl_divergence_with_log_targets_grad, argnums=pair),
-              (log_q, jnp.log(probs)), pair),
-        _Case("generalized_kl_divergence", plain.generalized_kl_divergence,
-              p(g.generalized_kl_divergence_grad, argnums=pair), (log_q, 1.5 * probs), pair),
-        _Case("sigmoid_binary_cross_entropy (pos_weight)",
-              p(plain.sigmoid_binary_cross_entropy, pos_weight=inputs["pos_weight"]),
-              p(g.sigmoid_binary_cross_entropy_grad, pos_weight=inputs["pos_weight"],
-                argnums=pair),
-              (inputs["binary_logits"], inputs["binary_labels"]), pair),
-        _Case("binary_entropy", plain.binary_entropy, g.binary_entropy_grad,
-              (inputs["binary_logits"],)),
-        # A Hessian-vector product is the gradient of <v, grad L>, since the Hessian is
-        # symmetric; grad L here is autodiff of the plain loss, not a closed form.
-        _Case("softmax_cross_entropy Hessian-vector product",
-              lambda z: jnp.vdot(tangent, plain_ce_gradient(z)),
-              lambda z: g.softmax_cross_entropy_hvp(z, probs, tangent, where=where), (x,)),
-        _Case("entropy Hessian-vector product",
-              lambda z: jnp.vdot(tangent, plain_entropy_gradient(z)),
-              lambda z: g.entropy_hvp(z, tangent, where=where), (x,)),
+        _case("softmax_cross_entropy", (x, probs), where=where),
+        _case("softmax_cross_entropy (smoothing, z-loss, softcap)", (x, probs), where=where,
+              **options),
+        _case("softmax_cross_entropy_with_integer_labels", (x, labels)),
+        _case("integer labels (all options)", (x, labels),
+              loss="softmax_cross_entropy_with_integer_labels", **int_options),
+        _case("log_probs (T=0.7, softcap, ignore_index)", (x, labels), **token_options),
+        _Case("log_probs entropy (T=0.7, softcap, ignore_index)",
+              functools.partial(plain.token_entropy, **token_options),
+              lambda z, y: g.log_probs_grad(z, y, with_entropy=True, **token_options)[1],
+              (x, labels)),
+        _case("entropy", (x,), where=where),
+        _case("entropy (bits)", (x,), base=2),
+        _case("entropy_from_probs", (probs,), where=where),
+        _case("log_partition", (x,)),
+        _case("z_loss", (x,)),
+        _case("forward_kl (T=2)", (x, t), pair, temperature=2.0),
+        _case("reverse_kl (T=0.5)", (x, t_reverse), pair, temperature=0.5, where=where),
+        _case("jensen_shannon (beta=0.5)", (x, t), pair),
+        _case("jensen_shannon (beta=0.2, T=1.5)", (x, t), pair, beta=0.2, temperature=1.5,
+              where=where),
+        _case("kl_divergence", (log_q, probs), pair),
+        _case("kl_divergence_with_log_targets", (log_q, jnp.log(probs)), pair),
+        _case("generalized_kl_divergence", (log_q, 1.5 * probs), pair),
+        _case("sigmoid_binary_cross_entropy (pos_weight)",
+              (inputs["binary_logits"], inputs["binary_labels"]), pair,
+              pos_weight=inputs["pos_weight"]),
+        _case("binary_entropy", (inputs["binary_logits"],)),
+        _hvp_case("softmax_cross_entropy Hessian-vector product",
+                  lambda z: plain.softmax_cross_entropy(z, probs, where=where),
+                  lambda z: g.softmax_cross_entropy_hvp(z, probs, tangent, where=where), tangent,
+                  x),
+        _hvp_case("entropy Hessian-vector product", lambda z: plain.entropy(z, where=where),
+                  lambda z: g.entropy_hvp(z, tangent, where=where), tangent, x),
     ]  # fmt: skip
 
 
@@ -719,7 +671,7 @@ def gradient_table(
     if len(shape) != 2 or shape[0] < 2 or shape[1] < 3:
         raise ValueError(f"`shape` must be (batch >= 2, classes >= 3); got {shape!r}.")
     wide = jnp.dtype(dtype) == jnp.float64
-    with _float64_enabled() if wide else contextlib.nullcontext():
+    with jax.enable_x64(True) if wide else contextlib.nullcontext():
         inputs = _random_inputs(np.random.default_rng(seed), (shape[0], shape[1]), dtype)
         cases = _cases(inputs)
         known = [c.name for c in cases]

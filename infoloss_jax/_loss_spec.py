@@ -37,6 +37,8 @@ class LossSpec(NamedTuple):
       softcap: the soft cap ``s`` of ``s * tanh(z / s)``, or None.
       ignore_index: the label value of ignored rows, or None.
       class_weights: per-class weights are given.
+      entropy: the per-row entropy of the (scaled, soft-capped) softmax is computed too
+        (cross-entropy only; the token log-probabilities are minus its rows).
       layout: ``"dv"`` for a ``[D, V]`` weight (flax ``Dense``), ``"vd"`` for ``[V, D]`` (an
         embedding table, PyTorch ``Linear``).
       accum_dtype: the dtype every sum and statistic is kept in.
@@ -50,6 +52,7 @@ class LossSpec(NamedTuple):
     softcap: float | None = None
     ignore_index: int | None = None
     class_weights: bool = False
+    entropy: bool = False
     layout: str = "dv"
     accum_dtype: np.dtype = np.dtype(np.float32)
 
@@ -109,6 +112,7 @@ def make_spec(
     logit_softcap=None,
     ignore_index=None,
     class_weights: bool = False,
+    entropy: bool = False,
     weight_layout: str = "dv",
 ):
     """Validates the options once; returns ``(spec, coefficients, ok)``.
@@ -138,6 +142,7 @@ def make_spec(
         softcap=static_softcap(logit_softcap),
         ignore_index=static_ignore_index(ignore_index),
         class_weights=bool(class_weights),
+        entropy=bool(entropy),
         layout=check_layout(weight_layout),
         accum_dtype=acc,
     )

@@ -97,6 +97,24 @@ def softmax_cross_entropy_with_integer_labels(
     return loss if ignore_index is None else jnp.where(labels == ignore_index, 0.0, loss)
 
 
+def _tempered(logits, temperature, logit_softcap):
+    return _soft_cap(logits, logit_softcap) / temperature
+
+
+def log_probs(logits, labels, *, temperature=1.0, logit_softcap=None, ignore_index=None):
+    """log q_y of q = softmax(softcap(z) / T); 0 for ignored rows."""
+    log_q = log_softmax(_tempered(logits, temperature, logit_softcap))
+    one_hot = jnp.arange(logits.shape[-1]) == labels[..., None]
+    picked = jnp.sum(jnp.where(one_hot, log_q, 0.0), axis=-1)
+    return picked if ignore_index is None else jnp.where(labels == ignore_index, 0.0, picked)
+
+
+def token_entropy(logits, labels, *, temperature=1.0, logit_softcap=None, ignore_index=None):
+    """The entropy of q = softmax(softcap(z) / T) at each token; 0 for ignored rows."""
+    value = entropy(_tempered(logits, temperature, logit_softcap))
+    return value if ignore_index is None else jnp.where(labels == ignore_index, 0.0, value)
+
+
 def entropy(logits, *, where=None, base=None):
     """-sum_k p_k log p_k of the softmax, in nats or in ``base`` units."""
     log_p = log_softmax(logits, where)

@@ -14,9 +14,11 @@ from ._kl_estimate import check_estimator, estimate_terms, expm1_minus_identity
 from ._segments import (
     check_mask,
     check_segment_ids,
+    count_sequences,
     resolve_num_segments,
     safe_divide,
     segment_sums,
+    sum_of_sequence_means,
 )
 from ._typing import ArrayLike
 from ._validation import (
@@ -330,16 +332,15 @@ def clipped_surrogate(
     per_token = jnp.where(keep, per_token, zero)
 
     seq_sums, seq_counts = segment_sums(per_token, keep, seg, num_seg)
-    present = (seq_counts > 0).astype(dtype)
     local_tokens = jnp.sum(keep.astype(dtype))
-    local_sequences = jnp.sum(present)
+    local_sequences = count_sequences(seq_counts)
     if normalization == "token_mean":
         denominator = local_tokens if n_tok is None else n_tok
         loss = safe_divide(jnp.sum(seq_sums), denominator)
         ok_den = None
     elif normalization == "sequence_mean":
         denominator = local_sequences if n_seq is None else n_seq
-        loss = safe_divide(jnp.sum(safe_divide(seq_sums, seq_counts)), denominator)
+        loss = safe_divide(sum_of_sequence_means(seq_sums, seq_counts), denominator)
         ok_den = None
     else:
         assert l_max is not None  # token_sum_norm requires max_tokens (checked above)
@@ -356,7 +357,7 @@ def clipped_surrogate(
     surrogate_only = jnp.where(keep, -surrogate, zero)
     ps, pc = segment_sums(surrogate_only, keep, seg, num_seg)
     if normalization == "sequence_mean":
-        policy_loss = safe_divide(jnp.sum(safe_divide(ps, pc)), denominator)
+        policy_loss = safe_divide(sum_of_sequence_means(ps, pc), denominator)
     else:
         policy_loss = safe_divide(jnp.sum(ps), denominator)
     aux = aux._replace(

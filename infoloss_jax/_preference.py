@@ -282,8 +282,9 @@ def dpo(
 
     the Bradley-Terry negative log-likelihood of the preference, whose labels are flipped with
     probability :math:`\varepsilon` (``label_smoothing``, cDPO). The loss is the mean over
-    pairs. ``log_sigmoid`` keeps it finite for any margin. TRL's ``loss_type="sigmoid"`` with
-    the same ``beta`` and ``label_smoothing``.
+    pairs. ``log_sigmoid`` keeps it finite for any margin. With ``label_smoothing=0`` it is
+    TRL's ``loss_type="sigmoid"`` with the same ``beta``; with smoothing it is the conservative
+    DPO (Mitchell, 2023) that TRL applied to that loss type before its 2026 DPO refactor.
 
     Args:
       chosen_log_probs: log-probability of each chosen response under the policy (the sum

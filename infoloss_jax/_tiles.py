@@ -39,6 +39,8 @@ class Stats(NamedTuple):
     ``max``/``sumexp``: one per distribution (the logits; or the student, then the teacher).
     ``scaled``: the divergences' ``rev`` (student-rescaled) and ``fwd`` (teacher-rescaled) sums.
     ``plain``: additive sums by name. ``argmax``: global index of the first largest logit.
+    ``centered``: the entropy's ``sum exp(z - max) (z - max)``, kept relative to the max so that
+    a peaked row's entropy is not lost to cancellation against ``max``.
     """
 
     max: tuple
@@ -46,6 +48,7 @@ class Stats(NamedTuple):
     scaled: tuple
     plain: dict
     argmax: jax.Array | None
+    centered: tuple = ()
 
 
 class Rows(NamedTuple):
@@ -55,6 +58,7 @@ class Rows(NamedTuple):
     lse: tuple  # logsumexp per distribution
     weight: jax.Array  # denominator weight of the mean (0 for rows that do not count)
     coef: dict  # per-row gradient coefficients for a unit cotangent
+    entropy: jax.Array | None = None  # the softmax's entropy (cross-entropy with spec.entropy)
 
 
 def included(z: jax.Array) -> jax.Array:
@@ -67,6 +71,16 @@ def softcap(raw: jax.Array, cap: float | None) -> jax.Array:
     if cap is None:
         return raw
     return jnp.where(raw == NEG_INF, NEG_INF, cap * jnp.tanh(raw / cap))
+
+
+def ce_logits(raw: jax.Array, spec: LossSpec, coefs: Coefficients) -> jax.Array:
+    """The cross-entropy's logits: soft-capped, then divided by the temperature.
+
+    The order a sampler applies them in (the model's soft cap, then the sampling temperature),
+    so token log-probabilities are those of the distribution that was sampled.
+    """
+    z = softcap(raw, spec.softcap)
+    return z * coefs.inverse_temperature.astype(z.dtype) if spec.scaled else z
 
 
 def softcap_derivative(raw: jax.Array, cap: float | None):
@@ -88,6 +102,12 @@ def _shift(m: jax.Array) -> jax.Array:
 def _rescale(m_old: jax.Array, m_new: jax.Array) -> jax.Array:
     """exp(m_old - m_new), 0 for an empty run; NaN maxima propagate."""
     return jnp.where(m_old == NEG_INF, 0.0, jnp.exp(m_old - _shift(m_new)))
+
+
+def _recenter(centered, sumexp, m_old, m_new, ratio):
+    """``sum exp(z - m_new) (z - m_new)`` from the same sum about ``m_old`` (0 for an empty run)."""
+    step = jnp.where(m_old == NEG_INF, 0.0, m_old - _shift(m_new))
+    return ratio * (centered + step * sumexp)
 
 
 def lse_of(m: jax.Array, sumexp: jax.Array) -> jax.Array:
@@ -118,7 +138,9 @@ def empty(spec: LossSpec, n: int, dtype, zeros) -> Stats:
     names = plain_names(spec)
     argmax = None if spec.divergence else zeros((n,), jnp.int32)
     scaled = (z, z) if spec.divergence else ()
-    return Stats((z + NEG_INF,) * k, (z,) * k, scaled, {name: z for name in names}, argmax)
+    centered = (z,) if spec.entropy else ()
+    plain = {name: z for name in names}
+    return Stats((z + NEG_INF,) * k, (z,) * k, scaled, plain, argmax, centered)
 
 
 def plain_names(spec: LossSpec) -> tuple:
@@ -138,16 +160,17 @@ def _masked_pick(x, local):
     return jnp.sum(jnp.where(cols == local[:, None], x, 0.0), axis=1)
 
 
-def ce_tile(z, labels, class_weights, start, spec: LossSpec, explicit=False, raw=None) -> Stats:
+def ce_tile(z, labels, class_weights, start, spec: LossSpec, explicit=False, source=None) -> Stats:
     """Statistics of one cross-entropy tile ``z`` whose first column is global class ``start``.
 
-    ``explicit`` picks the label's logit with a masked sum instead of a gather. ``raw``: the
-    logits ``z`` was made of (``z = softcap(upcast(raw))``), when the caller holds them; the
-    branch for excluded classes then takes ``raw`` and rebuilds ``z``, so that no upcast or
-    soft-capped ``[N, V]`` copy has to be written for it.
+    ``explicit`` picks the label's logit with a masked sum instead of a gather. ``source``:
+    ``(raw, rebuild)`` with ``z = rebuild(raw)``, when the caller holds the logits ``z`` was made
+    of; the branch for excluded classes then takes ``raw`` and rebuilds ``z`` itself, so that no
+    upcast or soft-capped ``[N, V]`` copy has to be written for it.
     """
     m = jnp.max(z, axis=1)
-    sumexp = jnp.sum(jnp.exp(z - _shift(m)[:, None]), axis=1)
+    shifted = z - _shift(m)[:, None]
+    sumexp = jnp.sum(jnp.exp(shifted), axis=1)
     local = labels - start
     if class_weights is not None:
         class_weights = class_weights.astype(z.dtype)
@@ -157,12 +180,16 @@ def ce_tile(z, labels, class_weights, start, spec: LossSpec, explicit=False, raw
         assert class_weights is not None  # the spec says they are given
         plain["label_weight"] = pick(jnp.broadcast_to(class_weights, z.shape), local)
     if spec.smoothing:
-        plain.update(_smoothing(z, sumexp, class_weights, raw, spec.softcap))
+        plain.update(_smoothing(z, sumexp, class_weights, source))
     argmax = jnp.argmax(z, axis=1).astype(jnp.int32) + start
-    return Stats((m,), (sumexp,), (), plain, argmax.astype(jnp.int32))
+    centered = ()
+    if spec.entropy:
+        terms = jnp.where(included(z), jnp.exp(shifted) * shifted, 0.0)
+        centered = (jnp.sum(terms, axis=1),)
+    return Stats((m,), (sumexp,), (), plain, argmax.astype(jnp.int32), centered)
 
 
-def _smoothing(z, sumexp, class_weights, raw=None, cap=None):
+def _smoothing(z, sumexp, class_weights, source=None):
     """The smoothing sums of a tile: in plain form, unless a row needs the exact form.
 
     The plain sum of a row's logits is finite exactly when no class of the row is excluded
@@ -173,15 +200,16 @@ def _smoothing(z, sumexp, class_weights, raw=None, cap=None):
     """
     sums = _smoothing_sums_plain((z,), class_weights)
     needs_exact = ~jnp.isfinite(sums["sum_z"]) & ~jnp.isnan(sumexp)
-    if raw is None:
+    if source is None:
         return lax.cond(jnp.any(needs_exact), _smoothing_sums, _given, (z,), class_weights, sums)
-    exact = functools.partial(_smoothing_sums_of_raw, cap=cap, dtype=z.dtype)
+    raw, rebuild = source
+    exact = functools.partial(_smoothing_sums_rebuilt, rebuild)
     return lax.cond(jnp.any(needs_exact), exact, _given, (raw,), class_weights, sums)
 
 
-def _smoothing_sums_of_raw(raws, class_weights, sums, *, cap, dtype):
+def _smoothing_sums_rebuilt(rebuild, raws, class_weights, sums):
     (raw,) = raws
-    return _smoothing_sums((softcap(upcast(raw, dtype), cap),), class_weights, sums)
+    return _smoothing_sums((rebuild(raw),), class_weights, sums)
 
 
 def _given(zs, class_weights, sums):
@@ -289,7 +317,13 @@ def merge(a: Stats, b: Stats) -> Stats:
     if argmax is not None:
         assert b.argmax is not None  # both runs come from one spec
         argmax = jnp.where(b.max[0] > a.max[0], b.argmax, argmax)
-    return Stats(maxima, sumexp, scaled, plain, argmax)
+    centered = tuple(
+        _recenter(x, e, m, big, p) + _recenter(y, f, n, big, q)
+        for x, y, e, f, m, n, big, p, q in zip(
+            a.centered, b.centered, a.sumexp, b.sumexp, a.max, b.max, maxima, ra, rb, strict=False
+        )
+    )
+    return Stats(maxima, sumexp, scaled, plain, argmax, centered)
 
 
 def all_reduce(stats: Stats, axis_name) -> Stats:
@@ -301,16 +335,23 @@ def all_reduce(stats: Stats, axis_name) -> Stats:
     ratios = [_rescale(x, m) for x, m in zip(local, maxima, strict=True)]
     parts = [s * r for s, r in zip(stats.sumexp, ratios, strict=True)]
     parts += [s * r for s, r in zip(stats.scaled, ratios, strict=False)]
+    parts += [
+        _recenter(c, e, m, big, r)
+        for c, e, m, big, r in zip(
+            stats.centered, stats.sumexp, local, maxima, ratios, strict=False
+        )
+    ]
     parts += list(stats.plain.values())
     summed = list(lax.psum(jnp.stack(parts), axis_name)) if parts else []
-    k = len(local)
-    sumexp, scaled = tuple(summed[:k]), tuple(summed[k : k + len(stats.scaled)])
-    plain = dict(zip(stats.plain, summed[k + len(stats.scaled) :], strict=True))
+    k, ks, kc = len(local), len(stats.scaled), len(stats.centered)
+    sumexp, scaled = tuple(summed[:k]), tuple(summed[k : k + ks])
+    centered = tuple(summed[k + ks : k + ks + kc])
+    plain = dict(zip(stats.plain, summed[k + ks + kc :], strict=True))
     argmax = stats.argmax
     if argmax is not None:
         big = jnp.iinfo(jnp.int32).max
         argmax = lax.pmin(jnp.where(local[0] == maxima[0], argmax, big), axis_name)
-    return Stats(maxima, sumexp, scaled, plain, argmax)
+    return Stats(maxima, sumexp, scaled, plain, argmax, centered)
 
 
 # ------------------------------------------------------------------------------ rows
@@ -352,7 +393,13 @@ def ce_rows(stats: Stats, labels, row_mask, coefs: Coefficients, spec: LossSpec)
     loss = jnp.where(counts, loss + poison, 0.0)
     scale = jnp.where(counts, 1.0, 0.0) + poison
     coef = {"p": coef_p * scale, "y": keep * label_weight * scale, "s": coef_s * scale}
-    return Rows(loss, (lse,), jnp.where(counts, label_weight, 0.0), coef)
+    entropy = None
+    if spec.entropy:
+        (centered,) = stats.centered
+        safe = jnp.where(m == NEG_INF, 1.0, sumexp)
+        entropy = jnp.where(counts, jnp.log(safe) - centered / safe + poison, 0.0)
+        coef.update(h=scale, entropy=entropy)
+    return Rows(loss, (lse,), jnp.where(counts, label_weight, 0.0), coef, entropy)
 
 
 def divergence_rows(stats: Stats, row_mask, coefs: Coefficients, spec: LossSpec) -> Rows:
@@ -393,14 +440,19 @@ def ce_tile_grad(z, raw, labels, start, class_weights, lse, coef, spec: LossSpec
     """d(sum_i g_i loss_i) / d(raw logits) of one tile; ``coef`` already holds g_i.
 
     With q = softmax(z): coef_p q_k - coef_y [k = y] - coef_s c_k [k included], times the
-    soft cap's derivative, where coef_p = (1-eps) c_y + eps/K sum c + 2 lambda lse. ``lse`` is
-    the rows' logsumexp ``[rows]``, or the tile's log-softmax ``[rows, classes]`` itself.
+    soft cap's derivative, where coef_p = (1-eps) c_y + eps/K sum c + 2 lambda lse. With the
+    entropy H (``spec.entropy``) its cotangent ``coef_h`` adds dH/dz_k = -q_k (log q_k + H).
+    ``lse`` is the rows' logsumexp ``[rows]``, or the tile's log-softmax ``[rows, classes]``.
     """
     inc = included(z)
     cols = lax.broadcasted_iota(jnp.int32, z.shape, 1) + start
     log_q = z - lse[:, None] if lse.ndim == 1 else lse
-    dz = coef["p"][:, None] * jnp.exp(log_q)
+    q = jnp.exp(log_q)
+    dz = coef["p"][:, None] * q
     dz = dz - jnp.where((cols == labels[:, None]) & inc, coef["y"][:, None], 0.0)
+    if spec.entropy:
+        surprise = jnp.where(inc, log_q + coef["entropy"][:, None], 0.0)
+        dz = dz - coef["h"][:, None] * q * surprise
     if spec.smoothing:
         # (z > -inf), not `inc`: a separate expression keeps XLA from materializing one [N, V]
         # mask shared by the forward reduction and this gradient.
@@ -417,8 +469,9 @@ def ce_full_tile(raw, labels, class_weights, coefs: Coefficients, spec: LossSpec
     options are the fused and sharded options. Half-precision ``raw`` is computed in float32.
     """
     wide = upcast(raw)
-    z = softcap(wide, spec.softcap)
-    stats = ce_tile(z, labels, class_weights, 0, spec, explicit=explicit, raw=raw)
+    z = ce_logits(wide, spec, coefs)
+    source = (raw, lambda r: ce_logits(upcast(r), spec, coefs))
+    stats = ce_tile(z, labels, class_weights, 0, spec, explicit=explicit, source=source)
     rows = ce_rows(stats, labels, None, coefs, spec)
     log_q = log_softmax_of(z, stats)
     return rows, ce_tile_grad(z, wide, labels, 0, class_weights, log_q, rows.coef, spec)

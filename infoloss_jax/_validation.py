@@ -8,7 +8,9 @@ looks at array *values*: those mistakes are handled by NaN-poisoning and by
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 from collections.abc import Sequence
 
 import jax
@@ -75,11 +77,11 @@ def as_integer_array(x, name: str) -> jax.Array:
 
 def equals_index(labels: jax.Array, value) -> jax.Array:
     """``labels == value`` for a static Python int, False where ``value`` does not fit the dtype
-    (so a large ``ignore_index`` never wraps round onto a real label)."""
+    (so a large ``ignore_index`` never wraps round onto a real label) or is None."""
     info = jnp.iinfo(labels.dtype)
-    if not info.min <= int(value) <= info.max:
+    if value is None or not info.min <= int(value) <= info.max:
         return jnp.zeros(labels.shape, bool)
-    return labels == value
+    return labels == int(value)
 
 
 def accumulation_dtype(*dtypes) -> jnp.dtype:
@@ -175,21 +177,16 @@ def as_where(where, shape: Sequence[int], to_name: str = "logits") -> jax.Array 
 
 
 def check_temperature(temperature) -> None:
-    """Raises ``ValueError`` unless the (static) temperature is a positive finite number."""
-    if isinstance(temperature, Tracer):
-        return
-    t = np.asarray(temperature)
-    if t.size != 1 or not np.isfinite(t) or float(t) <= 0:
-        raise ValueError(f"`temperature` must be a positive finite number; got {temperature!r}.")
+    """Raises ``ValueError`` unless a static temperature is a positive finite number (a traced
+    one is left to the caller)."""
+    if not is_traced(temperature):
+        check_positive(temperature, "temperature")
 
 
 def check_beta(beta) -> float:
-    """Raises ``ValueError`` unless ``beta`` is a static Python float in [0, 1]."""
-    if isinstance(beta, Tracer):
-        raise TypeError("`beta` must be a static Python float, not a traced array.")
-    b = float(beta)
-    if not 0.0 <= b <= 1.0:
-        raise ValueError(f"`beta` must lie in [0, 1]; got {beta!r}.")
+    """``beta`` as a Python float; ValueError unless it lies in [0, 1], TypeError if traced."""
+    b = static_number(beta, "beta")
+    scheduled_number(b, "beta", low=0.0, high=1.0)
     return b
 
 
@@ -214,21 +211,19 @@ def in_base(x: jax.Array, base) -> jax.Array:
 
 
 def check_positive(value, name: str, *, allow_none: bool = True) -> None:
-    """Raises ``ValueError`` unless ``value`` (a static number) is > 0."""
-    if value is None and allow_none:
-        return
-    v = np.asarray(static_number(value, name))  # a traced value: TypeError naming `name`
-    if v.size != 1 or not np.isfinite(v) or float(v) <= 0:
+    """Raises ``ValueError`` unless ``value`` (a static number, or None if allowed) is > 0."""
+    v = static_option(value, name, allow_none=allow_none)  # traced: TypeError naming `name`
+    if v is not None and not (math.isfinite(v) and v > 0):
         raise ValueError(f"`{name}` must be a positive finite number; got {value!r}.")
 
 
-def check_reduction(reduction: str) -> str:
-    """Raises ``ValueError`` listing the valid reductions for an unknown one."""
+def check_reduction(reduction: str, valid: tuple[str, ...] = REDUCTIONS) -> str:
+    """Raises ``ValueError`` listing the ``valid`` reductions for an unknown one."""
     if not isinstance(reduction, str):
         raise TypeError(f"`reduction` must be a static string; got {type(reduction).__name__}.")
-    if reduction not in REDUCTIONS:
-        valid = ", ".join(repr(r) for r in REDUCTIONS)
-        raise ValueError(f"Unknown `reduction`={reduction!r}; expected one of {valid}.")
+    if reduction not in valid:
+        names = ", ".join(repr(r) for r in valid)
+        raise ValueError(f"Unknown `reduction`={reduction!r}; expected one of {names}.")
     return reduction
 
 
@@ -306,16 +301,6 @@ def poison_unless(x: jax.Array, ok) -> jax.Array:
     return jnp.where(ok, x, jnp.nan)
 
 
-def temperature_option(temperature):
-    """``(temperature, ok)`` for a positive finite temperature, static or traced (see above)."""
-    return scheduled_number(temperature, "temperature", low=0.0, low_open=True)
-
-
-def beta_option(beta):
-    """``(beta, ok)`` for a mixture weight in [0, 1], static or traced."""
-    return scheduled_number(beta, "beta", low=0.0, high=1.0)
-
-
 def static_option(value, name: str, *, allow_none: bool = True):
     """A structural option: None (if allowed) or a static Python number; TypeError if traced."""
     if value is None and allow_none:
@@ -326,12 +311,7 @@ def static_option(value, name: str, *, allow_none: bool = True):
 def all_ok(*oks):
     """The conjunction of traced validity flags (None for a static, already checked, value)."""
     flags = [ok for ok in oks if ok is not None]
-    if not flags:
-        return None
-    out = flags[0]
-    for flag in flags[1:]:
-        out = out & flag
-    return out
+    return functools.reduce(operator.and_, flags) if flags else None
 
 
 # ----------------------------------------------------------------------------- masks

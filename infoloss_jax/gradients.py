@@ -23,6 +23,8 @@ own losses cannot check them; :func:`infoloss_jax.gradient_table` compares each 
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -33,12 +35,14 @@ from ._cross_entropy import (
     check_integer_labels,
     check_label_smoothing,
     check_z_loss,
+    classes_last,
     integer_label_spec,
     integer_where,
     smoothing_mass,
     soft_cap,
 )
 from ._log_partition import exclude, stable_log_softmax
+from ._log_probs import token_grads, token_log_probs_spec
 from ._loss_spec import poison
 from ._typing import ArrayLike
 from ._validation import (
@@ -50,8 +54,8 @@ from ._validation import (
     check_broadcastable,
     check_same_shape,
     check_temperature,
+    in_base,
     is_traced,
-    log_of_base,
     normalize_axis,
 )
 
@@ -67,6 +71,7 @@ __all__ = [
     "kl_divergence_grad",
     "kl_divergence_with_log_targets_grad",
     "log_partition_grad",
+    "log_probs_grad",
     "reverse_kl_grad",
     "sigmoid_binary_cross_entropy_grad",
     "softmax_cross_entropy_grad",
@@ -94,39 +99,37 @@ def _single_axis(axis, ndim: int) -> int:
     return axes[0]
 
 
-def _log_softmax(logits: jax.Array, axes: tuple[int, ...]) -> jax.Array:
-    """log_softmax with -inf at excluded classes (everywhere, not NaN, for an empty row)."""
-    return stable_log_softmax(logits, axes).log_probs
-
-
 def _zero_masked(grad: jax.Array, where: jax.Array | None) -> jax.Array:
     return grad if where is None else jnp.where(where, grad, 0.0)
 
 
-def _scaled_log_probs(logits, where, axis, temperature, name="logits"):
-    """Validates logits, applies temperature and mask, returns (log_softmax, axes, mask)."""
+def _normalized(logits, where, axis, temperature=1.0, name="logits"):
+    """Validates logits, applies temperature and mask; returns (LogSoftmax, axes, mask).
+
+    The log-probabilities are -inf at excluded classes (everywhere, not NaN, for an empty row).
+    """
     x = _prepare_logits(logits, name)
     axes = normalize_axis(axis, x.ndim)
     mask = as_where(where, x.shape, name)
     check_temperature(temperature)
-    return _log_softmax(exclude(x / temperature, mask), axes), axes, mask
+    return stable_log_softmax(exclude(x / temperature, mask), axes), axes, mask
 
 
-def _select(grads: dict[int, jax.Array], argnums) -> jax.Array | tuple[jax.Array, ...]:
-    """Picks gradients the way ``jax.grad(..., argnums=argnums)`` would return them."""
+def _select(grads: tuple[jax.Array, ...], argnums) -> jax.Array | tuple[jax.Array, ...]:
+    """Picks from the gradients of each argument the way ``jax.grad(..., argnums)`` would."""
     if not isinstance(argnums, tuple | list):
-        return grads[_check_argnum(argnums, grads)]
-    return tuple(grads[_check_argnum(a, grads)] for a in argnums)
+        return grads[_check_argnum(argnums, len(grads))]
+    return tuple(grads[_check_argnum(a, len(grads))] for a in argnums)
 
 
-def _check_argnum(argnum, grads) -> int:
+def _check_argnum(argnum, count: int) -> int:
     if is_traced(argnum) or not isinstance(argnum, int | np.integer):
         raise TypeError(
             f"`argnums` must hold static Python ints; got {type(argnum).__name__}. Under "
             "jax.jit, bind it with functools.partial or pass static_argnames=('argnums',)."
         )
-    if argnum not in grads:
-        valid = ", ".join(str(k) for k in sorted(grads))
+    if not 0 <= argnum < count:
+        valid = ", ".join(str(k) for k in range(count))
         raise ValueError(f"`argnums` may contain only {valid}; got {argnum!r}.")
     return int(argnum)
 
@@ -134,15 +137,6 @@ def _check_argnum(argnum, grads) -> int:
 # --------------------------------------------------------------------------------------------
 # Cross-entropy
 # --------------------------------------------------------------------------------------------
-
-
-def _softcap(logits: jax.Array, logit_softcap) -> tuple[jax.Array, jax.Array]:
-    """Returns (capped logits, d capped / d logits); -inf logits stay -inf with derivative 0."""
-    if logit_softcap is None:
-        return logits, jnp.ones_like(logits)
-    capped = soft_cap(logits, logit_softcap)
-    tanh = jnp.where(logits == -jnp.inf, 0.0, capped / logit_softcap)
-    return capped, jnp.where(logits == -jnp.inf, 0.0, 1.0 - tanh * tanh)
 
 
 @cached_eager
@@ -198,14 +192,13 @@ def softmax_cross_entropy_grad(
     x, y = x.astype(dtype), y.astype(dtype)
     axes = normalize_axis(axis, x.ndim)
     mask = as_where(where, x.shape)
-    capped, cap_slope = _softcap(x, logit_softcap)
-    normalized = stable_log_softmax(exclude(capped, mask), axes)
+    normalized = stable_log_softmax(exclude(soft_cap(x, logit_softcap), mask), axes)
     if eps:
         y = (1.0 - eps) * y + smoothing_mass(normalized, eps)
     grad = _formulas.softmax_cross_entropy_grad(normalized.log_probs, y, axes)
     if coefficient:
         grad = grad + 2.0 * coefficient * normalized.log_partition * jnp.exp(normalized.log_probs)
-    return _zero_masked(grad * cap_slope, mask)
+    return _zero_masked(grad * _tiles.softcap_derivative(x, logit_softcap), mask)
 
 
 @cached_eager
@@ -275,7 +268,8 @@ def softmax_cross_entropy_with_integer_labels_grad(
     mask = integer_where(where, x, y, axes)
     # The classes last and flattened into one (labels index them row-major); the engine's
     # one-tile gradient (the loss's own JVP rule) with a unit cotangent per row.
-    z, restore = _classes_last(exclude(x, mask), axes)
+    to_rows = functools.partial(classes_last, axes=axes)
+    z = to_rows(exclude(x, mask))
     num_classes = z.shape[-1]
     weights, spec, coefs, ok = integer_label_spec(
         z.dtype,
@@ -286,23 +280,87 @@ def softmax_cross_entropy_with_integer_labels_grad(
         logit_softcap=logit_softcap,
         ignore_index=ignore_index,
     )
-    flat = z.reshape(-1, num_classes)
-    _, grad = _tiles.ce_full_tile(flat, y.reshape(-1), weights, coefs, spec)
-    grad = poison(grad.reshape(z.shape), ok)
-    return _zero_masked(restore(grad), mask)
+    _, grad = _tiles.ce_full_tile(z.reshape(-1, num_classes), y.reshape(-1), weights, coefs, spec)
+    # to_rows only moves entries, so its transpose is its inverse.
+    (grad,) = jax.linear_transpose(to_rows, x)(poison(grad.reshape(z.shape), ok))
+    return _zero_masked(grad, mask)
 
 
-def _classes_last(x: jax.Array, axes: tuple[int, ...]):
-    """Moves ``axes`` last and flattens them; returns the array and the inverse transform."""
-    batch_axes = tuple(a for a in range(x.ndim) if a not in axes)
-    order = batch_axes + axes
-    moved = jnp.transpose(x, order)
-    flat = moved.reshape(moved.shape[: len(batch_axes)] + (-1,))
+@cached_eager
+def log_probs_grad(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    axis=-1,
+    where: ArrayLike | None = None,
+    temperature: float = 1.0,
+    logit_softcap: float | None = None,
+    ignore_index: int | None = None,
+    with_entropy: bool = False,
+) -> jax.Array | tuple[jax.Array, jax.Array]:
+    r"""Gradients of :func:`infoloss_jax.log_probs`: of the token log-probability and entropy.
 
-    def restore(y: jax.Array) -> jax.Array:
-        return jnp.transpose(y.reshape(moved.shape), tuple(np.argsort(order).tolist()))
+    With :math:`z = s \tanh(\ell / s) / T` (soft cap, then temperature) and :math:`q =
+    \mathrm{softmax}(z)`:
 
-    return flat, restore
+    .. math::
+
+        \frac{\partial \log q_y}{\partial \ell_k} = \frac{c_k}{T} \big([k = y] - q_k\big),
+        \qquad
+        \frac{\partial H}{\partial \ell_k} = -\frac{c_k}{T}\, q_k \big(\log q_k + H\big),
+
+    where :math:`c_k = 1 - \tanh^2(\ell_k / s)` is the soft cap's slope (1 without a cap). The
+    entropy's gradient is the score-function form: it vanishes at the uniform distribution
+    (:math:`\log q_k = -H` for every k) and at a one-hot one. Excluded classes (``-inf``
+    logits, ``where=False``) get 0; ignored tokens get 0 rows; a label outside
+    :math:`[0, K)` gives a NaN row.
+
+    Args:
+      logits: raw logits, classes along ``axis``.
+      labels: integer token indices, the shape of ``logits`` without ``axis``.
+      axis: the class axis (or axes, read row-major as one flat index).
+      where: optional boolean class mask broadcastable to ``logits``.
+      temperature: :math:`T > 0`.
+      logit_softcap: optional cap :math:`s > 0`.
+      ignore_index: a label value whose tokens get a 0 gradient.
+      with_entropy: also return the entropy's gradient.
+
+    Returns:
+      The per-token gradient of :math:`\log q_y` with the shape of ``logits``, or the pair
+      (that, the gradient of :math:`H`) with ``with_entropy=True``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from infoloss_jax.gradients import log_probs_grad
+      >>> d_lp, d_h = log_probs_grad(jnp.array([1.0, 2.0, 3.0]), 2, with_entropy=True)
+      >>> print([round(float(v), 4) for v in d_lp], [round(float(v), 4) for v in d_h])
+      [-0.09, -0.2447, 0.3348] [0.1418, 0.1408, -0.2826]
+
+    References:
+      Williams, "Simple statistical gradient-following algorithms" (REINFORCE), 1992;
+      Schulman et al., "Proximal Policy Optimization Algorithms", 2017.
+    """
+    if not isinstance(with_entropy, bool):
+        raise TypeError(f"`with_entropy` must be a Python bool; got {with_entropy!r}.")
+    x = _prepare_logits(logits)
+    raw, y, spec, coefs, ok, to_rows = token_log_probs_spec(
+        x,
+        labels,
+        axis,
+        where,
+        temperature=temperature,
+        logit_softcap=logit_softcap,
+        ignore_index=ignore_index,
+        entropy=with_entropy,
+    )
+    _, d_log_probs, d_entropy = token_grads(raw, y.reshape(-1), coefs, spec)
+    # to_rows only moves entries, so its transpose is its inverse.
+    back = jax.linear_transpose(to_rows, x)
+    shape = (*y.shape, raw.shape[-1])
+    grads = [
+        back(poison(g.reshape(shape), ok))[0] for g in (d_log_probs, d_entropy) if g is not None
+    ]
+    return (grads[0], grads[1]) if with_entropy else grads[0]
 
 
 @cached_eager
@@ -338,8 +396,7 @@ def softmax_cross_entropy_hessian(
       >>> print([[round(float(v), 4) for v in row] for row in h])
       [[0.25, -0.25], [-0.25, 0.25]]
     """
-    q, total = _cross_entropy_curvature_inputs(logits, labels, axis, where)
-    return total[..., None] * (_diag(q) - q[..., :, None] * q[..., None, :])
+    return _hessian(_cross_entropy_curvature(_prepare_logits(logits), labels, axis, where))
 
 
 @cached_eager
@@ -377,38 +434,7 @@ def softmax_cross_entropy_hvp(
       >>> print([round(float(v), 4) for v in hv])
       [0.25, -0.25]
     """
-    x = _prepare_logits(logits)
-    class_axis = _single_axis(axis, x.ndim)
-    v = _prepare_tangent(tangent, x)
-    q, total = _cross_entropy_curvature_inputs(x, labels, class_axis, where)
-    v = jnp.moveaxis(v, class_axis, -1)
-    hv = total * (q * v - q * jnp.sum(q * v, -1, keepdims=True))
-    return jnp.moveaxis(hv, -1, class_axis)
-
-
-def _prepare_tangent(tangent, x: jax.Array) -> jax.Array:
-    v = as_float_array(tangent, "tangent").astype(x.dtype)
-    check_same_shape(v, "tangent", x, "logits")
-    return v
-
-
-def _cross_entropy_curvature_inputs(logits, labels, axis, where):
-    """Returns q with classes last and sum(labels) with keepdims, for the CE Hessian."""
-    x = _prepare_logits(logits)
-    class_axis = _single_axis(axis, x.ndim)
-    mask = as_where(where, x.shape)
-    q = jnp.moveaxis(jnp.exp(_log_softmax(exclude(x, mask), (class_axis,))), class_axis, -1)
-    labels = jnp.asarray(labels)
-    if jnp.issubdtype(labels.dtype, jnp.integer):
-        return q, jnp.ones(q.shape[:-1] + (1,), q.dtype)
-    y = as_float_array(labels, "labels").astype(x.dtype)
-    check_same_shape(x, "logits", y, "labels")
-    y = jnp.moveaxis(_zero_masked(y, mask), class_axis, -1)
-    return q, jnp.sum(y, -1, keepdims=True)
-
-
-def _diag(v: jax.Array) -> jax.Array:
-    return v[..., :, None] * jnp.eye(v.shape[-1], dtype=v.dtype)
+    return _hvp(_cross_entropy_curvature, logits, tangent, labels, axis, where)
 
 
 # --------------------------------------------------------------------------------------------
@@ -450,13 +476,8 @@ def entropy_grad(
       >>> print([round(float(v), 4) for v in g])
       [0.1418, 0.1408, -0.2826]
     """
-    log_p, axes, mask = _scaled_log_probs(logits, where, axis, 1.0)
-    return _zero_masked(_in_base(_formulas.entropy_grad(log_p, axes), base), mask)
-
-
-def _in_base(x: jax.Array, base) -> jax.Array:
-    log_b = log_of_base(base)
-    return x if log_b is None else x / log_b
+    normalized, axes, mask = _normalized(logits, where, axis)
+    return _zero_masked(in_base(_formulas.entropy_grad(normalized.log_probs, axes), base), mask)
 
 
 @cached_eager
@@ -496,18 +517,7 @@ def entropy_from_probs_grad(
     mask = as_where(where, p.shape, "probs")
     positive = p > 0
     grad = jnp.where(positive, -(jnp.log(jnp.where(positive, p, 1.0)) + 1.0), 0.0)
-    return _zero_masked(_in_base(_poison_negative(grad, p), base), mask)
-
-
-def _entropy_curvature_inputs(logits, axis, where):
-    """Returns p and a = p * (log p + H) (0 where p = 0), classes last."""
-    x = _prepare_logits(logits)
-    class_axis = _single_axis(axis, x.ndim)
-    mask = as_where(where, x.shape)
-    log_p = jnp.moveaxis(_log_softmax(exclude(x, mask), (class_axis,)), class_axis, -1)
-    p = jnp.exp(log_p)
-    a = -_formulas.entropy_grad(log_p, (x.ndim - 1,))
-    return p, a, class_axis
+    return _zero_masked(in_base(_poison_negative(grad, p), base), mask)
 
 
 @cached_eager
@@ -541,10 +551,7 @@ def entropy_hessian(
       >>> print([[round(float(v), 4) for v in row] for row in h])
       [[-0.25, 0.25], [0.25, -0.25]]
     """
-    p, a, _ = _entropy_curvature_inputs(logits, axis, where)
-    outer = lambda u, v: u[..., :, None] * v[..., None, :]
-    hess = -_diag(a + p) + outer(a, p) + outer(p, a) + outer(p, p)
-    return _in_base(hess, base)
+    return in_base(_hessian(_entropy_curvature(_prepare_logits(logits), axis, where)), base)
 
 
 @cached_eager
@@ -581,13 +588,7 @@ def entropy_hvp(
       >>> print([round(float(v), 4) for v in hv])
       [-0.25, 0.25]
     """
-    x = _prepare_logits(logits)
-    v = _prepare_tangent(tangent, x)
-    p, a, class_axis = _entropy_curvature_inputs(x, axis, where)
-    v = jnp.moveaxis(v, class_axis, -1)
-    dot = lambda u: jnp.sum(u * v, -1, keepdims=True)
-    hv = -(a + p) * v + a * dot(p) + p * dot(a) + p * dot(p)
-    return _in_base(jnp.moveaxis(hv, -1, class_axis), base)
+    return in_base(_hvp(_entropy_curvature, logits, tangent, axis, where), base)
 
 
 @cached_eager
@@ -615,8 +616,8 @@ def log_partition_grad(logits: ArrayLike, *, axis=-1, where: ArrayLike | None = 
       >>> print([round(float(v), 4) for v in g])
       [0.5, 0.5]
     """
-    log_q, _, mask = _scaled_log_probs(logits, where, axis, 1.0)
-    return _zero_masked(jnp.exp(log_q), mask)
+    normalized, _, mask = _normalized(logits, where, axis)
+    return _zero_masked(jnp.exp(normalized.log_probs), mask)
 
 
 @cached_eager
@@ -642,11 +643,63 @@ def z_loss_grad(logits: ArrayLike, *, axis=-1, where: ArrayLike | None = None) -
       >>> print([round(float(v), 4) for v in g])
       [0.6931, 0.6931]
     """
-    x = _prepare_logits(logits)
-    axes = normalize_axis(axis, x.ndim)
-    mask = as_where(where, x.shape)
-    normalized = stable_log_softmax(exclude(x, mask), axes)
+    normalized, _, mask = _normalized(logits, where, axis)
     return _zero_masked(2.0 * normalized.log_partition * jnp.exp(normalized.log_probs), mask)
+
+
+# --------------------------------------------------------------------------------------------
+# Curvature: every Hessian here is diag(d) + a sum of outer products u w^T (classes last), so
+# one function forms it and one applies it to a tangent in O(K).
+# --------------------------------------------------------------------------------------------
+
+
+def _log_probs_classes_last(x: jax.Array, axis, where) -> tuple[jax.Array, int, jax.Array | None]:
+    """Returns (log softmax with the class axis moved last, the class axis, the mask)."""
+    class_axis = _single_axis(axis, x.ndim)
+    mask = as_where(where, x.shape)
+    log_p = stable_log_softmax(exclude(x, mask), (class_axis,)).log_probs
+    return jnp.moveaxis(log_p, class_axis, -1), class_axis, mask
+
+
+def _cross_entropy_curvature(x: jax.Array, labels, axis, where):
+    """(d, [(u, w)], class axis) of (sum_j y_j) (diag(q) - q q^T)."""
+    log_q, class_axis, mask = _log_probs_classes_last(x, axis, where)
+    q = jnp.exp(log_q)
+    total = 1.0  # integer labels: one-hot targets
+    if not jnp.issubdtype(jnp.asarray(labels).dtype, jnp.integer):
+        y = as_float_array(labels, "labels").astype(x.dtype)
+        check_same_shape(x, "logits", y, "labels")
+        total = jnp.sum(jnp.moveaxis(_zero_masked(y, mask), class_axis, -1), -1, keepdims=True)
+    return total * q, [(-total * q, q)], class_axis
+
+
+def _entropy_curvature(x: jax.Array, axis, where):
+    """(d, [(u, w)], class axis) of -diag(a + p) + a p^T + p a^T + p p^T, a = p (log p + H)."""
+    log_p, class_axis, _ = _log_probs_classes_last(x, axis, where)
+    p = jnp.exp(log_p)
+    a = -_formulas.entropy_grad(log_p, (x.ndim - 1,))
+    return -(a + p), [(a, p), (p, a), (p, p)], class_axis
+
+
+def _hessian(curvature) -> jax.Array:
+    d, outer_products, _ = curvature
+    hess = d[..., :, None] * jnp.eye(d.shape[-1], dtype=d.dtype)
+    for u, w in outer_products:
+        hess = hess + u[..., :, None] * w[..., None, :]
+    return hess
+
+
+def _hvp(curvature_of, logits, tangent, *args) -> jax.Array:
+    """diag(d) v + sum_i u_i (w_i^T v), with ``curvature_of(logits, *args)``."""
+    x = _prepare_logits(logits)
+    v = as_float_array(tangent, "tangent").astype(x.dtype)
+    check_same_shape(v, "tangent", x, "logits")
+    d, outer_products, class_axis = curvature_of(x, *args)
+    v = jnp.moveaxis(v, class_axis, -1)
+    hv = d * v
+    for u, w in outer_products:
+        hv = hv + u * jnp.sum(w * v, -1, keepdims=True)
+    return jnp.moveaxis(hv, -1, class_axis)
 
 
 # --------------------------------------------------------------------------------------------
@@ -674,11 +727,8 @@ def _sum_to_shape(grad: jax.Array, shape: tuple[int, ...]) -> jax.Array:
 
 
 def _finish_elementwise(grad_predictions, grad_targets, targets_shape, mask, argnums):
-    grads = {
-        0: _zero_masked(grad_predictions, mask),
-        1: _sum_to_shape(_zero_masked(grad_targets, mask), targets_shape),
-    }
-    return _select(grads, argnums)
+    grad_targets = _sum_to_shape(_zero_masked(grad_targets, mask), targets_shape)
+    return _select((_zero_masked(grad_predictions, mask), grad_targets), argnums)
 
 
 def _log_ratio_plus_one(targets: jax.Array, log_predictions: jax.Array) -> jax.Array:
@@ -837,22 +887,17 @@ def generalized_kl_divergence_grad(
     return _finish_elementwise(grad_lp, grad_t, t_shape, mask, argnums)
 
 
-def _pair_log_probs(logits, target_logits, axis, where, temperature):
+def _pair_grad(kernel, logits, target_logits, temperature, axis, where, argnums):
+    """The (model, target) gradients of ``kernel(log_q, log_p, axis=axes)``, chained through
+    the temperature, masked, and picked by ``argnums``."""
     z = _prepare_logits(logits)
     t = _prepare_logits(target_logits, "target_logits")
     check_same_shape(z, "logits", t, "target_logits")
     dtype = jnp.result_type(z.dtype, t.dtype)
-    log_q, axes, mask = _scaled_log_probs(z.astype(dtype), where, axis, temperature)
-    log_p, _, _ = _scaled_log_probs(t.astype(dtype), where, axis, temperature, "target_logits")
-    return log_q, log_p, axes, mask
-
-
-def _finish_pair(grad_model, grad_target, mask, temperature, argnums):
-    grads = {
-        0: _zero_masked(grad_model / temperature, mask),
-        1: _zero_masked(grad_target / temperature, mask),
-    }
-    return _select(grads, argnums)
+    model, axes, mask = _normalized(z.astype(dtype), where, axis, temperature)
+    target, _, _ = _normalized(t.astype(dtype), where, axis, temperature, "target_logits")
+    grads = kernel(model.log_probs, target.log_probs, axis=axes)
+    return _select(tuple(_zero_masked(g / temperature, mask) for g in grads), argnums)
 
 
 @cached_eager
@@ -899,9 +944,9 @@ def forward_kl_grad(
       >>> print([round(float(v), 4) for v in g])
       [0.1457, -0.1457]
     """
-    log_q, log_p, axes, mask = _pair_log_probs(logits, target_logits, axis, where, temperature)
-    grad_model, grad_target = _formulas.forward_kl_grads(log_q, log_p, axes)
-    return _finish_pair(grad_model, grad_target, mask, temperature, argnums)
+    return _pair_grad(
+        _formulas.forward_kl_grads, logits, target_logits, temperature, axis, where, argnums
+    )
 
 
 @cached_eager
@@ -948,9 +993,9 @@ def reverse_kl_grad(
       >>> print([round(float(v), 4) for v in g])
       [0.15, -0.15]
     """
-    log_q, log_p, axes, mask = _pair_log_probs(logits, target_logits, axis, where, temperature)
-    grad_model, grad_target = _formulas.reverse_kl_grads(log_q, log_p, axes)
-    return _finish_pair(grad_model, grad_target, mask, temperature, argnums)
+    return _pair_grad(
+        _formulas.reverse_kl_grads, logits, target_logits, temperature, axis, where, argnums
+    )
 
 
 @cached_eager
@@ -1006,16 +1051,12 @@ def jensen_shannon_grad(
     """
     b = check_beta(beta)
     if b == 0.0:
-        return forward_kl_grad(
-            logits, target_logits, temperature=temperature, axis=axis, where=where, argnums=argnums
-        )
-    if b == 1.0:
-        return reverse_kl_grad(
-            logits, target_logits, temperature=temperature, axis=axis, where=where, argnums=argnums
-        )
-    log_q, log_p, axes, mask = _pair_log_probs(logits, target_logits, axis, where, temperature)
-    grad_model, grad_target = _formulas.jensen_shannon_grads(log_q, log_p, b, axes)
-    return _finish_pair(grad_model, grad_target, mask, temperature, argnums)
+        kernel = _formulas.forward_kl_grads
+    elif b == 1.0:
+        kernel = _formulas.reverse_kl_grads
+    else:
+        kernel = functools.partial(_formulas.jensen_shannon_grads, beta=b)
+    return _pair_grad(kernel, logits, target_logits, temperature, axis, where, argnums)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1068,11 +1109,9 @@ def sigmoid_binary_cross_entropy_grad(
     if pos_weight is not None:
         w = as_float_array(pos_weight, "pos_weight").astype(z.dtype)
         check_broadcastable(w, "pos_weight", z.shape, "logits")
-    grads = {
-        0: jax.nn.sigmoid(z) * (1.0 + (w - 1.0) * y) - w * y,
-        1: jnp.broadcast_to(w * jax.nn.softplus(-z) - jax.nn.softplus(z), z.shape),
-    }
-    return _select(grads, argnums)
+    grad_logits = jax.nn.sigmoid(z) * (1.0 + (w - 1.0) * y) - w * y
+    grad_labels = jnp.broadcast_to(w * jax.nn.softplus(-z) - jax.nn.softplus(z), z.shape)
+    return _select((grad_logits, grad_labels), argnums)
 
 
 @cached_eager
@@ -1105,4 +1144,4 @@ def binary_entropy_grad(logits: ArrayLike, *, base: float | None = None) -> jax.
       >>> print([round(float(v), 4) for v in g])
       [0.1966, -0.1966]
     """
-    return _in_base(_formulas.binary_entropy_grad(_prepare_logits(logits)), base)
+    return in_base(_formulas.binary_entropy_grad(_prepare_logits(logits)), base)

@@ -15,24 +15,15 @@ parts that surprise people:
 * :func:`binary_cross_entropy` clamps each log at -100.
 
 The index-target cross-entropy and the logits binary cross-entropy are thin layout adapters
-over :func:`infoloss_jax.softmax_cross_entropy_with_integer_labels`,
-:func:`infoloss_jax.softmax_cross_entropy` and :func:`infoloss_jax.sigmoid_binary_cross_entropy`,
-so there is one implementation of each formula.
+over :func:`infoloss_jax.softmax_cross_entropy_with_integer_labels` and
+:func:`infoloss_jax.sigmoid_binary_cross_entropy`, so there is one implementation of each formula.
 
 Edge cases follow torch: a ``"mean"`` over nothing (an empty batch, every target ignored,
 class weights of the targets summing to 0) is NaN, an empty ``"sum"`` is 0, NaN in a logit
-poisons its example, and label smoothing reaches ``-inf`` logits (giving ``inf``). The
-differences that remain, each where torch raises or where a NaN would hide a valid zero, are
-listed in the migration guide ("infoloss_jax.torch vs PyTorch"):
-
-* Out-of-range class indices make the affected example NaN instead of raising (JAX cannot raise
-  on array values inside ``jit``); probabilities or targets outside [0, 1] in
-  :func:`binary_cross_entropy` likewise give NaN. :func:`infoloss_jax.checked` raises for all.
-* :func:`kl_div` gives 0, not NaN, for a zero target probability where ``input`` is ``-inf``
-  (and, with ``log_target=True``, where the target log-probability is ``-inf``).
-* ``reduction="mean"`` in :func:`kl_div` does not warn.
-* The ``target`` gradient of :func:`binary_cross_entropy` at probabilities of exactly 0 or 1
-  is that of the clamped loss (:math:`\pm 100`), not torch's :math:`\pm\infty`.
+poisons its example, and label smoothing reaches ``-inf`` logits (giving ``inf``). The few
+differences that remain, each where torch raises on values (JAX cannot inside ``jit``: the
+example becomes NaN, and :func:`infoloss_jax.checked` raises) or where a NaN would hide a valid
+zero, are listed with their reasons in the migration guide ("infoloss_jax.torch vs PyTorch").
 """
 
 from __future__ import annotations
@@ -42,11 +33,24 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import checkify
 
+from . import _formulas
 from ._caching import cached_eager
-from ._checked import check_label_range, check_logits, check_probabilities, register_value_checks
-from ._cross_entropy import sigmoid_binary_cross_entropy, softmax_cross_entropy_with_integer_labels
-from ._divergences import kl_terms, kl_terms_log_targets
+from ._checked import (
+    check_label_range,
+    check_log_probabilities,
+    check_logits,
+    check_probabilities,
+    check_unit_interval,
+    register_value_checks,
+)
+from ._cross_entropy import (
+    classes_last,
+    sigmoid_binary_cross_entropy,
+    softmax_cross_entropy_with_integer_labels,
+)
+from ._divergences import kl_terms
 from ._log_partition import stable_log_softmax
+from ._loss_spec import static_ignore_index
 from ._reductions import loss_sum_and_count
 from ._tiles import pick_label
 from ._typing import ArrayLike
@@ -55,9 +59,11 @@ from ._validation import (
     as_integer_array,
     check_broadcastable,
     check_has_classes,
+    check_reduction,
     check_same_shape,
     describe,
     equals_index,
+    poison_unless,
     scheduled_number,
     upcast,
 )
@@ -70,8 +76,7 @@ __all__ = [
     "nll_loss",
 ]
 
-_REDUCTIONS = ("none", "mean", "sum")
-_KL_REDUCTIONS = ("none", "mean", "sum", "batchmean")
+_REDUCTIONS = ("none", "mean", "sum")  # kl_div also takes "batchmean", as the core losses do
 # torch's binary_cross_entropy backward divides by max(p * (1 - p), EPSILON), with EPSILON the
 # float32 constant 1e-12.
 _BCE_GRAD_EPSILON = float(np.float32(1e-12))
@@ -81,28 +86,23 @@ _LOG_CLAMP = -100.0
 # --- Validation and layout. -----------------------------------------------------------------
 
 
-def _check_reduction(reduction: str, valid: tuple[str, ...] = _REDUCTIONS) -> str:
-    if reduction not in valid:
-        names = ", ".join(repr(r) for r in valid)
-        raise ValueError(f"Unknown `reduction`={reduction!r}; expected one of {names}.")
-    return reduction
+def _class_axis(x: jax.Array) -> tuple[int, ...]:
+    """torch's class dimension: 0 for unbatched ``[C]`` input, else 1."""
+    return (0 if x.ndim == 1 else 1,)
 
 
-def _check_class_input(input: jax.Array) -> None:
+def _check_class_input(input: jax.Array) -> int:
+    """The number of classes of ``input``; ValueError for a scalar or zero classes."""
     if input.ndim < 1:
         raise ValueError(
             "`input` must have the classes in dimension 1: shape [C], [N, C] or "
             f"[N, C, d1, ...]; got a scalar {describe(input)}."
         )
-
-
-def _index_target_shape(input: jax.Array) -> tuple[int, ...]:
-    """The shape index targets must have: ``input``'s shape without the class dimension."""
-    return () if input.ndim == 1 else (input.shape[0], *input.shape[2:])
+    return check_has_classes(input, _class_axis(input), "input")
 
 
 def _check_index_target(input: jax.Array, target: jax.Array) -> None:
-    expected = _index_target_shape(input)
+    expected = () if input.ndim == 1 else (input.shape[0], *input.shape[2:])
     if target.shape != expected:
         raise ValueError(
             f"`target` holds class indices, so it must have `input`'s shape without the class "
@@ -111,14 +111,14 @@ def _check_index_target(input: jax.Array, target: jax.Array) -> None:
         )
 
 
-def _check_weight(weight, num_classes: int, name: str = "weight") -> jax.Array | None:
+def _check_weight(weight, num_classes: int) -> jax.Array | None:
     if weight is None:
         return None
-    weight = as_float_array(weight, name)
+    weight = as_float_array(weight, "weight")
     if weight.shape != (num_classes,):
         got = f"length {weight.shape[0]}" if weight.ndim == 1 else f"shape {list(weight.shape)}"
         raise ValueError(
-            f"`{name}` must hold one weight per class: length {num_classes} for the "
+            f"`weight` must hold one weight per class: length {num_classes} for the "
             f"{num_classes} classes of `input`; got {got} ({describe(weight)})."
         )
     return weight
@@ -126,32 +126,28 @@ def _check_weight(weight, num_classes: int, name: str = "weight") -> jax.Array |
 
 def _classes_last(x: jax.Array) -> jax.Array:
     """Moves torch's class dimension 1 to the end, where the core functions expect it."""
-    return x if x.ndim == 1 else jnp.moveaxis(x, 1, -1)
+    return classes_last(x, _class_axis(x))
 
 
-def _reduce_elements(loss: jax.Array, reduction: str) -> jax.Array:
-    """torch's elementwise reductions: an empty ``"mean"`` is NaN (0 / 0), an empty sum 0."""
+def _target_weights(target, weight, kept, num_classes: int, dtype) -> jax.Array:
+    """``weight[target]`` (1 without weights) where ``kept``, 0 elsewhere."""
+    safe_target = jnp.clip(target, 0, num_classes - 1)
+    picked = jnp.ones(target.shape, dtype) if weight is None else weight.astype(dtype)[safe_target]
+    return jnp.where(kept, picked, 0.0)
+
+
+def _reduce(loss: jax.Array, reduction: str, weights: jax.Array | None = None) -> jax.Array:
+    """torch's reductions: ``"mean"`` divides by the summed ``weights`` (by the number of
+    elements without them), 0 / 0 = NaN as in torch (an empty batch, every target ignored, or
+    class weights that sum to 0); an empty ``"sum"`` is 0."""
+    if reduction == "none":
+        return loss
     if reduction == "sum":
         return jnp.sum(loss)
-    if reduction == "mean":
+    if weights is None:
         return jnp.sum(loss) / jnp.asarray(loss.size, loss.dtype)
-    return loss
-
-
-def _weighted_mean(loss: jax.Array, weights: jax.Array) -> jax.Array:
-    """torch's weighted ``"mean"``: sum(loss) / sum(weights), 0 / 0 = NaN as in torch (an empty
-    batch, every target ignored, or class weights that sum to 0)."""
     total, count = loss_sum_and_count(loss, weights=weights)
     return total / count
-
-
-def _check_ignore_index(ignore_index) -> int:
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int | np.integer):
-        raise TypeError(
-            f"`ignore_index` must be a static Python int; got {ignore_index!r} "
-            f"({type(ignore_index).__name__})."
-        )
-    return int(ignore_index)
 
 
 def _torch_log_softmax(logits: jax.Array) -> jax.Array:
@@ -224,17 +220,14 @@ def cross_entropy(
       ``torch.nn.functional.cross_entropy``; Szegedy et al., "Rethinking the Inception
       Architecture for Computer Vision", 2016 (label smoothing).
     """
-    _check_reduction(reduction)
-    ignore_index = _check_ignore_index(ignore_index)
+    check_reduction(reduction, _REDUCTIONS)
+    static_ignore_index(ignore_index)  # a static int (or None: nothing ignored)
     label_smoothing, smoothing_ok = scheduled_number(
         label_smoothing, "label_smoothing", low=0.0, high=1.0
     )
     input = as_float_array(input, "input")
-    _check_class_input(input)
+    weight = _check_weight(weight, _check_class_input(input))
     target = jnp.asarray(target)
-    num_classes = input.shape[0 if input.ndim == 1 else 1]
-    check_has_classes(input, (0 if input.ndim == 1 else 1,), "input")
-    weight = _check_weight(weight, num_classes)
     logits = _classes_last(upcast(input))
     if jnp.issubdtype(target.dtype, jnp.floating):
         loss = _cross_entropy_probs(logits, target, input, weight, reduction, label_smoothing)
@@ -248,7 +241,7 @@ def cross_entropy(
             "`target` must hold class indices (an integer array) or class probabilities (a "
             f"floating-point array of `input`'s shape); got {describe(target)}."
         )
-    return loss if smoothing_ok is None else jnp.where(smoothing_ok, loss, jnp.nan)
+    return poison_unless(loss, smoothing_ok)
 
 
 def _cross_entropy_indices(logits, target, weight, ignore_index, reduction, label_smoothing):
@@ -273,13 +266,9 @@ def _cross_entropy_indices(logits, target, weight, ignore_index, reduction, labe
         smooth = -jnp.sum(log_q * class_weight, axis=-1)
         smooth = jnp.where(ignored, 0.0, smooth)
         loss = (1.0 - label_smoothing) * nll + (label_smoothing / num_classes) * smooth
-    if reduction == "none":
-        return loss
-    if reduction == "sum":
-        return jnp.sum(loss)
-    safe_target = jnp.clip(target, 0, num_classes - 1)
-    target_weight = jnp.ones(target.shape, loss.dtype) if weight is None else weight[safe_target]
-    return _weighted_mean(loss, jnp.where(ignored, 0.0, target_weight.astype(loss.dtype)))
+    return _reduce(
+        loss, reduction, _target_weights(target, weight, ~ignored, num_classes, loss.dtype)
+    )
 
 
 def _cross_entropy_probs(logits, target, input, weight, reduction, label_smoothing):
@@ -295,7 +284,7 @@ def _cross_entropy_probs(logits, target, input, weight, reduction, label_smoothi
     if weight is not None:
         labels = labels * weight.astype(labels.dtype)
     loss = -jnp.sum(labels * _torch_log_softmax(logits), axis=-1)
-    return _reduce_elements(loss, reduction)
+    return _reduce(loss, reduction)
 
 
 @cached_eager
@@ -339,37 +328,26 @@ def nll_loss(
     References:
       ``torch.nn.functional.nll_loss``.
     """
-    _check_reduction(reduction)
+    check_reduction(reduction, _REDUCTIONS)
     input = as_float_array(input, "input")
-    _check_class_input(input)
+    weight = _check_weight(weight, _check_class_input(input))
     target = jnp.asarray(target)
     if not jnp.issubdtype(target.dtype, jnp.integer):
         raise TypeError(
             f"`target` must hold class indices (an integer array); got {describe(target)}."
         )
     _check_index_target(input, target)
-    ignore_index = _check_ignore_index(ignore_index)
+    static_ignore_index(ignore_index)  # a static int (or None: nothing ignored)
     target = as_integer_array(target, "target")
     log_probs = upcast(_classes_last(input))
     num_classes = log_probs.shape[-1]
-    check_has_classes(log_probs, (log_probs.ndim - 1,), "input")
-    weight = _check_weight(weight, num_classes)
-
     kept = ~equals_index(target, ignore_index)
     in_range = (target >= 0) & (target < num_classes)
     picked = pick_label(log_probs, target)  # the core pick; out-of-range rows masked below
-    safe_target = jnp.clip(target, 0, num_classes - 1)
-    example_weight = (
-        jnp.ones_like(picked) if weight is None else weight.astype(picked.dtype)[safe_target]
-    )
-    example_weight = jnp.where(kept, example_weight, 0.0)
+    example_weight = _target_weights(target, weight, kept, num_classes, picked.dtype)
     loss = jnp.where(kept, -example_weight * picked, 0.0)
     loss = jnp.where(kept & ~in_range, jnp.nan, loss)
-    if reduction == "none":
-        return loss
-    if reduction == "sum":
-        return jnp.sum(loss)
-    return _weighted_mean(loss, example_weight)
+    return _reduce(loss, reduction, example_weight)
 
 
 # --- KL divergence. ----------------------------------------------------------------------------
@@ -427,7 +405,7 @@ def kl_div(
       ``torch.nn.functional.kl_div``; Kullback and Leibler, "On Information and Sufficiency",
       1951.
     """
-    _check_reduction(reduction, _KL_REDUCTIONS)
+    check_reduction(reduction)
     input = as_float_array(input, "input")
     target = as_float_array(target, "target")
     try:
@@ -441,11 +419,11 @@ def kl_div(
     target = jnp.broadcast_to(target.astype(dtype), shape)
     # The core KL terms: 0 where the target probability is 0 (torch: NaN where that meets a
     # -inf input), NaN for a negative or NaN target.
-    terms = kl_terms_log_targets(log_q, target) if log_target else kl_terms(log_q, target)
+    terms = _formulas.kl_terms(target, log_q) if log_target else kl_terms(log_q, target)
     if reduction == "batchmean":
         # torch divides by input.size(0), the *input's* first dimension (0 / 0 = NaN).
         return jnp.sum(terms) / jnp.asarray(input.shape[0] if input.ndim else 1, terms.dtype)
-    return _reduce_elements(terms, reduction)
+    return _reduce(terms, reduction)
 
 
 # --- Binary cross-entropy. ---------------------------------------------------------------------
@@ -492,7 +470,7 @@ def binary_cross_entropy_with_logits(
     References:
       ``torch.nn.functional.binary_cross_entropy_with_logits``.
     """
-    _check_reduction(reduction)
+    check_reduction(reduction, _REDUCTIONS)
     input = as_float_array(input, "input")
     target = as_float_array(target, "target")
     check_same_shape(input, "input", target, "target")
@@ -500,7 +478,7 @@ def binary_cross_entropy_with_logits(
         pos_weight = as_float_array(pos_weight, "pos_weight")
         check_broadcastable(pos_weight, "pos_weight", input.shape, "input")
     loss = sigmoid_binary_cross_entropy(input, target, pos_weight=pos_weight)
-    return _reduce_elements(_apply_weight(loss, weight, input), reduction)
+    return _reduce(_apply_weight(loss, weight, input), reduction)
 
 
 def _apply_weight(loss: jax.Array, weight, input: jax.Array) -> jax.Array:
@@ -555,7 +533,7 @@ def binary_cross_entropy(
     References:
       ``torch.nn.functional.binary_cross_entropy``.
     """
-    _check_reduction(reduction)
+    check_reduction(reduction, _REDUCTIONS)
     input = as_float_array(input, "input")
     target = as_float_array(target, "target")
     check_same_shape(input, "input", target, "target")
@@ -563,7 +541,7 @@ def binary_cross_entropy(
     loss = _clamped_binary_cross_entropy(input.astype(dtype), target.astype(dtype))
     outside = (target < 0) | (target > 1) | (input < 0) | (input > 1)
     loss = jnp.where(outside, jnp.nan, loss)  # torch raises; JAX cannot raise on values
-    return _reduce_elements(_apply_weight(loss, weight, input), reduction)
+    return _reduce(_apply_weight(loss, weight, input), reduction)
 
 
 def _clamped_log(x: jax.Array) -> jax.Array:
@@ -581,34 +559,12 @@ def _clamped_binary_cross_entropy(p: jax.Array, y: jax.Array) -> jax.Array:
 def _clamped_binary_cross_entropy_jvp(primals, tangents):
     p, y = primals
     p_dot, y_dot = tangents
-    log_p, log_1mp = _clamped_log(p), _clamped_log(1.0 - p)
-    value = -(y * log_p + (1.0 - y) * log_1mp)
     d_p = (p - y) / jnp.maximum(p * (1.0 - p), _BCE_GRAD_EPSILON)
-    d_y = log_1mp - log_p
-    return value, d_p * p_dot + d_y * y_dot
+    d_y = _clamped_log(1.0 - p) - _clamped_log(p)
+    return _clamped_binary_cross_entropy(p, y), d_p * p_dot + d_y * y_dot
 
 
 # --- Value checks for infoloss_jax.checked. ----------------------------------------------------
-
-
-def _check_log_probability_input(input, name: str = "input", *, hint: str) -> None:
-    input = jnp.asarray(input)
-    checkify.check(
-        jnp.all(input <= 1e-3),
-        f"`{name}` must hold log-probabilities (all <= 0), but its largest value is {{m}}: it "
-        f"looks like probabilities, not log-probabilities. {hint}",
-        m=jnp.max(input),
-    )
-
-
-def _check_unit_interval(x, name: str, hint: str = "") -> None:
-    x = jnp.asarray(x)
-    checkify.check(
-        jnp.all((x >= 0) & (x <= 1)),
-        f"`{name}` must hold probabilities in [0, 1], but it ranges over [{{lo}}, {{hi}}].{hint}",
-        lo=jnp.min(x),
-        hi=jnp.max(x),
-    )
 
 
 def _cross_entropy_checks(input, target, weight=None, ignore_index=-100, **_) -> None:
@@ -621,18 +577,17 @@ def _cross_entropy_checks(input, target, weight=None, ignore_index=-100, **_) ->
 
 
 def _nll_loss_checks(input, target, weight=None, ignore_index=-100, **_) -> None:
-    _check_log_probability_input(
-        input, hint="Pass `jax.nn.log_softmax(logits, axis=1)`, or use `cross_entropy` on logits."
-    )
+    hint = "Pass `jax.nn.log_softmax(logits, axis=1)`, or use `cross_entropy` on logits."
+    check_log_probabilities(input, "input", hint=hint, normalized=False)
     check_label_range(_classes_last(jnp.asarray(input)), target, ignore_index=ignore_index)
 
 
 def _kl_div_checks(input, target, reduction="mean", log_target=False) -> None:
-    _check_log_probability_input(
-        input, hint="kl_div's `input` is log q: pass `jnp.log(q)` or `jax.nn.log_softmax(x)`."
-    )
+    hint = "kl_div's `input` is log q: pass `jnp.log(q)` or `jax.nn.log_softmax(x)`."
+    check_log_probabilities(input, "input", hint=hint, normalized=False)
     if log_target:
-        _check_log_probability_input(target, "target", hint="Or pass `log_target=False`.")
+        hint = "Or pass `log_target=False`."
+        check_log_probabilities(target, "target", hint=hint, normalized=False)
     else:
         checkify.check(
             jnp.all(jnp.asarray(target) >= 0),
@@ -642,15 +597,14 @@ def _kl_div_checks(input, target, reduction="mean", log_target=False) -> None:
 
 
 def _binary_cross_entropy_checks(input, target, weight=None, **_) -> None:
-    _check_unit_interval(
-        input, "input", " For logits use `binary_cross_entropy_with_logits` instead."
-    )
-    _check_unit_interval(target, "target")
+    hint = " For logits use `binary_cross_entropy_with_logits` instead."
+    check_unit_interval(input, "input", hint)
+    check_unit_interval(target, "target")
 
 
 def _binary_cross_entropy_with_logits_checks(input, target, weight=None, **_) -> None:
     check_logits(input, "input")
-    _check_unit_interval(target, "target")
+    check_unit_interval(target, "target")
 
 
 for _fn, _check in [

@@ -119,3 +119,25 @@ def plain_divergence(kind, logits, target_logits, *, beta=0.5, temperature=1.0):
     m = beta * p + (1 - beta) * q
     log_m = jnp.log(jnp.where(m > 0, m, 1.0))
     return beta * kl(log_p, p_inc, log_m) + (1 - beta) * kl(log_q, q_inc, log_m)
+
+
+def plain_log_probs(logits, labels, *, temperature=1.0, logit_softcap=None, ignore_index=None):
+    """(log q(label), entropy) per row, in plain ``jnp``: soft cap, then temperature.
+
+    Ignored rows give 0 for both; a label on an excluded class gives ``-inf``.
+    """
+    z = logits
+    if logit_softcap is not None:
+        finite = z != -jnp.inf
+        z = jnp.where(
+            finite, logit_softcap * jnp.tanh(jnp.where(finite, z, 0.0) / logit_softcap), z
+        )
+    log_q, _, inc = _log_softmax(z / temperature)
+    safe = jnp.where(inc, log_q, 0.0)
+    entropy = -jnp.sum(jnp.where(inc, jnp.exp(safe) * safe, 0.0), axis=-1)
+    index = jnp.clip(labels, 0, z.shape[-1] - 1)[..., None]
+    picked = jnp.take_along_axis(log_q, index, axis=-1)[..., 0]
+    if ignore_index is None:
+        return picked, entropy
+    keep = labels != ignore_index
+    return jnp.where(keep, picked, 0.0), jnp.where(keep, entropy, 0.0)

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import make_mesh, plain_cross_entropy, plain_divergence
+from helpers import make_mesh, plain_cross_entropy, plain_divergence, plain_log_probs
 
 import infoloss_jax as il
 from infoloss_jax import sharded
@@ -266,3 +266,71 @@ def test_distillation_on_logits_with_excluded_classes(kind):
         assert np.isinf(np.asarray(out)).all() or np.isinf(np.asarray(out)[:3]).all()
     else:
         np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- token log-probs
+TOKEN_CASES = {
+    "plain": dict(),
+    "temperature_softcap": dict(temperature=0.7, logit_softcap=4.0),
+    "ignored_excluded": dict(ignore_index=IGNORE, temperature=1.3, logit_softcap=6.0),
+}
+ENTROPY_WEIGHT = 0.37  # a cotangent of the entropy unlike the log-probs' one
+
+
+def _token_inputs(dtype, case):
+    hidden, weight, bias, labels, _ = _inputs(dtype, "excluded")
+    opts = dict(TOKEN_CASES[case], with_entropy=True)
+    if "ignore_index" in opts:
+        labels = labels.at[jnp.array([0, 5, 6, 13])].set(IGNORE)
+    return hidden, weight, bias, labels, opts
+
+
+def _log_probs_paths(labels, opts, mesh):
+    def stacked(out):
+        return jnp.stack([out[0], ENTROPY_WEIGHT * out[1]])
+
+    def plain(h, w, b):
+        logits = h.astype(jnp.float32) @ w.astype(jnp.float32) + b.astype(jnp.float32)
+        plain_opts = {k: v for k, v in opts.items() if k != "with_entropy"}
+        return stacked(plain_log_probs(logits, labels, **plain_opts))
+
+    def core(h, w, b):
+        return stacked(il.log_probs(h @ w + b, labels, **opts))
+
+    def fused(h, w, b):
+        return stacked(il.linear_log_probs(h, labels, w, bias=b, **opts, **BLOCKS))
+
+    def fused_tied(h, w, b):
+        out = il.linear_log_probs(h, labels, w.T, bias=b, weight_layout="vd", **opts, **BLOCKS)
+        return stacked(out)
+
+    def on_mesh(h, w, b):
+        out = sharded.vocab_parallel_linear_log_probs_on_mesh(
+            h, labels, w, bias=b, mesh=mesh, vocab_axis="model", **opts, **BLOCKS
+        )
+        return stacked(out)
+
+    def logits_on_mesh(h, w, b):
+        out = sharded.vocab_parallel_log_probs_on_mesh(
+            h @ w + b, labels, mesh=mesh, vocab_axis="model", **opts
+        )
+        return stacked(out)
+
+    return dict(
+        plain=plain,
+        core=core,
+        fused=fused,
+        fused_tied=fused_tied,
+        sharded=on_mesh,
+        sharded_logits=logits_on_mesh,
+    )
+
+
+@pytest.mark.parametrize("case", list(TOKEN_CASES))
+@pytest.mark.parametrize("dtype", [jnp.float32, pytest.param(jnp.bfloat16, marks=pytest.mark.slow)])
+def test_token_log_probs_and_entropy_agree(case, dtype):
+    """log q(label) and the entropy, with -inf bias entries (excluded classes), ignored tokens,
+    temperature and soft cap: every path, values and gradients through both outputs."""
+    hidden, weight, bias, labels, opts = _token_inputs(dtype, case)
+    paths = _log_probs_paths(labels, opts, make_mesh("2x4"))
+    _check(paths, (hidden, weight, bias), _tolerance(dtype))

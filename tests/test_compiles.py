@@ -142,6 +142,9 @@ TORCH = {
 }
 
 GRADIENTS = {
+    "log_probs_grad": lambda: gradients.log_probs_grad(
+        LOGITS, IGNORED_LABELS, ignore_index=-100, temperature=0.7, with_entropy=True
+    )[1],
     "softmax_cross_entropy_grad": lambda: gradients.softmax_cross_entropy_grad(
         LOGITS, PROBS, **LLM
     ),
@@ -271,6 +274,10 @@ SHARDED = {
 }
 
 POST_TRAINING = {
+    "log_probs": lambda: il.log_probs(TOKEN_LOGITS, TOKEN_LABELS, with_entropy=True)[1],
+    "linear_log_probs": lambda: il.linear_log_probs(
+        HIDDEN, TOKEN_LABELS, HEAD, temperature=0.7, with_entropy=True
+    )[1],
     "kl_estimate": lambda: il.kl_estimate(LOG_PREDICTIONS, LOG_TARGETS, estimator="k3"),
     "policy.clipped_surrogate": lambda: policy.clipped_surrogate(
         LOG_PREDICTIONS, LOG_TARGETS, TANGENT, ref_log_probs=LOG_TARGETS, kl_coef=0.1

@@ -100,6 +100,37 @@ def test_train_char_lm_markov_source_prints_the_entropy_rate_floor(tmp_path):
     assert abs(results["oracle_val_loss"] - results["floor_nats"]) < 0.3
 
 
+TINY_GRPO = [
+    "--pretrain-steps", "20", "--d-model", "16", "--layers", "1", "--heads", "2",
+    "--steps", "8", "--prompts", "4", "--group-size", "4", "--prompt-len", "8",
+    "--completion-len", "8", "--lr", "1e-2", "--kl-coef", "0", "--eval-prompts", "16",
+    "--dpo-steps", "4", "--dpo-pairs", "32", "--dpo-batch", "16", "--dpo-lr", "1e-2",
+    "--no-progress",
+]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_grpo_char_lm_raises_the_reward_and_runs_dpo(tmp_path):
+    png = tmp_path / "curves.png"
+    out = run_example("grpo_char_lm.py", *TINY_GRPO, "--out", str(png))
+    results = json.loads(png.with_suffix(".json").read_text())
+    assert png.read_bytes().startswith(b"\x89PNG")
+    before, grpo = results["before"], results["grpo"]
+    assert abs(before["kl"]) < 1e-6  # the reference scored against itself
+    assert grpo["reward"] > before["reward"] + 0.1
+    assert grpo["kl"] > 0.0
+    history = results["grpo_history"]
+    assert len(history["reward"]) == len(history["kl"]) == len(history["entropy"]) == 8
+    assert all(0.0 <= r <= 1.0 for r in history["reward"])
+    dpo = results["dpo_history"]
+    assert len(dpo["loss"]) == 4
+    assert dpo["loss"][-1] < 0.6931  # below log 2, the loss at the reference
+    assert 0 < results["dpo_pairs"] <= 32
+    for label in ("GRPO, on held-out prompts", "DPO on", "reward accuracy", "reference:"):
+        assert label in out
+    assert len(results["samples"]["grpo"]) == 8
+
+
 @pytest.mark.slow
 def test_optax_plugin_gives_the_same_trajectory_and_saves_memory():
     out = run_example(

@@ -508,6 +508,7 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
         ["linear_cross_entropy.py", "--quick", "--reps", "1", "--dtypes", "bfloat16"],
         ["distillation.py", "--quick", "--reps", "1", "--no-memory"],
         ["core_losses.py", "--quick", "--reps", "1"],
+        ["log_probs.py", "--quick", "--reps", "1", "--dtypes", "bfloat16"],
     ],
     ids=lambda c: c[0],
 )

@@ -41,7 +41,7 @@ def law(*strategies):
     """Registers a law with the strategies of its arguments (run by the tests at the end)."""
 
     def register(fn):
-        LAWS[fn.__name__] = given(*strategies)(fn)
+        LAWS[fn.__name__] = (fn, strategies)
         return fn
 
     return register
@@ -184,7 +184,9 @@ def binary_cross_entropy_is_at_least_the_binary_entropy(z, t):
 
 
 def _run(name: str, max_examples: int) -> None:
-    settings(max_examples=max_examples)(LAWS[name])()
+    # A fresh hypothesis test per run: one function cannot carry two settings objects.
+    fn, strategies = LAWS[name]
+    settings(max_examples=max_examples)(given(*strategies)(fn))()
 
 
 @pytest.mark.parametrize("name", sorted(LAWS))

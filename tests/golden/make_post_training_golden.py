@@ -67,6 +67,18 @@ INPUTS = {
     "kto_desirable": [True, False, True, False, True, False],
     "kto_kl_log_probs": [-20.1, -18.4, -25.0, -16.2, -19.9, -22.3],
     "kto_kl_ref_log_probs": [-20.5, -18.2, -25.6, -16.9, -20.0, -22.0],
+    # Token log-probs and entropy: logits of 4 tokens x 6 classes, class 4 excluded (-inf,
+    # which the fused test puts in the bias), the sampled tokens, and the cotangents a and b of
+    # the objective sum(a * log_probs) + sum(b * entropy).
+    "lp_logits": [
+        [2.0, -1.0, 0.5, 3.5, float("-inf"), -0.25],
+        [-0.5, 0.0, 1.5, -2.0, float("-inf"), 4.0],
+        [1.0, 1.0, 1.0, 1.0, float("-inf"), 1.0],
+        [-3.0, 6.0, 0.2, -1.2, float("-inf"), 0.7],
+    ],
+    "lp_labels": [3, 2, 0, 5],
+    "lp_a": [1.0, -0.5, 0.25, 2.0],
+    "lp_b": [0.1, 0.3, -0.2, 0.05],
 }
 
 GRPO_CLIP = {"clip_low": 0.2, "clip_high": 0.28}
@@ -85,6 +97,7 @@ CPO_ALPHA = 1.0
 KTO_BETA = 0.1
 KTO_WEIGHTS = {"desirable_weight": 1.0, "undesirable_weight": 1.33}
 GROUP_SIZE = 4
+LOG_PROB_CASES = {"plain": (1.0, None), "temperature_softcap": (0.7, 3.0)}
 GROUP_EPS = 1e-6
 
 
@@ -281,6 +294,28 @@ def main() -> None:
     x = klp.clone().requires_grad_(True)
     kto_loss(x).backward()
     golden["grad/kto/log_probs"] = x.grad.tolist()
+
+    # ---------------------------------------------------------------- token log-probs, entropy
+    # verl's logprobs_from_logits and entropy_from_logits, with the soft cap before the
+    # temperature (the sampler's order) and 0 log 0 = 0 on the excluded class.
+    labels = torch.tensor(INPUTS["lp_labels"])
+    for case, (temperature, cap) in LOG_PROB_CASES.items():
+
+        def token_outputs(z, temperature=temperature, cap=cap):
+            if cap is not None:
+                z = torch.where(torch.isinf(z), z, cap * torch.tanh(z / cap))
+            logp = F.log_softmax(z / temperature, dim=-1)
+            picked = logp.gather(-1, labels[:, None])[:, 0]
+            finite = torch.where(torch.isfinite(logp), logp, torch.zeros_like(logp))
+            return picked, -(logp.exp() * finite).sum(-1)
+
+        picked, ent = token_outputs(t("lp_logits"))
+        record(f"log_probs/{case}/log_probs", picked)
+        record(f"log_probs/{case}/entropy", ent)
+        x = t("lp_logits").clone().requires_grad_(True)
+        picked, ent = token_outputs(x)
+        ((t("lp_a") * picked).sum() + (t("lp_b") * ent).sum()).backward()
+        golden[f"grad/log_probs/{case}/logits"] = torch.nan_to_num(x.grad, neginf=0.0).tolist()
 
     print('"""PyTorch golden numbers for the post-training losses (policy, preference, KL).')
     print()
