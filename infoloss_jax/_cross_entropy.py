@@ -22,6 +22,7 @@ from ._reductions import reduce_loss
 from ._typing import ArrayLike
 from ._validation import (
     Axis,
+    accumulation_dtype,
     all_ok,
     as_float_array,
     as_integer_array,
@@ -366,10 +367,17 @@ def integer_label_rows(logits, labels, class_weights, coefs, spec, explicit):
 
     The same tile formulas as the fused and sharded heads (:mod:`._tiles`), on ``[rows, K]``
     logits. The JVP rule is the tile's closed-form logit gradient, so reverse mode is one
-    elementwise pass, with the softmax recomputed rather than stored.
+    elementwise pass, with the softmax recomputed rather than stored. Half-precision logits come
+    in as they are and are upcast inside, where the cast fuses into every pass over them.
     """
-    z = _tiles.softcap(logits, spec.softcap)
-    stats = _tiles.ce_tile(z, labels, class_weights, 0, spec, explicit=explicit)
+
+    def rebuild(raw):
+        return _tiles.softcap(upcast(raw), spec.softcap)
+
+    z = rebuild(logits)
+    stats = _tiles.ce_tile(
+        z, labels, class_weights, 0, spec, explicit=explicit, source=(logits, rebuild)
+    )
     rows = _tiles.ce_rows(stats, labels, None, coefs, spec)
     return rows.loss, rows.weight
 
@@ -469,10 +477,10 @@ def softmax_cross_entropy_with_integer_labels(
     axes = normalize_axis(axis, logits.ndim)
     check_integer_labels(logits, labels, axes)
     mask = integer_where(where, logits, labels, axes)
-    logits = classes_last(exclude(upcast(logits), mask), axes)
+    logits = classes_last(exclude(logits, mask), axes)
     num_classes = logits.shape[-1]
     weights, spec, coefs, ok = integer_label_spec(
-        logits.dtype,
+        accumulation_dtype(logits.dtype),
         num_classes,
         class_weights,
         label_smoothing=label_smoothing,

@@ -20,14 +20,15 @@ mesh axis with one ``pmax`` and one ``psum``.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ._log_partition import branch_on_exclusion
 from ._loss_spec import Coefficients, LossSpec
+from ._validation import upcast
 
 NEG_INF = -jnp.inf
 
@@ -159,10 +160,13 @@ def _masked_pick(x, local):
     return jnp.sum(jnp.where(cols == local[:, None], x, 0.0), axis=1)
 
 
-def ce_tile(z, labels, class_weights, start, spec: LossSpec, explicit=False) -> Stats:
+def ce_tile(z, labels, class_weights, start, spec: LossSpec, explicit=False, source=None) -> Stats:
     """Statistics of one cross-entropy tile ``z`` whose first column is global class ``start``.
 
-    ``explicit`` picks the label's logit with a masked sum instead of a gather.
+    ``explicit`` picks the label's logit with a masked sum instead of a gather. ``source``:
+    ``(raw, rebuild)`` with ``z = rebuild(raw)``, when the caller holds the logits ``z`` was made
+    of; the branch for excluded classes then takes ``raw`` and rebuilds ``z`` itself, so that no
+    upcast or soft-capped ``[N, V]`` copy has to be written for it.
     """
     m = jnp.max(z, axis=1)
     shifted = z - _shift(m)[:, None]
@@ -176,9 +180,7 @@ def ce_tile(z, labels, class_weights, start, spec: LossSpec, explicit=False) -> 
         assert class_weights is not None  # the spec says they are given
         plain["label_weight"] = pick(jnp.broadcast_to(class_weights, z.shape), local)
     if spec.smoothing:
-        plain.update(
-            branch_on_exclusion(_smoothing_sums, _smoothing_sums_plain, (z,), class_weights)
-        )
+        plain.update(_smoothing(z, sumexp, class_weights, source))
     argmax = jnp.argmax(z, axis=1).astype(jnp.int32) + start
     centered = ()
     if spec.entropy:
@@ -187,16 +189,79 @@ def ce_tile(z, labels, class_weights, start, spec: LossSpec, explicit=False) -> 
     return Stats((m,), (sumexp,), (), plain, argmax.astype(jnp.int32), centered)
 
 
-def _smoothing_sums(zs, class_weights):
+def _smoothing(z, sumexp, class_weights, source=None):
+    """The smoothing sums of a tile: in plain form, unless a row needs the exact form.
+
+    The plain sum of a row's logits is finite exactly when no class of the row is excluded
+    (barring an overflow, which the exact form repeats); it is -inf, or NaN with class weights,
+    when one is. A row whose ``sumexp`` is NaN holds a NaN or ``+inf`` logit and is poisoned
+    either way, so it never sends the tile to the exact form. The test costs nothing beyond the
+    plain sums themselves, which XLA fuses into one reduction.
+    """
+    sums = _smoothing_sums_plain((z,), class_weights)
+    needs_exact = ~jnp.isfinite(sums["sum_z"]) & ~jnp.isnan(sumexp)
+    if source is None:
+        return lax.cond(jnp.any(needs_exact), _smoothing_sums, _given, (z,), class_weights, sums)
+    raw, rebuild = source
+    exact = functools.partial(_smoothing_sums_rebuilt, rebuild)
+    return lax.cond(jnp.any(needs_exact), exact, _given, (raw,), class_weights, sums)
+
+
+def _smoothing_sums_rebuilt(rebuild, raws, class_weights, sums):
+    (raw,) = raws
+    return _smoothing_sums((rebuild(raw),), class_weights, sums)
+
+
+def _given(zs, class_weights, sums):
+    del zs, class_weights
+    return sums
+
+
+def _smoothing_sums(zs, class_weights, sums=None):
     """Sums over the included classes: of c_k z_k, of 1 (K) and of c_k (c = 1 if None)."""
+    del sums  # the plain sums, which this exact form replaces
     (z,) = zs
-    weight = included(z).astype(z.dtype)
-    sums = {"count": jnp.sum(weight, axis=1)}
+    count, sum_weight, sum_z = _included_sums(z, class_weights)
+    sums = {"count": count, "sum_z": sum_z}
+    if class_weights is not None:
+        sums["sum_weight"] = sum_weight
+    return sums
+
+
+@jax.custom_jvp
+def _included_sums(z, class_weights):
+    """``(K, sum c_k, sum c_k z_k)`` over the included classes of each row, in one reduction.
+
+    One variadic reduction: XLA's CPU backend fuses its masks into the loop, where separate
+    masked sums would each write an ``[N, V]`` mask first. (Its derivative is a rule of its own
+    because JAX cannot differentiate a variadic reduction with constant operands.)
+    """
+    keep = included(z)
+    weight = keep.astype(z.dtype)
     if class_weights is not None:
         weight = weight * class_weights
-        sums["sum_weight"] = jnp.sum(weight, axis=1)
-    sums["sum_z"] = jnp.sum(jnp.where(included(z), z, 0.0) * weight, axis=1)
-    return sums
+    operands = (keep.astype(z.dtype), weight, jnp.where(keep, z, 0.0) * weight)
+    zero = jnp.zeros((), z.dtype)
+    return tuple(lax.reduce(operands, (zero,) * 3, _add_pairs, (1,)))
+
+
+def _add_pairs(a, b):
+    return tuple(x + y for x, y in zip(a, b, strict=True))
+
+
+@_included_sums.defjvp
+def _included_sums_jvp(primals, tangents):
+    z, class_weights = primals
+    dz, dweights = tangents
+    sums = _included_sums(z, class_weights)
+    keep = included(z)
+    weight = 1.0 if class_weights is None else class_weights
+    d_sum_z = jnp.where(keep, dz, 0.0) * weight
+    d_sum_weight = jnp.zeros_like(sums[1])
+    if class_weights is not None:
+        d_sum_z = d_sum_z + jnp.where(keep, z, 0.0) * dweights
+        d_sum_weight = jnp.sum(jnp.where(keep, dweights, 0.0), axis=1)
+    return sums, (jnp.zeros_like(sums[0]), d_sum_weight, jnp.sum(d_sum_z, axis=1))
 
 
 def _smoothing_sums_plain(zs, class_weights):
@@ -401,13 +466,15 @@ def ce_full_tile(raw, labels, class_weights, coefs: Coefficients, spec: LossSpec
     """``(rows, d(sum_i loss_i) / d raw)`` of the cross-entropy on one full ``[rows, V]`` tile.
 
     The core integer-label loss and its closed-form gradient both come from here, so their
-    options are the fused and sharded options.
+    options are the fused and sharded options. Half-precision ``raw`` is computed in float32.
     """
-    z = ce_logits(raw, spec, coefs)
-    stats = ce_tile(z, labels, class_weights, 0, spec, explicit=explicit)
+    wide = upcast(raw)
+    z = ce_logits(wide, spec, coefs)
+    source = (raw, lambda r: ce_logits(upcast(r), spec, coefs))
+    stats = ce_tile(z, labels, class_weights, 0, spec, explicit=explicit, source=source)
     rows = ce_rows(stats, labels, None, coefs, spec)
     log_q = log_softmax_of(z, stats)
-    return rows, ce_tile_grad(z, raw, labels, 0, class_weights, log_q, rows.coef, spec)
+    return rows, ce_tile_grad(z, wide, labels, 0, class_weights, log_q, rows.coef, spec)
 
 
 def divergence_tile_grad(kind, s, t, s_lse, t_lse, kl, g, coefs: Coefficients):
