@@ -161,6 +161,7 @@ def test_cross_entropy_bfloat16(case):
     _check(paths, (hidden, weight, bias), _tolerance(jnp.bfloat16))
 
 
+@pytest.mark.slow
 def test_fully_ignored_batch_gives_zero_everywhere():
     hidden, weight, bias, _, _ = _inputs(jnp.float32, "plain")
     labels = jnp.full((N,), IGNORE)
@@ -326,7 +327,13 @@ def _log_probs_paths(labels, opts, mesh):
     )
 
 
-@pytest.mark.parametrize("case", list(TOKEN_CASES))
+@pytest.mark.parametrize(
+    "case",
+    [
+        c if c == "ignored_excluded" else pytest.param(c, marks=pytest.mark.slow)
+        for c in TOKEN_CASES
+    ],
+)
 @pytest.mark.parametrize("dtype", [jnp.float32, pytest.param(jnp.bfloat16, marks=pytest.mark.slow)])
 def test_token_log_probs_and_entropy_agree(case, dtype):
     """log q(label) and the entropy, with -inf bias entries (excluded classes), ignored tokens,

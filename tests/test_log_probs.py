@@ -90,7 +90,7 @@ OPTIONS = {
     "softcap": {"logit_softcap": 2.5},
     "both_ignored": {"temperature": 1.7, "logit_softcap": 4.0, "ignore_index": -100},
 }
-SLOW_OPTIONS = ("plain", "temperature", "softcap")  # "both_ignored" covers them in the fast run
+SLOW_OPTIONS = tuple(OPTIONS)  # the fast run has the goldens and test_agreement's token case
 
 
 @pytest.mark.parametrize(
@@ -150,7 +150,7 @@ def test_finite_differences_float64():
 
 
 @pytest.mark.parametrize("dtype", [pytest.param(jnp.float32, marks=pytest.mark.slow), jnp.bfloat16])
-@pytest.mark.parametrize("layout", ["dv", "vd"])
+@pytest.mark.parametrize("layout", [pytest.param("dv", marks=pytest.mark.slow), "vd"])
 def test_fused_equals_core(dtype, layout):
     hidden, weight, bias, labels, cot = _head(dtype)
     options = dict(temperature=0.9, logit_softcap=5.0, ignore_index=-100, with_entropy=True)
@@ -267,6 +267,7 @@ def test_fused_mask_and_empty_rows():
 
 
 # ----------------------------------------------------------------------------- transforms
+@pytest.mark.slow
 def test_jit_vmap_axis_and_traced_temperature():
     rng = np.random.default_rng(7)
     logits = jnp.asarray(rng.normal(size=(3, 5, 11)), jnp.float32)
@@ -307,6 +308,7 @@ def test_errors():
 
 
 # ----------------------------------------------------------------------------- laws
+@pytest.mark.slow
 @settings(max_examples=12, deadline=None)
 @given(
     st.integers(2, 12),
