@@ -172,6 +172,7 @@ def test_fully_ignored_batch_gives_zero_everywhere():
         assert all(not np.asarray(g).any() for g in grads), name
 
 
+@pytest.mark.slow
 def test_excluded_classes_under_smoothing_and_softcap_are_finite():
     """The drift of issue 11: a -inf bias entry stays excluded under soft-capping and gets no
     smoothing mass, in every path (it used to give inf in the fused and sharded heads)."""

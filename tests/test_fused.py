@@ -139,6 +139,7 @@ def test_cross_entropy_flattens_leading_dims_and_chooses_blocks():
     assert per_token.shape == (3, 11)
 
 
+@pytest.mark.slow
 def test_cross_entropy_aux_matches_materialized_logits():
     hidden, weight, bias, labels, _, _ = _inputs()
     labels = labels.at[0].set(-100)

@@ -402,6 +402,7 @@ def test_a_wrong_shared_kernel_fails_the_table_and_the_closed_form_tests(kernel,
     test_gradients.test_closed_form_matches_autodiff(sorted(cases)[0], jnp.float64, 1e-12)
 
 
+@pytest.mark.slow
 def test_the_mutation_leaves_the_other_rows_passing(monkeypatch):
     """Only the rows a kernel feeds fail: the table attributes the error to its formula."""
     rows, _ = MUTATIONS["entropy_grad_given_value"]

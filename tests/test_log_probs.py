@@ -244,6 +244,7 @@ def test_label_values(path):
     assert np.isnan(jax.grad(lambda h: run(h)[0][0])(hidden)[0]).all()
 
 
+@pytest.mark.slow
 def test_fused_mask_and_empty_rows():
     hidden, weight, bias, labels, cot = _head()
     labels = jnp.where(labels < 0, 0, labels)

@@ -324,6 +324,7 @@ def _microbatches():
     return {"x": split(ACC_X), "ids": split(ACC_IDS), "where": split(ACC_WHERE)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("reduction", ["sequence_mean", "mean"])
 def test_accumulate_value_and_grad_equals_the_full_batch(reduction):
     def sum_and_count(theta, batch):

@@ -464,7 +464,8 @@ def test_log_probs_match_core_inside_shard_map_and_on_mesh():
     assert float(alone[3]) == -np.inf
 
 
-@pytest.mark.parametrize("layout", ["dv", pytest.param("vd", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ["dv", "vd"])
 def test_linear_log_probs_match_core(layout):
     mesh = make_mesh("4x2")
     _, hidden, weight, bias, labels, cts = _log_prob_inputs(seed=4)
