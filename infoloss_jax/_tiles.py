@@ -221,7 +221,8 @@ def _smoothing_sums(zs, class_weights, sums=None):
     """Sums over the included classes: of c_k z_k, of 1 (K) and of c_k (c = 1 if None)."""
     del sums  # the plain sums, which this exact form replaces
     (z,) = zs
-    count, sum_weight, sum_z = _included_sums(z, class_weights)
+    sums_of = _included_sums_separately if _under_a_mesh() else _included_sums
+    count, sum_weight, sum_z = sums_of(z, class_weights)
     sums = {"count": count, "sum_z": sum_z}
     if class_weights is not None:
         sums["sum_weight"] = sum_weight
@@ -243,6 +244,21 @@ def _included_sums(z, class_weights):
     operands = (keep.astype(z.dtype), weight, jnp.where(keep, z, 0.0) * weight)
     zero = jnp.zeros((), z.dtype)
     return tuple(lax.reduce(operands, (zero,) * 3, _add_pairs, (1,)))
+
+
+def _under_a_mesh() -> bool:
+    """True inside ``jax.set_mesh`` of several devices, where arrays may be sharded."""
+    mesh = jax.sharding.get_abstract_mesh()
+    return not mesh.empty and mesh.size > 1
+
+
+def _included_sums_separately(z, class_weights):
+    """:func:`_included_sums` as ordinary masked sums: XLA's SPMD partitioner splits these over
+    a sharded class axis, where it gathers the variadic reduction's operands instead."""
+    keep = included(z)
+    weight = keep.astype(z.dtype) if class_weights is None else jnp.where(keep, class_weights, 0.0)
+    count = jnp.sum(keep.astype(z.dtype), axis=1)
+    return count, jnp.sum(weight, axis=1), jnp.sum(jnp.where(keep, z, 0.0) * weight, axis=1)
 
 
 def _add_pairs(a, b):
