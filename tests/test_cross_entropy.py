@@ -86,6 +86,7 @@ def test_integer_and_one_hot_labels_agree_with_gradients():
     np.testing.assert_allclose(int_grad, jax.nn.softmax(logits) - one_hot, atol=1e-14)
 
 
+@pytest.mark.slow
 def test_safe_at_neg_inf_logits_where_optax_gives_nan():
     logits = jnp.array([[0.0, -jnp.inf, 1.0], [-jnp.inf, -jnp.inf, 2.0]])
     labels = jnp.array([[0.5, 0.0, 0.5], [0.0, 0.0, 1.0]])
@@ -108,6 +109,7 @@ def test_label_mass_on_excluded_class_is_infinite_not_nan():
     )
 
 
+@pytest.mark.slow
 def test_fully_masked_rows_give_zero_loss_and_gradient():
     logits = jnp.asarray(RNG.normal(size=(3, 4)))
     where = jnp.array([[True] * 4, [False] * 4, [True, False, True, False]])

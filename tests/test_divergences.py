@@ -190,6 +190,7 @@ def test_temperature_chain_factor():
     np.testing.assert_allclose(grad_t, expected, rtol=1e-12, atol=1e-15)
 
 
+@pytest.mark.slow
 def test_half_precision_divergences_return_float32():
     z = jnp.asarray(RNG.normal(size=(3, 40)), jnp.bfloat16)
     t = jnp.asarray(RNG.normal(size=(3, 40)), jnp.bfloat16)

@@ -167,6 +167,7 @@ def test_cross_entropy_aux_matches_materialized_logits():
     assert bool(aux.correct[1]) and not bool(aux.correct[0])
 
 
+@pytest.mark.slow
 def test_cross_entropy_bfloat16_is_no_worse_than_the_naive_bfloat16_path():
     hidden, weight, _, labels, _, _ = _inputs(jnp.bfloat16, seed=3)
     reference = softmax_cross_entropy_with_integer_labels(
@@ -213,6 +214,7 @@ def test_cross_entropy_check_grads_float64():
     check_grads(jax.jit(loss), (hidden, weight, bias), order=1, modes=["rev"])
 
 
+@pytest.mark.slow
 def test_cross_entropy_ignored_and_out_of_range_labels():
     hidden, weight, _, labels, _, _ = _inputs()
     ignored = jnp.full_like(labels, -100)
@@ -228,6 +230,7 @@ def test_cross_entropy_ignored_and_out_of_range_labels():
     assert bool(jnp.isnan(per_token[2])) and bool(jnp.all(jnp.isfinite(per_token.at[2].set(0))))
 
 
+@pytest.mark.slow
 def test_cross_entropy_under_vmap():
     hidden, weight, _, labels, _, _ = _inputs(lead=(2, 9))
     fused = jax.jit(jax.vmap(lambda h, y: linear_softmax_cross_entropy(h, y, weight, **BLOCKS)))(
@@ -447,6 +450,7 @@ def test_distillation_matches_naive_core_divergence(kind, method, reduction):
     assert bool(jnp.all(grads[2] == 0)) and bool(jnp.all(grads[3] == 0))
 
 
+@pytest.mark.slow
 def test_jensen_shannon_end_points_are_the_two_kls():
     hidden, weight, _, _, _, target_hidden = _inputs()
     target_weight = jax.random.normal(jax.random.key(9), (DT, V), jnp.float32)
@@ -556,6 +560,7 @@ def test_out_of_range_labels_poison_the_gradient_too(bad):
     assert np.isnan(np.asarray(grads[1])).any() and np.isnan(np.asarray(grads[2])).any()
 
 
+@pytest.mark.slow
 def test_extreme_finite_logits_do_not_overflow_the_shift():
     """Logits near the float32 limit (two tied at 3e38, one at -3e38) give no NaN. (In float32
     the O(1) part of lse - z_y is lost to rounding at that scale, as in every lse - z form.)"""

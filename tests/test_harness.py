@@ -116,6 +116,7 @@ def test_float32_inputs_and_float64_finite_differences():
     assert not report.ok(rtol=1e-12, atol=0.0) or arg.max_abs_error == 0
 
 
+@pytest.mark.slow
 def test_two_arguments_and_jitted_or_eager_functions():
     z = jnp.asarray(LOGITS[1:])
     t = jnp.asarray(2.0 * _rng.standard_normal((2, 4)))

@@ -127,6 +127,7 @@ def test_integer_options_match_torch(case):
     np.testing.assert_allclose(grad, GOLDEN[f"grad/cross_entropy/{case}/mean"], atol=1e-12)
 
 
+@pytest.mark.slow
 def test_class_axis_1_matches_torch_k_dimensional_loss():
     logits = jnp.asarray(INPUTS["logits_nd"], jnp.float64)
     labels = jnp.asarray(INPUTS["labels_nd"], jnp.int32)
@@ -144,6 +145,7 @@ def test_class_axis_1_matches_torch_k_dimensional_loss():
     np.testing.assert_allclose(grad, GOLDEN["grad/cross_entropy/nd_weight_ls/mean"], atol=1e-12)
 
 
+@pytest.mark.slow
 def test_soft_label_smoothing_matches_torch():
     probs = jnp.asarray(INPUTS["probs"], jnp.float64)
     for reduction in ("none", "sum", "mean"):

@@ -244,6 +244,7 @@ def test_empty_mask_gives_zero():
     assert float(loss) == 0.0 and float(aux.num_tokens) == 0
 
 
+@pytest.mark.slow
 def test_jit_vmap_and_traced_coefficients():
     f = lambda x, beta: policy.clipped_surrogate(  # noqa: E731
         x, OLD, ADV, mask=MASK, ref_log_probs=REF, kl_coef=beta

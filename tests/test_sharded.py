@@ -203,6 +203,7 @@ def test_cross_entropy_value_level_mistakes():
     assert float(value) == 0.0 and not np.asarray(grad).any()
 
 
+@pytest.mark.slow
 def test_cross_entropy_bfloat16():
     mesh = make_mesh("2x4")
     logits, _, _, _, _, labels = make_inputs()
@@ -368,6 +369,7 @@ def test_linear_cross_entropy_bfloat16(mesh_name, backward):
         assert_close(g.astype(jnp.float64), r, tol=2e-2)
 
 
+@pytest.mark.slow
 def test_linear_cross_entropy_check_grads():
     mesh = make_mesh("4x2")
     _, _, hidden, weight, bias, labels = make_inputs()
@@ -547,6 +549,7 @@ def test_distillation_matches_core(mesh_name, kind):
         assert_close(g, r)
 
 
+@pytest.mark.slow
 def test_distillation_mean_beta_limits_and_excluded_classes():
     mesh = make_mesh("2x4")
     student, teacher, *_ = make_inputs(seed=3)

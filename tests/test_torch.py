@@ -252,6 +252,7 @@ def test_half_precision_inputs_give_float32():
     assert F.kl_div(x, x).dtype == jnp.float32
 
 
+@pytest.mark.slow
 def test_vmap_over_a_leading_axis_matches_a_loop():
     xs = jnp.stack([arr("logits"), 2.0 * arr("logits")])
     y = labels("labels_ignored")
