@@ -185,6 +185,16 @@ def _finish(losses, keep, num_pairs, dtype, oks, chosen_rewards, rejected_reward
     return loss, _aux(losses, chosen_rewards, rejected_rewards, dtype, **extra)
 
 
+def _reference_pairs(chosen, rejected, ref_chosen, ref_rejected, where):
+    """The four per-pair log-probabilities of a reference-relative loss, checked, with the
+    excluded pairs zeroed; returns ``(arrays, dtype, keep)``."""
+    names = ("chosen", "rejected", "ref_chosen", "ref_rejected")
+    arrays = (chosen, rejected, ref_chosen, ref_rejected)
+    floats, dtype = _floats([(f"{n}_log_probs", a) for n, a in zip(names, arrays, strict=True)])
+    keep = _pair_mask(where, floats[0].shape)
+    return _zero_excluded(list(floats), keep, dtype), dtype, keep
+
+
 def _reference_logits(chosen, rejected, ref_chosen, ref_rejected):
     return (chosen - ref_chosen) - (rejected - ref_rejected)
 
@@ -318,18 +328,11 @@ def dpo(
 
       Mitchell, "A Note on DPO with Noisy Preferences & Relationship to IPO", 2023 (cDPO).
     """
-    (c, r, rc, rr), dtype = _floats(
-        [
-            ("chosen_log_probs", chosen_log_probs),
-            ("rejected_log_probs", rejected_log_probs),
-            ("ref_chosen_log_probs", ref_chosen_log_probs),
-            ("ref_rejected_log_probs", ref_rejected_log_probs),
-        ]
+    (c, r, rc, rr), dtype, keep = _reference_pairs(
+        chosen_log_probs, rejected_log_probs, ref_chosen_log_probs, ref_rejected_log_probs, where
     )
     beta, ok_b = _beta(beta)
     eps, ok_e = _smoothing(label_smoothing)
-    keep = _pair_mask(where, c.shape)
-    c, r, rc, rr = _zero_excluded([c, r, rc, rr], keep, dtype)
     h = _reference_logits(c, r, rc, rr)
     losses = _sigmoid_loss(beta * h, eps)
     return _finish(losses, keep, num_pairs, dtype, (ok_b, ok_e), beta * (c - rc), beta * (r - rr))
@@ -392,19 +395,12 @@ def ipo(
       Azar et al., "A General Theoretical Paradigm to Understand Learning from Human
       Preferences", 2024 (IPO).
     """
-    (c, r, rc, rr), dtype = _floats(
-        [
-            ("chosen_log_probs", chosen_log_probs),
-            ("rejected_log_probs", rejected_log_probs),
-            ("ref_chosen_log_probs", ref_chosen_log_probs),
-            ("ref_rejected_log_probs", ref_rejected_log_probs),
-        ]
+    (c, r, rc, rr), dtype, keep = _reference_pairs(
+        chosen_log_probs, rejected_log_probs, ref_chosen_log_probs, ref_rejected_log_probs, where
     )
     beta, ok_b = _beta(beta)
-    keep = _pair_mask(where, c.shape)
     cl = _lengths(chosen_lengths, "chosen_lengths", c.shape, dtype, keep)
     rl = _lengths(rejected_lengths, "rejected_lengths", c.shape, dtype, keep)
-    c, r, rc, rr = _zero_excluded([c, r, rc, rr], keep, dtype)
     if cl is not None:
         c, rc = c / cl, rc / cl
     if rl is not None:
@@ -461,17 +457,10 @@ def hinge(
     References:
       Zhao et al., "SLiC-HF: Sequence Likelihood Calibration with Human Feedback", 2023.
     """
-    (c, r, rc, rr), dtype = _floats(
-        [
-            ("chosen_log_probs", chosen_log_probs),
-            ("rejected_log_probs", rejected_log_probs),
-            ("ref_chosen_log_probs", ref_chosen_log_probs),
-            ("ref_rejected_log_probs", ref_rejected_log_probs),
-        ]
+    (c, r, rc, rr), dtype, keep = _reference_pairs(
+        chosen_log_probs, rejected_log_probs, ref_chosen_log_probs, ref_rejected_log_probs, where
     )
     beta, ok_b = _beta(beta)
-    keep = _pair_mask(where, c.shape)
-    c, r, rc, rr = _zero_excluded([c, r, rc, rr], keep, dtype)
     h = _reference_logits(c, r, rc, rr)
     losses = jax.nn.relu(1.0 - beta * h)
     return _finish(losses, keep, num_pairs, dtype, (ok_b,), beta * (c - rc), beta * (r - rr))
