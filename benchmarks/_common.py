@@ -33,6 +33,30 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
+# LM heads (N tokens, D, V) of the memory tables, and a small one for smoke runs.
+HEADS = {
+    "llama3-8b": (8192, 4096, 128256),
+    "gemma2-2b": (8192, 2304, 256000),
+}
+QUICK_HEADS = {"small": (1024, 512, 16384)}
+
+
+def head_parser(description: str) -> argparse.ArgumentParser:
+    """:func:`parser` with the LM-head benchmarks' size options."""
+    p = parser(description)
+    p.add_argument("--shape", type=int, nargs=3, metavar=("N", "D", "V"), help="speed sizes")
+    p.add_argument("--dtype", default="float32", help="speed input dtype, e.g. bfloat16")
+    p.add_argument("--heads", nargs="*", default=None, help=f"memory heads of {list(HEADS)}")
+    p.add_argument("--dtypes", nargs="*", default=["float32", "bfloat16"], help="memory dtypes")
+    return p
+
+
+def chosen_heads(args) -> dict:
+    """The memory heads a :func:`head_parser` command line asks for."""
+    heads = QUICK_HEADS if args.quick else HEADS
+    return {k: heads[k] for k in args.heads} if args.heads else heads
+
+
 def machine() -> str:
     dev = jax.devices()[0]
     return (

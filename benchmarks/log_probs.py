@@ -31,11 +31,12 @@ import statistics
 import jax
 import jax.numpy as jnp
 from _common import (
+    chosen_heads,
     compile_only,
     gib,
+    head_parser,
     loop_copies_of,
     machine,
-    parser,
     table,
     temp_bytes,
     time_interleaved,
@@ -43,11 +44,6 @@ from _common import (
 
 import infoloss_jax as il
 
-HEADS = {
-    "llama3-8b": (8192, 4096, 128256),
-    "gemma2-2b": (8192, 2304, 256000),
-}
-QUICK_HEADS = {"small": (1024, 512, 16384)}
 ENTROPY_WEIGHT = 0.01
 NAIVE = "naive"
 FLOOR = "3 matmuls (floor)"
@@ -188,11 +184,7 @@ def speed(n, d, v, rounds, dtype, backwards):
 
 
 def main():
-    p = parser((__doc__ or "").splitlines()[0])
-    p.add_argument("--shape", type=int, nargs=3, metavar=("N", "D", "V"), help="speed sizes")
-    p.add_argument("--dtype", default="float32", help="speed input dtype, e.g. bfloat16")
-    p.add_argument("--heads", nargs="*", default=None, help=f"memory heads of {list(HEADS)}")
-    p.add_argument("--dtypes", nargs="*", default=["float32", "bfloat16"], help="memory dtypes")
+    p = head_parser((__doc__ or "").splitlines()[0])
     p.add_argument(
         "--backwards",
         nargs="*",
@@ -204,9 +196,7 @@ def main():
     print(machine())
     print(load())
     if not args.no_memory:
-        heads = QUICK_HEADS if args.quick else HEADS
-        if args.heads:
-            heads = {k: heads[k] for k in args.heads}
+        heads = chosen_heads(args)
         print("\nTemp memory, value_and_grad (compile-only):")
         print(memory(heads, [jnp.dtype(t) for t in args.dtypes], args.backwards))
     if not args.no_speed:
