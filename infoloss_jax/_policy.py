@@ -103,6 +103,19 @@ def _denominator(value, name: str, dtype):
     return jnp.asarray(v, dtype), None
 
 
+def _optional_per_token(x, name: str, log_probs: jax.Array) -> jax.Array | None:
+    """A float array shaped like ``log_probs``, or None."""
+    if x is None:
+        return None
+    x = as_float_array(x, name)
+    if x.shape != log_probs.shape:
+        raise ValueError(
+            f"`{name}` must have the shape of `log_probs` {list(log_probs.shape)}; "
+            f"got {describe(x)}."
+        )
+    return x
+
+
 @cached_eager
 def clipped_surrogate(
     log_probs: ArrayLike,
@@ -248,25 +261,9 @@ def clipped_surrogate(
             f"`advantages` must be [batch] {list(lp.shape[:1])} or [batch, tokens] "
             f"{list(lp.shape)}; got {describe(adv)}."
         )
-    extra = []
-    ref = None
-    if ref_log_probs is not None:
-        ref = as_float_array(ref_log_probs, "ref_log_probs")
-        if ref.shape != lp.shape:
-            raise ValueError(
-                f"`ref_log_probs` must have the shape of `log_probs` {list(lp.shape)}; "
-                f"got {describe(ref)}."
-            )
-        extra.append(ref.dtype)
-    ent = None
-    if entropy is not None:
-        ent = as_float_array(entropy, "entropy")
-        if ent.shape != lp.shape:
-            raise ValueError(
-                f"`entropy` must have the shape of `log_probs` {list(lp.shape)}; "
-                f"got {describe(ent)}."
-            )
-        extra.append(ent.dtype)
+    ref = _optional_per_token(ref_log_probs, "ref_log_probs", lp)
+    ent = _optional_per_token(entropy, "entropy", lp)
+    extra = [x.dtype for x in (ref, ent) if x is not None]
     dtype = accumulation_dtype(lp.dtype, old.dtype, adv.dtype, *extra)
     mask = check_mask(mask, lp.shape)
     seg = check_segment_ids(segment_ids, lp.shape)
