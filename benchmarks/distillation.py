@@ -28,7 +28,7 @@ from _common import (
 )
 
 import infoloss_jax as il
-from infoloss_jax._fused import linear_forward_kl, linear_jensen_shannon, linear_reverse_kl
+from infoloss_jax.heads._fused import linear_forward_kl, linear_jensen_shannon, linear_reverse_kl
 
 PAIRS = {
     "llama3 1B<-8B": (8192, 2048, 4096, 128256),

@@ -4,7 +4,7 @@ Compile-only (nothing runs, so full LLM-head sizes are fine on a laptop): for ea
 compiles ``value_and_grad`` of
 
 * ``naive``: ``hidden @ weight`` then the core integer-label cross-entropy, on one device;
-* ``fused``: ``infoloss_jax._fused.linear_softmax_cross_entropy`` on one device;
+* ``fused``: ``infoloss_jax.heads._fused.linear_softmax_cross_entropy`` on one device;
 * ``sharded``: ``infoloss_jax.sharded.vocab_parallel_linear_cross_entropy`` (with
   ``--distill``: ``linear_forward_kl`` vs ``vocab_parallel_linear_forward_kl``) inside
   ``jax.shard_map`` with the weight split 8 ways along the vocabulary (mesh ``(8,)``) and, with
@@ -66,9 +66,9 @@ from jax.sharding import AxisType, NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
 import infoloss_jax as il  # noqa: E402
-from infoloss_jax._blockwise import resolve_plan as _backward_plan  # noqa: E402
-from infoloss_jax._fused import linear_forward_kl, linear_softmax_cross_entropy  # noqa: E402
-from infoloss_jax._validation import accumulation_dtype  # noqa: E402
+from infoloss_jax.base._validation import accumulation_dtype  # noqa: E402
+from infoloss_jax.engine._blockwise import resolve_plan as _backward_plan  # noqa: E402
+from infoloss_jax.heads._fused import linear_forward_kl, linear_softmax_cross_entropy  # noqa: E402
 from infoloss_jax.sharded import (  # noqa: E402
     vocab_parallel_linear_cross_entropy,
     vocab_parallel_linear_forward_kl,

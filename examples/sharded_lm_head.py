@@ -124,7 +124,7 @@ def naive_loss_fn(vocab):
 
 
 def fused_loss_fn(vocab):
-    from infoloss_jax._fused import linear_softmax_cross_entropy
+    from infoloss_jax.heads._fused import linear_softmax_cross_entropy
 
     def loss(params, inputs, targets):
         return linear_softmax_cross_entropy(

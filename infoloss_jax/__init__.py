@@ -10,42 +10,42 @@ from . import policy as policy
 from . import preference as preference
 from . import sharded as sharded
 from . import torch as torch
-from ._accumulation import accumulate_value_and_grad as accumulate_value_and_grad
-from ._checked import checked as checked
-from ._checked import register_value_checks as register_value_checks
-from ._cross_entropy import safe_softmax_cross_entropy as safe_softmax_cross_entropy
-from ._cross_entropy import sigmoid_binary_cross_entropy as sigmoid_binary_cross_entropy
-from ._cross_entropy import softmax_cross_entropy as softmax_cross_entropy
-from ._cross_entropy import (
+from .base._checked import checked as checked
+from .base._checked import register_value_checks as register_value_checks
+from .core._accumulation import accumulate_value_and_grad as accumulate_value_and_grad
+from .core._cross_entropy import safe_softmax_cross_entropy as safe_softmax_cross_entropy
+from .core._cross_entropy import sigmoid_binary_cross_entropy as sigmoid_binary_cross_entropy
+from .core._cross_entropy import softmax_cross_entropy as softmax_cross_entropy
+from .core._cross_entropy import (
     softmax_cross_entropy_with_integer_labels as softmax_cross_entropy_with_integer_labels,
 )
-from ._divergences import forward_kl as forward_kl
-from ._divergences import generalized_kl_divergence as generalized_kl_divergence
-from ._divergences import jensen_shannon as jensen_shannon
-from ._divergences import kl_divergence as kl_divergence
-from ._divergences import kl_divergence_with_log_targets as kl_divergence_with_log_targets
-from ._divergences import reverse_kl as reverse_kl
-from ._entropy import binary_entropy as binary_entropy
-from ._entropy import entropy as entropy
-from ._entropy import entropy_from_counts as entropy_from_counts
-from ._entropy import entropy_from_probs as entropy_from_probs
-from ._fused import LinearCrossEntropyAux as LinearCrossEntropyAux
-from ._fused import linear_forward_kl as linear_forward_kl
-from ._fused import linear_jensen_shannon as linear_jensen_shannon
-from ._fused import linear_reverse_kl as linear_reverse_kl
-from ._fused import linear_softmax_cross_entropy as linear_softmax_cross_entropy
-from ._harness import ArgumentReport as ArgumentReport
-from ._harness import GradientReport as GradientReport
-from ._harness import GradientTable as GradientTable
-from ._harness import compare_gradients as compare_gradients
-from ._harness import gradient_table as gradient_table
-from ._kl_estimate import kl_estimate as kl_estimate
-from ._log_partition import log_partition as log_partition
-from ._log_partition import z_loss as z_loss
-from ._log_probs import linear_log_probs as linear_log_probs
-from ._log_probs import log_probs as log_probs
-from ._reductions import loss_sum_and_count as loss_sum_and_count
-from ._reductions import reduce_loss as reduce_loss
+from .core._divergences import forward_kl as forward_kl
+from .core._divergences import generalized_kl_divergence as generalized_kl_divergence
+from .core._divergences import jensen_shannon as jensen_shannon
+from .core._divergences import kl_divergence as kl_divergence
+from .core._divergences import kl_divergence_with_log_targets as kl_divergence_with_log_targets
+from .core._divergences import reverse_kl as reverse_kl
+from .core._entropy import binary_entropy as binary_entropy
+from .core._entropy import entropy as entropy
+from .core._entropy import entropy_from_counts as entropy_from_counts
+from .core._entropy import entropy_from_probs as entropy_from_probs
+from .core._log_partition import log_partition as log_partition
+from .core._log_partition import z_loss as z_loss
+from .core._reductions import loss_sum_and_count as loss_sum_and_count
+from .core._reductions import reduce_loss as reduce_loss
+from .gradients._harness import ArgumentReport as ArgumentReport
+from .gradients._harness import GradientReport as GradientReport
+from .gradients._harness import GradientTable as GradientTable
+from .gradients._harness import compare_gradients as compare_gradients
+from .gradients._harness import gradient_table as gradient_table
+from .heads._fused import LinearCrossEntropyAux as LinearCrossEntropyAux
+from .heads._fused import linear_forward_kl as linear_forward_kl
+from .heads._fused import linear_jensen_shannon as linear_jensen_shannon
+from .heads._fused import linear_reverse_kl as linear_reverse_kl
+from .heads._fused import linear_softmax_cross_entropy as linear_softmax_cross_entropy
+from .post_training._kl_estimate import kl_estimate as kl_estimate
+from .post_training._log_probs import linear_log_probs as linear_log_probs
+from .post_training._log_probs import log_probs as log_probs
 
 __version__ = "0.1.0"
 

@@ -9,8 +9,8 @@ samples per prompt into GRPO's group-relative advantages. Token log-probabilitie
 :func:`infoloss_jax.kl_estimate`.
 """
 
-from ._policy import PolicyLossAux as PolicyLossAux
-from ._policy import clipped_surrogate as clipped_surrogate
-from ._policy import group_advantages as group_advantages
+from .post_training._policy import PolicyLossAux as PolicyLossAux
+from .post_training._policy import clipped_surrogate as clipped_surrogate
+from .post_training._policy import group_advantages as group_advantages
 
 __all__ = ["PolicyLossAux", "clipped_surrogate", "group_advantages"]

@@ -9,16 +9,16 @@ Each returns ``(loss, aux)`` with the implicit rewards, margins and accuracy.
 the per-sequence sums and lengths these losses take.
 """
 
-from ._preference import KTOAux as KTOAux
-from ._preference import PreferenceAux as PreferenceAux
-from ._preference import cpo as cpo
-from ._preference import dpo as dpo
-from ._preference import hinge as hinge
-from ._preference import ipo as ipo
-from ._preference import kto as kto
-from ._preference import orpo as orpo
-from ._preference import sequence_log_probs as sequence_log_probs
-from ._preference import simpo as simpo
+from .post_training._preference import KTOAux as KTOAux
+from .post_training._preference import PreferenceAux as PreferenceAux
+from .post_training._preference import cpo as cpo
+from .post_training._preference import dpo as dpo
+from .post_training._preference import hinge as hinge
+from .post_training._preference import ipo as ipo
+from .post_training._preference import kto as kto
+from .post_training._preference import orpo as orpo
+from .post_training._preference import sequence_log_probs as sequence_log_probs
+from .post_training._preference import simpo as simpo
 
 __all__ = [
     "KTOAux",

@@ -8,40 +8,44 @@ the vocabulary (Megatron-LM's algorithm: no device ever holds a full ``[N, V]`` 
 over a sharded vocabulary axis without gathering it.
 """
 
-from ._sharded import vocab_parallel_cross_entropy as vocab_parallel_cross_entropy
-from ._sharded import vocab_parallel_cross_entropy_on_mesh as vocab_parallel_cross_entropy_on_mesh
-from ._sharded import vocab_parallel_forward_kl as vocab_parallel_forward_kl
-from ._sharded import vocab_parallel_forward_kl_on_mesh as vocab_parallel_forward_kl_on_mesh
-from ._sharded import vocab_parallel_jensen_shannon as vocab_parallel_jensen_shannon
-from ._sharded import (
+from .heads._sharded import vocab_parallel_cross_entropy as vocab_parallel_cross_entropy
+from .heads._sharded import (
+    vocab_parallel_cross_entropy_on_mesh as vocab_parallel_cross_entropy_on_mesh,
+)
+from .heads._sharded import vocab_parallel_forward_kl as vocab_parallel_forward_kl
+from .heads._sharded import vocab_parallel_forward_kl_on_mesh as vocab_parallel_forward_kl_on_mesh
+from .heads._sharded import vocab_parallel_jensen_shannon as vocab_parallel_jensen_shannon
+from .heads._sharded import (
     vocab_parallel_jensen_shannon_on_mesh as vocab_parallel_jensen_shannon_on_mesh,
 )
-from ._sharded import (
+from .heads._sharded import (
     vocab_parallel_linear_cross_entropy as vocab_parallel_linear_cross_entropy,
 )
-from ._sharded import (
+from .heads._sharded import (
     vocab_parallel_linear_cross_entropy_on_mesh as vocab_parallel_linear_cross_entropy_on_mesh,
 )
-from ._sharded import vocab_parallel_linear_forward_kl as vocab_parallel_linear_forward_kl
-from ._sharded import (
+from .heads._sharded import vocab_parallel_linear_forward_kl as vocab_parallel_linear_forward_kl
+from .heads._sharded import (
     vocab_parallel_linear_forward_kl_on_mesh as vocab_parallel_linear_forward_kl_on_mesh,
 )
-from ._sharded import vocab_parallel_linear_jensen_shannon as vocab_parallel_linear_jensen_shannon
-from ._sharded import (
+from .heads._sharded import (
+    vocab_parallel_linear_jensen_shannon as vocab_parallel_linear_jensen_shannon,
+)
+from .heads._sharded import (
     vocab_parallel_linear_jensen_shannon_on_mesh as vocab_parallel_linear_jensen_shannon_on_mesh,
 )
-from ._sharded import vocab_parallel_linear_log_probs as vocab_parallel_linear_log_probs
-from ._sharded import (
+from .heads._sharded import vocab_parallel_linear_log_probs as vocab_parallel_linear_log_probs
+from .heads._sharded import (
     vocab_parallel_linear_log_probs_on_mesh as vocab_parallel_linear_log_probs_on_mesh,
 )
-from ._sharded import vocab_parallel_linear_reverse_kl as vocab_parallel_linear_reverse_kl
-from ._sharded import (
+from .heads._sharded import vocab_parallel_linear_reverse_kl as vocab_parallel_linear_reverse_kl
+from .heads._sharded import (
     vocab_parallel_linear_reverse_kl_on_mesh as vocab_parallel_linear_reverse_kl_on_mesh,
 )
-from ._sharded import vocab_parallel_log_probs as vocab_parallel_log_probs
-from ._sharded import vocab_parallel_log_probs_on_mesh as vocab_parallel_log_probs_on_mesh
-from ._sharded import vocab_parallel_reverse_kl as vocab_parallel_reverse_kl
-from ._sharded import vocab_parallel_reverse_kl_on_mesh as vocab_parallel_reverse_kl_on_mesh
+from .heads._sharded import vocab_parallel_log_probs as vocab_parallel_log_probs
+from .heads._sharded import vocab_parallel_log_probs_on_mesh as vocab_parallel_log_probs_on_mesh
+from .heads._sharded import vocab_parallel_reverse_kl as vocab_parallel_reverse_kl
+from .heads._sharded import vocab_parallel_reverse_kl_on_mesh as vocab_parallel_reverse_kl_on_mesh
 
 __all__ = [
     "vocab_parallel_cross_entropy",

@@ -12,7 +12,7 @@ import pytest
 from absl.testing import parameterized
 
 import infoloss_jax as il
-from infoloss_jax._accumulation import accumulate_value_and_grad
+from infoloss_jax.core._accumulation import accumulate_value_and_grad
 
 M, T, D, K = 3, 6, 4, 5  # micro-batches, tokens per micro-batch, hidden size, classes
 IGNORE = -100

@@ -19,7 +19,7 @@ import pytest
 from jax.test_util import check_grads
 
 import infoloss_jax as il
-from infoloss_jax import _cross_entropy
+from infoloss_jax.core import _cross_entropy
 
 RNG = np.random.default_rng(7)
 N, V = 4, 6

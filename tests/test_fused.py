@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from infoloss_jax._blockwise import choose_blocks, choose_plan
-from infoloss_jax._cross_entropy import softmax_cross_entropy_with_integer_labels
-from infoloss_jax._divergences import forward_kl, jensen_shannon, reverse_kl
-from infoloss_jax._fused import (
+from infoloss_jax.core._cross_entropy import softmax_cross_entropy_with_integer_labels
+from infoloss_jax.core._divergences import forward_kl, jensen_shannon, reverse_kl
+from infoloss_jax.engine._blockwise import choose_blocks, choose_plan
+from infoloss_jax.heads._fused import (
     linear_forward_kl,
     linear_jensen_shannon,
     linear_reverse_kl,

@@ -31,10 +31,10 @@ from plain_references import (
     ref_soft_ce,
 )
 
-import infoloss_jax._cross_entropy as ce
-import infoloss_jax._divergences as dv
-import infoloss_jax._entropy as en
-import infoloss_jax._log_partition as lp
+import infoloss_jax.core._cross_entropy as ce
+import infoloss_jax.core._divergences as dv
+import infoloss_jax.core._entropy as en
+import infoloss_jax.core._log_partition as lp
 from infoloss_jax import gradients as g
 
 B, K = 3, 5

@@ -15,9 +15,9 @@ import pytest
 import test_gradients
 
 import infoloss_jax as il
-import infoloss_jax._formulas as formulas
+import infoloss_jax.core._formulas as formulas
 from infoloss_jax import gradients as g
-from infoloss_jax._harness import (
+from infoloss_jax.gradients._harness import (
     ArgumentReport,
     GradientReport,
     GradientTable,
@@ -233,13 +233,13 @@ def test_exported_from_the_package():
 
 
 # ------------------------------------------------------------------- an honest comparison
-# gradient_table differentiates plain implementations (infoloss_jax._plain), which share no
-# kernel with the closed forms. First: they compute the library's losses. Then: a kernel scaled
-# by 1.01 makes every row it feeds fail, in the table and in the closed-form tests.
+# gradient_table differentiates plain implementations (infoloss_jax.gradients._plain), which
+# share no kernel with the closed forms. First: they compute the library's losses. Then: a
+# kernel scaled by 1.01 makes every row it feeds fail, in the table and in the closed-form tests.
 
 
 def _plain_and_library_pairs():
-    from infoloss_jax import _plain
+    from infoloss_jax.gradients import _plain
 
     z = jnp.asarray(LOGITS)
     t = jnp.asarray(2.0 * _rng.standard_normal((3, 4))).at[0, 3].set(-jnp.inf)
@@ -332,7 +332,7 @@ def test_plain_implementations_compute_the_library_losses(name):
 
 def test_plain_implementations_have_no_custom_rules():
     """_plain imports nothing from the library and defines no custom derivative."""
-    from infoloss_jax import _plain
+    from infoloss_jax.gradients import _plain
 
     tree = ast.parse(inspect.getsource(_plain))
     imported = set()
@@ -346,7 +346,7 @@ def test_plain_implementations_have_no_custom_rules():
     assert not names & {"custom_jvp", "custom_vjp", "defjvp", "defvjp", "stop_gradient"}
 
 
-# kernel of infoloss_jax._formulas -> (gradient_table rows, test_gradients cases) it feeds
+# kernel of infoloss_jax.core._formulas -> (gradient_table rows, test_gradients cases) it feeds
 MUTATIONS = {
     "softmax_cross_entropy_grad": (
         {"softmax_cross_entropy", "softmax_cross_entropy (smoothing, z-loss, softcap)"},
@@ -368,7 +368,7 @@ MUTATIONS = {
 
 @contextlib.contextmanager
 def _scaled_kernel(monkeypatch, name, factor=1.01):
-    """infoloss_jax._formulas.<name> scaled by ``factor``, with every compiled program dropped
+    """infoloss_jax.core._formulas.<name> scaled by ``factor``, with every compiled program dropped
     on the way in and out (cached programs would hide the mutation, or leak it)."""
     original = getattr(formulas, name)
 

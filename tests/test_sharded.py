@@ -317,7 +317,7 @@ def test_linear_cross_entropy_per_token_inside_user_shard_map():
 def test_linear_cross_entropy_every_backward_plan(mesh_name, plan, monkeypatch):
     """Both one-pass loop orders and the two-pass backward (weight gradient with vocabulary
     blocks outside, then hidden gradient with token blocks outside) give the exact gradients."""
-    from infoloss_jax import _blockwise
+    from infoloss_jax.engine import _blockwise
 
     monkeypatch.setattr(_blockwise, "resolve_plan", lambda *args: plan)
     mesh = make_mesh(mesh_name)
@@ -607,7 +607,7 @@ LINEAR_DIVERGENCES = {
     ],
 )
 def test_linear_distillation_matches_core(mesh_name, kind, plan, monkeypatch):
-    from infoloss_jax import _blockwise
+    from infoloss_jax.engine import _blockwise
 
     monkeypatch.setattr(_blockwise, "resolve_plan", lambda *args: plan)
     mesh = make_mesh(mesh_name)
@@ -843,14 +843,14 @@ def test_other_bad_arguments():
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_sharded_fused_memory_ratio(dtype):
     """Per-device temporaries of the 8-way vocab-parallel fused loss are at most 1/6 of the
-    single-device fused loss's (infoloss_jax._fused), both value_and_grad, compile-only
+    single-device fused loss's (infoloss_jax.heads._fused), both value_and_grad, compile-only
     (memory_analysis is deterministic). benchmarks/sharded_memory.py prints full-size figures.
 
     D = 1024 makes the float32 [N, D] hidden-gradient accumulator of a one-pass backward (16 MiB)
     larger than the whole budget in bfloat16 (a one-pass backward measures ~0.4 of the single
     device here); "auto" must pick the two-pass backward, which keeps only tile-sized buffers.
     """
-    from infoloss_jax._fused import linear_softmax_cross_entropy
+    from infoloss_jax.heads._fused import linear_softmax_cross_entropy
 
     if jax.default_backend() != "cpu":
         pytest.skip(
@@ -880,7 +880,7 @@ def test_sharded_fused_memory_ratio(dtype):
 def test_auto_backward_plan():
     """``backward="auto"``: one pass while its float32 accumulator is at most a logits tile (or
     free: a float32 weight gradient written in place), two passes otherwise."""
-    from infoloss_jax._blockwise import resolve_plan as _backward_plan
+    from infoloss_jax.engine._blockwise import resolve_plan as _backward_plan
 
     f32, bf16 = jnp.float32, jnp.bfloat16
     llama = (8192, 4096, 128256 // 8)  # tokens, hidden size, vocabulary per device (d = 8)

@@ -564,7 +564,8 @@ def _case(name: str, args: tuple, argnums=(0,), loss: str | None = None, **optio
     ``loss`` defaults to the first word of ``name``. The plain losses share no code with the
     closed forms (no custom rule, no private kernel), so a wrong kernel shows.
     """
-    from . import _plain, gradients
+    from .. import gradients
+    from . import _plain
 
     loss = loss or name.split()[0]
     grad_options = options if argnums == (0,) else dict(options, argnums=argnums)
@@ -582,8 +583,8 @@ def _hvp_case(name: str, plain_loss: Callable, hvp: Callable, tangent: jax.Array
 def _cases(inputs: dict) -> list[_Case]:
     """Every closed form of :mod:`infoloss_jax.gradients`, with the inputs and options it is
     checked on (a new closed form gets its rows here)."""
+    from .. import gradients as g
     from . import _plain as plain
-    from . import gradients as g
 
     x, t, probs = inputs["logits"], inputs["target_logits"], inputs["probs"]
     labels, where, tangent = inputs["labels"], inputs["where"], inputs["tangent"]

@@ -28,8 +28,18 @@ from jax.core import Tracer
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from . import _blockwise
-from ._blockwise import AxisName, Operands
+from ..base._typing import ArrayLike
+from ..base._validation import (
+    as_float_array,
+    as_where,
+    check_reduction,
+    check_same_shape,
+    describe,
+)
+from ..engine import _blockwise
+from ..engine._blockwise import AxisName, Operands
+from ..post_training._log_probs import _check_with_entropy as check_with_entropy
+from ..post_training._log_probs import _outputs as token_outputs
 from ._fused import (
     DIVERGENCES,
     check_labels,
@@ -37,16 +47,6 @@ from ._fused import (
     distillation,
     distillation_ops,
     run,
-)
-from ._log_probs import _check_with_entropy as check_with_entropy
-from ._log_probs import _outputs as token_outputs
-from ._typing import ArrayLike
-from ._validation import (
-    as_float_array,
-    as_where,
-    check_reduction,
-    check_same_shape,
-    describe,
 )
 
 

@@ -9,19 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.core import Tracer
 
-from ._caching import cached_eager
-from ._kl_estimate import check_estimator, estimate_terms, expm1_minus_identity
-from ._segments import (
-    check_mask,
-    check_segment_ids,
-    count_sequences,
-    resolve_num_segments,
-    safe_divide,
-    segment_sums,
-    sum_of_sequence_means,
-)
-from ._typing import ArrayLike
-from ._validation import (
+from ..base._caching import cached_eager
+from ..base._typing import ArrayLike
+from ..base._validation import (
     accumulation_dtype,
     as_float_array,
     describe,
@@ -30,6 +20,16 @@ from ._validation import (
     scheduled_number,
     static_number,
 )
+from ..core._segments import (
+    check_mask,
+    check_segment_ids,
+    count_sequences,
+    resolve_num_segments,
+    safe_divide,
+    segment_sums,
+    sum_of_sequence_means,
+)
+from ._kl_estimate import check_estimator, estimate_terms, expm1_minus_identity
 
 NORMALIZATIONS = ("token_mean", "sequence_mean", "token_sum_norm")
 

@@ -1,25 +1,4 @@
-r"""Closed-form gradients, Hessians and Hessian-vector products of the library's losses.
-
-Every function here mirrors a loss of :mod:`infoloss_jax`: it takes the loss's own arguments and
-returns the gradient of the loss, summed over examples, with respect to the logits (and, where
-``argnums`` asks for it, with respect to the targets' logits). Because each example's loss depends
-only on its own row, that is the per-example gradient, with the shape of the logits.
-
-Conventions shared by all functions:
-
-* Temperature. Losses with a ``temperature`` :math:`T` evaluate on :math:`z / T`, so the chain
-  rule multiplies each closed form, written for the scaled logits, by :math:`1 / T`.
-* Masks. ``where=False`` removes a class (its logit acts as :math:`-\infty`). Removed classes
-  have probability 0 and receive an exact 0 gradient; the remaining classes renormalize.
-* Zeros. :math:`0 \log 0 = 0` in every formula (double-``where``), so zero probabilities and
-  ``-inf`` logits give finite gradients.
-
-The softmax-based formulas (cross-entropy, entropy, KL and Jensen-Shannon) come from the private
-kernels in ``infoloss_jax._formulas``, the same kernels the core losses use in their custom
-derivatives: one source of truth per formula. Because of that sharing, autodiff of the library's
-own losses cannot check them; :func:`infoloss_jax.gradient_table` compares each one with
-``jax.grad`` of an independent plain implementation of its loss instead.
-"""
+"""Closed-form gradients, Hessians and HVPs (the public face and its conventions: ``__init__``)."""
 
 from __future__ import annotations
 
@@ -29,23 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _formulas, _tiles
-from ._caching import cached_eager
-from ._cross_entropy import (
-    check_integer_labels,
-    check_label_smoothing,
-    check_z_loss,
-    classes_last,
-    integer_label_spec,
-    integer_where,
-    smoothing_mass,
-    soft_cap,
-)
-from ._log_partition import exclude, stable_log_softmax
-from ._log_probs import token_grads, token_log_probs_spec
-from ._loss_spec import poison
-from ._typing import ArrayLike
-from ._validation import (
+from ..base._caching import cached_eager
+from ..base._typing import ArrayLike
+from ..base._validation import (
     accumulation_dtype,
     as_float_array,
     as_integer_array,
@@ -58,29 +23,21 @@ from ._validation import (
     is_traced,
     normalize_axis,
 )
-
-__all__ = [
-    "binary_entropy_grad",
-    "entropy_from_probs_grad",
-    "entropy_grad",
-    "entropy_hessian",
-    "entropy_hvp",
-    "forward_kl_grad",
-    "generalized_kl_divergence_grad",
-    "jensen_shannon_grad",
-    "kl_divergence_grad",
-    "kl_divergence_with_log_targets_grad",
-    "log_partition_grad",
-    "log_probs_grad",
-    "reverse_kl_grad",
-    "sigmoid_binary_cross_entropy_grad",
-    "softmax_cross_entropy_grad",
-    "softmax_cross_entropy_hessian",
-    "softmax_cross_entropy_hvp",
-    "softmax_cross_entropy_with_integer_labels_grad",
-    "z_loss_grad",
-]
-
+from ..core import _formulas
+from ..core._cross_entropy import (
+    check_integer_labels,
+    check_label_smoothing,
+    check_z_loss,
+    classes_last,
+    integer_label_spec,
+    integer_where,
+    smoothing_mass,
+    soft_cap,
+)
+from ..core._log_partition import exclude, stable_log_softmax
+from ..engine import _tiles
+from ..engine._loss_spec import poison
+from ..post_training._log_probs import token_grads, token_log_probs_spec
 
 # --------------------------------------------------------------------------------------------
 # Shared helpers

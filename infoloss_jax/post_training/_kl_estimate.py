@@ -5,10 +5,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from ._caching import cached_eager
-from ._segments import check_mask
-from ._typing import ArrayLike
-from ._validation import accumulation_dtype, as_float_array, check_same_shape
+from ..base._caching import cached_eager
+from ..base._typing import ArrayLike
+from ..base._validation import accumulation_dtype, as_float_array, check_same_shape
+from ..core._segments import check_mask
 
 KL_ESTIMATORS = ("k1", "k2", "k3")
 

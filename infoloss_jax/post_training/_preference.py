@@ -7,22 +7,22 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ._caching import cached_eager
-from ._segments import (
-    check_mask,
-    check_segment_ids,
-    resolve_num_segments,
-    safe_divide,
-    segment_sums,
-)
-from ._typing import ArrayLike
-from ._validation import (
+from ..base._caching import cached_eager
+from ..base._typing import ArrayLike
+from ..base._validation import (
     accumulation_dtype,
     as_float_array,
     describe,
     is_traced,
     poison_unless,
     scheduled_number,
+)
+from ..core._segments import (
+    check_mask,
+    check_segment_ids,
+    resolve_num_segments,
+    safe_divide,
+    segment_sums,
 )
 
 _sg = jax.lax.stop_gradient

@@ -27,8 +27,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from ..base._validation import upcast
 from ._loss_spec import Coefficients, LossSpec
-from ._validation import upcast
 
 NEG_INF = -jnp.inf
 

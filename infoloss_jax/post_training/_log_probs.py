@@ -14,15 +14,9 @@ from typing import cast
 import jax
 import jax.numpy as jnp
 
-from . import _tiles
-from ._blockwise import check_backward, reraise_jvp
-from ._caching import cached_eager
-from ._cross_entropy import check_integer_labels, classes_last
-from ._fused import run_head
-from ._log_partition import exclude
-from ._loss_spec import Coefficients, LossSpec, make_spec, poison
-from ._typing import ArrayLike
-from ._validation import (
+from ..base._caching import cached_eager
+from ..base._typing import ArrayLike
+from ..base._validation import (
     Axis,
     as_float_array,
     as_integer_array,
@@ -30,6 +24,12 @@ from ._validation import (
     normalize_axis,
     upcast,
 )
+from ..core._cross_entropy import check_integer_labels, classes_last
+from ..core._log_partition import exclude
+from ..engine import _tiles
+from ..engine._blockwise import check_backward, reraise_jvp
+from ..engine._loss_spec import Coefficients, LossSpec, make_spec, poison
+from ..heads._fused import run_head
 
 
 def _check_with_entropy(with_entropy) -> bool:

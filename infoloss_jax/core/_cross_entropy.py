@@ -8,19 +8,9 @@ import jax
 import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
 
-from . import _formulas, _tiles
-from ._caching import cached_eager
-from ._log_partition import (
-    LogSoftmax,
-    branch_on_exclusion,
-    drop_axes,
-    exclude,
-    stable_log_softmax,
-)
-from ._loss_spec import make_spec, poison
-from ._reductions import reduce_loss
-from ._typing import ArrayLike
-from ._validation import (
+from ..base._caching import cached_eager
+from ..base._typing import ArrayLike
+from ..base._validation import (
     Axis,
     accumulation_dtype,
     all_ok,
@@ -39,6 +29,17 @@ from ._validation import (
     static_option,
     upcast,
 )
+from ..engine import _tiles
+from ..engine._loss_spec import make_spec, poison
+from . import _formulas
+from ._log_partition import (
+    LogSoftmax,
+    branch_on_exclusion,
+    drop_axes,
+    exclude,
+    stable_log_softmax,
+)
+from ._reductions import reduce_loss
 
 
 # ----------------------------------------------------------------------------- option checks

@@ -272,9 +272,9 @@ def _integer_labels(logits, labels, axis=-1, where=None, *, ignore_index=None, *
 
 
 def _register_core_checks() -> None:
-    from . import _cross_entropy as ce
-    from . import _divergences as div
-    from . import _entropy as ent
+    from ..core import _cross_entropy as ce
+    from ..core import _divergences as div
+    from ..core import _entropy as ent
 
     def kl(log_predictions, targets, axis=-1, where=None):
         check_log_probabilities(log_predictions, "log_predictions", axis=axis, where=where)
@@ -331,7 +331,8 @@ def _register_core_checks() -> None:
 @functools.cache  # on first use: the fused and sharded modules import this one
 def _register_head_checks() -> None:
     """The fused heads and the on-mesh sharded losses, by their public signatures."""
-    from . import _fused, sharded
+    from .. import sharded
+    from ..heads import _fused
 
     def linear_ce(hidden, labels, weight, *, bias=None, ignore_index=None, **options):
         _finite(hidden, "hidden")

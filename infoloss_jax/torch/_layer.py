@@ -1,30 +1,4 @@
-r"""PyTorch's loss functions, with PyTorch's names, arguments, defaults, layouts and reductions.
-
-For porting PyTorch training code: each function here gives the same numbers as its namesake in
-``torch.nn.functional`` (checked against golden numbers made by torch itself), including the
-parts that surprise people:
-
-* The class dimension is **dimension 1**: ``input`` is ``[C]`` (unbatched), ``[N, C]`` or
-  ``[N, C, d1, ...]``, and index targets are ``[]``, ``[N]`` or ``[N, d1, ...]``.
-* ``reduction="mean"`` of :func:`cross_entropy` and :func:`nll_loss` with index targets and a
-  class ``weight`` divides by :math:`\sum_i w_{y_i}` over non-ignored examples, while
-  probability targets divide by the number of examples.
-* :func:`kl_div` takes **log-probabilities** as ``input`` and computes KL(target || input); its
-  ``reduction="mean"`` is the mean over *all elements*, and only ``"batchmean"`` gives the
-  mathematical KL averaged over the batch.
-* :func:`binary_cross_entropy` clamps each log at -100.
-
-The index-target cross-entropy and the logits binary cross-entropy are thin layout adapters
-over :func:`infoloss_jax.softmax_cross_entropy_with_integer_labels` and
-:func:`infoloss_jax.sigmoid_binary_cross_entropy`, so there is one implementation of each formula.
-
-Edge cases follow torch: a ``"mean"`` over nothing (an empty batch, every target ignored,
-class weights of the targets summing to 0) is NaN, an empty ``"sum"`` is 0, NaN in a logit
-poisons its example, and label smoothing reaches ``-inf`` logits (giving ``inf``). The few
-differences that remain, each where torch raises on values (JAX cannot inside ``jit``: the
-example becomes NaN, and :func:`infoloss_jax.checked` raises) or where a NaN would hide a valid
-zero, are listed with their reasons in the migration guide ("infoloss_jax.torch vs PyTorch").
-"""
+"""PyTorch-named losses on JAX arrays; the public face and its conventions are in ``__init__``."""
 
 from __future__ import annotations
 
@@ -33,9 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import checkify
 
-from . import _formulas
-from ._caching import cached_eager
-from ._checked import (
+from ..base._caching import cached_eager
+from ..base._checked import (
     check_label_range,
     check_log_probabilities,
     check_logits,
@@ -43,18 +16,8 @@ from ._checked import (
     check_unit_interval,
     register_value_checks,
 )
-from ._cross_entropy import (
-    classes_last,
-    sigmoid_binary_cross_entropy,
-    softmax_cross_entropy_with_integer_labels,
-)
-from ._divergences import kl_terms
-from ._log_partition import stable_log_softmax
-from ._loss_spec import static_ignore_index
-from ._reductions import loss_sum_and_count
-from ._tiles import pick_label
-from ._typing import ArrayLike
-from ._validation import (
+from ..base._typing import ArrayLike
+from ..base._validation import (
     as_float_array,
     as_integer_array,
     check_broadcastable,
@@ -67,14 +30,17 @@ from ._validation import (
     scheduled_number,
     upcast,
 )
-
-__all__ = [
-    "binary_cross_entropy",
-    "binary_cross_entropy_with_logits",
-    "cross_entropy",
-    "kl_div",
-    "nll_loss",
-]
+from ..core import _formulas
+from ..core._cross_entropy import (
+    classes_last,
+    sigmoid_binary_cross_entropy,
+    softmax_cross_entropy_with_integer_labels,
+)
+from ..core._divergences import kl_terms
+from ..core._log_partition import stable_log_softmax
+from ..core._reductions import loss_sum_and_count
+from ..engine._loss_spec import static_ignore_index
+from ..engine._tiles import pick_label
 
 _REDUCTIONS = ("none", "mean", "sum")  # kl_div also takes "batchmean", as the core losses do
 # torch's binary_cross_entropy backward divides by max(p * (1 - p), EPSILON), with EPSILON the

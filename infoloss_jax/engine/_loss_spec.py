@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.core import Tracer
 
-from ._validation import poison_unless, scheduled_number, static_number
+from ..base._validation import poison_unless, scheduled_number, static_number
 
 KINDS = ("cross_entropy", "forward_kl", "reverse_kl", "jensen_shannon")
 LAYOUTS = ("dv", "vd")

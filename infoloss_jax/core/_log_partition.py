@@ -8,9 +8,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ._caching import cached_eager
-from ._typing import ArrayLike
-from ._validation import (
+from ..base._caching import cached_eager
+from ..base._typing import ArrayLike
+from ..base._validation import (
     Axis,
     as_float_array,
     as_where,

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ._caching import cached_eager
+from ..base._caching import cached_eager
 from ._reductions import safe_divide
 
 PyTree = Any

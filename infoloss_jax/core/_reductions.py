@@ -6,7 +6,16 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from ._caching import cached_eager
+from ..base._caching import cached_eager
+from ..base._typing import ArrayLike
+from ..base._validation import (
+    REDUCTIONS,
+    accumulation_dtype,
+    as_float_array,
+    check_broadcastable,
+    check_reduction,
+    describe,
+)
 from ._segments import (
     check_segment_ids,
     count_sequences,
@@ -15,15 +24,6 @@ from ._segments import (
     segment_sums,
     sum_of_sequence_means,
     token_keep,
-)
-from ._typing import ArrayLike
-from ._validation import (
-    REDUCTIONS,
-    accumulation_dtype,
-    as_float_array,
-    check_broadcastable,
-    check_reduction,
-    describe,
 )
 
 # "sequence_mean" is the GRPO normalization of `policy.clipped_surrogate` (same name, same

@@ -8,15 +8,9 @@ from collections.abc import Mapping, Sequence
 import jax
 import jax.numpy as jnp
 
-from . import _formulas
-from ._caching import cached_eager
-from ._log_partition import (
-    drop_axes,
-    prepare_logits,
-    stable_log_softmax,
-)
-from ._typing import ArrayLike
-from ._validation import (
+from ..base._caching import cached_eager
+from ..base._typing import ArrayLike
+from ..base._validation import (
     Axis,
     as_float_array,
     as_where,
@@ -25,6 +19,12 @@ from ._validation import (
     log_of_base,
     normalize_axis,
     upcast,
+)
+from . import _formulas
+from ._log_partition import (
+    drop_axes,
+    prepare_logits,
+    stable_log_softmax,
 )
 
 

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.core import Tracer
 
-from ._validation import describe, is_traced
+from ..base._validation import describe, is_traced
 
 
 def check_mask(mask, shape, name: str = "mask", to_name: str = "log_probs") -> jax.Array | None:

@@ -10,15 +10,9 @@ import jax.numpy as jnp
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
-from . import _formulas
-from ._caching import cached_eager
-from ._log_partition import (
-    drop_axes,
-    exclude,
-    stable_log_softmax,
-)
-from ._typing import ArrayLike
-from ._validation import (
+from ..base._caching import cached_eager
+from ..base._typing import ArrayLike
+from ..base._validation import (
     Axis,
     all_ok,
     as_float_array,
@@ -29,6 +23,12 @@ from ._validation import (
     normalize_axis,
     poison_unless,
     scheduled_number,
+)
+from . import _formulas
+from ._log_partition import (
+    drop_axes,
+    exclude,
+    stable_log_softmax,
 )
 
 

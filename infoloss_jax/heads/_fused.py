@@ -21,11 +21,11 @@ import numpy as np
 from jax import lax
 from jax.core import Tracer
 
-from . import _blockwise
-from ._blockwise import Operands, reraise_jvp
-from ._loss_spec import check_layout, make_spec, poison
-from ._typing import ArrayLike
-from ._validation import as_float_array, as_integer_array, check_reduction, describe
+from ..base._typing import ArrayLike
+from ..base._validation import as_float_array, as_integer_array, check_reduction, describe
+from ..engine import _blockwise
+from ..engine._blockwise import Operands, reraise_jvp
+from ..engine._loss_spec import check_layout, make_spec, poison
 
 
 class LinearCrossEntropyAux(NamedTuple):
