@@ -8,8 +8,8 @@ A public name is one that a user reaches without an underscore: the names export
 ``infoloss_jax`` (its ``__all__``) and by the public submodules ``infoloss_jax.torch``,
 ``infoloss_jax.gradients`` and ``infoloss_jax.sharded`` (their ``__all__``, or else every
 function and class they define or re-export from infoloss_jax). The test suite imports this file
-(``tests/test_docs_coverage.py`` and ``tests/test_doctests.py``); the docs site's API pages are
-checked against the same list.
+(``tests/project/test_docs_coverage.py`` and ``tests/project/test_doctests.py``); the docs
+site's API pages are checked against the same list.
 """
 
 from __future__ import annotations

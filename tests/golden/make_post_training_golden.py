@@ -1,6 +1,7 @@
 """Makes the PyTorch golden numbers of the post-training losses (policy, preference, KL
-estimators) that ``tests/test_policy.py``, ``tests/test_preference.py`` and
-``tests/test_kl_estimate.py`` compare against.
+estimators) that ``tests/post_training/test_policy.py``,
+``tests/post_training/test_preference.py`` and ``tests/post_training/test_kl_estimate.py``
+compare against.
 
 Usage (needs ``torch`` and ``numpy``; neither is a test dependency of infoloss_jax)::
 

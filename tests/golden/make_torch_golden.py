@@ -1,5 +1,5 @@
-"""Makes the PyTorch golden numbers that ``tests/test_torch.py`` and ``tests/test_llm_options.py``
-compare against.
+"""Makes the PyTorch golden numbers that ``tests/torch_layer/test_torch.py`` and
+``tests/core/test_llm_options.py`` compare against.
 
 Usage (needs ``torch`` and ``numpy``; neither is a test dependency of infoloss_jax)::
 

@@ -503,7 +503,7 @@ def test_distillation_bfloat16_accumulates_in_float32():
 
 # ------------------------------------------------------------------------------- benchmarks
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 @pytest.mark.slow

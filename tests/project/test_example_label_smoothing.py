@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "label_smoothing_asr.py"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "label_smoothing_asr.py"
 LINE = re.compile(
     r"normalize_length=(True|False)\s*: wenet_kl=(\S+) ce_minus_entropy=(\S+) \|diff\|=\S+ "
     r"max\|grad diff\|=(\S+) max\|grad\|=(\S+)"

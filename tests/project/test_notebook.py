@@ -10,7 +10,7 @@ nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
 
-NOTEBOOK = pathlib.Path(__file__).resolve().parents[1] / "examples" / "gradient_derivations.ipynb"
+NOTEBOOK = pathlib.Path(__file__).resolve().parents[2] / "examples" / "gradient_derivations.ipynb"
 
 # Numbers the notebook must show (background notes: the F.kl_div misuse, -1.15009415 with 'sum'
 # and -0.57504708 with 'mean' in float32, and the true KL 0.043053 nats).

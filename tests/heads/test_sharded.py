@@ -25,7 +25,7 @@ from infoloss_jax import sharded
 
 N, D, V = 8, 6, 13
 IGNORE = -100
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 CE_OPTIONS = {
     "plain": {},

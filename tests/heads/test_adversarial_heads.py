@@ -1,6 +1,6 @@
 """The fused ``linear_*`` heads and the sharded losses under bad input, by their public API.
 
-The same walk as tests/test_adversarial.py (docs/concepts.md, "What happens on bad input"),
+The same walk as tests/core/test_adversarial.py (docs/concepts.md, "What happens on bad input"),
 against plain jnp references of ``hidden @ weight + bias``.
 """
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import jax
 import pytest
 
-_TOOL = Path(__file__).resolve().parent.parent / "tools" / "check_docstrings.py"
+_TOOL = Path(__file__).resolve().parents[2] / "tools" / "check_docstrings.py"
 _spec = importlib.util.spec_from_file_location("check_docstrings", _TOOL)
 check_docstrings = sys.modules.setdefault(
     "check_docstrings", importlib.util.module_from_spec(_spec)
@@ -36,7 +36,7 @@ def test_docstring_example(test):
 
 # The docs pages' Python code blocks run too, except the ones showing another library's code
 # (their titles name it: ```python title="PyTorch"```, ```python title="optax"```).
-DOCS = Path(__file__).resolve().parent.parent / "docs"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 _BLOCK = re.compile(r"^```python([^\n]*)\n(.*?)^```", flags=re.DOTALL | re.MULTILINE)
 
 

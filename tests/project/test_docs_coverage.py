@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 _TOOL = ROOT / "tools" / "check_docstrings.py"
 _spec = importlib.util.spec_from_file_location("check_docstrings", _TOOL)
 check_docstrings = sys.modules.setdefault(
