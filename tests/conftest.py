@@ -12,6 +12,7 @@ os.environ["XLA_FLAGS"] = (
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
@@ -25,3 +26,15 @@ settings.register_profile(
 )
 settings.register_profile("dev", max_examples=25, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _drop_compiled_programs_after_each_module():
+    """Frees the programs a test module compiled once it is done.
+
+    JAX keeps every compiled executable (jit caches, and the library's eager-call and on-mesh
+    caches, which hold jitted functions) for the life of the process, so a pytest-xdist worker
+    would otherwise grow by every program of every module it runs.
+    """
+    yield
+    jax.clear_caches()
