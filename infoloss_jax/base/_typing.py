@@ -1,7 +1,7 @@
-"""The array type of the public functions' inputs."""
+"""The types of the public functions' inputs: arrays and the string options."""
 
 from collections.abc import Sequence
-from typing import Any, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 import jax
 
@@ -9,3 +9,8 @@ import jax
 # Python sequence of numbers. ``jax.typing.ArrayLike`` leaves out the sequences, which every
 # public function here accepts (it converts its inputs with ``jnp.asarray``).
 ArrayLike: TypeAlias = jax.typing.ArrayLike | Sequence[Any]
+
+# The string options, as the type checker sees them (the functions also check them at run time).
+Reduction: TypeAlias = Literal["none", "sum", "mean", "batchmean"]
+WeightLayout: TypeAlias = Literal["dv", "vd"]
+Backward: TypeAlias = Literal["auto", "one_pass", "two_pass", "in_forward"]
