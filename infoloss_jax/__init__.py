@@ -44,6 +44,7 @@ from .heads._fused import linear_jensen_shannon as linear_jensen_shannon
 from .heads._fused import linear_reverse_kl as linear_reverse_kl
 from .heads._fused import linear_softmax_cross_entropy as linear_softmax_cross_entropy
 from .post_training._kl_estimate import kl_estimate as kl_estimate
+from .post_training._log_probs import TokenLogProbs as TokenLogProbs
 from .post_training._log_probs import linear_log_probs as linear_log_probs
 from .post_training._log_probs import log_probs as log_probs
 
@@ -55,6 +56,7 @@ __all__ = [
     "GradientReport",
     "GradientTable",
     "LinearCrossEntropyAux",
+    "TokenLogProbs",
     "binary_entropy",
     "checked",
     "compare_gradients",

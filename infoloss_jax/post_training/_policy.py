@@ -116,7 +116,16 @@ def _optional_per_token(x, name: str, log_probs: jax.Array) -> jax.Array | None:
     return x
 
 
-@cached_eager
+@cached_eager(
+    "dual_clip",
+    "kl_estimator",
+    "normalization",
+    "num_segments",
+    "num_tokens",
+    "num_sequences",
+    "max_tokens",
+    "max_log_ratio",
+)
 def clipped_surrogate(
     log_probs: ArrayLike,
     old_log_probs: ArrayLike,
@@ -397,7 +406,7 @@ def _metrics(keep, ratio, log_ratio, adv, clip_low, clip_high, dual_clip, kl_ter
     )
 
 
-@cached_eager
+@cached_eager("group_size", "normalize_std", "ddof")
 def group_advantages(
     rewards: ArrayLike,
     group_size: int,

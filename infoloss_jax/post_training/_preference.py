@@ -202,7 +202,7 @@ def _reference_logits(chosen, rejected, ref_chosen, ref_rejected):
 # ----------------------------------------------------------------------------- sequences
 
 
-@cached_eager
+@cached_eager("num_segments")
 def sequence_log_probs(
     token_log_probs: ArrayLike,
     *,
@@ -270,7 +270,7 @@ def sequence_log_probs(
 # ----------------------------------------------------------------------------- DPO family
 
 
-@cached_eager
+@cached_eager("num_pairs")
 def dpo(
     chosen_log_probs: ArrayLike,
     rejected_log_probs: ArrayLike,
@@ -338,7 +338,7 @@ def dpo(
     return _finish(losses, keep, num_pairs, dtype, (ok_b, ok_e), beta * (c - rc), beta * (r - rr))
 
 
-@cached_eager
+@cached_eager("num_pairs")
 def ipo(
     chosen_log_probs: ArrayLike,
     rejected_log_probs: ArrayLike,
@@ -410,7 +410,7 @@ def ipo(
     return _finish(losses, keep, num_pairs, dtype, (ok_b,), beta * (c - rc), beta * (r - rr))
 
 
-@cached_eager
+@cached_eager("num_pairs")
 def hinge(
     chosen_log_probs: ArrayLike,
     rejected_log_probs: ArrayLike,
@@ -479,7 +479,7 @@ def _averages(c, r, chosen_lengths, rejected_lengths, dtype, keep):
     return c / cl, r / rl, cl
 
 
-@cached_eager
+@cached_eager("num_pairs")
 def simpo(
     chosen_log_probs: ArrayLike,
     rejected_log_probs: ArrayLike,
@@ -563,7 +563,7 @@ def _nll(c_sums, keep, cl, num_tokens, dtype):
     return poison_unless(safe_divide(-jnp.sum(c_sums), denominator), ok)
 
 
-@cached_eager
+@cached_eager("num_pairs", "num_tokens")
 def orpo(
     chosen_log_probs: ArrayLike,
     rejected_log_probs: ArrayLike,
@@ -665,7 +665,7 @@ def _log1mexp(x):
     return jnp.where(invalid, jnp.nan, out)
 
 
-@cached_eager
+@cached_eager("num_pairs", "num_tokens")
 def cpo(
     chosen_log_probs: ArrayLike,
     rejected_log_probs: ArrayLike,
@@ -745,7 +745,7 @@ def cpo(
 # ----------------------------------------------------------------------------- KTO
 
 
-@cached_eager
+@cached_eager("num_examples")
 def kto(
     log_probs: ArrayLike,
     ref_log_probs: ArrayLike,
