@@ -31,6 +31,7 @@ from .core._entropy import entropy_from_counts as entropy_from_counts
 from .core._entropy import entropy_from_probs as entropy_from_probs
 from .core._log_partition import log_partition as log_partition
 from .core._log_partition import z_loss as z_loss
+from .core._reductions import SumAndCount as SumAndCount
 from .core._reductions import loss_sum_and_count as loss_sum_and_count
 from .core._reductions import reduce_loss as reduce_loss
 from .gradients._harness import ArgumentReport as ArgumentReport
@@ -56,6 +57,7 @@ __all__ = [
     "GradientReport",
     "GradientTable",
     "LinearCrossEntropyAux",
+    "SumAndCount",
     "TokenLogProbs",
     "binary_entropy",
     "checked",

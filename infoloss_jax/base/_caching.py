@@ -60,6 +60,7 @@ def cached_eager(*static: str) -> Callable[[F], F]:
             for name, p in parameters.items()
             if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
         ]
+        static_names = frozenset(static)
 
         @functools.lru_cache(maxsize=_MAX_PROGRAMS)
         def program(layout: tuple) -> _Program:
@@ -67,7 +68,7 @@ def cached_eager(*static: str) -> Callable[[F], F]:
 
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
-            call = _split(positional, frozenset(static), args, kwargs)
+            call = _split(positional, static_names, args, kwargs)
             if call is None:
                 return fn(*args, **kwargs)
             layout, operands = call

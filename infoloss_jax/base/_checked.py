@@ -64,23 +64,22 @@ def _kept(args: dict, x: jax.Array) -> jax.Array:
         keep = keep if rows is None else keep & rows
     labels, ignore_index = args.get("labels"), args.get("ignore_index")
     if ignore_index is not None and labels is not None and jnp.ndim(labels) < x.ndim:
-        mask = _and(mask, ~equals_index(as_integer_array(labels, "labels"), ignore_index))
+        counted = ~equals_index(as_integer_array(labels, "labels"), ignore_index)
+        mask = counted if mask is None else mask & counted
     if mask is not None:
         rows = _rows(jnp.asarray(mask, bool), x)
         keep = keep if rows is None else keep & rows
     return keep
 
 
-def _and(a, b):
-    return b if a is None else a & b
-
-
 # ----------------------------------------------------------------------------- kinds
-def _wide(x) -> jax.Array:
-    """``x`` as an array of at least float32 (a Mapping of counts: its values); half precision
-    is checked in float32 (a bfloat16 sum of valid probabilities can round to 0.996)."""
+def _values(args: dict, name: str) -> jax.Array:
+    """The argument in at least float32 (a bfloat16 sum of valid probabilities can round to
+    0.996), with the entries that do not count set to 0; a Mapping of counts: its values."""
+    x = args[name]
     x = jnp.asarray(list(x.values()) if isinstance(x, Mapping) else x)
-    return x.astype(jnp.result_type(x.dtype, jnp.float32))
+    x = x.astype(jnp.result_type(x.dtype, jnp.float32))
+    return jnp.where(_kept(args, x), x, 0.0)
 
 
 def _resolution(x) -> float:
@@ -93,14 +92,18 @@ def _class_axes(args: dict, x: jax.Array) -> tuple[int, ...]:
     return normalize_axis(args.get("axis", -1), x.ndim)
 
 
-def _worst(total: jax.Array, target=1.0) -> jax.Array:
-    """The entry of ``total`` furthest from ``target``, for the error message."""
-    return total.ravel()[jnp.argmax(jnp.abs(total - target).ravel())]
+def _check_sums_to_one(args, name, total, tolerance, message) -> None:
+    """Each row total within ``tolerance`` of 1, except rows whose every class is masked."""
+    x = jnp.asarray(args[name])
+    counted = jnp.any(_kept(args, x), axis=_class_axes(args, x))
+    ok = (jnp.abs(total - 1.0) <= tolerance) | ~counted
+    worst = jnp.where(ok, 1.0, total).ravel()
+    checkify.check(jnp.all(ok), message, s=worst[jnp.argmax(jnp.abs(worst - 1.0))])
 
 
 def logits(args: dict, name: str) -> None:
     """Logits may be -inf (an excluded class) but never NaN or +inf."""
-    x = jnp.where(_kept(args, jnp.asarray(args[name])), args[name], 0.0)
+    x = _values(args, name)
     checkify.check(
         ~jnp.any(jnp.isnan(x) | (x == jnp.inf)),
         f"`{name}` contains NaN or +inf; only -inf (an excluded class) is allowed.",
@@ -109,21 +112,18 @@ def logits(args: dict, name: str) -> None:
 
 def finite(args: dict, name: str) -> None:
     """Hidden states and weights: finite."""
-    x = _wide(args[name])
-    ok = jnp.isfinite(x) | ~_kept(args, x)
-    checkify.check(jnp.all(ok), f"`{name}` contains NaN or an infinity.")
+    x = _values(args, name)
+    checkify.check(jnp.all(jnp.isfinite(x)), f"`{name}` contains NaN or an infinity.")
 
 
 def not_nan(args: dict, name: str) -> None:
     """Values with no range of their own (advantages, rewards, binary logits): not NaN."""
-    x = _wide(args[name])
-    checkify.check(~jnp.any(jnp.isnan(x) & _kept(args, x)), f"`{name}` contains NaN.")
+    checkify.check(~jnp.any(jnp.isnan(_values(args, name))), f"`{name}` contains NaN.")
 
 
 def non_negative(args: dict, name: str, hint: str = "") -> None:
     """Weights, counts, lengths, entropies: >= 0 and not NaN."""
-    x = _wide(args[name])
-    x = jnp.where(_kept(args, x), x, 0.0)
+    x = _values(args, name)
     checkify.check(
         jnp.all(x >= 0),
         f"`{name}` must be non-negative (and not NaN), but it holds {{m}}.{hint}",
@@ -133,9 +133,8 @@ def non_negative(args: dict, name: str, hint: str = "") -> None:
 
 def token_log_probs(args: dict, name: str, hint: str = "") -> None:
     """Log-probabilities of tokens or sequences: <= 0 (``-inf`` allowed), not NaN."""
-    x = _wide(args[name])
-    x = jnp.where(_kept(args, x), x, 0.0)
-    checkify.check(~jnp.any(jnp.isnan(x)), f"`{name}` contains NaN.")
+    not_nan(args, name)
+    x = _values(args, name)
     checkify.check(
         jnp.all(x <= 1e-3),
         f"`{name}` must hold log-probabilities (all <= 0), but its largest value is {{m}}: it "
@@ -148,48 +147,42 @@ def log_probabilities(args: dict, name: str) -> None:
     """Normalized log-probabilities: <= 0, and exp sums to 1 along the class axes, within
     ``1e-3`` plus their own rounding (``2u (1 + H)`` for unit roundoff u, row entropy H)."""
     token_log_probs(args, name, " Pass `jnp.log(p)` or `jax.nn.log_softmax(logits)`.")
-    x = _wide(args[name])
-    kept = _kept(args, x)
+    x = _values(args, name)
     axes = _class_axes(args, x)
-    p = jnp.where(kept, jnp.exp(x), 0.0)
-    total = jnp.sum(p, axis=axes)
+    p = jnp.where(_kept(args, x), jnp.exp(x), 0.0)
     entropy = jnp.sum(jnp.where(p > 0, -p * x, 0.0), axis=axes)
-    tolerance = 1e-3 + 2 * _resolution(args[name]) * (1.0 + entropy)
-    ok = (jnp.abs(total - 1.0) <= tolerance) | ~jnp.any(kept, axis=axes)
-    checkify.check(
-        jnp.all(ok),
+    _check_sums_to_one(
+        args,
+        name,
+        jnp.sum(p, axis=axes),
+        1e-3 + 2 * _resolution(args[name]) * (1.0 + entropy),
         f"`{name}` must be normalized log-probabilities: exp(`{name}`) sums to {{s}}, not 1.",
-        s=_worst(jnp.where(ok, 1.0, total)),
     )
 
 
 def probabilities(args: dict, name: str) -> None:
     """Probabilities: >= 0, not NaN, summing to 1 along the class axes (within ``1e-3`` plus
-    twice the input's unit roundoff); a row whose classes are all masked out is not checked."""
-    x = _wide(args[name])
-    kept = _kept(args, x)
-    x = jnp.where(kept, x, 0.0)
-    checkify.check(~jnp.any(jnp.isnan(x)), f"`{name}` contains NaN.")
+    twice the input's unit roundoff)."""
+    not_nan(args, name)
+    x = _values(args, name)
     checkify.check(
         jnp.all(x >= 0),
         f"`{name}` must hold probabilities, but it has a negative value {{m}}.",
         m=jnp.min(x),
     )
-    axes = _class_axes(args, x)
-    total = jnp.sum(x, axis=axes)
-    ok = (jnp.abs(total - 1.0) <= 1e-3 + 2 * _resolution(args[name])) | ~jnp.any(kept, axes)
-    checkify.check(
-        jnp.all(ok),
+    _check_sums_to_one(
+        args,
+        name,
+        jnp.sum(x, axis=_class_axes(args, x)),
+        1e-3 + 2 * _resolution(args[name]),
         f"`{name}` must sum to 1 along the class axis, but a row sums to {{s}}. Normalize it, "
         f"or pass log-probabilities to the `*_with_log_targets` variant.",
-        s=_worst(jnp.where(ok, 1.0, total)),
     )
 
 
 def unit_interval(args: dict, name: str, hint: str = "") -> None:
     """Probabilities of independent events (binary targets): in [0, 1]."""
-    x = _wide(args[name])
-    x = jnp.where(_kept(args, x), x, 0.0)
+    x = _values(args, name)
     checkify.check(
         jnp.all((x >= 0) & (x <= 1)),
         f"`{name}` must hold probabilities in [0, 1], but it ranges over [{{lo}}, {{hi}}].{hint}",

@@ -4,7 +4,7 @@ the per-sequence reductions of packed sequences."""
 from __future__ import annotations
 
 import typing
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +30,19 @@ from ._segments import (
 )
 
 PairReduction = Literal["mean", "sequence_mean", "per_sequence_mean"]
+
+
+class SumAndCount(NamedTuple):
+    """What :func:`loss_sum_and_count` returns: a mean's numerator and denominator, which add up
+    over micro-batches.
+
+    Attributes:
+      loss_sum: the sum of the contributing losses (or of sequence means).
+      count: the number of contributing examples (or weights, or sequences).
+    """
+
+    loss_sum: jax.Array
+    count: jax.Array
 
 
 def _packed(losses, where, segment_ids, num_segments):
@@ -71,7 +84,7 @@ def loss_sum_and_count(
     reduction: PairReduction = "mean",
     segment_ids: ArrayLike | None = None,
     num_segments: int | None = None,
-) -> tuple[jax.Array, jax.Array]:
+) -> SumAndCount:
     r"""The pair (numerator, denominator) behind a mean, which adds up over micro-batches.
 
     With ``reduction="mean"`` (the default), the loss sum and the number of contributing
@@ -106,7 +119,8 @@ def loss_sum_and_count(
       num_segments: static number of ids per row (default ``T``), only with ``segment_ids``.
 
     Returns:
-      ``(sum, count)`` as float32 (or float64) scalars, or ``[..., num_segments]`` arrays for
+      The NamedTuple :class:`SumAndCount` ``(loss_sum, count)``, which unpacks as a pair:
+        float32 (or float64) scalars, or ``[..., num_segments]`` arrays for
         ``"per_sequence_mean"`` (``[...]`` without ``segment_ids``).
 
     Example:
@@ -123,15 +137,15 @@ def loss_sum_and_count(
     check_reduction(reduction, typing.get_args(PairReduction))
     losses = as_float_array(per_example, "per_example")
     if reduction == "mean" and segment_ids is None and num_segments is None:
-        return _token_sum_and_count(losses, weights, where)
+        return SumAndCount(*_token_sum_and_count(losses, weights, where))
     sums, counts = _sequence_totals(losses, weights, where, segment_ids, num_segments)
     if reduction == "mean":
-        return jnp.sum(sums), jnp.sum(counts)
+        return SumAndCount(jnp.sum(sums), jnp.sum(counts))
     if reduction == "sequence_mean":
-        return sum_of_sequence_means(sums, counts), count_sequences(counts)
+        return SumAndCount(sum_of_sequence_means(sums, counts), count_sequences(counts))
     if segment_ids is None:
-        return sums[..., 0], counts[..., 0]
-    return sums, counts
+        return SumAndCount(sums[..., 0], counts[..., 0])
+    return SumAndCount(sums, counts)
 
 
 def _token_sum_and_count(losses, weights, where):

@@ -27,6 +27,7 @@ from ..base._validation import (
 )
 from ..core._cross_entropy import check_integer_labels, classes_last
 from ..core._log_partition import exclude
+from ..core._segments import check_mask
 from ..engine import _tiles
 from ..engine._blockwise import check_backward, reraise_jvp
 from ..engine._loss_spec import Coefficients, LossSpec, make_spec, poison
@@ -122,6 +123,7 @@ def log_probs(
     logit_softcap: float | None = ...,
     with_entropy: Literal[False] = ...,
     ignore_index: int | None = ...,
+    mask: ArrayLike | None = ...,
 ) -> jax.Array: ...
 
 
@@ -136,6 +138,7 @@ def log_probs(
     logit_softcap: float | None = ...,
     with_entropy: Literal[True],
     ignore_index: int | None = ...,
+    mask: ArrayLike | None = ...,
 ) -> TokenLogProbs: ...
 
 
@@ -150,6 +153,7 @@ def log_probs(
     logit_softcap: float | None = ...,
     with_entropy: bool = ...,
     ignore_index: int | None = ...,
+    mask: ArrayLike | None = ...,
 ) -> jax.Array | TokenLogProbs: ...
 
 
@@ -164,6 +168,7 @@ def log_probs(
     logit_softcap: float | None = None,
     with_entropy: bool = False,
     ignore_index: int | None = None,
+    mask: ArrayLike | None = None,
 ) -> jax.Array | TokenLogProbs:
     r"""Per-token log-probability of the label under softmax(logits), and optionally the entropy.
 
@@ -191,9 +196,10 @@ def log_probs(
 
     A ``-inf`` logit (or ``where=False``) excludes a class: it has probability 0, adds 0 to the
     entropy and gets a 0 gradient; a label on an excluded class has log-probability ``-inf``.
-    A token whose label is ``ignore_index`` gives 0 for both outputs and no gradient. A label
-    outside ``[0, K)`` gives NaN in both outputs and their gradients, and a NaN logit poisons
-    its own token. Half-precision logits are computed and returned in float32.
+    A token whose label is ``ignore_index`` or whose ``mask`` is False gives 0 for both outputs
+    and no gradient (a masked token's logits are never read). A label outside ``[0, K)`` gives
+    NaN in both outputs and their gradients, and a NaN logit poisons its own token.
+    Half-precision logits are computed and returned in float32.
 
     Args:
       logits: ``[..., K]`` unnormalized log-probabilities (before soft cap and temperature).
@@ -206,6 +212,8 @@ def log_probs(
       logit_softcap: optional static cap :math:`s > 0`.
       with_entropy: also return the entropy :math:`H(q)` per token (in nats).
       ignore_index: label value whose tokens give 0 for both outputs, or None.
+      mask: optional boolean per-token mask, shaped like ``labels`` (False gives 0 for both
+        outputs and no gradient).
 
     Returns:
       ``log_probs`` with the shape of ``labels`` (at least float32), or with
@@ -237,8 +245,13 @@ def log_probs(
         ignore_index=ignore_index,
         entropy=with_entropy,
     )
+    rows = check_mask(mask, labels.shape, to_name="labels")
+    if rows is not None:  # a masked token's logits never enter, so a NaN there cannot leak
+        raw = jnp.where(rows.reshape(-1, 1), raw, 0.0)
     out = _token_rows(raw, labels.reshape(-1), coefs, spec)
-    out = tuple(o.reshape(labels.shape) for o in out)
+    out = [o.reshape(labels.shape) for o in out]
+    if rows is not None:
+        out = [jnp.where(rows, o, 0.0) for o in out]
     return _outputs(out[0], out[-1], with_entropy, ok)
 
 

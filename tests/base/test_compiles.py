@@ -575,6 +575,7 @@ def test_the_public_names_are_all_covered():
         "GradientReport",
         "GradientTable",
         "LinearCrossEntropyAux",
+        "SumAndCount",
         "TokenLogProbs",
         "checked",
         "compare_gradients",
