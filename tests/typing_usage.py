@@ -57,6 +57,7 @@ assert_type(token.entropy, jax.Array)
 lp, ent = il.linear_log_probs(h, t, w, with_entropy=True)
 assert_type(lp, jax.Array)
 assert_type(il.reduce_loss(lp, reduction="sequence_mean"), jax.Array)
+assert_type(il.loss_sum_and_count(lp).loss_count, jax.Array)
 
 # A scheduled coefficient may be a JAX scalar as well as a Python float.
 chosen, rejected = jnp.array([-4.0]), jnp.array([-6.0])

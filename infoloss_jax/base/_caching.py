@@ -50,6 +50,9 @@ def cached_eager(*static: str) -> Callable[[F], F]:
     runs while the program is traced, so errors and their messages are those of the loss.
     """
 
+    if not all(isinstance(name, str) for name in static):  # a bare @cached_eager
+        raise TypeError("cached_eager takes the static parameters' names: @cached_eager('axis').")
+
     def decorate(fn: F) -> F:
         parameters = inspect.signature(fn).parameters
         unknown = set(static) - set(parameters)

@@ -284,9 +284,12 @@ def _torch_target(args: dict, name: str) -> None:
         label_range(dict(args, where=None), name, x.shape[class_axis])
 
 
-def _torch_log_input(args: dict, name: str) -> None:
-    hint = " Pass `jnp.log(q)` or `jax.nn.log_softmax(logits, axis=1)`."
-    token_log_probs(args, name, hint)
+_torch_log_input = functools.partial(
+    token_log_probs, hint=" Pass `jnp.log(q)` or `jax.nn.log_softmax(logits, axis=1)`."
+)
+_binary_input = functools.partial(
+    unit_interval, hint=" For logits use `binary_cross_entropy_with_logits` instead."
+)
 
 
 def _torch_kl_target(args: dict, name: str) -> None:
@@ -294,10 +297,6 @@ def _torch_kl_target(args: dict, name: str) -> None:
         token_log_probs(args, name, " Or pass `log_target=False`.")
     else:
         non_negative(args, name, " For log-probabilities pass `log_target=True`.")
-
-
-def _binary_input(args: dict, name: str) -> None:
-    unit_interval(args, name, " For logits use `binary_cross_entropy_with_logits` instead.")
 
 
 # Functions whose parameter names mean something else than the names table says, by sub-package

@@ -38,11 +38,11 @@ class SumAndCount(NamedTuple):
 
     Attributes:
       loss_sum: the sum of the contributing losses (or of sequence means).
-      count: the number of contributing examples (or weights, or sequences).
+      loss_count: the number of contributing examples (or their weights, or sequences).
     """
 
     loss_sum: jax.Array
-    count: jax.Array
+    loss_count: jax.Array
 
 
 def _packed(losses, where, segment_ids, num_segments):
@@ -119,7 +119,7 @@ def loss_sum_and_count(
       num_segments: static number of ids per row (default ``T``), only with ``segment_ids``.
 
     Returns:
-      The NamedTuple :class:`SumAndCount` ``(loss_sum, count)``, which unpacks as a pair:
+      The NamedTuple :class:`SumAndCount` ``(loss_sum, loss_count)``, which unpacks as a pair:
         float32 (or float64) scalars, or ``[..., num_segments]`` arrays for
         ``"per_sequence_mean"`` (``[...]`` without ``segment_ids``).
 

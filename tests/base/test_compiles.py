@@ -695,3 +695,16 @@ def test_new_array_values_compile_nothing():
             )
         )
     assert len(compiles) == 0
+
+
+def test_cached_eager_names_its_static_parameters():
+    from infoloss_jax.base._caching import cached_eager
+
+    with pytest.raises(TypeError, match="static parameters' names"):
+        cached_eager(il.entropy.__wrapped__)  # a bare @cached_eager
+    with pytest.raises(TypeError, match="has no parameter"):
+        cached_eager("axes")(il.entropy.__wrapped__)
+    # A concrete array where a static option belongs: the call runs uncached, and works.
+    np.testing.assert_allclose(
+        il.entropy(LOGITS, base=np.float64(2.0)), il.entropy(LOGITS, base=2.0), rtol=1e-6
+    )
