@@ -349,8 +349,10 @@ def clipped_surrogate(
     if ref is not None:
         ref = jnp.where(keep, ref.astype(dtype), zero)
         kl_terms = estimate_terms(lp, ref, kl_estimator)
-        if is_traced(kl_coef) or kl_coef != 0:
-            per_token = per_token + _kl_penalty(lp, ref, kl_coef, kl_estimator, zero)
+        if is_traced(kl_coef):
+            per_token = per_token + _traced_kl_penalty(lp, ref, kl_coef, kl_estimator, zero)
+        elif kl_coef != 0:  # a concrete 0 adds nothing: no 0 * inf
+            per_token = per_token + kl_coef * kl_terms
     if ent is not None:
         ent = jnp.where(keep, ent.astype(dtype), zero)
         per_token = per_token - entropy_coef * ent
@@ -393,12 +395,10 @@ def clipped_surrogate(
     return loss, aux
 
 
-def _kl_penalty(lp, ref, kl_coef, estimator: str, zero):
-    """``kl_coef * k`` per token. A traced ``kl_coef`` of 0 disables the penalty exactly: the
-    estimator sees zeros there, so an infinite estimate cannot turn 0 * inf into NaN in the
-    value or the gradient (a concrete 0 never reaches here)."""
-    if not is_traced(kl_coef):
-        return kl_coef * estimate_terms(lp, ref, estimator)
+def _traced_kl_penalty(lp, ref, kl_coef, estimator: str, zero):
+    """``kl_coef * k`` per token for a traced ``kl_coef``, whose 0 disables the penalty exactly:
+    the estimator sees zeros there, so an infinite estimate cannot make 0 * inf = NaN in the
+    value or the gradient."""
     on = kl_coef != 0
     terms = estimate_terms(jnp.where(on, lp, zero), jnp.where(on, ref, zero), estimator)
     return kl_coef * terms

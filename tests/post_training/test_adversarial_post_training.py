@@ -152,6 +152,13 @@ def test_clipped_surrogate_over_nothing_is_zero(shape, normalization):
     assert float(aux.ratio_min) == INF and float(aux.ratio_max) == -INF
 
 
+@pytest.mark.parametrize("name", ["dpo", "ipo", "hinge", "simpo", "orpo", "cpo", "kto"])
+def test_preference_losses_over_no_pairs_are_zero(name):
+    empty = jnp.zeros(0)
+    loss, _ = PAIRWISE[name](empty)
+    assert float(loss) == 0.0
+
+
 C = jnp.array([-5.0, -7.0, -4.0])
 R = jnp.array([-6.0, -6.5, -9.0])
 RC = jnp.array([-5.5, -7.0, -4.5])
