@@ -7,7 +7,7 @@ normalized log-probabilities, ``probs`` and ``targets`` probabilities, ``labels`
 log-probabilities, and so on: :data:`_BY_NAME`. The few public functions whose names mean
 something else (the binary losses, the PyTorch-named layer) are listed in :data:`_BY_FUNCTION`.
 Masks are read as the losses read them: ``mask`` drops rows, ``where`` is a class mask (a row
-mask in the functions with optax's names, by its rank, and in the preference losses).
+mask, by its rank, in the cross-entropies with optax's names).
 """
 
 from __future__ import annotations

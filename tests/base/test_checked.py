@@ -132,7 +132,7 @@ CASES = {
     ),
     "policy.group_advantages": (policy.group_advantages, (Z.reshape(-1), K), {}),
     "preference.sequence_log_probs": (preference.sequence_log_probs, (LOG_Q,), dict(mask=Z > 0)),
-    "preference.dpo": (preference.dpo, SEQ, dict(beta=0.1, where=ROW)),
+    "preference.dpo": (preference.dpo, SEQ, dict(beta=0.1, mask=ROW)),
     "preference.ipo": (preference.ipo, SEQ, dict(beta=0.1, chosen_lengths=jnp.full(N, 3))),
     "preference.hinge": (preference.hinge, SEQ, dict(beta=0.1)),
     "preference.simpo": (preference.simpo, SEQ[:2], dict(beta=2.0)),
@@ -256,7 +256,7 @@ def test_the_post_training_value_mistakes():
     # Masked entries are not checked: the losses ignore them.
     nan_masked = LOG_Q.at[0, 0].set(jnp.nan)
     il.checked(il.kl_estimate)(nan_masked, LOG_Q, mask=jnp.ones((N, K), bool).at[0, 0].set(False))
-    il.checked(preference.dpo)(SEQ[0].at[2].set(jnp.nan), *SEQ[1:], beta=0.1, where=ROW)
+    il.checked(preference.dpo)(SEQ[0].at[2].set(jnp.nan), *SEQ[1:], beta=0.1, mask=ROW)
 
 
 def test_valid_bfloat16_log_probabilities_pass():
