@@ -495,6 +495,45 @@ COEFFICIENTS = {
         ),
         -1,
     ),
+    # Global counts (from a collective over data-parallel shards) are traceable coefficients too.
+    "policy.clipped_surrogate.num_tokens": (
+        lambda v: policy.clipped_surrogate(
+            LOG_PREDICTIONS, LOG_TARGETS, TANGENT, num_tokens=10 * v
+        ),
+        0,
+    ),
+    "policy.clipped_surrogate.num_sequences": (
+        lambda v: policy.clipped_surrogate(
+            LOG_PREDICTIONS, LOG_TARGETS, TANGENT, normalization="sequence_mean", num_sequences=v
+        ),
+        0,
+    ),
+    "policy.clipped_surrogate.max_tokens": (
+        lambda v: policy.clipped_surrogate(
+            LOG_PREDICTIONS, LOG_TARGETS, TANGENT, normalization="token_sum_norm", max_tokens=v
+        ),
+        0,
+    ),
+    **{
+        f"preference.{name}.num_pairs": (
+            lambda v, name=name, n=n: getattr(preference, name)(*PAIRS[:n], beta=0.1, num_pairs=v),
+            0,
+        )
+        for name, n in [("dpo", 4), ("ipo", 4), ("hinge", 4), ("simpo", 2), ("orpo", 2), ("cpo", 2)]
+    },
+    **{
+        f"preference.{name}.num_tokens": (
+            lambda v, name=name: getattr(preference, name)(
+                *(-jnp.abs(x) for x in PAIRS[:2]), beta=0.1, num_tokens=10 * v
+            ),
+            0,
+        )
+        for name in ("orpo", "cpo")
+    },
+    "preference.kto.num_examples": (
+        lambda v: preference.kto(PAIRS[0], PAIRS[2], DESIRABLE, beta=0.1, num_examples=v),
+        0,
+    ),
 }
 # Coefficients that select the program and so are static, each with its reason; the sharded
 # `*_on_mesh` losses are counted with the sharded tests.
@@ -506,6 +545,7 @@ STATIC_COEFFICIENTS = {
 COEFFICIENT_NAMES = {
     "temperature", "label_smoothing", "z_loss", "beta", "gamma", "alpha", "skew", "kl_coef",
     "entropy_coef", "clip_low", "clip_high", "eps", "desirable_weight", "undesirable_weight",
+    "num_tokens", "num_sequences", "max_tokens", "num_pairs", "num_examples",
 }  # fmt: skip
 
 
