@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 from jax.core import Tracer
+from jax.typing import DTypeLike
 
 from ..base._typing import ArrayLike, Backward, Reduction, WeightLayout
 from ..base._validation import (
@@ -43,7 +44,8 @@ class LinearCrossEntropyAux(NamedTuple):
     """Per-token extras of :func:`linear_softmax_cross_entropy` (shape of ``labels``).
 
     Attributes:
-      logsumexp: log-partition of the (soft-capped) logits.
+      logsumexp: log-partition of the (soft-capped) logits (0 on ignored and masked tokens,
+        whose hidden states are never read).
       z_loss: the z-loss term ``z_loss * logsumexp**2`` (0 on ignored and masked tokens).
       correct: whether the argmax of the logits equals the label (False on ignored and masked
         tokens).
@@ -62,7 +64,7 @@ class EngineOptions(NamedTuple):
     token_block_size: int | None = None
     vocab_block_size: int | None = None
     backward: str = "auto"
-    accum_dtype: Any = jnp.float32
+    accum_dtype: DTypeLike = jnp.float32
 
 
 class Axes(NamedTuple):
@@ -280,18 +282,8 @@ def execute(spec, coefs, ops: Operands, lead, engine: EngineOptions, axes=None):
         tokens, vocab = engine.token_block_size, engine.vocab_block_size
         blocks = _blockwise.choose_blocks(n, d, v, tokens, vocab, size)
         dtypes, rows = (ops.x.dtype, ops.w.dtype), 1 if ops.th is None else 2
-        blocks, plan = _blockwise.choose_plan(
-            engine.backward,
-            engine.reduction,
-            n,
-            v,
-            blocks,
-            tokens,
-            dtypes,
-            spec.accum_dtype,
-            axis,
-            rows,
-        )
+        shapes = (n, v, blocks, tokens, dtypes, spec.accum_dtype, axis, rows)
+        blocks, plan = _blockwise.choose_plan(engine.backward, engine.reduction, *shapes)
     if ops.labels is not None:
         ops = ops._replace(labels=int32_labels(ops.labels, spec))
     padded = spec.vocab_size != local_vocab(ops, spec.layout) * size
@@ -346,8 +338,8 @@ def log_probs_options(temperature, logit_softcap, ignore_index, with_entropy) ->
 
 def cross_entropy_aux(out: Out, coefs, labels, lead) -> LinearCrossEntropyAux:
     """The :class:`LinearCrossEntropyAux` of the engine's cross-entropy rows."""
-    lse = lax.stop_gradient(out.lse[0])
     counts = lax.stop_gradient(out.weight) != 0
+    lse = jnp.where(counts, lax.stop_gradient(out.lse[0]), 0.0)  # a dropped row is never read
     z_term = jnp.where(counts, coefs.z_loss * lse**2, 0.0)
     correct = counts & (lax.stop_gradient(out.argmax) == labels)
     return LinearCrossEntropyAux(lse.reshape(lead), z_term.reshape(lead), correct.reshape(lead))
@@ -408,7 +400,7 @@ def linear_softmax_cross_entropy(
     token_block_size: int | None = None,
     vocab_block_size: int | None = None,
     backward: Backward = "auto",
-    accum_dtype: Any = jnp.float32,
+    accum_dtype: DTypeLike = jnp.float32,
     return_aux: Literal[False] = False,
 ) -> jax.Array: ...
 @overload
@@ -429,7 +421,7 @@ def linear_softmax_cross_entropy(
     token_block_size: int | None = None,
     vocab_block_size: int | None = None,
     backward: Backward = "auto",
-    accum_dtype: Any = jnp.float32,
+    accum_dtype: DTypeLike = jnp.float32,
     return_aux: Literal[True],
 ) -> tuple[jax.Array, LinearCrossEntropyAux]: ...
 @reraise_jvp("linear_softmax_cross_entropy")
@@ -450,7 +442,7 @@ def linear_softmax_cross_entropy(
     token_block_size: int | None = None,
     vocab_block_size: int | None = None,
     backward: Backward = "auto",
-    accum_dtype: Any = jnp.float32,
+    accum_dtype: DTypeLike = jnp.float32,
     return_aux: bool = False,
 ) -> jax.Array | tuple[jax.Array, LinearCrossEntropyAux]:
     r"""Softmax cross-entropy of ``hidden @ weight + bias`` against integer labels, fused.
@@ -560,7 +552,7 @@ def linear_forward_kl(
     token_block_size: int | None = None,
     vocab_block_size: int | None = None,
     backward: Backward = "auto",
-    accum_dtype: Any = jnp.float32,
+    accum_dtype: DTypeLike = jnp.float32,
 ) -> jax.Array:
     r"""Forward KL(teacher || student) of a teacher and a student LM head, fused.
 
@@ -633,7 +625,7 @@ def linear_reverse_kl(
     token_block_size: int | None = None,
     vocab_block_size: int | None = None,
     backward: Backward = "auto",
-    accum_dtype: Any = jnp.float32,
+    accum_dtype: DTypeLike = jnp.float32,
 ) -> jax.Array:
     r"""Reverse KL(student || teacher) of a teacher and a student LM head, fused.
 
@@ -707,7 +699,7 @@ def linear_jensen_shannon(
     token_block_size: int | None = None,
     vocab_block_size: int | None = None,
     backward: Backward = "auto",
-    accum_dtype: Any = jnp.float32,
+    accum_dtype: DTypeLike = jnp.float32,
 ) -> jax.Array:
     r"""Generalized Jensen-Shannon divergence of a teacher and a student LM head, fused.
 

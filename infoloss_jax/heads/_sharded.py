@@ -28,6 +28,7 @@ import numpy as np
 from jax import lax
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
+from jax.typing import DTypeLike
 
 from ..base._typing import ArrayLike, Backward, Reduction, WeightLayout
 from ..base._validation import as_float_array, as_where, check_same_shape, describe
@@ -290,7 +291,7 @@ def vocab_parallel_cross_entropy(
     logit_softcap: float | None = None,
     reduction: Reduction = "none",
     data_axis: AxisName | None = None,
-    accum_dtype: Any = jnp.float32,
+    accum_dtype: DTypeLike = jnp.float32,
     return_aux: Literal[False] = False,
 ) -> jax.Array: ...
 @overload
@@ -309,7 +310,7 @@ def vocab_parallel_cross_entropy(
     logit_softcap: float | None = None,
     reduction: Reduction = "none",
     data_axis: AxisName | None = None,
-    accum_dtype: Any = jnp.float32,
+    accum_dtype: DTypeLike = jnp.float32,
     return_aux: Literal[True],
 ) -> tuple[jax.Array, LinearCrossEntropyAux]: ...
 def vocab_parallel_cross_entropy(
@@ -327,7 +328,7 @@ def vocab_parallel_cross_entropy(
     logit_softcap: float | None = None,
     reduction: Reduction = "none",
     data_axis: AxisName | None = None,
-    accum_dtype: Any = jnp.float32,
+    accum_dtype: DTypeLike = jnp.float32,
     return_aux: bool = False,
 ) -> jax.Array | tuple[jax.Array, LinearCrossEntropyAux]:
     r"""Softmax cross-entropy with integer labels, the vocabulary split over a mesh axis.
@@ -429,7 +430,7 @@ def vocab_parallel_linear_cross_entropy(
     token_block_size: int | None = None,
     vocab_block_size: int | None = None,
     backward: Backward = "auto",
-    accum_dtype: Any = jnp.float32,
+    accum_dtype: DTypeLike = jnp.float32,
     return_aux: Literal[False] = False,
 ) -> jax.Array: ...
 @overload
@@ -453,7 +454,7 @@ def vocab_parallel_linear_cross_entropy(
     token_block_size: int | None = None,
     vocab_block_size: int | None = None,
     backward: Backward = "auto",
-    accum_dtype: Any = jnp.float32,
+    accum_dtype: DTypeLike = jnp.float32,
     return_aux: Literal[True],
 ) -> tuple[jax.Array, LinearCrossEntropyAux]: ...
 def vocab_parallel_linear_cross_entropy(
@@ -476,7 +477,7 @@ def vocab_parallel_linear_cross_entropy(
     token_block_size: int | None = None,
     vocab_block_size: int | None = None,
     backward: Backward = "auto",
-    accum_dtype: Any = jnp.float32,
+    accum_dtype: DTypeLike = jnp.float32,
     return_aux: bool = False,
 ) -> jax.Array | tuple[jax.Array, LinearCrossEntropyAux]:
     r"""Fused LM-head cross-entropy with the head weight split along the vocabulary.
@@ -572,7 +573,7 @@ def vocab_parallel_cross_entropy_on_mesh(
     z_loss: float | jax.Array = 0.0,
     logit_softcap: float | None = None,
     reduction: Reduction = "none",
-    accum_dtype: Any = jnp.float32,
+    accum_dtype: DTypeLike = jnp.float32,
     return_aux: Literal[False] = False,
 ) -> jax.Array: ...
 @overload
@@ -591,7 +592,7 @@ def vocab_parallel_cross_entropy_on_mesh(
     z_loss: float | jax.Array = 0.0,
     logit_softcap: float | None = None,
     reduction: Reduction = "none",
-    accum_dtype: Any = jnp.float32,
+    accum_dtype: DTypeLike = jnp.float32,
     return_aux: Literal[True],
 ) -> tuple[jax.Array, LinearCrossEntropyAux]: ...
 def vocab_parallel_cross_entropy_on_mesh(
@@ -609,7 +610,7 @@ def vocab_parallel_cross_entropy_on_mesh(
     z_loss: float | jax.Array = 0.0,
     logit_softcap: float | None = None,
     reduction: Reduction = "none",
-    accum_dtype: Any = jnp.float32,
+    accum_dtype: DTypeLike = jnp.float32,
     return_aux: bool = False,
 ) -> jax.Array | tuple[jax.Array, LinearCrossEntropyAux]:
     """:func:`vocab_parallel_cross_entropy` on whole ``[..., V]`` logits and a ``Mesh``.
@@ -673,7 +674,7 @@ def vocab_parallel_linear_cross_entropy_on_mesh(
     token_block_size: int | None = None,
     vocab_block_size: int | None = None,
     backward: Backward = "auto",
-    accum_dtype: Any = jnp.float32,
+    accum_dtype: DTypeLike = jnp.float32,
     return_aux: Literal[False] = False,
 ) -> jax.Array: ...
 @overload
@@ -697,7 +698,7 @@ def vocab_parallel_linear_cross_entropy_on_mesh(
     token_block_size: int | None = None,
     vocab_block_size: int | None = None,
     backward: Backward = "auto",
-    accum_dtype: Any = jnp.float32,
+    accum_dtype: DTypeLike = jnp.float32,
     return_aux: Literal[True],
 ) -> tuple[jax.Array, LinearCrossEntropyAux]: ...
 def vocab_parallel_linear_cross_entropy_on_mesh(
@@ -720,7 +721,7 @@ def vocab_parallel_linear_cross_entropy_on_mesh(
     token_block_size: int | None = None,
     vocab_block_size: int | None = None,
     backward: Backward = "auto",
-    accum_dtype: Any = jnp.float32,
+    accum_dtype: DTypeLike = jnp.float32,
     return_aux: bool = False,
 ) -> jax.Array | tuple[jax.Array, LinearCrossEntropyAux]:
     """:func:`vocab_parallel_linear_cross_entropy` on a whole head weight and a ``Mesh``.
@@ -787,7 +788,7 @@ def vocab_parallel_log_probs(
     logit_softcap: float | None = None,
     with_entropy: Literal[False] = False,
     ignore_index: int | None = None,
-    accum_dtype: Any = jnp.float32,
+    accum_dtype: DTypeLike = jnp.float32,
 ) -> jax.Array: ...
 @overload
 def vocab_parallel_log_probs(
@@ -802,7 +803,7 @@ def vocab_parallel_log_probs(
     logit_softcap: float | None = None,
     with_entropy: Literal[True],
     ignore_index: int | None = None,
-    accum_dtype: Any = jnp.float32,
+    accum_dtype: DTypeLike = jnp.float32,
 ) -> tuple[jax.Array, jax.Array]: ...
 def vocab_parallel_log_probs(
     logits_shard: ArrayLike,
@@ -816,7 +817,7 @@ def vocab_parallel_log_probs(
     logit_softcap: float | None = None,
     with_entropy: bool = False,
     ignore_index: int | None = None,
-    accum_dtype: Any = jnp.float32,
+    accum_dtype: DTypeLike = jnp.float32,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
     r"""Per-token log-probability of the label (and entropy), the vocabulary split over a mesh axis.
 
@@ -901,7 +902,7 @@ def vocab_parallel_linear_log_probs(
     token_block_size: int | None = None,
     vocab_block_size: int | None = None,
     backward: Backward = "auto",
-    accum_dtype: Any = jnp.float32,
+    accum_dtype: DTypeLike = jnp.float32,
 ) -> jax.Array: ...
 @overload
 def vocab_parallel_linear_log_probs(
@@ -921,7 +922,7 @@ def vocab_parallel_linear_log_probs(
     token_block_size: int | None = None,
     vocab_block_size: int | None = None,
     backward: Backward = "auto",
-    accum_dtype: Any = jnp.float32,
+    accum_dtype: DTypeLike = jnp.float32,
 ) -> tuple[jax.Array, jax.Array]: ...
 def vocab_parallel_linear_log_probs(
     hidden: ArrayLike,
@@ -940,7 +941,7 @@ def vocab_parallel_linear_log_probs(
     token_block_size: int | None = None,
     vocab_block_size: int | None = None,
     backward: Backward = "auto",
-    accum_dtype: Any = jnp.float32,
+    accum_dtype: DTypeLike = jnp.float32,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
     r"""Fused LM-head token log-probabilities (and entropy), the weight split along the vocabulary.
 
@@ -1022,7 +1023,7 @@ def vocab_parallel_log_probs_on_mesh(
     logit_softcap: float | None = None,
     with_entropy: Literal[False] = False,
     ignore_index: int | None = None,
-    accum_dtype: Any = jnp.float32,
+    accum_dtype: DTypeLike = jnp.float32,
 ) -> jax.Array: ...
 @overload
 def vocab_parallel_log_probs_on_mesh(
@@ -1038,7 +1039,7 @@ def vocab_parallel_log_probs_on_mesh(
     logit_softcap: float | None = None,
     with_entropy: Literal[True],
     ignore_index: int | None = None,
-    accum_dtype: Any = jnp.float32,
+    accum_dtype: DTypeLike = jnp.float32,
 ) -> tuple[jax.Array, jax.Array]: ...
 def vocab_parallel_log_probs_on_mesh(
     logits: ArrayLike,
@@ -1053,7 +1054,7 @@ def vocab_parallel_log_probs_on_mesh(
     logit_softcap: float | None = None,
     with_entropy: bool = False,
     ignore_index: int | None = None,
-    accum_dtype: Any = jnp.float32,
+    accum_dtype: DTypeLike = jnp.float32,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
     """:func:`vocab_parallel_log_probs` on whole ``[..., V]`` logits and a ``Mesh``.
 
@@ -1112,7 +1113,7 @@ def vocab_parallel_linear_log_probs_on_mesh(
     token_block_size: int | None = None,
     vocab_block_size: int | None = None,
     backward: Backward = "auto",
-    accum_dtype: Any = jnp.float32,
+    accum_dtype: DTypeLike = jnp.float32,
 ) -> jax.Array: ...
 @overload
 def vocab_parallel_linear_log_probs_on_mesh(
@@ -1133,7 +1134,7 @@ def vocab_parallel_linear_log_probs_on_mesh(
     token_block_size: int | None = None,
     vocab_block_size: int | None = None,
     backward: Backward = "auto",
-    accum_dtype: Any = jnp.float32,
+    accum_dtype: DTypeLike = jnp.float32,
 ) -> tuple[jax.Array, jax.Array]: ...
 def vocab_parallel_linear_log_probs_on_mesh(
     hidden: ArrayLike,
@@ -1153,7 +1154,7 @@ def vocab_parallel_linear_log_probs_on_mesh(
     token_block_size: int | None = None,
     vocab_block_size: int | None = None,
     backward: Backward = "auto",
-    accum_dtype: Any = jnp.float32,
+    accum_dtype: DTypeLike = jnp.float32,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
     """:func:`vocab_parallel_linear_log_probs` on a whole head weight and a ``Mesh``.
 
@@ -1212,7 +1213,7 @@ def vocab_parallel_forward_kl(
     vocab_size: int | None = None,
     reduction: Reduction = "none",
     data_axis: AxisName | None = None,
-    accum_dtype: Any = jnp.float32,
+    accum_dtype: DTypeLike = jnp.float32,
 ) -> jax.Array:
     r"""Forward KL(teacher || student) with the vocabulary split over a mesh axis.
 
@@ -1276,7 +1277,7 @@ def vocab_parallel_reverse_kl(
     vocab_size: int | None = None,
     reduction: Reduction = "none",
     data_axis: AxisName | None = None,
-    accum_dtype: Any = jnp.float32,
+    accum_dtype: DTypeLike = jnp.float32,
 ) -> jax.Array:
     r"""Reverse KL(student || teacher) with the vocabulary split over a mesh axis.
 
@@ -1342,7 +1343,7 @@ def vocab_parallel_jensen_shannon(
     vocab_size: int | None = None,
     reduction: Reduction = "none",
     data_axis: AxisName | None = None,
-    accum_dtype: Any = jnp.float32,
+    accum_dtype: DTypeLike = jnp.float32,
 ) -> jax.Array:
     r"""Generalized Jensen-Shannon divergence with the vocabulary split over a mesh axis.
 
@@ -1417,7 +1418,7 @@ def vocab_parallel_linear_forward_kl(
     token_block_size: int | None = None,
     vocab_block_size: int | None = None,
     backward: Backward = "auto",
-    accum_dtype: Any = jnp.float32,
+    accum_dtype: DTypeLike = jnp.float32,
 ) -> jax.Array:
     r"""Forward KL(teacher || student) of two LM heads, the vocabulary split over a mesh axis.
 
@@ -1494,7 +1495,7 @@ def vocab_parallel_linear_reverse_kl(
     token_block_size: int | None = None,
     vocab_block_size: int | None = None,
     backward: Backward = "auto",
-    accum_dtype: Any = jnp.float32,
+    accum_dtype: DTypeLike = jnp.float32,
 ) -> jax.Array:
     r"""Reverse KL(student || teacher) of two LM heads, the vocabulary split over a mesh axis.
 
@@ -1572,7 +1573,7 @@ def vocab_parallel_linear_jensen_shannon(
     token_block_size: int | None = None,
     vocab_block_size: int | None = None,
     backward: Backward = "auto",
-    accum_dtype: Any = jnp.float32,
+    accum_dtype: DTypeLike = jnp.float32,
 ) -> jax.Array:
     r"""Generalized Jensen-Shannon divergence of two LM heads, the vocabulary split over an axis.
 
@@ -1649,7 +1650,7 @@ def vocab_parallel_forward_kl_on_mesh(
     where: ArrayLike | None = None,
     mask: ArrayLike | None = None,
     reduction: Reduction = "none",
-    accum_dtype: Any = jnp.float32,
+    accum_dtype: DTypeLike = jnp.float32,
 ) -> jax.Array:
     """:func:`vocab_parallel_forward_kl`, the forward KL(teacher || student), on whole logits.
 
@@ -1687,7 +1688,7 @@ def vocab_parallel_reverse_kl_on_mesh(
     where: ArrayLike | None = None,
     mask: ArrayLike | None = None,
     reduction: Reduction = "none",
-    accum_dtype: Any = jnp.float32,
+    accum_dtype: DTypeLike = jnp.float32,
 ) -> jax.Array:
     """:func:`vocab_parallel_reverse_kl`, the reverse KL(student || teacher), on whole logits.
 
@@ -1726,7 +1727,7 @@ def vocab_parallel_jensen_shannon_on_mesh(
     where: ArrayLike | None = None,
     mask: ArrayLike | None = None,
     reduction: Reduction = "none",
-    accum_dtype: Any = jnp.float32,
+    accum_dtype: DTypeLike = jnp.float32,
 ) -> jax.Array:
     """:func:`vocab_parallel_jensen_shannon`, the generalized Jensen-Shannon divergence, on
     whole logits.
@@ -1772,7 +1773,7 @@ def vocab_parallel_linear_forward_kl_on_mesh(
     token_block_size: int | None = None,
     vocab_block_size: int | None = None,
     backward: Backward = "auto",
-    accum_dtype: Any = jnp.float32,
+    accum_dtype: DTypeLike = jnp.float32,
 ) -> jax.Array:
     """:func:`vocab_parallel_linear_forward_kl`, the forward KL(teacher || student), on whole
     heads.
@@ -1823,7 +1824,7 @@ def vocab_parallel_linear_reverse_kl_on_mesh(
     token_block_size: int | None = None,
     vocab_block_size: int | None = None,
     backward: Backward = "auto",
-    accum_dtype: Any = jnp.float32,
+    accum_dtype: DTypeLike = jnp.float32,
 ) -> jax.Array:
     """:func:`vocab_parallel_linear_reverse_kl`, the reverse KL(student || teacher), on whole
     heads.
@@ -1875,7 +1876,7 @@ def vocab_parallel_linear_jensen_shannon_on_mesh(
     token_block_size: int | None = None,
     vocab_block_size: int | None = None,
     backward: Backward = "auto",
-    accum_dtype: Any = jnp.float32,
+    accum_dtype: DTypeLike = jnp.float32,
 ) -> jax.Array:
     """:func:`vocab_parallel_linear_jensen_shannon`, the generalized Jensen-Shannon divergence,
     on whole heads.
