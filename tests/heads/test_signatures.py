@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -139,7 +140,9 @@ def test_the_sharded_cross_entropy_gives_the_fused_result_with_every_option():
         accum_dtype=jnp.float32,
         return_aux=True,
     )
-    fused = il.linear_softmax_cross_entropy(hidden, labels, table, **options)
+    fused = jax.jit(lambda h, w: il.linear_softmax_cross_entropy(h, labels, w, **options))(
+        hidden, table
+    )
     mesh = make_mesh("2x4")
     on_mesh = sharded.vocab_parallel_linear_cross_entropy_on_mesh(
         hidden, labels, table, mesh=mesh, vocab_axis="model", data_axis="data", **options
@@ -157,14 +160,16 @@ def test_the_sharded_distillation_and_log_probs_give_the_fused_result_with_every
     blocks = dict(token_block_size=2, vocab_block_size=4, backward="one_pass")
     mesh = dict(mesh=make_mesh("2x4"), vocab_axis="model", data_axis="data")
     pair = dict(weight_layout="vd", temperature=1.5, mask=mask, reduction="batchmean", **blocks)
-    fused = il.linear_jensen_shannon(hidden, table, hidden, teacher, beta=0.3, **pair)
+    fused = jax.jit(lambda h: il.linear_jensen_shannon(h, table, h, teacher, beta=0.3, **pair))(
+        hidden
+    )
     on_mesh = sharded.vocab_parallel_linear_jensen_shannon_on_mesh(
         hidden, table, hidden, teacher, beta=0.3, **pair, **mesh
     )
     np.testing.assert_allclose(on_mesh, fused, rtol=1e-5)
     tokens = dict(bias=bias, weight_layout="vd", temperature=0.7, logit_softcap=5.0, mask=mask)
     tokens |= dict(with_entropy=True, ignore_index=-100, accum_dtype=jnp.float32, **blocks)
-    fused = il.linear_log_probs(hidden, labels, table, **tokens)
+    fused = jax.jit(lambda h: il.linear_log_probs(h, labels, table, **tokens))(hidden)
     on_mesh = sharded.vocab_parallel_linear_log_probs_on_mesh(
         hidden, labels, table, **tokens, **mesh
     )
