@@ -31,6 +31,7 @@ from .core._entropy import entropy_from_counts as entropy_from_counts
 from .core._entropy import entropy_from_probs as entropy_from_probs
 from .core._log_partition import log_partition as log_partition
 from .core._log_partition import z_loss as z_loss
+from .core._reductions import SumAndCount as SumAndCount
 from .core._reductions import loss_sum_and_count as loss_sum_and_count
 from .core._reductions import reduce_loss as reduce_loss
 from .gradients._harness import ArgumentReport as ArgumentReport
@@ -44,6 +45,7 @@ from .heads._fused import linear_jensen_shannon as linear_jensen_shannon
 from .heads._fused import linear_reverse_kl as linear_reverse_kl
 from .heads._fused import linear_softmax_cross_entropy as linear_softmax_cross_entropy
 from .post_training._kl_estimate import kl_estimate as kl_estimate
+from .post_training._log_probs import TokenLogProbs as TokenLogProbs
 from .post_training._log_probs import linear_log_probs as linear_log_probs
 from .post_training._log_probs import log_probs as log_probs
 
@@ -55,6 +57,8 @@ __all__ = [
     "GradientReport",
     "GradientTable",
     "LinearCrossEntropyAux",
+    "SumAndCount",
+    "TokenLogProbs",
     "binary_entropy",
     "checked",
     "compare_gradients",

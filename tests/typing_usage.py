@@ -40,6 +40,25 @@ loss = il.linear_softmax_cross_entropy(hidden, [0, 1, 2, 3], table, weight_layou
 assert isinstance(loss, jax.Array)
 assert_type(loss, jax.Array)
 
+# Issue 21: the default calls return arrays, whatever the flags could make them return.
+h, t, w, z = (
+    np.ones((4, 3), np.float32),
+    jnp.array([0, 1, 2, 3]),
+    jnp.ones((3, 5)),
+    jnp.ones((4, 5)),
+)
+il.linear_softmax_cross_entropy(h, t, w).mean()
+il.log_probs(z, t).mean()
+il.linear_log_probs(h, t, w).sum()
+# With the entropy: a NamedTuple that unpacks as a pair.
+token = il.log_probs(z, t, with_entropy=True)
+assert_type(token, il.TokenLogProbs)
+assert_type(token.entropy, jax.Array)
+lp, ent = il.linear_log_probs(h, t, w, with_entropy=True)
+assert_type(lp, jax.Array)
+assert_type(il.reduce_loss(lp, reduction="sequence_mean"), jax.Array)
+assert_type(il.loss_sum_and_count(lp).loss_count, jax.Array)
+
 # A scheduled coefficient may be a JAX scalar as well as a Python float.
 chosen, rejected = jnp.array([-4.0]), jnp.array([-6.0])
 value, aux = preference.dpo(chosen, rejected, [-5.0], [-5.0], beta=jnp.float32(0.1))

@@ -8,19 +8,24 @@ looks at array *values*: those mistakes are handled by NaN-poisoning and by
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import math
 import operator
-from collections.abc import Sequence
+import typing
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.core import Tracer
 
+from ._typing import Reduction
+
 Axis = int | tuple[int, ...]
 
-REDUCTIONS = ("none", "sum", "mean", "batchmean")
+REDUCTIONS: tuple[str, ...] = typing.get_args(Reduction)
 
 
 def describe(x: jax.Array) -> str:
@@ -177,10 +182,9 @@ def as_where(where, shape: Sequence[int], to_name: str = "logits") -> jax.Array 
 
 
 def check_temperature(temperature) -> None:
-    """Raises ``ValueError`` unless a static temperature is a positive finite number (a traced
+    """Raises ``ValueError`` unless a concrete temperature is a positive finite number (a traced
     one is left to the caller)."""
-    if not is_traced(temperature):
-        check_positive(temperature, "temperature")
+    scheduled_number(temperature, "temperature", low=0.0, low_open=True)
 
 
 def check_beta(beta) -> float:
@@ -194,9 +198,7 @@ def log_of_base(base) -> float | None:
     """Returns log(base) for unit conversion, or None for nats. Validates ``base``."""
     if base is None:
         return None
-    if isinstance(base, Tracer):
-        raise TypeError("`base` must be a static Python number, not a traced array.")
-    b = float(base)
+    b = static_number(base, "base")
     if not math.isfinite(b) or b <= 0 or b == 1:
         raise ValueError(
             f"`base` must be a positive number other than 1 (2 for bits, e for nats); got {base!r}."
@@ -210,14 +212,7 @@ def in_base(x: jax.Array, base) -> jax.Array:
     return x if log_b is None else x / log_b
 
 
-def check_positive(value, name: str, *, allow_none: bool = True) -> None:
-    """Raises ``ValueError`` unless ``value`` (a static number, or None if allowed) is > 0."""
-    v = static_option(value, name, allow_none=allow_none)  # traced: TypeError naming `name`
-    if v is not None and not (math.isfinite(v) and v > 0):
-        raise ValueError(f"`{name}` must be a positive finite number; got {value!r}.")
-
-
-def check_reduction(reduction: str, valid: tuple[str, ...] = REDUCTIONS) -> str:
+def check_reduction(reduction, valid: tuple[str, ...] = REDUCTIONS) -> str:
     """Raises ``ValueError`` listing the ``valid`` reductions for an unknown one."""
     if not isinstance(reduction, str):
         raise TypeError(f"`reduction` must be a static string; got {type(reduction).__name__}.")
@@ -228,11 +223,11 @@ def check_reduction(reduction: str, valid: tuple[str, ...] = REDUCTIONS) -> str:
 
 
 # ----------------------------------------------------------------------------- options
-# The rule for options (documented in docs/concepts.md): numeric coefficients that training
-# schedules (temperature, label_smoothing, z_loss, beta) may be traced; a traced value outside
-# its range turns the result into NaN, which `checked` reports. Structural options (axis,
-# ignore_index, logit_softcap, reduction, base, block sizes, backward) must be static Python
-# values. A concrete value outside its range raises ValueError at once.
+# The rule for options (docs/concepts.md, bad input row 7): numeric coefficients that training
+# schedules (temperature, label_smoothing, z_loss, beta, ...) may be traced; a traced value
+# outside its range turns the result into NaN, which `checked` reports, and a concrete one
+# raises ValueError at once. Structural options (axis, ignore_index, logit_softcap, reduction,
+# base, block sizes, backward) must be static Python values.
 
 
 def is_traced(value) -> bool:
@@ -253,14 +248,22 @@ def static_number(value, name: str) -> float:
     return float(v)
 
 
-def _in_range(v, low, high, low_open, high_open):
-    above = (v > low) if low_open else (v >= low)
-    below = (v < high) if high_open else (v <= high)
-    return above & below
+# The eager cache (._caching) traces a loss's numbers as operands; while it traces, it listens
+# here to learn the range of each coefficient, and checks later concrete values against it.
+_COEFFICIENT_LISTENER: contextvars.ContextVar[Callable | None] = contextvars.ContextVar(
+    "coefficient_listener", default=None
+)
 
 
-def _describe_range(low, high, low_open, high_open) -> str:
-    return f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+@contextlib.contextmanager
+def listening_to_coefficients(note: Callable):
+    """Calls ``note(value, check)`` for each traced coefficient validated inside the block;
+    ``check(concrete)`` repeats the validation on a concrete value."""
+    token = _COEFFICIENT_LISTENER.set(note)
+    try:
+        yield
+    finally:
+        _COEFFICIENT_LISTENER.reset(token)
 
 
 def scheduled_number(
@@ -276,20 +279,31 @@ def scheduled_number(
 
     Returns ``(value, ok)``. A concrete value is checked now (ValueError naming ``name`` and the
     range) and comes back as a Python float with ``ok=None``. A traced value comes back as a
-    float32 scalar array with ``ok``, a boolean scalar that is False when the value is outside
-    its range or not finite; pass results through :func:`poison_unless` with it.
+    float scalar array (at least float32, or weakly typed like the Python number it stands
+    for) with ``ok``, a boolean scalar that is False when the
+    value is outside its range or not finite; pass results through :func:`poison_unless` with it.
     """
-    if is_traced(value):
+    traced = is_traced(value)
+    if traced:
+        note = _COEFFICIENT_LISTENER.get()
+        if note is not None:
+            bounds = dict(low=low, high=high, low_open=low_open, high_open=high_open)
+            note(value, functools.partial(scheduled_number, name=name, **bounds))
         v = jnp.asarray(value)
         real = jnp.issubdtype(v.dtype, jnp.floating) or jnp.issubdtype(v.dtype, jnp.integer)
         if v.shape != () or not real:
             raise TypeError(f"`{name}` must be a real scalar; got {describe(v)}.")
-        v = v.astype(jnp.result_type(v.dtype, jnp.float32))
-        ok = jnp.isfinite(v) & _in_range(v, low, high, low_open, high_open)
-        return v, ok
-    v = static_number(value, name)
-    if not (math.isfinite(v) and _in_range(v, low, high, low_open, high_open)):
-        expected = _describe_range(low, high, low_open, high_open)
+        if jax.typeof(v).weak_type:  # a Python number: as weakly typed as its concrete value
+            v = v * 1.0
+        else:
+            v = v.astype(jnp.result_type(v.dtype, jnp.float32))
+    else:
+        v = static_number(value, name)
+    in_range = ((v > low) if low_open else (v >= low)) & ((v < high) if high_open else (v <= high))
+    if traced:
+        return v, jnp.isfinite(v) & in_range
+    if not (math.isfinite(v) and in_range):
+        expected = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
         raise ValueError(f"`{name}` must be a finite number in {expected}; got {value!r}.")
     return v, None
 
@@ -301,43 +315,7 @@ def poison_unless(x: jax.Array, ok) -> jax.Array:
     return jnp.where(ok, x, jnp.nan)
 
 
-def static_option(value, name: str, *, allow_none: bool = True):
-    """A structural option: None (if allowed) or a static Python number; TypeError if traced."""
-    if value is None and allow_none:
-        return None
-    return static_number(value, name)
-
-
 def all_ok(*oks):
     """The conjunction of traced validity flags (None for a static, already checked, value)."""
     flags = [ok for ok in oks if ok is not None]
     return functools.reduce(operator.and_, flags) if flags else None
-
-
-# ----------------------------------------------------------------------------- masks
-def example_or_class_where(where, shape: Sequence[int], axes: tuple[int, ...], to_name="logits"):
-    """A ``where`` mask read by its **rank**, never by whether it happens to broadcast.
-
-    * rank ``len(shape) - len(axes)`` (the shape of one value per example): a per-example mask,
-      False drops the whole example (optax's ``where`` of shape ``[batch]``);
-    * rank ``len(shape)``: a class mask broadcastable to ``shape``, False excludes a class.
-
-    Returns ``(class_mask, example_mask)``, each None or broadcast to its full shape; any other
-    rank raises ValueError naming ``where``.
-    """
-    if where is None:
-        return None, None
-    where = jnp.asarray(where)
-    if where.dtype != jnp.bool_:
-        raise TypeError(f"`where` must be a boolean mask; got {describe(where)}.")
-    example_shape = tuple(d for a, d in enumerate(shape) if a not in axes)
-    if where.ndim == len(shape):
-        return as_where(where, shape, to_name), None
-    if where.ndim == len(example_shape):
-        check_broadcastable(where, "where", example_shape, f"{to_name} without its class axes")
-        return None, jnp.broadcast_to(where, example_shape)
-    raise ValueError(
-        f"`where` {describe(where)} has rank {where.ndim}; expected rank {len(shape)} (a class "
-        f"mask broadcastable to `{to_name}` {list(shape)}) or rank {len(example_shape)} (a "
-        f"per-example mask of shape {list(example_shape)})."
-    )

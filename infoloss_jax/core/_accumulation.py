@@ -15,7 +15,7 @@ from ._reductions import safe_divide
 PyTree = Any
 
 
-@cached_eager
+@cached_eager("loss_sum_and_count_fn")
 def accumulate_value_and_grad(
     loss_sum_and_count_fn: Callable[[PyTree, PyTree], tuple[jax.Array, jax.Array]],
     params: PyTree,

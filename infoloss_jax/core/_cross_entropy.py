@@ -3,34 +3,33 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
 
 from ..base._caching import cached_eager
-from ..base._typing import ArrayLike
+from ..base._typing import ArrayLike, Reduction
 from ..base._validation import (
     Axis,
     accumulation_dtype,
     all_ok,
     as_float_array,
     as_integer_array,
+    as_where,
     check_broadcastable,
     check_has_classes,
-    check_positive,
     check_reduction,
     check_same_shape,
     describe,
-    example_or_class_where,
     normalize_axis,
     poison_unless,
     scheduled_number,
-    static_option,
     upcast,
 )
 from ..engine import _tiles
-from ..engine._loss_spec import make_spec, poison
+from ..engine._loss_spec import make_spec, poison, static_softcap
 from . import _formulas
 from ._log_partition import (
     LogSoftmax,
@@ -43,25 +42,23 @@ from ._reductions import reduce_loss
 
 
 # ----------------------------------------------------------------------------- option checks
-def check_label_smoothing(label_smoothing) -> float:
-    eps = float(label_smoothing)
-    if not 0.0 <= eps < 1.0:
-        raise ValueError(f"`label_smoothing` must lie in [0, 1); got {label_smoothing!r}.")
-    return eps
+def check_label_smoothing(label_smoothing):
+    """``label_smoothing`` in [0, 1): a float, or a traced scalar array (then unchecked)."""
+    return scheduled_number(label_smoothing, "label_smoothing", low=0.0, high=1.0, high_open=True)[
+        0
+    ]
 
 
-def check_z_loss(z_loss) -> float:
-    c = float(z_loss)
-    if not c >= 0.0:
-        raise ValueError(f"`z_loss` (the coefficient) must be >= 0; got {z_loss!r}.")
-    return c
+def check_z_loss(z_loss):
+    """The z-loss coefficient, >= 0: a float, or a traced scalar array (then unchecked)."""
+    return scheduled_number(z_loss, "z_loss", low=0.0)[0]
 
 
 def soft_cap(logits: jax.Array, logit_softcap: float | None) -> jax.Array:
     """``s * tanh(logits / s)`` (Gemma 2), keeping -inf logits excluded."""
+    logit_softcap = static_softcap(logit_softcap)
     if logit_softcap is None:
         return logits
-    check_positive(logit_softcap, "logit_softcap", allow_none=False)
     excluded = logits == -jnp.inf
     safe = jnp.where(excluded, 0.0, logits)
     return jnp.where(excluded, -jnp.inf, logit_softcap * jnp.tanh(safe / logit_softcap))
@@ -141,17 +138,17 @@ def _soft_label_cross_entropy_jvp(axes, primals, tangents):
     return loss, loss_dot
 
 
-@cached_eager
+@cached_eager("axis", "logit_softcap", "reduction")
 def softmax_cross_entropy(
     logits: ArrayLike,
     labels: ArrayLike,
     axis: Axis = -1,
     where: ArrayLike | None = None,
     *,
-    label_smoothing: float = 0.0,
-    z_loss: float = 0.0,
+    label_smoothing: float | jax.Array = 0.0,
+    z_loss: float | jax.Array = 0.0,
     logit_softcap: float | None = None,
-    reduction: str = "none",
+    reduction: Reduction = "none",
 ) -> jax.Array:
     r"""Cross-entropy between target probabilities and the softmax of ``logits``.
 
@@ -220,7 +217,6 @@ def softmax_cross_entropy(
         label_smoothing, "label_smoothing", low=0.0, high=1.0, high_open=True
     )
     coefficient, coefficient_ok = scheduled_number(z_loss, "z_loss", low=0.0)
-    logit_softcap = static_option(logit_softcap, "logit_softcap")
     logits = as_float_array(logits, "logits")
     labels = as_label_probabilities(labels)
     check_same_shape(logits, "logits", labels, "labels")
@@ -255,7 +251,7 @@ def as_label_probabilities(labels) -> jax.Array:
     return as_float_array(labels, "labels")
 
 
-@cached_eager
+@cached_eager("axis")
 def safe_softmax_cross_entropy(
     logits: ArrayLike,
     labels: ArrayLike,
@@ -299,6 +295,34 @@ def classes_last(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
     batch_axes = tuple(a for a in range(x.ndim) if a not in axes)
     x = jnp.transpose(x, batch_axes + axes) if batch_axes + axes != tuple(range(x.ndim)) else x
     return x.reshape(x.shape[: len(batch_axes)] + (num_classes,))
+
+
+def example_or_class_where(where, shape: Sequence[int], axes: tuple[int, ...], to_name="logits"):
+    """A ``where`` mask read by its **rank**, never by whether it happens to broadcast.
+
+    * rank ``len(shape) - len(axes)`` (the shape of one value per example): a per-example mask,
+      False drops the whole example (optax's ``where`` of shape ``[batch]``);
+    * rank ``len(shape)``: a class mask broadcastable to ``shape``, False excludes a class.
+
+    Returns ``(class_mask, example_mask)``, each None or broadcast to its full shape; any other
+    rank raises ValueError naming ``where``.
+    """
+    if where is None:
+        return None, None
+    where = jnp.asarray(where)
+    if where.dtype != jnp.bool_:
+        raise TypeError(f"`where` must be a boolean mask; got {describe(where)}.")
+    example_shape = tuple(d for a, d in enumerate(shape) if a not in axes)
+    if where.ndim == len(shape):
+        return as_where(where, shape, to_name), None
+    if where.ndim == len(example_shape):
+        check_broadcastable(where, "where", example_shape, f"{to_name} without its class axes")
+        return None, jnp.broadcast_to(where, example_shape)
+    raise ValueError(
+        f"`where` {describe(where)} has rank {where.ndim}; expected rank {len(shape)} (a class "
+        f"mask broadcastable to `{to_name}` {list(shape)}) or rank {len(example_shape)} (a "
+        f"per-example mask of shape {list(example_shape)})."
+    )
 
 
 def integer_where(where, logits: jax.Array, labels: jax.Array, axes) -> jax.Array | None:
@@ -391,7 +415,7 @@ def _integer_label_rows_jvp(spec, explicit, primals, tangents):
     return (rows.loss, rows.weight), (loss_dot, jnp.zeros_like(rows.weight))
 
 
-@cached_eager
+@cached_eager("axis", "ignore_index", "logit_softcap", "reduction")
 def softmax_cross_entropy_with_integer_labels(
     logits: ArrayLike,
     labels: ArrayLike,
@@ -399,11 +423,11 @@ def softmax_cross_entropy_with_integer_labels(
     where: ArrayLike | None = None,
     *,
     ignore_index: int | None = None,
-    label_smoothing: float = 0.0,
+    label_smoothing: float | jax.Array = 0.0,
     class_weights: ArrayLike | None = None,
-    z_loss: float = 0.0,
+    z_loss: float | jax.Array = 0.0,
     logit_softcap: float | None = None,
-    reduction: str = "none",
+    reduction: Reduction = "none",
 ) -> jax.Array:
     r"""Cross-entropy between integer class labels and the softmax of ``logits``.
 
@@ -497,7 +521,7 @@ def softmax_cross_entropy_with_integer_labels(
 
 
 # ----------------------------------------------------------------------------- sigmoid
-@cached_eager
+@cached_eager()
 def sigmoid_binary_cross_entropy(
     logits: ArrayLike,
     labels: ArrayLike,

@@ -65,7 +65,7 @@ def kl_terms(log_predictions: jax.Array, targets: jax.Array) -> jax.Array:
     return jnp.where(zero, _formulas.nan_or_zero(log_predictions), terms)
 
 
-@cached_eager
+@cached_eager("axis")
 def kl_divergence(
     log_predictions: ArrayLike,
     targets: ArrayLike,
@@ -118,7 +118,7 @@ def kl_divergence(
     return _masked_sum(kl_terms(log_predictions, targets), axes, mask)
 
 
-@cached_eager
+@cached_eager("axis")
 def kl_divergence_with_log_targets(
     log_predictions: ArrayLike,
     log_targets: ArrayLike,
@@ -158,7 +158,7 @@ def kl_divergence_with_log_targets(
     return _masked_sum(_formulas.kl_terms(log_targets, log_predictions), axes, mask)
 
 
-@cached_eager
+@cached_eager("axis")
 def generalized_kl_divergence(
     log_predictions: ArrayLike,
     targets: ArrayLike,
@@ -299,7 +299,7 @@ def _jensen_shannon_any_beta(model, target, beta, axes):
     return lax.switch(index, branches, model, target, safe_beta)
 
 
-@cached_eager
+@cached_eager("axis")
 def forward_kl(
     logits: ArrayLike,
     target_logits: ArrayLike,
@@ -353,7 +353,7 @@ def forward_kl(
     return poison_unless(drop_axes(_forward_kl(model, target, axes), axes), ok)
 
 
-@cached_eager
+@cached_eager("axis")
 def reverse_kl(
     logits: ArrayLike,
     target_logits: ArrayLike,
@@ -404,7 +404,7 @@ def reverse_kl(
     return poison_unless(drop_axes(_reverse_kl(model, target, axes), axes), ok)
 
 
-@cached_eager
+@cached_eager("axis")
 def jensen_shannon(
     logits: ArrayLike,
     target_logits: ArrayLike,

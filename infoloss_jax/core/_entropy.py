@@ -42,7 +42,7 @@ def _entropy_of_logits_jvp(axes, primals, tangents):
     return value, _formulas.sum_over(grad * logits_dot, axes)
 
 
-@cached_eager
+@cached_eager("axis", "base")
 def entropy(
     logits: ArrayLike,
     *,
@@ -89,7 +89,7 @@ def entropy(
     return in_base(drop_axes(_entropy_of_logits(logits, axes), axes), base)
 
 
-@cached_eager
+@cached_eager("axis", "base")
 def entropy_from_probs(
     probs: ArrayLike,
     *,
@@ -137,7 +137,7 @@ def entropy_from_probs(
     return in_base(-jnp.sum(terms, axis=axes), base)
 
 
-@cached_eager
+@cached_eager("axis", "base")
 def entropy_from_counts(
     counts: ArrayLike | Sequence[float] | Mapping[object, float],
     *,
@@ -196,7 +196,7 @@ def _binary_entropy_nats_jvp(primals, tangents):
     return _binary_entropy_nats(logits), _formulas.binary_entropy_grad(logits) * logits_dot
 
 
-@cached_eager
+@cached_eager("base")
 def binary_entropy(logits: ArrayLike, *, base: float | None = None) -> jax.Array:
     r"""Entropy of the Bernoulli distribution with success probability sigmoid(logits).
 

@@ -130,7 +130,7 @@ def drop_axes(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
     return jnp.squeeze(x, axis=axes)
 
 
-@cached_eager
+@cached_eager("axis")
 def log_partition(
     logits: ArrayLike, *, axis: Axis = -1, where: ArrayLike | None = None
 ) -> jax.Array:
@@ -164,7 +164,7 @@ def log_partition(
     return drop_axes(stable_log_softmax(logits, axes).log_partition, axes)
 
 
-@cached_eager
+@cached_eager("axis")
 def z_loss(logits: ArrayLike, *, axis: Axis = -1, where: ArrayLike | None = None) -> jax.Array:
     r"""The z-loss penalty :math:`(\log Z)^2`, which keeps the softmax normalizer near 1.
 

@@ -3,11 +3,14 @@ the per-sequence reductions of packed sequences."""
 
 from __future__ import annotations
 
+import typing
+from typing import Literal, NamedTuple
+
 import jax
 import jax.numpy as jnp
 
 from ..base._caching import cached_eager
-from ..base._typing import ArrayLike
+from ..base._typing import ArrayLike, Reduction, SequenceReduction
 from ..base._validation import (
     REDUCTIONS,
     accumulation_dtype,
@@ -26,19 +29,20 @@ from ._segments import (
     token_keep,
 )
 
-# "sequence_mean" is the GRPO normalization of `policy.clipped_surrogate` (same name, same
-# formula); the two "per_sequence_*" reductions keep one value per sequence.
-SEQUENCE_REDUCTIONS = ("per_sequence_sum", "per_sequence_mean", "sequence_mean")
-_PAIRS = ("mean", "sequence_mean", "per_sequence_mean")
+PairReduction = Literal["mean", "sequence_mean", "per_sequence_mean"]
 
 
-def _check_reduction(reduction, valid=REDUCTIONS + SEQUENCE_REDUCTIONS) -> str:
-    if not isinstance(reduction, str):
-        check_reduction(reduction)  # the TypeError for a non-string (a traced value)
-    if reduction in valid:
-        return reduction
-    names = ", ".join(repr(r) for r in valid)
-    raise ValueError(f"Unknown `reduction`={reduction!r}; expected one of {names}.")
+class SumAndCount(NamedTuple):
+    """What :func:`loss_sum_and_count` returns: a mean's numerator and denominator, which add up
+    over micro-batches.
+
+    Attributes:
+      loss_sum: the sum of the contributing losses (or of sequence means).
+      loss_count: the number of contributing examples (or their weights, or sequences).
+    """
+
+    loss_sum: jax.Array
+    loss_count: jax.Array
 
 
 def _packed(losses, where, segment_ids, num_segments):
@@ -71,16 +75,16 @@ def _sequence_totals(losses, weights, where, segment_ids, num_segments):
     return segment_sums(losses.astype(dtype), valid, seg, num_seg, weights=w)
 
 
-@cached_eager
+@cached_eager("reduction", "num_segments")
 def loss_sum_and_count(
     per_example: ArrayLike,
     *,
     weights: ArrayLike | None = None,
     where: ArrayLike | None = None,
-    reduction: str = "mean",
+    reduction: PairReduction = "mean",
     segment_ids: ArrayLike | None = None,
     num_segments: int | None = None,
-) -> tuple[jax.Array, jax.Array]:
+) -> SumAndCount:
     r"""The pair (numerator, denominator) behind a mean, which adds up over micro-batches.
 
     With ``reduction="mean"`` (the default), the loss sum and the number of contributing
@@ -115,7 +119,8 @@ def loss_sum_and_count(
       num_segments: static number of ids per row (default ``T``), only with ``segment_ids``.
 
     Returns:
-      ``(sum, count)`` as float32 (or float64) scalars, or ``[..., num_segments]`` arrays for
+      The NamedTuple :class:`SumAndCount` ``(loss_sum, loss_count)``, which unpacks as a pair:
+        float32 (or float64) scalars, or ``[..., num_segments]`` arrays for
         ``"per_sequence_mean"`` (``[...]`` without ``segment_ids``).
 
     Example:
@@ -129,18 +134,18 @@ def loss_sum_and_count(
       >>> print(float(s), float(c))  # means 2 and 5 of 2 sequences
       7.0 2.0
     """
-    reduction = _check_reduction(reduction, _PAIRS)
+    check_reduction(reduction, typing.get_args(PairReduction))
     losses = as_float_array(per_example, "per_example")
     if reduction == "mean" and segment_ids is None and num_segments is None:
-        return _token_sum_and_count(losses, weights, where)
+        return SumAndCount(*_token_sum_and_count(losses, weights, where))
     sums, counts = _sequence_totals(losses, weights, where, segment_ids, num_segments)
     if reduction == "mean":
-        return jnp.sum(sums), jnp.sum(counts)
+        return SumAndCount(jnp.sum(sums), jnp.sum(counts))
     if reduction == "sequence_mean":
-        return sum_of_sequence_means(sums, counts), count_sequences(counts)
+        return SumAndCount(sum_of_sequence_means(sums, counts), count_sequences(counts))
     if segment_ids is None:
-        return sums[..., 0], counts[..., 0]
-    return sums, counts
+        return SumAndCount(sums[..., 0], counts[..., 0])
+    return SumAndCount(sums, counts)
 
 
 def _token_sum_and_count(losses, weights, where):
@@ -159,11 +164,11 @@ def _token_sum_and_count(losses, weights, where):
     return jnp.sum(losses), jnp.sum(count)
 
 
-@cached_eager
+@cached_eager("reduction", "num_segments")
 def reduce_loss(
     per_example: ArrayLike,
     *,
-    reduction: str,
+    reduction: Reduction | SequenceReduction,
     weights: ArrayLike | None = None,
     where: ArrayLike | None = None,
     segment_ids: ArrayLike | None = None,
@@ -266,7 +271,7 @@ def reduce_loss(
       Liu et al., "Understanding R1-Zero-Like Training: A Critical Perspective", 2025
       (Dr. GRPO: the length bias of both means, and a constant normalizer).
     """
-    reduction = _check_reduction(reduction)
+    check_reduction(reduction, REDUCTIONS + typing.get_args(SequenceReduction))
     losses = as_float_array(per_example, "per_example")
     if segment_ids is None and num_segments is None and reduction in REDUCTIONS:
         if reduction == "none":

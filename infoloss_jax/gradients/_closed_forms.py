@@ -96,7 +96,7 @@ def _check_argnum(argnum, count: int) -> int:
 # --------------------------------------------------------------------------------------------
 
 
-@cached_eager
+@cached_eager("axis", "label_smoothing", "z_loss", "logit_softcap")
 def softmax_cross_entropy_grad(
     logits: ArrayLike,
     labels: ArrayLike,
@@ -158,7 +158,7 @@ def softmax_cross_entropy_grad(
     return _zero_masked(grad * _tiles.softcap_derivative(x, logit_softcap), mask)
 
 
-@cached_eager
+@cached_eager("axis", "ignore_index", "logit_softcap")
 def softmax_cross_entropy_with_integer_labels_grad(
     logits: ArrayLike,
     labels: ArrayLike,
@@ -243,7 +243,7 @@ def softmax_cross_entropy_with_integer_labels_grad(
     return _zero_masked(grad, mask)
 
 
-@cached_eager
+@cached_eager("axis", "logit_softcap", "ignore_index", "with_entropy")
 def log_probs_grad(
     logits: ArrayLike,
     labels: ArrayLike,
@@ -320,7 +320,7 @@ def log_probs_grad(
     return (grads[0], grads[1]) if with_entropy else grads[0]
 
 
-@cached_eager
+@cached_eager("axis")
 def softmax_cross_entropy_hessian(
     logits: ArrayLike, labels: ArrayLike, *, axis: int = -1, where: ArrayLike | None = None
 ) -> jax.Array:
@@ -356,7 +356,7 @@ def softmax_cross_entropy_hessian(
     return _hessian(_cross_entropy_curvature(_prepare_logits(logits), labels, axis, where))
 
 
-@cached_eager
+@cached_eager("axis")
 def softmax_cross_entropy_hvp(
     logits: ArrayLike,
     labels: ArrayLike,
@@ -399,7 +399,7 @@ def softmax_cross_entropy_hvp(
 # --------------------------------------------------------------------------------------------
 
 
-@cached_eager
+@cached_eager("axis", "base")
 def entropy_grad(
     logits: ArrayLike, *, axis=-1, where: ArrayLike | None = None, base: float | None = None
 ) -> jax.Array:
@@ -437,7 +437,7 @@ def entropy_grad(
     return _zero_masked(in_base(_formulas.entropy_grad(normalized.log_probs, axes), base), mask)
 
 
-@cached_eager
+@cached_eager("axis", "base")
 def entropy_from_probs_grad(
     probs: ArrayLike, *, axis=-1, where: ArrayLike | None = None, base: float | None = None
 ) -> jax.Array:
@@ -477,7 +477,7 @@ def entropy_from_probs_grad(
     return _zero_masked(in_base(_poison_negative(grad, p), base), mask)
 
 
-@cached_eager
+@cached_eager("axis", "base")
 def entropy_hessian(
     logits: ArrayLike, *, axis: int = -1, where: ArrayLike | None = None, base: float | None = None
 ) -> jax.Array:
@@ -511,7 +511,7 @@ def entropy_hessian(
     return in_base(_hessian(_entropy_curvature(_prepare_logits(logits), axis, where)), base)
 
 
-@cached_eager
+@cached_eager("axis", "base")
 def entropy_hvp(
     logits: ArrayLike,
     tangent: ArrayLike,
@@ -548,7 +548,7 @@ def entropy_hvp(
     return in_base(_hvp(_entropy_curvature, logits, tangent, axis, where), base)
 
 
-@cached_eager
+@cached_eager("axis")
 def log_partition_grad(logits: ArrayLike, *, axis=-1, where: ArrayLike | None = None) -> jax.Array:
     r"""Gradient of :func:`infoloss_jax.log_partition` :math:`\log\sum_k e^{z_k}`: the softmax.
 
@@ -577,7 +577,7 @@ def log_partition_grad(logits: ArrayLike, *, axis=-1, where: ArrayLike | None = 
     return _zero_masked(jnp.exp(normalized.log_probs), mask)
 
 
-@cached_eager
+@cached_eager("axis")
 def z_loss_grad(logits: ArrayLike, *, axis=-1, where: ArrayLike | None = None) -> jax.Array:
     r"""Gradient of :func:`infoloss_jax.z_loss` :math:`(\log Z)^2`: :math:`2 \log Z \, q`.
 
@@ -700,7 +700,7 @@ def _poison_negative(grad: jax.Array, targets: jax.Array) -> jax.Array:
     return jnp.where(targets < 0, jnp.nan, grad)
 
 
-@cached_eager
+@cached_eager("axis", "argnums")
 def kl_divergence_grad(
     log_predictions: ArrayLike,
     targets: ArrayLike,
@@ -749,7 +749,7 @@ def kl_divergence_grad(
     return _finish_elementwise(grad_lp, grad_t, t_shape, mask, argnums)
 
 
-@cached_eager
+@cached_eager("axis", "argnums")
 def kl_divergence_with_log_targets_grad(
     log_predictions: ArrayLike,
     log_targets: ArrayLike,
@@ -798,7 +798,7 @@ def kl_divergence_with_log_targets_grad(
     return _finish_elementwise(-p, grad_lt, t_shape, mask, argnums)
 
 
-@cached_eager
+@cached_eager("axis", "argnums")
 def generalized_kl_divergence_grad(
     log_predictions: ArrayLike,
     targets: ArrayLike,
@@ -857,7 +857,7 @@ def _pair_grad(kernel, logits, target_logits, temperature, axis, where, argnums)
     return _select(tuple(_zero_masked(g / temperature, mask) for g in grads), argnums)
 
 
-@cached_eager
+@cached_eager("axis", "argnums")
 def forward_kl_grad(
     logits: ArrayLike,
     target_logits: ArrayLike,
@@ -906,7 +906,7 @@ def forward_kl_grad(
     )
 
 
-@cached_eager
+@cached_eager("axis", "argnums")
 def reverse_kl_grad(
     logits: ArrayLike,
     target_logits: ArrayLike,
@@ -955,7 +955,7 @@ def reverse_kl_grad(
     )
 
 
-@cached_eager
+@cached_eager("axis", "argnums", "beta")
 def jensen_shannon_grad(
     logits: ArrayLike,
     target_logits: ArrayLike,
@@ -1021,7 +1021,7 @@ def jensen_shannon_grad(
 # --------------------------------------------------------------------------------------------
 
 
-@cached_eager
+@cached_eager("argnums")
 def sigmoid_binary_cross_entropy_grad(
     logits: ArrayLike,
     labels: ArrayLike,
@@ -1071,7 +1071,7 @@ def sigmoid_binary_cross_entropy_grad(
     return _select((grad_logits, grad_labels), argnums)
 
 
-@cached_eager
+@cached_eager("base")
 def binary_entropy_grad(logits: ArrayLike, *, base: float | None = None) -> jax.Array:
     r"""Gradient of :func:`infoloss_jax.binary_entropy` :math:`H(\sigma(z))` in the logit.
 

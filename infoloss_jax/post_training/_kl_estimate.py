@@ -53,7 +53,7 @@ def estimate_terms(log_probs: jax.Array, ref_log_probs: jax.Array, estimator: st
     return expm1_minus_identity(log_ratio)
 
 
-@cached_eager
+@cached_eager("estimator")
 def kl_estimate(
     log_probs: ArrayLike,
     ref_log_probs: ArrayLike,

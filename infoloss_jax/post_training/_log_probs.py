@@ -9,13 +9,14 @@ the same online sweep, kept only when asked for.
 from __future__ import annotations
 
 import functools
-from typing import cast
+from typing import Literal, NamedTuple, cast, overload
 
 import jax
 import jax.numpy as jnp
+from jax.typing import DTypeLike
 
 from ..base._caching import cached_eager
-from ..base._typing import ArrayLike
+from ..base._typing import ArrayLike, Backward, WeightLayout
 from ..base._validation import (
     Axis,
     as_float_array,
@@ -27,6 +28,7 @@ from ..base._validation import (
 )
 from ..core._cross_entropy import check_integer_labels, classes_last
 from ..core._log_partition import exclude
+from ..core._segments import check_mask
 from ..engine import _tiles
 from ..engine._blockwise import check_backward, reraise_jvp
 from ..engine._loss_spec import Coefficients, LossSpec, make_spec, poison
@@ -39,9 +41,21 @@ def _check_with_entropy(with_entropy) -> bool:
     return with_entropy
 
 
-def _outputs(log_probs, entropy, with_entropy: bool, ok):
+class TokenLogProbs(NamedTuple):
+    """What ``log_probs`` and ``linear_log_probs`` return with ``with_entropy=True``.
+
+    Attributes:
+      log_probs: the log-probability of each token's label, the shape of ``labels``.
+      entropy: the entropy of each token's distribution (nats), the same shape.
+    """
+
+    log_probs: jax.Array
+    entropy: jax.Array
+
+
+def _outputs(log_probs, entropy, with_entropy: bool, ok) -> jax.Array | TokenLogProbs:
     log_probs = poison(log_probs, ok)
-    return (log_probs, poison(entropy, ok)) if with_entropy else log_probs
+    return TokenLogProbs(log_probs, poison(entropy, ok)) if with_entropy else log_probs
 
 
 # ------------------------------------------------------------------------------ from logits
@@ -102,18 +116,64 @@ def token_log_probs_spec(logits, labels, axis, where, **options):
     return raw, labels, spec, coefs, ok, to_rows
 
 
-@cached_eager
+@overload
+def log_probs(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    axis: Axis = ...,
+    where: ArrayLike | None = ...,
+    temperature: float | jax.Array = ...,
+    logit_softcap: float | None = ...,
+    with_entropy: Literal[False] = ...,
+    ignore_index: int | None = ...,
+    mask: ArrayLike | None = ...,
+) -> jax.Array: ...
+
+
+@overload
+def log_probs(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    axis: Axis = ...,
+    where: ArrayLike | None = ...,
+    temperature: float | jax.Array = ...,
+    logit_softcap: float | None = ...,
+    with_entropy: Literal[True],
+    ignore_index: int | None = ...,
+    mask: ArrayLike | None = ...,
+) -> TokenLogProbs: ...
+
+
+@overload
+def log_probs(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    axis: Axis = ...,
+    where: ArrayLike | None = ...,
+    temperature: float | jax.Array = ...,
+    logit_softcap: float | None = ...,
+    with_entropy: bool = ...,
+    ignore_index: int | None = ...,
+    mask: ArrayLike | None = ...,
+) -> jax.Array | TokenLogProbs: ...
+
+
+@cached_eager("axis", "logit_softcap", "with_entropy", "ignore_index")
 def log_probs(
     logits: ArrayLike,
     labels: ArrayLike,
     *,
     axis: Axis = -1,
     where: ArrayLike | None = None,
-    temperature: float = 1.0,
+    temperature: float | jax.Array = 1.0,
     logit_softcap: float | None = None,
     with_entropy: bool = False,
     ignore_index: int | None = None,
-) -> jax.Array | tuple[jax.Array, jax.Array]:
+    mask: ArrayLike | None = None,
+) -> jax.Array | TokenLogProbs:
     r"""Per-token log-probability of the label under softmax(logits), and optionally the entropy.
 
     The log-probability of a sampled (or given) token and the entropy of the policy at that
@@ -140,9 +200,10 @@ def log_probs(
 
     A ``-inf`` logit (or ``where=False``) excludes a class: it has probability 0, adds 0 to the
     entropy and gets a 0 gradient; a label on an excluded class has log-probability ``-inf``.
-    A token whose label is ``ignore_index`` gives 0 for both outputs and no gradient. A label
-    outside ``[0, K)`` gives NaN in both outputs and their gradients, and a NaN logit poisons
-    its own token. Half-precision logits are computed and returned in float32.
+    A token whose label is ``ignore_index`` or whose ``mask`` is False gives 0 for both outputs
+    and no gradient (a masked token's logits are never read). A label outside ``[0, K)`` gives
+    NaN in both outputs and their gradients, and a NaN logit poisons its own token.
+    Half-precision logits are computed and returned in float32.
 
     Args:
       logits: ``[..., K]`` unnormalized log-probabilities (before soft cap and temperature).
@@ -155,10 +216,13 @@ def log_probs(
       logit_softcap: optional static cap :math:`s > 0`.
       with_entropy: also return the entropy :math:`H(q)` per token (in nats).
       ignore_index: label value whose tokens give 0 for both outputs, or None.
+      mask: optional boolean per-token mask, shaped like ``labels`` (False gives 0 for both
+        outputs and no gradient).
 
     Returns:
-      ``log_probs`` with the shape of ``labels`` (at least float32), or ``(log_probs,
-        entropy)`` with ``with_entropy=True``.
+      ``log_probs`` with the shape of ``labels`` (at least float32), or with
+        ``with_entropy=True`` the NamedTuple :class:`TokenLogProbs` ``(log_probs, entropy)``,
+        which unpacks as a pair.
 
     Example:
       >>> import jax.numpy as jnp
@@ -185,12 +249,77 @@ def log_probs(
         ignore_index=ignore_index,
         entropy=with_entropy,
     )
+    rows = check_mask(mask, labels.shape, to_name="labels")
+    if rows is not None:  # a masked token's logits never enter, so a NaN there cannot leak
+        raw = jnp.where(rows.reshape(-1, 1), raw, 0.0)
     out = _token_rows(raw, labels.reshape(-1), coefs, spec)
-    out = tuple(o.reshape(labels.shape) for o in out)
+    out = [o.reshape(labels.shape) for o in out]
+    if rows is not None:
+        out = [jnp.where(rows, o, 0.0) for o in out]
     return _outputs(out[0], out[-1], with_entropy, ok)
 
 
 # ------------------------------------------------------------------------------ fused
+@overload
+def linear_log_probs(
+    hidden: ArrayLike,
+    labels: ArrayLike,
+    weight: ArrayLike,
+    *,
+    bias: ArrayLike | None = ...,
+    temperature: float | jax.Array = ...,
+    logit_softcap: float | None = ...,
+    with_entropy: Literal[False] = ...,
+    ignore_index: int | None = ...,
+    mask: ArrayLike | None = ...,
+    weight_layout: WeightLayout = ...,
+    token_block_size: int | None = ...,
+    vocab_block_size: int | None = ...,
+    backward: Backward = ...,
+    accum_dtype: DTypeLike = ...,
+) -> jax.Array: ...
+
+
+@overload
+def linear_log_probs(
+    hidden: ArrayLike,
+    labels: ArrayLike,
+    weight: ArrayLike,
+    *,
+    bias: ArrayLike | None = ...,
+    temperature: float | jax.Array = ...,
+    logit_softcap: float | None = ...,
+    with_entropy: Literal[True],
+    ignore_index: int | None = ...,
+    mask: ArrayLike | None = ...,
+    weight_layout: WeightLayout = ...,
+    token_block_size: int | None = ...,
+    vocab_block_size: int | None = ...,
+    backward: Backward = ...,
+    accum_dtype: DTypeLike = ...,
+) -> TokenLogProbs: ...
+
+
+@overload
+def linear_log_probs(
+    hidden: ArrayLike,
+    labels: ArrayLike,
+    weight: ArrayLike,
+    *,
+    bias: ArrayLike | None = ...,
+    temperature: float | jax.Array = ...,
+    logit_softcap: float | None = ...,
+    with_entropy: bool = ...,
+    ignore_index: int | None = ...,
+    mask: ArrayLike | None = ...,
+    weight_layout: WeightLayout = ...,
+    token_block_size: int | None = ...,
+    vocab_block_size: int | None = ...,
+    backward: Backward = ...,
+    accum_dtype: DTypeLike = ...,
+) -> jax.Array | TokenLogProbs: ...
+
+
 @reraise_jvp("linear_log_probs")
 def linear_log_probs(
     hidden: ArrayLike,
@@ -198,17 +327,17 @@ def linear_log_probs(
     weight: ArrayLike,
     *,
     bias: ArrayLike | None = None,
-    temperature: float = 1.0,
+    temperature: float | jax.Array = 1.0,
     logit_softcap: float | None = None,
     with_entropy: bool = False,
     ignore_index: int | None = None,
     mask: ArrayLike | None = None,
-    weight_layout: str = "dv",
+    weight_layout: WeightLayout = "dv",
     token_block_size: int | None = None,
     vocab_block_size: int | None = None,
-    backward: str = "auto",
-    accum_dtype=jnp.float32,
-) -> jax.Array | tuple[jax.Array, jax.Array]:
+    backward: Backward = "auto",
+    accum_dtype: DTypeLike = jnp.float32,
+) -> jax.Array | TokenLogProbs:
     r"""Per-token log-probabilities (and entropy) of ``hidden @ weight + bias``, fused.
 
     Equals :func:`log_probs` of the logits :math:`\ell = h W + b` but never materializes the
@@ -250,7 +379,8 @@ def linear_log_probs(
       accum_dtype: dtype of every sum and of the outputs (at least float32).
 
     Returns:
-      ``log_probs`` with the shape of ``labels``, or ``(log_probs, entropy)``.
+      ``log_probs`` with the shape of ``labels``, or with ``with_entropy=True`` the NamedTuple
+        :class:`TokenLogProbs` ``(log_probs, entropy)``.
 
     Example:
       >>> import jax

@@ -28,7 +28,7 @@ from ..core._segments import (
     segment_sums,
     sum_of_sequence_means,
 )
-from ._coefficients import Coefficient, concrete_first, count
+from ._coefficients import Coefficient, count
 from ._kl_estimate import check_estimator, estimate_terms, expm1_minus_identity
 
 NORMALIZATIONS = ("token_mean", "sequence_mean", "token_sum_norm")
@@ -130,10 +130,7 @@ def _optional_per_token(x, name: str, log_probs: jax.Array) -> jax.Array | None:
     return x
 
 
-@concrete_first(
-    _CLIP_LOW, _CLIP_HIGH, _KL_COEF, _ENTROPY_COEF, _NUM_TOKENS, _NUM_SEQUENCES, _MAX_TOKENS
-)
-@cached_eager
+@cached_eager("dual_clip", "kl_estimator", "normalization", "num_segments", "max_log_ratio")
 def clipped_surrogate(
     log_probs: ArrayLike,
     old_log_probs: ArrayLike,
@@ -442,8 +439,7 @@ _ONE_REWARD = (
 )
 
 
-@concrete_first(_EPS)
-@cached_eager
+@cached_eager("group_size", "normalize_std", "ddof")
 def group_advantages(
     rewards: ArrayLike,
     group_size: int,

@@ -22,7 +22,7 @@ from ..core._segments import (
     safe_divide,
     segment_sums,
 )
-from ._coefficients import Coefficient, concrete_first, count
+from ._coefficients import Coefficient, count
 
 _sg = jax.lax.stop_gradient
 
@@ -237,7 +237,7 @@ def _reference_logits(chosen, rejected, ref_chosen, ref_rejected):
 # ----------------------------------------------------------------------------- sequences
 
 
-@cached_eager
+@cached_eager("num_segments")
 def sequence_log_probs(
     token_log_probs: ArrayLike,
     *,
@@ -305,8 +305,7 @@ def sequence_log_probs(
 # ----------------------------------------------------------------------------- DPO family
 
 
-@concrete_first(_BETA, _dpo_smoothing, _NUM_PAIRS)
-@cached_eager
+@cached_eager("robust")
 def dpo(
     chosen_log_probs: ArrayLike,
     rejected_log_probs: ArrayLike,
@@ -395,8 +394,7 @@ def dpo(
     return _finish(losses, keep, num_pairs, dtype, (ok_b, ok_e), beta * (c - rc), beta * (r - rr))
 
 
-@concrete_first(_BETA, _NUM_PAIRS)
-@cached_eager
+@cached_eager()
 def ipo(
     chosen_log_probs: ArrayLike,
     rejected_log_probs: ArrayLike,
@@ -469,8 +467,7 @@ def ipo(
     return _finish(losses, keep, num_pairs, dtype, (ok_b,), beta * (c - rc), beta * (r - rr))
 
 
-@concrete_first(_BETA, _NUM_PAIRS)
-@cached_eager
+@cached_eager()
 def hinge(
     chosen_log_probs: ArrayLike,
     rejected_log_probs: ArrayLike,
@@ -539,8 +536,7 @@ def _averages(c, r, chosen_lengths, rejected_lengths, dtype, keep):
     return _per_token(c, cl), _per_token(r, rl), cl
 
 
-@concrete_first(_BETA, _GAMMA, _SMOOTHING, _NUM_PAIRS)
-@cached_eager
+@cached_eager()
 def simpo(
     chosen_log_probs: ArrayLike,
     rejected_log_probs: ArrayLike,
@@ -625,8 +621,7 @@ def _nll(c_sums, keep, cl, num_tokens, dtype):
     return poison_unless(safe_divide(-jnp.sum(c_sums), denominator), ok)
 
 
-@concrete_first(_ORPO_BETA, _NUM_PAIRS, _NUM_TOKENS)
-@cached_eager
+@cached_eager()
 def orpo(
     chosen_log_probs: ArrayLike,
     rejected_log_probs: ArrayLike,
@@ -743,8 +738,7 @@ def _log1mexp(x):
     return jnp.where(invalid, jnp.nan, out)
 
 
-@concrete_first(_BETA, _ALPHA, _SMOOTHING, _NUM_PAIRS, _NUM_TOKENS)
-@cached_eager
+@cached_eager()
 def cpo(
     chosen_log_probs: ArrayLike,
     rejected_log_probs: ArrayLike,
@@ -826,8 +820,7 @@ def cpo(
 # ----------------------------------------------------------------------------- KTO
 
 
-@concrete_first(_BETA, _DESIRABLE_WEIGHT, _UNDESIRABLE_WEIGHT, _NUM_EXAMPLES)
-@cached_eager
+@cached_eager()
 def kto(
     log_probs: ArrayLike,
     ref_log_probs: ArrayLike,

@@ -10,17 +10,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import checkify
 
 from ..base._caching import cached_eager
-from ..base._checked import (
-    check_label_range,
-    check_log_probabilities,
-    check_logits,
-    check_probabilities,
-    check_unit_interval,
-    register_value_checks,
-)
 from ..base._typing import ArrayLike
 from ..base._validation import (
     as_float_array,
@@ -130,7 +121,7 @@ def _torch_log_softmax(logits: jax.Array) -> jax.Array:
 # --- Cross-entropy and negative log-likelihood. -----------------------------------------------
 
 
-@cached_eager
+@cached_eager("ignore_index", "reduction")
 def cross_entropy(
     input: ArrayLike,
     target: ArrayLike,
@@ -258,7 +249,7 @@ def _cross_entropy_probs(logits, target, input, weight, reduction, label_smoothi
     return _reduce(loss, reduction)
 
 
-@cached_eager
+@cached_eager("ignore_index", "reduction")
 def nll_loss(
     input: ArrayLike,
     target: ArrayLike,
@@ -324,7 +315,7 @@ def nll_loss(
 # --- KL divergence. ----------------------------------------------------------------------------
 
 
-@cached_eager
+@cached_eager("reduction", "log_target")
 def kl_div(
     input: ArrayLike,
     target: ArrayLike,
@@ -400,7 +391,7 @@ def kl_div(
 # --- Binary cross-entropy. ---------------------------------------------------------------------
 
 
-@cached_eager
+@cached_eager("reduction")
 def binary_cross_entropy_with_logits(
     input: ArrayLike,
     target: ArrayLike,
@@ -460,7 +451,7 @@ def _apply_weight(loss: jax.Array, weight, input: jax.Array) -> jax.Array:
     return loss * weight.astype(loss.dtype)
 
 
-@cached_eager
+@cached_eager("reduction")
 def binary_cross_entropy(
     input: ArrayLike,
     target: ArrayLike,
@@ -533,57 +524,3 @@ def _clamped_binary_cross_entropy_jvp(primals, tangents):
     d_p = (p - y) / jnp.maximum(p * (1.0 - p), _BCE_GRAD_EPSILON)
     d_y = _clamped_log(1.0 - p) - _clamped_log(p)
     return _clamped_binary_cross_entropy(p, y), d_p * p_dot + d_y * y_dot
-
-
-# --- Value checks for infoloss_jax.checked. ----------------------------------------------------
-
-
-def _cross_entropy_checks(input, target, weight=None, ignore_index=-100, **_) -> None:
-    input, target = jnp.asarray(input), jnp.asarray(target)
-    check_logits(_classes_last(input), "input")
-    if jnp.issubdtype(target.dtype, jnp.floating):
-        check_probabilities(_classes_last(target), "target")
-    else:
-        check_label_range(_classes_last(input), target, ignore_index=ignore_index)
-
-
-def _nll_loss_checks(input, target, weight=None, ignore_index=-100, **_) -> None:
-    hint = "Pass `jax.nn.log_softmax(logits, axis=1)`, or use `cross_entropy` on logits."
-    check_log_probabilities(input, "input", hint=hint, normalized=False)
-    check_label_range(_classes_last(jnp.asarray(input)), target, ignore_index=ignore_index)
-
-
-def _kl_div_checks(input, target, reduction="mean", log_target=False) -> None:
-    hint = "kl_div's `input` is log q: pass `jnp.log(q)` or `jax.nn.log_softmax(x)`."
-    check_log_probabilities(input, "input", hint=hint, normalized=False)
-    if log_target:
-        hint = "Or pass `log_target=False`."
-        check_log_probabilities(target, "target", hint=hint, normalized=False)
-    else:
-        checkify.check(
-            jnp.all(jnp.asarray(target) >= 0),
-            "`target` must hold probabilities (>= 0), but it has a negative value: for "
-            "log-probabilities pass `log_target=True`.",
-        )
-
-
-def _binary_cross_entropy_checks(input, target, weight=None, **_) -> None:
-    hint = " For logits use `binary_cross_entropy_with_logits` instead."
-    check_unit_interval(input, "input", hint)
-    check_unit_interval(target, "target")
-
-
-def _binary_cross_entropy_with_logits_checks(input, target, weight=None, **_) -> None:
-    check_logits(input, "input")
-    check_unit_interval(target, "target")
-
-
-for _fn, _check in [
-    (cross_entropy, _cross_entropy_checks),
-    (nll_loss, _nll_loss_checks),
-    (kl_div, _kl_div_checks),
-    (binary_cross_entropy, _binary_cross_entropy_checks),
-    (binary_cross_entropy_with_logits, _binary_cross_entropy_with_logits_checks),
-]:
-    register_value_checks(_fn, _check)
-del _fn, _check

@@ -341,6 +341,266 @@ def test_repeated_eager_calls_compile_nothing(call):
     assert compiles_after_warm_up(call) == 0
 
 
+# ----------------------------------------------------------------------------- coefficients
+# Every traceable coefficient of every public function (docs/concepts.md, bad input row 7):
+# (call with the value v, a value outside its range). New values of a concrete coefficient are
+# traced operands of the cached program, so they compile nothing; a bad concrete one still
+# raises ValueError naming it, before anything runs.
+DESIRABLE = jnp.asarray([True, False, True, False])
+COEFFICIENTS = {
+    "forward_kl.temperature": (lambda v: il.forward_kl(LOGITS, TARGET_LOGITS, temperature=v), 0),
+    "reverse_kl.temperature": (lambda v: il.reverse_kl(LOGITS, TARGET_LOGITS, temperature=v), 0),
+    "jensen_shannon.beta": (lambda v: il.jensen_shannon(LOGITS, TARGET_LOGITS, beta=v / 9), 18),
+    "jensen_shannon.temperature": (
+        lambda v: il.jensen_shannon(LOGITS, TARGET_LOGITS, temperature=v),
+        -1,
+    ),
+    "softmax_cross_entropy.label_smoothing": (
+        lambda v: il.softmax_cross_entropy(LOGITS, PROBS, label_smoothing=v / 9),
+        9,
+    ),
+    "softmax_cross_entropy.z_loss": (
+        lambda v: il.softmax_cross_entropy(LOGITS, PROBS, z_loss=v),
+        -1,
+    ),
+    "softmax_cross_entropy_with_integer_labels.label_smoothing": (
+        lambda v: il.softmax_cross_entropy_with_integer_labels(
+            LOGITS, LABELS, label_smoothing=v / 9
+        ),
+        9,
+    ),
+    "softmax_cross_entropy_with_integer_labels.z_loss": (
+        lambda v: il.softmax_cross_entropy_with_integer_labels(LOGITS, LABELS, z_loss=v),
+        -1,
+    ),
+    "log_probs.temperature": (lambda v: il.log_probs(LOGITS, LABELS, temperature=v), 0),
+    "linear_log_probs.temperature": (
+        lambda v: il.linear_log_probs(HIDDEN, TOKEN_LABELS, HEAD, temperature=v),
+        0,
+    ),
+    "linear_softmax_cross_entropy.label_smoothing": (
+        lambda v: il.linear_softmax_cross_entropy(
+            HIDDEN, TOKEN_LABELS, HEAD, label_smoothing=v / 9
+        ),
+        9,
+    ),
+    "linear_softmax_cross_entropy.z_loss": (
+        lambda v: il.linear_softmax_cross_entropy(HIDDEN, TOKEN_LABELS, HEAD, z_loss=v),
+        -1,
+    ),
+    "linear_forward_kl.temperature": (
+        lambda v: il.linear_forward_kl(HIDDEN, HEAD, TARGET_HIDDEN, TARGET_HEAD, temperature=v),
+        0,
+    ),
+    "linear_reverse_kl.temperature": (
+        lambda v: il.linear_reverse_kl(HIDDEN, HEAD, TARGET_HIDDEN, TARGET_HEAD, temperature=v),
+        0,
+    ),
+    "linear_jensen_shannon.beta": (
+        lambda v: il.linear_jensen_shannon(HIDDEN, HEAD, TARGET_HIDDEN, TARGET_HEAD, beta=v / 9),
+        18,
+    ),
+    "linear_jensen_shannon.temperature": (
+        lambda v: il.linear_jensen_shannon(HIDDEN, HEAD, TARGET_HIDDEN, TARGET_HEAD, temperature=v),
+        0,
+    ),
+    "torch.cross_entropy.label_smoothing": (
+        lambda v: F.cross_entropy(LOGITS, LABELS, label_smoothing=v / 9),
+        18,
+    ),
+    "policy.clipped_surrogate.clip_low": (
+        lambda v: policy.clipped_surrogate(LOG_PREDICTIONS, LOG_TARGETS, TANGENT, clip_low=v / 9),
+        9,
+    ),
+    "policy.clipped_surrogate.clip_high": (
+        lambda v: policy.clipped_surrogate(LOG_PREDICTIONS, LOG_TARGETS, TANGENT, clip_high=v),
+        -1,
+    ),
+    "policy.clipped_surrogate.kl_coef": (
+        lambda v: policy.clipped_surrogate(
+            LOG_PREDICTIONS, LOG_TARGETS, TANGENT, ref_log_probs=LOG_TARGETS, kl_coef=v
+        ),
+        -1,
+    ),
+    "policy.clipped_surrogate.entropy_coef": (
+        lambda v: policy.clipped_surrogate(
+            LOG_PREDICTIONS, LOG_TARGETS, TANGENT, entropy=-LOG_TARGETS, entropy_coef=v
+        ),
+        -1,
+    ),
+    "policy.group_advantages.eps": (
+        lambda v: policy.group_advantages(LOGITS.reshape(-1), K, eps=v),
+        -1,
+    ),
+    "preference.dpo.beta": (lambda v: preference.dpo(*PAIRS, beta=v), 0),
+    "preference.dpo.label_smoothing": (
+        lambda v: preference.dpo(*PAIRS, beta=0.1, label_smoothing=v / 9),
+        9,
+    ),
+    "preference.ipo.beta": (lambda v: preference.ipo(*PAIRS, beta=v), 0),
+    "preference.hinge.beta": (lambda v: preference.hinge(*PAIRS, beta=v), 0),
+    "preference.simpo.beta": (lambda v: preference.simpo(*PAIRS[:2], beta=v), 0),
+    "preference.simpo.gamma": (
+        lambda v: preference.simpo(*PAIRS[:2], beta=2.0, gamma=v),
+        math.inf,
+    ),
+    "preference.simpo.label_smoothing": (
+        lambda v: preference.simpo(*PAIRS[:2], beta=2.0, label_smoothing=v / 9),
+        9,
+    ),
+    "preference.orpo.beta": (
+        lambda v: preference.orpo(*(-jnp.abs(x) for x in PAIRS[:2]), beta=v),
+        -1,
+    ),
+    "preference.cpo.beta": (lambda v: preference.cpo(*PAIRS[:2], beta=v), 0),
+    "preference.cpo.alpha": (lambda v: preference.cpo(*PAIRS[:2], beta=0.1, alpha=v), -1),
+    "preference.cpo.label_smoothing": (
+        lambda v: preference.cpo(*PAIRS[:2], beta=0.1, label_smoothing=v / 9),
+        9,
+    ),
+    "preference.kto.beta": (lambda v: preference.kto(PAIRS[0], PAIRS[2], DESIRABLE, beta=v), 0),
+    "preference.kto.desirable_weight": (
+        lambda v: preference.kto(PAIRS[0], PAIRS[2], DESIRABLE, beta=0.1, desirable_weight=v),
+        -1,
+    ),
+    "preference.kto.undesirable_weight": (
+        lambda v: preference.kto(PAIRS[0], PAIRS[2], DESIRABLE, beta=0.1, undesirable_weight=v),
+        -1,
+    ),
+    "gradients.forward_kl_grad.temperature": (
+        lambda v: gradients.forward_kl_grad(LOGITS, TARGET_LOGITS, temperature=v),
+        0,
+    ),
+    "gradients.reverse_kl_grad.temperature": (
+        lambda v: gradients.reverse_kl_grad(LOGITS, TARGET_LOGITS, temperature=v),
+        0,
+    ),
+    "gradients.jensen_shannon_grad.temperature": (
+        lambda v: gradients.jensen_shannon_grad(LOGITS, TARGET_LOGITS, temperature=v),
+        0,
+    ),
+    "gradients.log_probs_grad.temperature": (
+        lambda v: gradients.log_probs_grad(LOGITS, LABELS, temperature=v),
+        0,
+    ),
+    "gradients.softmax_cross_entropy_with_integer_labels_grad.label_smoothing": (
+        lambda v: gradients.softmax_cross_entropy_with_integer_labels_grad(
+            LOGITS, LABELS, label_smoothing=v / 9
+        ),
+        9,
+    ),
+    "gradients.softmax_cross_entropy_with_integer_labels_grad.z_loss": (
+        lambda v: gradients.softmax_cross_entropy_with_integer_labels_grad(
+            LOGITS, LABELS, z_loss=v
+        ),
+        -1,
+    ),
+    # Global counts (from a collective over data-parallel shards) are traceable coefficients too.
+    "policy.clipped_surrogate.num_tokens": (
+        lambda v: policy.clipped_surrogate(
+            LOG_PREDICTIONS, LOG_TARGETS, TANGENT, num_tokens=10 * v
+        ),
+        0,
+    ),
+    "policy.clipped_surrogate.num_sequences": (
+        lambda v: policy.clipped_surrogate(
+            LOG_PREDICTIONS, LOG_TARGETS, TANGENT, normalization="sequence_mean", num_sequences=v
+        ),
+        0,
+    ),
+    "policy.clipped_surrogate.max_tokens": (
+        lambda v: policy.clipped_surrogate(
+            LOG_PREDICTIONS, LOG_TARGETS, TANGENT, normalization="token_sum_norm", max_tokens=v
+        ),
+        0,
+    ),
+    **{
+        f"preference.{name}.num_pairs": (
+            lambda v, name=name, n=n: getattr(preference, name)(*PAIRS[:n], beta=0.1, num_pairs=v),
+            0,
+        )
+        for name, n in [("dpo", 4), ("ipo", 4), ("hinge", 4), ("simpo", 2), ("orpo", 2), ("cpo", 2)]
+    },
+    **{
+        f"preference.{name}.num_tokens": (
+            lambda v, name=name: getattr(preference, name)(
+                *(-jnp.abs(x) for x in PAIRS[:2]), beta=0.1, num_tokens=10 * v
+            ),
+            0,
+        )
+        for name in ("orpo", "cpo")
+    },
+    "preference.kto.num_examples": (
+        lambda v: preference.kto(PAIRS[0], PAIRS[2], DESIRABLE, beta=0.1, num_examples=v),
+        0,
+    ),
+}
+# Coefficients that select the program and so are static, each with its reason; the sharded
+# `*_on_mesh` losses are counted with the sharded tests.
+STATIC_COEFFICIENTS = {
+    "gradients.softmax_cross_entropy_grad.label_smoothing": "skips the smoothing term when 0",
+    "gradients.softmax_cross_entropy_grad.z_loss": "skips the z-loss term when 0",
+    "gradients.jensen_shannon_grad.beta": "picks the forward or reverse KL kernel at 0 and 1",
+}
+COEFFICIENT_NAMES = {
+    "temperature", "label_smoothing", "z_loss", "beta", "gamma", "alpha", "skew", "kl_coef",
+    "entropy_coef", "clip_low", "clip_high", "eps", "desirable_weight", "undesirable_weight",
+    "num_tokens", "num_sequences", "max_tokens", "num_pairs", "num_examples",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", COEFFICIENTS)
+def test_new_coefficient_values_compile_nothing(case):
+    call, bad = COEFFICIENTS[case]
+    jax.block_until_ready(call(1.5))
+    with count_compiles() as compiles:
+        for value in (2.5, 3.5):
+            jax.block_until_ready(call(value))
+    assert len(compiles) == 0
+    with pytest.raises(ValueError, match=f"`{case.rsplit('.', 1)[1]}`"):
+        call(bad)
+
+
+def test_a_bad_concrete_array_coefficient_raises():
+    """Concrete NumPy and JAX scalars are checked as Python numbers are (issue 20)."""
+    with pytest.raises(ValueError, match="`clip_low`"):
+        policy.clipped_surrogate(LOG_PREDICTIONS, LOG_TARGETS, TANGENT, clip_low=np.float32(1.5))
+    with pytest.raises(ValueError, match="`kl_coef`"):
+        policy.clipped_surrogate(
+            LOG_PREDICTIONS,
+            LOG_TARGETS,
+            TANGENT,
+            ref_log_probs=LOG_TARGETS,
+            kl_coef=jnp.array(-1.0),
+        )
+    with pytest.raises(ValueError, match="`beta`"):
+        preference.dpo(*PAIRS, beta=jnp.array(0.0))
+    with pytest.raises(ValueError, match="`temperature`"):
+        il.forward_kl(LOGITS, TARGET_LOGITS, temperature=jnp.array(-2.0))
+
+
+def _public_functions():
+    for module, prefix in [(il, ""), (F, "torch."), (gradients, "gradients."),
+                           (policy, "policy."), (preference, "preference.")]:  # fmt: skip
+        for name in module.__all__:
+            fn = getattr(module, name)
+            if callable(fn) and not isinstance(fn, type):
+                yield prefix + name, fn
+
+
+def test_every_traceable_coefficient_is_counted():
+    """A coefficient of a new public function must join COEFFICIENTS (or STATIC_COEFFICIENTS)."""
+    import inspect
+
+    found = {
+        f"{name}.{parameter}"
+        for name, fn in _public_functions()
+        for parameter in inspect.signature(fn).parameters
+        if parameter in COEFFICIENT_NAMES
+    }
+    assert found == set(COEFFICIENTS) | set(STATIC_COEFFICIENTS)
+
+
 def test_the_counter_sees_compiles():
     fresh = jnp.asarray(_rng.normal(size=(3, 17)))  # a shape no other test uses
     with count_compiles() as compiles:
@@ -355,6 +615,8 @@ def test_the_public_names_are_all_covered():
         "GradientReport",
         "GradientTable",
         "LinearCrossEntropyAux",
+        "SumAndCount",
+        "TokenLogProbs",
         "checked",
         "compare_gradients",
         "gradient_table",
@@ -473,6 +735,19 @@ def test_new_array_values_compile_nothing():
             )
         )
     assert len(compiles) == 0
+
+
+def test_cached_eager_names_its_static_parameters():
+    from infoloss_jax.base._caching import cached_eager
+
+    with pytest.raises(TypeError, match="static parameters' names"):
+        cached_eager(il.entropy.__wrapped__)  # a bare @cached_eager
+    with pytest.raises(TypeError, match="has no parameter"):
+        cached_eager("axes")(il.entropy.__wrapped__)
+    # A concrete array where a static option belongs: the call runs uncached, and works.
+    np.testing.assert_allclose(
+        il.entropy(LOGITS, base=np.float64(2.0)), il.entropy(LOGITS, base=2.0), rtol=1e-6
+    )
 
 
 def test_new_coefficient_values_compile_nothing_in_the_heads():

@@ -267,6 +267,26 @@ def test_fused_mask_and_empty_rows():
     assert np.isfinite(g(empty)).all() and (g(empty)[0] == 0).all()
 
 
+def test_named_outputs_and_the_token_mask():
+    """``with_entropy=True`` returns the NamedTuple ``TokenLogProbs``; ``mask=False`` gives 0 for
+    both outputs and no gradient, even with NaN logits (issues 19 and 20)."""
+    logits = jnp.array([[2.0, 1.0, 0.0], [jnp.nan, 0.0, 1.0], [0.5, 0.5, 0.5]])
+    labels, mask = jnp.array([0, 1, 2]), jnp.array([True, False, True])
+    out = il.log_probs(logits, labels, with_entropy=True, mask=mask)
+    assert isinstance(out, il.TokenLogProbs)
+    lp, ent = out  # unpacks as a pair
+    full = il.log_probs(jnp.nan_to_num(logits), labels, with_entropy=True)
+    np.testing.assert_allclose(lp, jnp.where(mask, full.log_probs, 0.0), rtol=1e-6)
+    np.testing.assert_allclose(out.entropy, jnp.where(mask, full.entropy, 0.0), rtol=1e-6)
+    for which in (0, 1):
+        grad = jax.grad(
+            lambda z, w=which: jnp.sum(il.log_probs(z, labels, mask=mask, with_entropy=True)[w])
+        )(logits)
+        assert np.isfinite(grad).all() and (grad[1] == 0).all()
+    with pytest.raises(TypeError, match="`mask` must be a boolean"):
+        il.log_probs(logits, labels, mask=jnp.ones(3))
+
+
 # ----------------------------------------------------------------------------- transforms
 @pytest.mark.slow
 def test_jit_vmap_axis_and_traced_temperature():
