@@ -8,10 +8,12 @@ values and gradients finite.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import jax
 import jax.numpy as jnp
+from jax._src import dispatch
 from jax.sharding import AxisType
 
 MESHES = {
@@ -141,3 +143,33 @@ def plain_log_probs(logits, labels, *, temperature=1.0, logit_softcap=None, igno
         return picked, entropy
     keep = labels != ignore_index
     return jnp.where(keep, picked, 0.0), jnp.where(keep, entropy, 0.0)
+
+
+# The event JAX records around every XLA backend compile (jax/_src/dispatch.py).
+BACKEND_COMPILE_EVENT = dispatch.BACKEND_COMPILE_EVENT
+
+
+@contextlib.contextmanager
+def count_compiles():
+    """Counts backend compiles inside the block; yields a list whose length is the count."""
+    compiles: list[str] = []
+
+    def listener(event: str, duration_secs: float, **_) -> None:
+        del duration_secs
+        if event == BACKEND_COMPILE_EVENT:
+            compiles.append(event)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield compiles
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+
+
+def compiles_after_warm_up(call, repeats: int = 3) -> int:
+    """Calls ``call`` once, then ``repeats`` more times; returns the later calls' compiles."""
+    jax.block_until_ready(call())
+    with count_compiles() as compiles:
+        for _ in range(repeats):
+            jax.block_until_ready(call())
+    return len(compiles)

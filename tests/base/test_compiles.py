@@ -9,49 +9,18 @@ that must compile nothing.
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax._src import dispatch
+from helpers import compiles_after_warm_up, count_compiles
 from jax.sharding import AxisType
 
 import infoloss_jax as il
 from infoloss_jax import gradients, policy, preference, sharded
 from infoloss_jax import torch as F
-
-# The event JAX records around every XLA backend compile (jax/_src/dispatch.py).
-BACKEND_COMPILE_EVENT = dispatch.BACKEND_COMPILE_EVENT
-
-
-@contextlib.contextmanager
-def count_compiles():
-    """Counts backend compiles inside the block; yields a list whose length is the count."""
-    compiles: list[str] = []
-
-    def listener(event: str, duration_secs: float, **_) -> None:
-        del duration_secs
-        if event == BACKEND_COMPILE_EVENT:
-            compiles.append(event)
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
-        yield compiles
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
-
-
-def compiles_after_warm_up(call, repeats: int = 3) -> int:
-    """Calls ``call`` once, then ``repeats`` more times; returns the later calls' compiles."""
-    jax.block_until_ready(call())
-    with count_compiles() as compiles:
-        for _ in range(repeats):
-            jax.block_until_ready(call())
-    return len(compiles)
-
 
 # ----------------------------------------------------------------------------- inputs
 N, K = 4, 6

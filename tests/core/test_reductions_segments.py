@@ -10,9 +10,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import compiles_after_warm_up
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_compiles import compiles_after_warm_up
 
 import infoloss_jax as il
 from infoloss_jax import policy
