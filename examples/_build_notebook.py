@@ -1,7 +1,7 @@
 """Builds and executes examples/gradient_derivations.ipynb (run from anywhere).
 
     .venv/bin/python examples/_build_notebook.py            # rewrites the committed notebook
-    .venv/bin/python examples/_build_notebook.py --out x.ipynb
+    .venv/bin/python examples/_build_notebook.py --out-dir /tmp  # /tmp/gradient_derivations.ipynb
 
 The notebook is generated from the cells below with nbformat, executed with nbclient in the
 examples/ directory, and saved WITH its outputs so that it renders where it is stored (the
@@ -20,12 +20,17 @@ HERE = pathlib.Path(__file__).resolve().parent
 NOTEBOOK = HERE / "gradient_derivations.ipynb"
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """The module docstring as written, and every option with its default."""
+
+
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument(
-        "--out", type=pathlib.Path, default=NOTEBOOK, help=f"where to write (default {NOTEBOOK})"
+        "--out-dir",
+        type=pathlib.Path,
+        default=HERE,
+        help=f"where {NOTEBOOK.name} is written (the default rewrites the committed notebook)",
     )
     parser.add_argument("--timeout", type=int, default=300, help="seconds allowed per cell")
     return parser.parse_args(argv)
@@ -590,8 +595,10 @@ def main(argv=None) -> None:
     os.environ.pop("XLA_FLAGS", None)
     start = time.perf_counter()
     nb = execute(build(), timeout=args.timeout)
-    nbformat.write(nb, args.out)
-    print(f"wrote {args.out} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    out = args.out_dir / NOTEBOOK.name
+    nbformat.write(nb, out)
+    print(f"wrote {out} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     python examples/distillation.py                      # 34 s on a shared 2-core VM
     python examples/distillation.py --temperature 2 --beta 0.1
+    python examples/distillation.py --tiny               # a small run (the tests use it)
 
 The task: 2-D points from a ring of Gaussian clusters, where neighbouring clusters belong to
 different classes and overlap, so the teacher's predictive distribution is often spread over
@@ -33,23 +34,49 @@ import math
 from functools import partial
 from pathlib import Path
 
+# --tiny: a run of seconds (the test suite's); flags given explicitly still win.
+TINY = dict(teacher_steps=60, steps=60, eval_every=30, teacher_width=32)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """The module docstring as written, and every option with its default."""
+
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--temperature", type=float, default=1.0)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=1.0,
+        help="distillation temperature of both distributions (> 0)",
+    )
     p.add_argument("--beta", type=float, default=0.5, help="JSD mixture weight of the teacher")
-    p.add_argument("--classes", type=int, default=4)
-    p.add_argument("--clusters", type=int, default=12)
-    p.add_argument("--teacher-width", type=int, default=256)
-    p.add_argument("--student-width", type=int, default=6)
-    p.add_argument("--teacher-steps", type=int, default=1500)
+    p.add_argument("--classes", type=int, default=4, help="classes of the task")
+    p.add_argument("--clusters", type=int, default=12, help="Gaussian blobs on the ring")
+    p.add_argument("--teacher-width", type=int, default=256, help="teacher MLP width")
+    p.add_argument("--student-width", type=int, default=6, help="student MLP width")
+    p.add_argument("--teacher-steps", type=int, default=1500, help="teacher training steps")
     p.add_argument("--steps", type=int, default=1500, help="student steps per objective")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--eval-every", type=int, default=50)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out-dir", type=Path, default=Path("outputs"))
+    p.add_argument("--batch-size", type=int, default=256, help="examples per step")
+    p.add_argument("--eval-every", type=int, default=50, help="student steps between evaluations")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--out-dir", type=Path, default=Path("outputs"), help="where outputs go")
+    p.add_argument(
+        "--tiny",
+        action="store_true",
+        help="a small run in seconds: " + ", ".join(f"{k}={v}" for k, v in TINY.items()),
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.tiny:  # parse again with the tiny defaults, so that explicit flags still win
+        p.set_defaults(**TINY)
+        args = p.parse_args(argv)
+    if not 0 < args.temperature < float("inf"):
+        p.error(
+            f"--temperature must be a positive number; got {args.temperature} (a distillation "
+            "temperature divides the logits: 0 has no meaning here)"
+        )
+    return args
 
 
 if __name__ == "__main__":

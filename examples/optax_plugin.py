@@ -1,6 +1,7 @@
 """Switch an optax training loop to infoloss_jax by changing one import.
 
     python examples/optax_plugin.py          # 5 s on a shared 2-core VM
+    python examples/optax_plugin.py --tiny   # smaller sizes (the tests use it)
 
 Part 1 runs the same small optax loop twice: once with
 ``optax.losses.softmax_cross_entropy_with_integer_labels`` and once with infoloss_jax's
@@ -15,24 +16,45 @@ hidden states by ``infoloss_jax.linear_softmax_cross_entropy``, which never mate
 ``[tokens, vocab]`` logits. XLA's own ``compiled.memory_analysis()`` reports the temporary
 memory of a jit-compiled gradient step for both versions (compiled only, never run, so the
 sizes can be realistic).
+
+The numbers printed go to ``--out-dir`` (default ``outputs/``) as ``optax_plugin.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
+from pathlib import Path
+
+# --tiny: a run of seconds (the test suite's); flags given explicitly still win.
+TINY = dict(steps=20, examples=256, tokens=512, vocab=2048, d_model=32)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """The module docstring as written, and every option with its default."""
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--examples", type=int, default=2048)
-    p.add_argument("--classes", type=int, default=16)
-    p.add_argument("--seed", type=int, default=0)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--steps", type=int, default=200, help="training steps of each loop")
+    p.add_argument("--examples", type=int, default=2048, help="training examples")
+    p.add_argument("--classes", type=int, default=16, help="classes of the problem")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--tokens", type=int, default=8192, help="LM head: tokens per step")
     p.add_argument("--d-model", type=int, default=512, help="LM head: hidden size")
     p.add_argument("--vocab", type=int, default=32768, help="LM head: vocabulary size")
-    return p.parse_args(argv)
+    p.add_argument("--out-dir", type=Path, default=Path("outputs"), help="where outputs go")
+    p.add_argument(
+        "--tiny",
+        action="store_true",
+        help="a small run: " + ", ".join(f"{k}={v}" for k, v in TINY.items()),
+    )
+    args = p.parse_args(argv)
+    if args.tiny:  # parse again with the tiny defaults, so that explicit flags still win
+        p.set_defaults(**TINY)
+        args = p.parse_args(argv)
+    return args
 
 
 if __name__ == "__main__":
@@ -136,13 +158,18 @@ def main(argv=None) -> dict:
     print(f"  optax on materialized logits   {naive / 2**20:10.1f} MiB temporary memory")
     print(f"  infoloss_jax fused head        {fused / 2**20:10.1f} MiB temporary memory")
     print(f"  saving                         {naive / max(fused, 1):10.1f}x")
-    return {
+    results = {
         "optax": with_optax.tolist(),
         "infoloss_jax": with_infoloss.tolist(),
         "max_diff": max_diff,
         "naive_temp_bytes": naive,
         "fused_temp_bytes": fused,
     }
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    path = args.out_dir / "optax_plugin.json"
+    path.write_text(json.dumps(results, indent=2))
+    print(f"wrote {path}")
+    return results
 
 
 if __name__ == "__main__":

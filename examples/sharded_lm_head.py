@@ -18,31 +18,48 @@ host: the mesh then spans all hosts' devices and nothing else changes.
     python examples/sharded_lm_head.py            # 8 simulated devices, mesh (8,)
     python examples/sharded_lm_head.py --mesh 2x4 # data x vocabulary
     python examples/sharded_lm_head.py --tiny     # seconds (used by the tests)
+
+The numbers printed go to ``--out-dir`` (default ``outputs/``) as ``sharded_lm_head.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+from pathlib import Path
+
+# --tiny: a run of seconds (the test suite's); flags given explicitly still win.
+TINY = dict(vocab=1003, hidden=32, tokens=64, steps=3)
 
 
-def _parse():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """The module docstring as written, and every option with its default."""
+
+
+def _parse(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--mesh", default="8", help="'8' (vocabulary only) or 'DxV', e.g. '2x4'")
     p.add_argument("--vocab", type=int, default=32003, help="vocabulary size (any integer)")
-    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--hidden", type=int, default=256, help="hidden size")
     p.add_argument("--tokens", type=int, default=2048, help="tokens per step")
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--lr", type=float, default=1e-2)
-    p.add_argument("--tiny", action="store_true", help="tiny sizes and 3 steps")
+    p.add_argument("--steps", type=int, default=20, help="training steps")
+    p.add_argument("--lr", type=float, default=1e-2, help="learning rate (Adam)")
+    p.add_argument(
+        "--tiny",
+        action="store_true",
+        help="a small run in seconds: " + ", ".join(f"{k}={v}" for k, v in TINY.items()),
+    )
     p.add_argument("--real-devices", action="store_true", help="do not simulate CPU devices")
     p.add_argument(
         "--distributed", action="store_true", help="call jax.distributed.initialize() first"
     )
+    p.add_argument("--out-dir", type=Path, default=Path("outputs"), help="where outputs go")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    args = p.parse_args()
-    if args.tiny:
-        args.vocab, args.hidden, args.tokens, args.steps = 1003, 32, 64, 3
+    args = p.parse_args(argv)
+    if args.tiny:  # parse again with the tiny defaults, so that explicit flags still win
+        p.set_defaults(**TINY)
+        args = p.parse_args(argv)
     return args
 
 
@@ -178,26 +195,32 @@ def main(args):
     batch = jax.device_put(make_batch(jax.random.key(1), args.tokens, vocab), batch_sharding)
     sharded_mem = step_memory(step, params, opt_state, *batch)
     initial = jax.jit(sharded_loss_fn(mesh, data_axis, vocab))(params, *batch)
+    results = {"mesh": dict(mesh.shape), "vocab": vocab, "initial_loss": float(initial)}
     if jax.process_count() == 1:
         one_params, one_batch = jax.device_put((params, batch), jax.devices()[0])
         reference = jax.jit(naive_loss_fn(vocab))(one_params, *one_batch)
+        results["initial_loss_unsharded"] = float(reference)
         print(
             f"initial loss: vocab-parallel {float(initial):.6f}, unsharded {float(reference):.6f}"
         )
     quiet = args.no_progress or jax.process_index() != 0
-    bar = tqdm(range(args.steps), desc="train", unit="step", disable=quiet, leave=False)
+    bar = tqdm(range(args.steps), desc="train", unit="step", disable=quiet)
+    losses = []
     for i in bar:
         batch = make_batch(jax.random.key(100 + i), args.tokens, vocab)
         params, opt_state, loss = step(params, opt_state, *jax.device_put(batch, batch_sharding))
         if i == 0 or i == args.steps - 1 or (i + 1) % 5 == 0:
+            losses.append((i + 1, float(loss)))
             bar.set_postfix(loss=f"{float(loss):.4f}")
             tqdm.write(f"step {i + 1:3d}  loss {float(loss):.4f}")
+    bar.close()  # the bar ends at steps/steps, 100%
     assert jnp.isfinite(loss)
+    results["losses"] = losses
 
     if jax.process_count() > 1:
         temp, arg = sharded_mem
         print(f"per-device memory of one step: {temp / MiB:.2f} MiB temporaries")
-        return
+        return results
     # The same step on one device, for comparison (compile only).
     single = jax.devices()[0]
     one_device = jax.device_put(init_params(key, padded, args.hidden), single)
@@ -215,7 +238,18 @@ def main(args):
     print(f"  {'':<34} {'temporaries':>12} {'arguments':>10}")
     for name, (temp, arg) in rows:
         print(f"  {name:<34} {temp / MiB:>10.2f} MiB {arg / MiB:>6.2f} MiB")
+    results["memory_bytes"] = {name: {"temp": t, "arguments": a} for name, (t, a) in rows}
+    return results
+
+
+def write(results, out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "sharded_lm_head.json"
+    path.write_text(json.dumps(results, indent=2))
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
-    main(ARGS)
+    results = main(ARGS)
+    if jax.process_index() == 0:
+        write(results, ARGS.out_dir)

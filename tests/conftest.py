@@ -1,9 +1,14 @@
-"""Strict test set-up: 8 simulated CPU devices, float64 available, hypothesis at CI strength.
+"""Strict test set-up: 8 simulated CPU devices, float64 available, hypothesis at CI strength,
+and a bound on each worker's memory (compiled programs are dropped between modules, and after
+any test that leaves the worker above ``_RELEASE_ABOVE_MB``).
 
 XLA_FLAGS must be set before JAX initializes its backends, so this runs before any test module
-imports jax.
+imports jax. ``INFOLOSS_RSS_LOG=path`` logs each worker's memory per module to ``path``.
 """
 
+import ctypes
+import ctypes.util
+import gc
 import os
 
 os.environ["XLA_FLAGS"] = (
@@ -28,8 +33,14 @@ settings.register_profile("dev", max_examples=25, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
+# A worker that holds more than this after a test drops its compiled programs at once, instead
+# of at the end of the module: a long module would otherwise grow past 2 GB. The largest single
+# test adds about 500 MB, so a worker peaks near 1.3 GB (docs/development.md has the figures).
+_RELEASE_ABOVE_MB = 800
+
+
 @pytest.fixture(autouse=True, scope="module")
-def _drop_compiled_programs_after_each_module():
+def _drop_compiled_programs_after_each_module(request):
     """Frees the programs a test module compiled once it is done.
 
     JAX keeps every compiled executable (jit caches, and the library's eager-call and on-mesh
@@ -37,4 +48,51 @@ def _drop_compiled_programs_after_each_module():
     would otherwise grow by every program of every module it runs.
     """
     yield
+    _log_memory(request.module.__name__)
+    _release_memory()
+
+
+@pytest.fixture(autouse=True)
+def _drop_compiled_programs_when_memory_is_high(request):
+    """Frees the compiled programs after a test that leaves the worker above the bound."""
+    yield
+    resident = _resident_mb()
+    if resident > _RELEASE_ABOVE_MB:
+        _log_memory(request.node.nodeid)
+        _release_memory()
+
+
+def _release_memory() -> None:
+    """Drops JAX's compiled programs and hands the freed heap back to the system.
+
+    glibc keeps freed memory in its arenas, so resident memory would not shrink without
+    ``malloc_trim``; where there is no glibc, the programs are still dropped.
+    """
     jax.clear_caches()
+    gc.collect()
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)
+    except (AttributeError, OSError, TypeError):
+        pass
+
+
+def _resident_mb(field: str = "VmRSS") -> int:
+    """This process's resident memory (or with ``field="VmHWM"``, its peak) in MB; 0 if the
+    system has no /proc."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) // 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _log_memory(where: str) -> None:
+    """With INFOLOSS_RSS_LOG=path, appends the worker's resident and peak memory to path."""
+    path = os.environ.get("INFOLOSS_RSS_LOG")
+    if path:
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        with open(path, "a") as log:
+            log.write(f"{worker} {where} rss={_resident_mb()} peak={_resident_mb('VmHWM')}\n")

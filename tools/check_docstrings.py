@@ -3,6 +3,8 @@
     python tools/check_docstrings.py            # fails when a public name has no docstring,
                                                 # or a Returns section the docs site mangles
     python tools/check_docstrings.py --doctest  # ... and runs every docstring example
+    python tools/check_docstrings.py --enforce-first-lines  # ... and fails on a first line
+                                                # that does not read well alone in help()
 
 A public name is one that a user reaches without an underscore: the names exported by
 ``infoloss_jax`` (its ``__all__``) and by the public submodules ``infoloss_jax.torch``,
@@ -124,6 +126,52 @@ def broken_returns_sections() -> list[str]:
     return broken
 
 
+FIRST_LINE_MAX = 90  # characters: help() and the API index show the first line alone
+_MARKUP = re.compile(r":[a-z]+:`|^\.\. |\\[A-Za-z]+")  # a reST role or directive, LaTeX
+_SENTENCE_END = re.compile(r"[.!?]\s+[A-Z]")
+
+
+def first_line_problems(docstring: str) -> list[str]:
+    """What keeps a docstring's first line from reading well alone, as ``help()`` shows it.
+
+    The first line must be one sentence, end with a period, hold no reST role or directive and
+    no LaTeX (``:math:`...```, ``.. math::``, ``\\log``), and take at most
+    ``FIRST_LINE_MAX`` characters. Returns the problems found, ``[]`` for a good line.
+    """
+    lines = inspect.cleandoc(docstring).splitlines()
+    line = lines[0].strip() if lines else ""
+    if not line:
+        return ["the first line is empty"]
+    problems = []
+    if _MARKUP.search(line):
+        problems.append("markup (a reST role or directive, or LaTeX) shows raw in help()")
+    if not line.endswith("."):
+        problems.append("does not end with a period (a sentence wrapped onto the next line?)")
+    if _SENTENCE_END.search(line[:-1]):
+        problems.append("more than one sentence")
+    if len(line) > FIRST_LINE_MAX:
+        problems.append(f"{len(line)} characters, more than {FIRST_LINE_MAX}")
+    return problems
+
+
+def bad_first_lines() -> list[tuple[str, str, list[str]]]:
+    """(qualified name, first line, problems) for each public module and name whose docstring
+    has a first line that does not read well alone; each object once."""
+    found = []
+    seen: set[int] = set()
+    objects = [(name, m) for name, m in import_public_modules().items()]
+    objects += [(p.qualified, p.obj) for p in public_names()]
+    for name, obj in objects:
+        doc = _docstring(obj)
+        if id(obj) in seen or not doc:  # a missing docstring is reported on its own
+            continue
+        seen.add(id(obj))
+        problems = first_line_problems(doc)
+        if problems:
+            found.append((name, doc.splitlines()[0].strip(), problems))
+    return found
+
+
 def missing_examples() -> list[str]:
     """Public functions whose docstring has no ``>>>`` example (reported, not enforced)."""
     return [
@@ -168,6 +216,11 @@ def run_doctest(test: doctest.DocTest) -> tuple[int, str]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--doctest", action="store_true", help="also run docstring examples")
+    parser.add_argument(
+        "--enforce-first-lines",
+        action="store_true",
+        help="fail on a first line that does not read well alone (otherwise only reported)",
+    )
     args = parser.parse_args(argv)
 
     modules = import_public_modules()
@@ -187,6 +240,12 @@ def main(argv=None) -> int:
     status |= bool(broken)
     for name in missing_examples():
         print(f"note: no example in the docstring of {name}")
+    first_lines = bad_first_lines()
+    label = "BAD FIRST LINE" if args.enforce_first_lines else "note: first line"
+    for name, line, problems in first_lines:
+        print(f"{label}: {name}: {'; '.join(problems)}\n    {line}")
+    if args.enforce_first_lines:
+        status |= bool(first_lines)
     if args.doctest:
         tests = doctests()
         failed = 0

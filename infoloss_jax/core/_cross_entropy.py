@@ -218,7 +218,7 @@ def softmax_cross_entropy(
     )
     coefficient, coefficient_ok = scheduled_number(z_loss, "z_loss", low=0.0)
     logits = as_float_array(logits, "logits")
-    labels = as_label_probabilities(labels)
+    labels = as_label_probabilities(labels, like=logits)
     check_same_shape(logits, "logits", labels, "labels")
     axes = normalize_axis(axis, logits.ndim)
     check_has_classes(logits, axes)
@@ -242,13 +242,26 @@ def softmax_cross_entropy(
     return reduce_loss(loss, reduction=reduction, where=contributing)
 
 
-def as_label_probabilities(labels) -> jax.Array:
+def as_label_probabilities(labels, like: jax.Array | None = None) -> jax.Array:
     """Soft labels as a float array; integer or boolean one-hot labels are read as 0/1 (as optax
-    accepts them)."""
+    accepts them). Integer labels not shaped ``like`` the logits are class indices: the error
+    names the loss that takes them (checked before the conversion hides their dtype)."""
     labels = jnp.asarray(labels)
     if labels.dtype == jnp.bool_ or jnp.issubdtype(labels.dtype, jnp.integer):
+        if like is not None and jnp.issubdtype(labels.dtype, jnp.integer):
+            _check_not_class_indices(labels, like)
         return labels.astype(jnp.float32)
     return as_float_array(labels, "labels")
+
+
+def _check_not_class_indices(labels: jax.Array, logits: jax.Array) -> None:
+    if labels.shape != logits.shape:
+        raise ValueError(
+            f"`labels` {describe(labels)} looks like integer class indices, but "
+            f"`softmax_cross_entropy` takes target probabilities shaped like `logits` "
+            f"{describe(logits)}. For class indices call "
+            "`softmax_cross_entropy_with_integer_labels(logits, labels)`, or one-hot the labels."
+        )
 
 
 @cached_eager("axis")

@@ -231,6 +231,10 @@ def test_cross_entropy_errors_name_the_argument():
         il.softmax_cross_entropy_with_integer_labels(logits, jnp.zeros(3, int))
     with pytest.raises(ValueError, match="`logits`.*`labels`"):
         il.softmax_cross_entropy(logits, jnp.zeros((4, 6)))
+    with pytest.raises(ValueError, match="int32\\[4\\].*softmax_cross_entropy_with_integer_labels"):
+        il.softmax_cross_entropy(logits, jnp.array([0, 1, 4, 2], jnp.int32))  # class indices
+    with pytest.raises(ValueError, match="softmax_cross_entropy_with_integer_labels"):
+        il.safe_softmax_cross_entropy(logits, [0, 1, 4, 2])
     with pytest.raises(TypeError, match="`labels`"):  # integer one-hot labels are accepted
         il.softmax_cross_entropy(logits, jnp.zeros((4, 5), jnp.complex64))
     with pytest.raises(ValueError, match="`where`"):

@@ -895,11 +895,12 @@ def test_auto_backward_plan():
 
 
 @pytest.mark.slow
-def test_example_runs_tiny():
+def test_example_runs_tiny(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
     env.pop("XLA_FLAGS", None)
+    script = str(ROOT / "examples" / "sharded_lm_head.py")
     result = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "sharded_lm_head.py"), "--tiny"],
+        [sys.executable, script, "--tiny", "--out-dir", str(tmp_path)],
         capture_output=True,
         text=True,
         env=env,
@@ -907,6 +908,7 @@ def test_example_runs_tiny():
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "per-device" in result.stdout and "loss" in result.stdout
+    assert "3/3" in result.stderr.splitlines()[-1]  # the progress bar ends complete
 
 
 def test_on_mesh_wrappers_compile_once():

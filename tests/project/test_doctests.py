@@ -52,3 +52,28 @@ def _docs_code_blocks():
 def test_docs_page_code_block_runs(code):
     with jax.enable_x64(False):
         exec(compile(code, "<docs>", "exec"), {})
+
+
+# The README's Quickstart, pasted as it is, prints what its comments say.
+README = Path(__file__).resolve().parents[2] / "README.md"
+_PRINTED = re.compile(r"^print\(.*\)\s+# (.+)$", flags=re.MULTILINE)
+_NUMBER = re.compile(r"-?\d+\.?\d*(?:e-?\d+)?")
+
+
+def _quickstart() -> str:
+    section = README.read_text().split("## Quickstart", 1)[1]
+    return _BLOCK.search(section).group(2)
+
+
+def test_readme_quickstart_prints_its_numbers(capsys):
+    code = _quickstart()
+    expected = _PRINTED.findall(code)
+    assert len(expected) >= 4, "the Quickstart ends with prints that show the numbers"
+    with jax.enable_x64(False):
+        exec(compile(code, "<README Quickstart>", "exec"), {})
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert len(printed) == len(expected), printed
+    for line, comment in zip(printed, expected, strict=True):
+        got = [float(x) for x in _NUMBER.findall(line)]
+        want = [float(x) for x in _NUMBER.findall(comment)]
+        assert got == pytest.approx(want, rel=1e-5, abs=1e-7), (line, comment)

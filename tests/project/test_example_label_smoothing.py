@@ -1,5 +1,6 @@
 """examples/label_smoothing_asr.py, run as a user runs it (a subprocess, no x64)."""
 
+import json
 import os
 import re
 import subprocess
@@ -16,11 +17,12 @@ LINE = re.compile(
 
 
 @pytest.mark.slow
-def test_wenet_kl_equals_cross_entropy_minus_target_entropy():
+def test_wenet_kl_equals_cross_entropy_minus_target_entropy(tmp_path):
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     env.pop("JAX_ENABLE_X64", None)
     result = subprocess.run(
-        [sys.executable, str(EXAMPLE), "--vocab", "16", "--smoothing", "0.2"],
+        [sys.executable, str(EXAMPLE), "--vocab", "16", "--smoothing", "0.2"]
+        + ["--out-dir", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=240,
@@ -37,3 +39,5 @@ def test_wenet_kl_equals_cross_entropy_minus_target_entropy():
         assert float(grad_diff) < 1e-6  # ... and they agree
     # Normalizing by tokens divides by more than normalizing by the batch of 4 sequences.
     assert float(rows["True"][0]) < float(rows["False"][0])
+    written = json.loads((tmp_path / "label_smoothing_asr.json").read_text())
+    assert written["normalize_length"]["True"]["wenet_kl"] == pytest.approx(float(rows["True"][0]))

@@ -41,6 +41,12 @@ heavy = sorted(m for m in ("jax", "nbclient", "optax", "matplotlib") if m in sys
 print("EXIT", code, "HEAVY", ",".join(heavy) or "none")
 """
 
+# The examples that run for more than a few seconds with their defaults: each takes --tiny.
+LONG = {
+    "distillation.py", "grpo_char_lm.py", "optax_plugin.py", "sharded_lm_head.py",
+    "train_char_lm.py",
+}  # fmt: skip
+
 
 @pytest.mark.parametrize("script", sorted(p.name for p in EXAMPLES.glob("*.py")))
 def test_every_example_answers_help_at_once_without_side_effects(script, tmp_path):
@@ -59,18 +65,18 @@ def test_every_example_answers_help_at_once_without_side_effects(script, tmp_pat
     assert result.stdout.rstrip().endswith("EXIT 0 HEAVY none"), result.stdout
     assert list(tmp_path.iterdir()) == []  # nothing written where it ran
     assert notebook.read_bytes() == before  # _build_notebook.py --help does not rebuild it
-
-
-TINY_LM = [
-    "--steps", "40", "--batch-size", "8", "--seq-len", "32", "--d-model", "32", "--layers", "1",
-    "--heads", "2", "--eval-every", "20", "--eval-windows", "8", "--sample-length", "16",
-    "--lr", "1e-2", "--no-progress",
-]  # fmt: skip
+    if script != "quickstart.py":  # the one script without options
+        help_text = " ".join(result.stdout.split())  # argparse wraps long lines
+        assert "--out-dir OUT_DIR" in help_text  # one output flag, the same in every script
+        assert "(default: outputs)" in help_text or script == "_build_notebook.py"
+        options = re.findall(r"^  (--[a-z-]+)", result.stdout, flags=re.MULTILINE)
+        assert len(re.findall(r"\(default: ", help_text)) == len(options), result.stdout
+    assert ("--tiny" in result.stdout) == (script in LONG)
 
 
 @pytest.mark.slow
 def test_train_char_lm_on_the_corpus_learns_and_writes_its_outputs(tmp_path):
-    out = run_example("train_char_lm.py", *TINY_LM, "--out-dir", str(tmp_path))
+    out = run_example("train_char_lm.py", "--tiny", "--no-progress", "--out-dir", str(tmp_path))
     results = json.loads((tmp_path / "train_char_lm.json").read_text())
     png = (tmp_path / "train_char_lm.png").read_bytes()
     assert png.startswith(b"\x89PNG")
@@ -84,37 +90,47 @@ def test_train_char_lm_on_the_corpus_learns_and_writes_its_outputs(tmp_path):
     assert "unigram entropy" in out
     assert results["floor_nats"] == pytest.approx(3.016, abs=0.01)  # the KJV corpus, in nats
     assert len(results["sample"]) == 16
+    # The gap to the unigram entropy is worded by its sign, never "-0.27 nats better".
+    gap, word = re.search(r"this model is (\S+) nats (better|worse)\)", out).groups()
+    expected = results["floor_nats"] - results["val_loss"]
+    assert float(gap) == pytest.approx(abs(expected), abs=1e-4)
+    assert word == ("better" if expected >= 0 else "worse")
+    # The sample shows where the prompt ends and the model's continuation starts.
+    assert "[prompt: 32 characters of validation text]" in out
+    assert "[model: 16 characters, at temperature 0.8]" in out
 
 
 @pytest.mark.slow
 def test_train_char_lm_markov_source_prints_the_entropy_rate_floor(tmp_path):
     out = run_example(
-        "train_char_lm.py", *TINY_LM, "--source", "markov", "--markov-length", "5000",
+        "train_char_lm.py", "--tiny", "--no-progress", "--source", "markov", "--temperature", "0",
         "--out-dir", str(tmp_path),
     )  # fmt: skip
     results = json.loads((tmp_path / "train_char_lm.json").read_text())
     assert "entropy rate" in out
+    assert "[model: 16 characters, greedy (temperature 0)]" in out
     assert "true source's CE on val" in out
     # The true source is (nearly) the best predictor: the model, trained for 40 steps, is worse.
     assert results["oracle_val_loss"] < results["val_loss"]
     assert abs(results["oracle_val_loss"] - results["floor_nats"]) < 0.3
 
 
-TINY_GRPO = [
-    "--pretrain-steps", "20", "--d-model", "16", "--layers", "1", "--heads", "2",
-    "--steps", "8", "--prompts", "4", "--group-size", "4", "--prompt-len", "8",
-    "--completion-len", "8", "--lr", "1e-2", "--kl-coef", "0", "--eval-prompts", "16",
-    "--dpo-steps", "4", "--dpo-pairs", "32", "--dpo-batch", "16", "--dpo-lr", "1e-2",
-    "--no-progress",
-]  # fmt: skip
+@pytest.mark.slow
+def test_train_char_lm_refuses_a_negative_temperature():
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    script = str(EXAMPLES / "train_char_lm.py")
+    result = subprocess.run(
+        [sys.executable, script, "--temperature", "-1"], capture_output=True, text=True, env=env
+    )
+    assert result.returncode == 2
+    assert "--temperature must be >= 0 (0 samples greedily)" in result.stderr
 
 
 @pytest.mark.slow
 def test_grpo_char_lm_raises_the_reward_and_runs_dpo(tmp_path):
-    png = tmp_path / "curves.png"
-    out = run_example("grpo_char_lm.py", *TINY_GRPO, "--out", str(png))
-    results = json.loads(png.with_suffix(".json").read_text())
-    assert png.read_bytes().startswith(b"\x89PNG")
+    out = run_example("grpo_char_lm.py", "--tiny", "--no-progress", "--out-dir", str(tmp_path))
+    results = json.loads((tmp_path / "grpo_char_lm.json").read_text())
+    assert (tmp_path / "grpo_char_lm.png").read_bytes().startswith(b"\x89PNG")
     before, grpo = results["before"], results["grpo"]
     assert abs(before["kl"]) < 1e-6  # the reference scored against itself
     assert grpo["reward"] > before["reward"] + 0.1
@@ -132,23 +148,21 @@ def test_grpo_char_lm_raises_the_reward_and_runs_dpo(tmp_path):
 
 
 @pytest.mark.slow
-def test_optax_plugin_gives_the_same_trajectory_and_saves_memory():
-    out = run_example(
-        "optax_plugin.py", "--steps", "20", "--examples", "256", "--tokens", "512",
-        "--vocab", "2048", "--d-model", "32",
-    )  # fmt: skip
+def test_optax_plugin_gives_the_same_trajectory_and_saves_memory(tmp_path):
+    out = run_example("optax_plugin.py", "--tiny", "--out-dir", str(tmp_path))
     max_diff = float(re.search(r"largest difference over 20 steps: (\S+)", out).group(1))
     assert max_diff < 1e-5
     naive = float(re.search(r"materialized logits\s+(\S+) MiB", out).group(1))
     fused = float(re.search(r"fused head\s+(\S+) MiB", out).group(1))
     assert fused < naive  # at realistic sizes (the defaults) the saving is about 40x
+    results = json.loads((tmp_path / "optax_plugin.json").read_text())
+    assert results["max_diff"] == pytest.approx(max_diff, rel=0.01)
 
 
 @pytest.mark.slow
 def test_distillation_runs_every_objective(tmp_path):
     out = run_example(
-        "distillation.py", "--teacher-steps", "60", "--steps", "60", "--eval-every", "30",
-        "--teacher-width", "32", "--temperature", "2", "--beta", "0.3",
+        "distillation.py", "--tiny", "--temperature", "2", "--beta", "0.3",
         "--out-dir", str(tmp_path), "--no-progress",
     )  # fmt: skip
     summary = json.loads((tmp_path / "distillation.json").read_text())
