@@ -86,7 +86,8 @@ def _split(positional: list[str], static: frozenset, args: tuple, kwargs: dict):
     """``(layout, operands)`` of an eager call, or None for a call that runs uncached.
 
     ``layout`` is the hashable key: the number of positional arguments, then per argument its
-    name and either its static value (with its type, so 1, 1.0 and True differ) or a marker.
+    name and either its static value (with its type, so 1, 1.0 and True differ) or a marker,
+    then the operands' tree structure.
     """
     if len(args) > len(positional) or _has_tracer((args, kwargs)):
         return None
@@ -101,6 +102,9 @@ def _split(positional: list[str], static: frozenset, args: tuple, kwargs: dict):
             return None
         layout.append((name, _OPERAND))
         operands.append(operand)
+    # An optional operand (None or an array) changes which leaf holds which coefficient, so the
+    # operands' tree structure keys the program and its learned checks.
+    layout.append(jax.tree.structure(operands))
     try:
         hash(tuple(layout))
     except TypeError:  # an unhashable static value
@@ -146,7 +150,7 @@ class _Program:
     def __init__(self, fn: Callable, layout: tuple):
         self.checks: dict[tuple[int, str], Callable] = {}
         self.eager = False
-        num_positional, *entries = layout
+        num_positional, *entries, _ = layout
 
         def run(operands: list):
             leaf_index = {id(x): i for i, x in enumerate(jax.tree.leaves(operands))}

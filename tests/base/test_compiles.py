@@ -749,3 +749,19 @@ def test_new_coefficient_values_compile_nothing_in_the_heads():
             for value in (1.5, 2.5):
                 jax.block_until_ready(call(value))
         assert compiles == [], call
+
+
+def test_an_optional_operand_does_not_move_the_coefficient_checks():
+    """None and an array in one optional slot shift the leaves; each keeps its own checks."""
+    logits = jnp.asarray([[0.5, -1.0, 2.0], [1.0, 0.0, -0.5]])
+    labels = jnp.asarray([2, 0])
+    weights = jnp.asarray([0.2, 1.0, 3.0])
+    for class_weights in (None, weights, None, weights):
+        got = il.softmax_cross_entropy_with_integer_labels(
+            logits, labels, label_smoothing=0.1, class_weights=class_weights
+        )
+        assert np.all(np.isfinite(np.asarray(got)))
+    with pytest.raises(ValueError, match="label_smoothing"):
+        il.softmax_cross_entropy_with_integer_labels(
+            logits, labels, label_smoothing=1.5, class_weights=weights
+        )
