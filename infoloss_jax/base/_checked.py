@@ -313,9 +313,6 @@ def _register_core_checks() -> None:
         (div.kl_divergence, kl),
         (div.kl_divergence_with_log_targets, kl_log_targets),
         (div.generalized_kl_divergence, generalized_kl),
-        (div.forward_kl, _two_logits),
-        (div.reverse_kl, _two_logits),
-        (div.jensen_shannon, _two_logits),
         (ce.softmax_cross_entropy, soft_labels),
         (ce.safe_softmax_cross_entropy, soft_labels),
         (ce.softmax_cross_entropy_with_integer_labels, _integer_labels),
@@ -330,8 +327,12 @@ def _register_core_checks() -> None:
 
 @functools.cache  # on first use: the fused and sharded modules import this one
 def _register_head_checks() -> None:
-    """The fused heads and the on-mesh sharded losses, by their public signatures."""
+    """The fused heads and the on-mesh sharded losses, by their public signatures, and every
+    form of each declared divergence (found by its name)."""
+    import infoloss_jax as il
+
     from .. import sharded
+    from ..engine._loss_spec import declared_divergences
     from ..heads import _fused
 
     def linear_ce(hidden, labels, weight, *, bias=None, ignore_index=None, **options):
@@ -351,18 +352,17 @@ def _register_head_checks() -> None:
 
     table = [
         (_fused, "linear_softmax_cross_entropy", linear_ce),
-        (_fused, "linear_forward_kl", linear_pair),
-        (_fused, "linear_reverse_kl", linear_pair),
-        (_fused, "linear_jensen_shannon", linear_pair),
         (sharded, "vocab_parallel_cross_entropy_on_mesh", _integer_labels),
-        (sharded, "vocab_parallel_forward_kl_on_mesh", _two_logits),
-        (sharded, "vocab_parallel_reverse_kl_on_mesh", _two_logits),
-        (sharded, "vocab_parallel_jensen_shannon_on_mesh", _two_logits),
         (sharded, "vocab_parallel_linear_cross_entropy_on_mesh", linear_ce),
-        (sharded, "vocab_parallel_linear_forward_kl_on_mesh", linear_pair),
-        (sharded, "vocab_parallel_linear_reverse_kl_on_mesh", linear_pair),
-        (sharded, "vocab_parallel_linear_jensen_shannon_on_mesh", linear_pair),
     ]
+    for divergence in declared_divergences():
+        name = divergence.name
+        table += [
+            (il, name, _two_logits),
+            (il, f"linear_{name}", linear_pair),
+            (sharded, f"vocab_parallel_{name}_on_mesh", _two_logits),
+            (sharded, f"vocab_parallel_linear_{name}_on_mesh", linear_pair),
+        ]
     for module, name, check in table:
         fn = getattr(module, name, None)
         if fn is not None:

@@ -13,7 +13,6 @@ from ..engine._loss_spec import Coefficient, declare
 from ..engine._pairs import NEG_INF, Divergence
 from ..gradients._closed_forms import divergence_grad
 
-
 # ------------------------------------------------------------------------------ the math
 # D_alpha(P || Q) = (1 - sum p^a q^(1-a)) / (a (1 - a)) = D_(1-a)(Q || P). Each row is expanded
 # about one side, ``u`` with weight ``g`` (the model and alpha for alpha <= 1/2, else the
@@ -199,7 +198,7 @@ def alpha_divergence_grad(
     *,
     alpha: float | jax.Array = 0.5,
     temperature: float | jax.Array = 1.0,
-    axis=-1,
+    axis: Axis = -1,
     where: ArrayLike | None = None,
     argnums: int | tuple[int, ...] = 0,
 ) -> jax.Array | tuple[jax.Array, ...]:

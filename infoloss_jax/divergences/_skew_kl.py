@@ -237,7 +237,7 @@ def skew_forward_kl_grad(
     *,
     skew: float | jax.Array = 0.1,
     temperature: float | jax.Array = 1.0,
-    axis=-1,
+    axis: Axis = -1,
     where: ArrayLike | None = None,
     argnums: int | tuple[int, ...] = 0,
 ) -> jax.Array | tuple[jax.Array, ...]:
@@ -297,7 +297,7 @@ def skew_reverse_kl_grad(
     *,
     skew: float | jax.Array = 0.1,
     temperature: float | jax.Array = 1.0,
-    axis=-1,
+    axis: Axis = -1,
     where: ArrayLike | None = None,
     argnums: int | tuple[int, ...] = 0,
 ) -> jax.Array | tuple[jax.Array, ...]:

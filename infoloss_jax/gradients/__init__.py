@@ -22,6 +22,10 @@ own losses cannot check them; :func:`infoloss_jax.gradient_table` compares each 
 ``jax.grad`` of an independent plain implementation of its loss instead.
 """
 
+from ..divergences._alpha_divergence import alpha_divergence_grad as alpha_divergence_grad
+from ..divergences._skew_kl import skew_forward_kl_grad as skew_forward_kl_grad
+from ..divergences._skew_kl import skew_reverse_kl_grad as skew_reverse_kl_grad
+from ..divergences._total_variation import total_variation_grad as total_variation_grad
 from ._closed_forms import binary_entropy_grad as binary_entropy_grad
 from ._closed_forms import entropy_from_probs_grad as entropy_from_probs_grad
 from ._closed_forms import entropy_grad as entropy_grad
@@ -45,11 +49,6 @@ from ._closed_forms import (
     softmax_cross_entropy_with_integer_labels_grad as softmax_cross_entropy_with_integer_labels_grad,  # noqa: E501
 )
 from ._closed_forms import z_loss_grad as z_loss_grad
-
-from ..divergences._alpha_divergence import alpha_divergence_grad as alpha_divergence_grad
-from ..divergences._skew_kl import skew_forward_kl_grad as skew_forward_kl_grad
-from ..divergences._skew_kl import skew_reverse_kl_grad as skew_reverse_kl_grad
-from ..divergences._total_variation import total_variation_grad as total_variation_grad
 
 __all__ = [
     "alpha_divergence_grad",

@@ -11,6 +11,7 @@ import numpy as np
 from ..base._caching import cached_eager
 from ..base._typing import ArrayLike
 from ..base._validation import (
+    Axis,
     accumulation_dtype,
     all_ok,
     as_float_array,
@@ -72,17 +73,14 @@ def _normalized(logits, where, axis, name="logits"):
     return stable_log_softmax(exclude(x, mask), axes), axes, mask
 
 
-def _on_rows(fn, x: jax.Array, axes, *arrays: jax.Array):
-    """``fn`` of ``arrays`` (shaped like ``x``) as ``[rows, classes]``, each of its outputs moved
-    back to the layout of ``x`` (the class axes in place)."""
+def _on_rows(fn, x: jax.Array, axes, *arrays: jax.Array) -> tuple[jax.Array, ...]:
+    """The outputs of ``fn`` of ``arrays`` (shaped like ``x``) taken as ``[rows, classes]``,
+    each moved back to the layout of ``x`` (the class axes in place)."""
     to_rows = functools.partial(classes_last, axes=axes)
     rows = [to_rows(a) for a in arrays]
-    flat = [r.reshape(-1, r.shape[-1]) for r in rows]
-    out = fn(*flat)
+    out = fn(*(r.reshape(-1, r.shape[-1]) for r in rows))
     back = jax.linear_transpose(to_rows, x)  # to_rows only moves entries: its transpose inverts
-    if isinstance(out, tuple):
-        return tuple(None if o is None else back(o.reshape(rows[0].shape))[0] for o in out)
-    return back(out.reshape(rows[0].shape))[0]
+    return tuple(back(o.reshape(rows[0].shape))[0] for o in out)
 
 
 def _select(grads: tuple[jax.Array, ...], argnums) -> jax.Array | tuple[jax.Array, ...]:
@@ -449,7 +447,7 @@ def entropy_grad(
     x = _prepare_logits(logits)
     axes = normalize_axis(axis, x.ndim)
     mask = as_where(where, x.shape)
-    grad = _on_rows(entropy_grad_rows, x, axes, exclude(x, mask))
+    (grad,) = _on_rows(lambda z: (entropy_grad_rows(z),), x, axes, exclude(x, mask))
     return _zero_masked(in_base(grad, base), mask)
 
 
@@ -866,9 +864,9 @@ def divergence_grad(
     logits: ArrayLike,
     target_logits: ArrayLike,
     *,
-    coefficient=None,
-    temperature=1.0,
-    axis=-1,
+    coefficient: float | jax.Array | None = None,
+    temperature: float | jax.Array = 1.0,
+    axis: Axis = -1,
     where: ArrayLike | None = None,
     argnums: int | tuple[int, ...] = 0,
 ) -> jax.Array | tuple[jax.Array, ...]:
@@ -893,7 +891,9 @@ def divergence_grad(
 
     def grads(s, target):
         full = _pairs.full_rows(div, s, target, scale, c)
-        return tuple(g * scale for g in _pairs.full_grads(div, full, c))
+        ds, dt = _pairs.full_grads(div, full, c)
+        assert dt is not None  # asked for
+        return ds * scale, dt * scale
 
     pair = _on_rows(grads, z, axes, exclude(z, mask), exclude(t, mask))
     ok = all_ok(t_ok, c_ok)
