@@ -49,8 +49,9 @@ class Stats(NamedTuple):
     the row max ``m_d`` of the (scaled) logits and ``S_d = sum exp(z_d - m_d)``.
     ``centered``: ``{(name, w, shifts): sum_k exp(z_w - m_w) * sum_d shifts[d] (z_d - m_d)}``,
     sums weighted by distribution ``w`` of a combination of the centered logits (the entropy's
-    ``sum e (z - m)``, the KL's ``sum e_t ((t - m_t) - (s - m_s))``); :func:`merge` recenters
-    them when a maximum moves. ``plain``: additive sums by name. ``argmax``: global index of the
+    ``sum e (z - m)``, the KL's ``sum e_t ((t - m_t) - (s - m_s))``), or with ``w`` None one
+    centered logit held by the runs whose ``plain[HIT]`` is 1 (the label's ``z_y - m``);
+    :func:`merge` recenters them when a maximum moves. ``plain``: additive sums by name. ``argmax``: global index of the
     first largest logit.
     """
 
@@ -132,11 +133,13 @@ def _step(m_old: jax.Array, m_new: jax.Array) -> jax.Array:
     return jnp.where(m_old == NEG_INF, 0.0, m_old - _shift(m_new))
 
 
-def _recenter(key, value, sumexp, m_old, m_new, ratios):
-    """A centered sum about the maxima ``m_old`` moved to ``m_new`` (see :class:`Stats`)."""
+def _recenter(key, stats: Stats, m_new, ratios):
+    """A centered sum of ``stats`` moved from its maxima to ``m_new`` (see :class:`Stats`)."""
     _, w, shifts = key
-    step = sum(c * _step(m_old[d], m_new[d]) for d, c in enumerate(shifts) if c)
-    return ratios[w] * (value + step * sumexp[w])
+    step = sum(c * _step(stats.max[d], m_new[d]) for d, c in enumerate(shifts) if c)
+    if w is None:  # one logit, not a weighted sum: it moves where the run holds it
+        return stats.centered[key] + step * stats.plain[HIT]
+    return ratios[w] * (stats.centered[key] + step * stats.sumexp[w])
 
 
 def lse_of(m: jax.Array, sumexp: jax.Array) -> jax.Array:
@@ -205,9 +208,7 @@ def merge(a: Stats, b: Stats) -> Stats:
     rb = tuple(_rescale(y, m) for y, m in zip(b.max, maxima, strict=True))
     sumexp = tuple(x * p + y * q for x, y, p, q in zip(a.sumexp, b.sumexp, ra, rb, strict=True))
     centered = {
-        key: _recenter(key, a.centered[key], a.sumexp, a.max, maxima, ra)
-        + _recenter(key, b.centered[key], b.sumexp, b.max, maxima, rb)
-        for key in a.centered
+        key: _recenter(key, a, maxima, ra) + _recenter(key, b, maxima, rb) for key in a.centered
     }
     plain = {k: a.plain[k] + b.plain[k] for k in a.plain}
     argmax = a.argmax
@@ -226,9 +227,7 @@ def all_reduce(stats: Stats, axis_name) -> Stats:
     ratios = [_rescale(x, m) for x, m in zip(local, maxima, strict=True)]
     parts = [s * r for s, r in zip(stats.sumexp, ratios, strict=True)]
     keys = list(stats.centered)
-    parts += [
-        _recenter(key, stats.centered[key], stats.sumexp, local, maxima, ratios) for key in keys
-    ]
+    parts += [_recenter(key, stats, maxima, ratios) for key in keys]
     parts += list(stats.plain.values())
     summed = list(lax.psum(jnp.stack(parts), axis_name)) if parts else []
     k, kc = len(local), len(keys)
@@ -244,6 +243,8 @@ def all_reduce(stats: Stats, axis_name) -> Stats:
 
 # ------------------------------------------------------------------------------ the entropy
 ENTROPY_KEY = ("entropy", 0, (1,))
+TARGET_KEY = ("target", None, (1,))  # the label's shifted logit, (z_y - m) / T
+HIT = "hit"  # 1 where the run holds the row's label
 
 
 def entropy_sum(sh: jax.Array, exact: bool = True) -> jax.Array:
@@ -318,8 +319,10 @@ def _ce_parts(raw, labels, class_weights, start, spec, coefs, explicit=False, so
     if class_weights is not None:
         class_weights = class_weights.astype(z.dtype)
     pick = _masked_pick if explicit else _pick
-    target = pick(z, local)
-    plain = {"target": target if scale is None else target * scale}
+    # The label's logit relative to the max, picked from the very values S sums: the label at
+    # a peaked row's max gives exactly log S, at any scale and temperature.
+    target = pick(sh, local)
+    plain = {HIT: ((local >= 0) & (local < z.shape[1])).astype(z.dtype)}
     if spec.class_weights:
         assert class_weights is not None  # the spec says they are given
         plain["label_weight"] = pick(jnp.broadcast_to(class_weights, z.shape), local)
@@ -329,7 +332,9 @@ def _ce_parts(raw, labels, class_weights, start, spec, coefs, explicit=False, so
             sums["sum_z"] = sums["sum_z"] * scale
         plain.update(sums)
     argmax = jnp.argmax(z, axis=1).astype(jnp.int32) + start
-    centered = {ENTROPY_KEY: entropy_sum(sh)} if spec.entropy else {}
+    centered = {TARGET_KEY: target}
+    if spec.entropy:
+        centered[ENTROPY_KEY] = entropy_sum(sh)
     stats = Stats((m,), (sumexp,), centered, plain, argmax.astype(jnp.int32))
     return _CrossEntropyParts(stats, sh)
 
@@ -461,10 +466,9 @@ def ce_rows(
     label_weight = p["label_weight"] if spec.class_weights else jnp.ones_like(lse)
     eps, zc = coefs.label_smoothing.astype(lse.dtype), coefs.z_loss.astype(lse.dtype)
     keep = 1.0 - eps if spec.smoothing else 1.0
-    # lse - z_y as (m - z_y) + log S: the max and the label's logit are rounded alike, so the
-    # label at a peaked row's max gives exactly log S, and no logsumexp near the float limit
-    # cancels against the label's logit.
-    nll = (_shift(m) - p["target"]) + log_sumexp(sumexp)
+    # lse - z_y as log S - (z_y - m): no logsumexp near the float limit cancels against the
+    # label's logit.
+    nll = log_sumexp(sumexp) - stats.centered[TARGET_KEY]
     loss = keep * label_weight * nll
     coef_p = keep * label_weight
     coef_s = jnp.zeros_like(lse)
@@ -572,8 +576,8 @@ class _CrossEntropy:
 
     @staticmethod
     def empty(spec: LossSpec, n, dtype, zeros) -> Stats:
-        centered = (ENTROPY_KEY,) if spec.entropy else ()
-        names = ["target"]
+        centered = (TARGET_KEY, ENTROPY_KEY) if spec.entropy else (TARGET_KEY,)
+        names = [HIT]
         if spec.class_weights:
             names.append("label_weight")
         if spec.smoothing:

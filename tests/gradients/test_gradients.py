@@ -129,7 +129,14 @@ def _divergence_cases():
         for label, options in div.checks:
             options = {k: "where" if v is True else v for k, v in options.items()}
             name = f"{div.name} ({label})"
-            CASES[name] = (getattr(_plain, div.name), loss, grad, ("z", _target(div)), PAIR, options)
+            CASES[name] = (
+                getattr(_plain, div.name),
+                loss,
+                grad,
+                ("z", _target(div)),
+                PAIR,
+                options,
+            )
         for at, kind in div.coefficient.endpoints if div.coefficient else ():
             name = f"{div.name} ({div.coefficient.name}={at:g})"
             at_point = {div.coefficient.name: at}
