@@ -51,8 +51,8 @@ class Stats(NamedTuple):
     sums weighted by distribution ``w`` of a combination of the centered logits (the entropy's
     ``sum e (z - m)``, the KL's ``sum e_t ((t - m_t) - (s - m_s))``), or with ``w`` None one
     centered logit held by the runs whose ``plain[HIT]`` is 1 (the label's ``z_y - m``);
-    :func:`merge` recenters them when a maximum moves. ``plain``: additive sums by name. ``argmax``: global index of the
-    first largest logit.
+    :func:`merge` recenters them when a maximum moves. ``plain``: additive sums by name.
+    ``argmax``: global index of the first largest logit.
     """
 
     max: tuple

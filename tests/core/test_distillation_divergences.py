@@ -299,12 +299,12 @@ def test_excluded_nan_and_extreme_logits():
     z = [[0.0, 1.0, -INF, 2.0], [np.nan, 0.0, 1.0, 2.0], [-INF] * 4, [3e38, -3e38, 1, 3e38]]
     t = [[1.0, -INF, -INF, 0.0], [0.0, 1.0, 2.0, 3.0], [-INF] * 4, [3e38, 3e38, -3e38, 1]]
     z, t = jnp.asarray(z, jnp.float32), jnp.asarray(t, jnp.float32)
+    keep = jnp.array([0, 2, 3])
     for name, (loss, _, opts) in _DIVERGENCES.items():
         out = np.asarray(loss(z, t, **opts))
         assert np.isnan(out[1]), name  # NaN poisons its own row
         assert out[2] == 0.0, name  # a row with no class left
         assert not np.isnan(out[[0, 3]]).any(), name
-        keep = jnp.array([0, 2, 3])
         rows = jax.grad(lambda a, b, f=loss, o=opts: jnp.sum(f(a, b, **o)[keep]), (0, 1))
         for grad in rows(z, t):
             assert np.isfinite(np.asarray(grad)[[0, 2, 3]]).all(), name

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 import infoloss_jax as il
 import infoloss_jax.core._cross_entropy as ce
 import infoloss_jax.core._divergences as dv
