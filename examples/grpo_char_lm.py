@@ -243,7 +243,7 @@ def make_dpo(optimizer, *, n_heads, prompt_len, beta):
             ref_chosen,
             ref_rejected,
             beta=beta,
-            where=keep,
+            mask=keep,
         )
 
     @jax.jit

@@ -2,9 +2,10 @@
 
 The pairwise losses take TRL's argument order, ``(chosen_log_probs, rejected_log_probs,
 ref_chosen_log_probs, ref_rejected_log_probs, *, beta, ...)``: :func:`dpo` (with conservative
-DPO's label smoothing), :func:`ipo` and :func:`hinge`. The reference-free losses drop the two
-reference arguments: :func:`simpo`, :func:`orpo` and :func:`cpo`. :func:`kto` is unpaired.
-Each returns ``(loss, aux)`` with the implicit rewards, margins and accuracy.
+or robust DPO's label smoothing), :func:`ipo` and :func:`hinge`. The reference-free losses drop
+the two reference arguments: :func:`simpo`, :func:`orpo` and :func:`cpo`. :func:`kto` is
+unpaired. Each takes one log-probability per sequence (``[pairs]``) and an optional boolean
+per-pair ``mask``, and returns ``(loss, aux)`` with the implicit rewards, margins and accuracy.
 :func:`sequence_log_probs` turns per-token log-probs (with a mask or packed segment ids) into
 the per-sequence sums and lengths these losses take.
 """

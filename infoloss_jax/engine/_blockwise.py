@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Hashable
-from typing import Any, NamedTuple, cast, overload
+from typing import Any, NamedTuple, TypeVar, cast, overload
 
 import jax
 import jax.numpy as jnp
@@ -730,10 +730,14 @@ def reduce_rows(out: Out, reduction: str, lead, data_axis=None) -> jax.Array:
     return jnp.where(count != 0, total / jnp.where(count != 0, count, 1.0), 0.0)
 
 
-def reraise_jvp(name):
-    """Turns JAX's terse custom_vjp forward-mode error into one that names ``name``."""
+_F = TypeVar("_F", bound=Callable[..., Any])
 
-    def decorator(fn):
+
+def reraise_jvp(name: str) -> Callable[[_F], _F]:
+    """Turns JAX's terse custom_vjp forward-mode error into one that names ``name``; the
+    decorated function keeps its signature for the type checker."""
+
+    def decorator(fn: _F) -> _F:
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
             try:
@@ -748,6 +752,6 @@ def reraise_jvp(name):
                     "jax.value_and_grad, jax.vjp, jax.jacrev) instead."
                 ) from err
 
-        return wrapper
+        return cast(_F, wrapper)
 
     return decorator

@@ -332,7 +332,7 @@ def _ce_parts(raw, labels, class_weights, start, spec, coefs, explicit=False, so
             sums["sum_z"] = sums["sum_z"] * scale
         plain.update(sums)
     argmax = jnp.argmax(z, axis=1).astype(jnp.int32) + start
-    centered = {TARGET_KEY: target}
+    centered: dict = {TARGET_KEY: target}
     if spec.entropy:
         centered[ENTROPY_KEY] = entropy_sum(sh)
     stats = Stats((m,), (sumexp,), centered, plain, argmax.astype(jnp.int32))

@@ -26,7 +26,10 @@ def check_estimator(estimator, name: str = "estimator") -> str:
 
 
 def expm1_minus_identity(d: jax.Array) -> jax.Array:
-    """e^d - 1 - d, accurate to a few ulps for every d (and +inf for d = -inf or large d)."""
+    """e^d - 1 - d, accurate to a few ulps for every d; +inf for d = +-inf and for large d.
+
+    Its gradient is e^d - 1 everywhere, +inf at d = +inf (the limit), never NaN.
+    """
     small = jnp.abs(d) < _SERIES_BELOW
     ds = jnp.where(small, d, jnp.zeros((), d.dtype))  # double where: no overflow in the series
     # d^2/2! + d^3/3! + ... + d^10/10!, in Horner form.
@@ -35,7 +38,9 @@ def expm1_minus_identity(d: jax.Array) -> jax.Array:
         series = (series + 1.0) * ds / k
     series = series * ds
     db = jnp.where(small, jnp.ones((), d.dtype), d)
-    return jnp.where(small, series, jnp.expm1(db) - db)
+    # At d = +inf, expm1(d) - d is inf - inf: subtract 0 there instead (e^d dominates).
+    linear = jnp.where(jnp.isposinf(db), jnp.zeros((), d.dtype), db)
+    return jnp.where(small, series, jnp.expm1(db) - linear)
 
 
 def estimate_terms(log_probs: jax.Array, ref_log_probs: jax.Array, estimator: str) -> jax.Array:
@@ -91,11 +96,14 @@ def kl_estimate(
     the token-level gradients ignore how a token changes the distribution of later tokens.
 
     **Numerics.** :math:`k_3` is evaluated as ``expm1(d) - d`` with a Taylor series for
-    :math:`|d| < 0.1`, so it is accurate for nearly equal policies and never rounds below 0; a
-    reference that excludes a sampled token (:math:`\log r = -\infty`) gives an honest
-    :math:`+\infty`, as does a log-ratio beyond the floating-point range. No value is clamped
-    (verl's ``low_var_kl`` clamps the ratio and the result; clamp the output yourself if you
-    want that).
+    :math:`|d| < 0.1`, so it is accurate for nearly equal policies and never rounds below 0. In
+    :math:`k_3` (and :math:`k_2`) a token excluded by either side gives an honest
+    :math:`+\infty`, never NaN (:math:`k_1 = -d` is then :math:`\pm\infty`): the reference
+    (:math:`\log r = -\infty`, :math:`d = -\infty`, gradient 1 with respect to
+    ``log_probs``) or the policy (:math:`\log q = -\infty`, :math:`d = +\infty`, gradient
+    :math:`-\infty`, the limit of :math:`-(e^d - 1)`), as does a log-ratio beyond the
+    floating-point range. No value is clamped (verl's ``low_var_kl`` clamps the ratio and the
+    result; clamp the output yourself if you want that).
 
     **When to use the exact KL instead.** These estimators need nothing but the log-probs of
     the sampled tokens, which RL code already has. When both heads are at hand, the exact

@@ -21,6 +21,7 @@ from ..base._validation import (
     as_float_array,
     as_integer_array,
     as_where,
+    equals_index,
     normalize_axis,
     upcast,
 )
@@ -95,7 +96,10 @@ def token_log_probs_spec(logits, labels, axis, where, **options):
     to_rows = functools.partial(classes_last, axes=axes)
     raw = to_rows(exclude(upcast(logits), as_where(where, logits.shape)))
     spec, coefs, ok = make_spec("token_log_probs", raw.shape[-1], raw.dtype, **options)
-    return raw.reshape(-1, raw.shape[-1]), labels, spec, coefs, ok, to_rows
+    raw = raw.reshape(-1, raw.shape[-1])
+    if spec.ignore_index is not None:  # an ignored row (NaN or not) reaches no value or gradient
+        raw = jnp.where(equals_index(labels.reshape(-1, 1), spec.ignore_index), 0.0, raw)
+    return raw, labels, spec, coefs, ok, to_rows
 
 
 @cached_eager

@@ -17,7 +17,6 @@ from ..base._validation import (
     describe,
     is_traced,
     poison_unless,
-    scheduled_number,
     static_number,
 )
 from ..core._segments import (
@@ -29,9 +28,19 @@ from ..core._segments import (
     segment_sums,
     sum_of_sequence_means,
 )
+from ._coefficients import Coefficient, concrete_first, count
 from ._kl_estimate import check_estimator, estimate_terms, expm1_minus_identity
 
 NORMALIZATIONS = ("token_mean", "sequence_mean", "token_sum_norm")
+
+_CLIP_LOW = Coefficient("clip_low", low=0.0, high=1.0, high_open=True)
+_CLIP_HIGH = Coefficient("clip_high", low=0.0)
+_KL_COEF = Coefficient("kl_coef", low=0.0)
+_ENTROPY_COEF = Coefficient("entropy_coef", low=0.0)
+_NUM_TOKENS = count("num_tokens")
+_NUM_SEQUENCES = count("num_sequences")
+_MAX_TOKENS = count("max_tokens")
+_EPS = Coefficient("eps", low=0.0)
 
 
 class PolicyLossAux(NamedTuple):
@@ -83,24 +92,29 @@ def _check_normalization(normalization) -> str:
     return normalization
 
 
-def _denominator(value, name: str, dtype):
-    """A positive count that may be traced (a global count from a collective)."""
+def _denominator(value, coefficient: Coefficient, dtype):
+    """A positive count that may be traced (a global count from a collective), or None."""
     if value is None:
         return None, None
-    if is_traced(value) or isinstance(value, jax.Array):
-        v = jnp.asarray(value)
-        if v.shape != ():
-            raise ValueError(f"`{name}` must be a scalar; got {describe(v)}.")
-        if not (jnp.issubdtype(v.dtype, jnp.floating) or jnp.issubdtype(v.dtype, jnp.integer)):
-            raise TypeError(f"`{name}` must be a real scalar; got {describe(v)}.")
-        if not is_traced(value):
-            if not float(v) > 0 or not np.isfinite(float(v)):
-                raise ValueError(f"`{name}` must be a positive finite number; got {value!r}.")
-            return v.astype(dtype), None
-        v = v.astype(dtype)
-        return v, jnp.isfinite(v) & (v > 0)
-    v, _ = scheduled_number(value, name, low=0.0, low_open=True)
-    return jnp.asarray(v, dtype), None
+    return coefficient.read_as(value, dtype)
+
+
+def _check_token_log_probs(lp: jax.Array) -> None:
+    """``log_probs`` must be ``[batch, tokens]``; name the step a wrong rank probably skipped."""
+    if lp.ndim == 2:
+        return
+    if lp.ndim > 2:
+        hint = (
+            " It looks like log-probabilities over the whole vocabulary: pick the sampled "
+            "tokens' log-probs with `il.log_probs(logits, tokens)` (or "
+            "`il.linear_log_probs(hidden, tokens, weight)`)."
+        )
+    else:
+        hint = (
+            " One value per sequence? The ratio is per token: pass the per-token log-probs "
+            "(not their `preference.sequence_log_probs` sums)."
+        )
+    raise ValueError(f"`log_probs` must be [batch, tokens]; got {describe(lp)}.{hint}")
 
 
 def _optional_per_token(x, name: str, log_probs: jax.Array) -> jax.Array | None:
@@ -116,6 +130,9 @@ def _optional_per_token(x, name: str, log_probs: jax.Array) -> jax.Array | None:
     return x
 
 
+@concrete_first(
+    _CLIP_LOW, _CLIP_HIGH, _KL_COEF, _ENTROPY_COEF, _NUM_TOKENS, _NUM_SEQUENCES, _MAX_TOKENS
+)
 @cached_eager
 def clipped_surrogate(
     log_probs: ArrayLike,
@@ -185,12 +202,23 @@ def clipped_surrogate(
     exponentiation (as verl does; ``None`` disables it), so a diverged token cannot overflow to
     a NaN gradient; clamped tokens get no gradient through the ratio, like clipped ones. Masked
     tokens contribute exact zeros to values and gradients whatever they hold (NaN padding is
-    fine); a NaN in an unmasked token poisons the loss. No gradient is stopped inside:
+    fine); a NaN in an unmasked token poisons the loss. A token the policy excludes
+    (``log_probs`` of ``-inf``) with the KL penalty on makes the loss ``+inf`` (its k3 or k2
+    estimate is ``+inf``), never NaN; a penalty that is off (``kl_coef=0``) adds exactly
+    nothing, even against a ``-inf`` reference log-prob. A batch without tokens (``[0, T]`` or
+    ``[B, 0]``) gives 0, the mean over nothing. No gradient is stopped inside:
     ``old_log_probs``, ``advantages`` and ``ref_log_probs`` are normally constants, and
     ``entropy``, when given, receives the bonus's gradient.
 
+    **Coefficients** (``clip_low``, ``clip_high``, ``kl_coef``, ``entropy_coef`` and the counts)
+    may be traced, for a schedule: a traced value outside its range makes the loss NaN, which
+    :func:`infoloss_jax.checked` reports, while a concrete one (a Python or NumPy number, a
+    concrete ``jnp`` array) raises ``ValueError`` naming it.
+
     Args:
-      log_probs: ``[B, T]`` log-probabilities of the sampled tokens under the current policy.
+      log_probs: ``[B, T]`` log-probabilities of the sampled tokens under the current policy
+        (from ``il.log_probs(logits, tokens)``; not the whole vocabulary's, and not summed per
+        sequence).
       old_log_probs: ``[B, T]`` log-probabilities under the policy that sampled them.
       advantages: ``[B, T]`` per-token advantages, or ``[B]`` per-sequence ones broadcast over
         tokens.
@@ -246,8 +274,7 @@ def clipped_surrogate(
     check_estimator(kl_estimator, "kl_estimator")
     lp = as_float_array(log_probs, "log_probs")
     old = as_float_array(old_log_probs, "old_log_probs")
-    if lp.ndim != 2:
-        raise ValueError(f"`log_probs` must be [batch, tokens]; got {describe(lp)}.")
+    _check_token_log_probs(lp)
     if old.shape != lp.shape:
         raise ValueError(
             f"`old_log_probs` must have the shape of `log_probs` {list(lp.shape)}; "
@@ -269,10 +296,10 @@ def clipped_surrogate(
     seg = check_segment_ids(segment_ids, lp.shape)
     num_seg = resolve_num_segments(num_segments, seg, lp.shape[-1])
 
-    clip_low, ok_low = scheduled_number(clip_low, "clip_low", low=0.0, high=1.0, high_open=True)
-    clip_high, ok_high = scheduled_number(clip_high, "clip_high", low=0.0)
-    kl_coef, ok_kl = scheduled_number(kl_coef, "kl_coef", low=0.0)
-    entropy_coef, ok_ent = scheduled_number(entropy_coef, "entropy_coef", low=0.0)
+    clip_low, ok_low = _CLIP_LOW.read(clip_low)
+    clip_high, ok_high = _CLIP_HIGH.read(clip_high)
+    kl_coef, ok_kl = _KL_COEF.read(kl_coef)
+    entropy_coef, ok_ent = _ENTROPY_COEF.read(entropy_coef)
     if dual_clip is not None:
         dual_clip = static_number(dual_clip, "dual_clip")
         if not dual_clip > 1.0 or not np.isfinite(dual_clip):
@@ -297,9 +324,9 @@ def clipped_surrogate(
         raise ValueError(
             "`num_sequences` is not used by `normalization='token_mean'`; pass `num_tokens`."
         )
-    n_tok, ok_ntok = _denominator(num_tokens, "num_tokens", dtype)
-    n_seq, ok_nseq = _denominator(num_sequences, "num_sequences", dtype)
-    l_max, ok_lmax = _denominator(max_tokens, "max_tokens", dtype)
+    n_tok, ok_ntok = _denominator(num_tokens, _NUM_TOKENS, dtype)
+    n_seq, ok_nseq = _denominator(num_sequences, _NUM_SEQUENCES, dtype)
+    l_max, ok_lmax = _denominator(max_tokens, _MAX_TOKENS, dtype)
 
     keep = jnp.ones(lp.shape, bool) if mask is None else mask
     if seg is not None:
@@ -322,7 +349,10 @@ def clipped_surrogate(
     if ref is not None:
         ref = jnp.where(keep, ref.astype(dtype), zero)
         kl_terms = estimate_terms(lp, ref, kl_estimator)
-        per_token = per_token + kl_coef * kl_terms
+        if is_traced(kl_coef):
+            per_token = per_token + _traced_kl_penalty(lp, ref, kl_coef, kl_estimator, zero)
+        elif kl_coef != 0:  # a concrete 0 adds nothing: no 0 * inf
+            per_token = per_token + kl_coef * kl_terms
     if ent is not None:
         ent = jnp.where(keep, ent.astype(dtype), zero)
         per_token = per_token - entropy_coef * ent
@@ -365,6 +395,15 @@ def clipped_surrogate(
     return loss, aux
 
 
+def _traced_kl_penalty(lp, ref, kl_coef, estimator: str, zero):
+    """``kl_coef * k`` per token for a traced ``kl_coef``, whose 0 disables the penalty exactly:
+    the estimator sees zeros there, so an infinite estimate cannot make 0 * inf = NaN in the
+    value or the gradient."""
+    on = kl_coef != 0
+    terms = estimate_terms(jnp.where(on, lp, zero), jnp.where(on, ref, zero), estimator)
+    return kl_coef * terms
+
+
 def _metrics(keep, ratio, log_ratio, adv, clip_low, clip_high, dual_clip, kl_terms, ent, dtype):
     sg = jax.lax.stop_gradient
     ratio, log_ratio, adv = sg(ratio), sg(log_ratio), sg(adv)
@@ -390,13 +429,20 @@ def _metrics(keep, ratio, log_ratio, adv, clip_low, clip_high, dual_clip, kl_ter
         approx_kl_k1=token_mean(-log_ratio),
         approx_kl_k3=token_mean(k3_old_new),
         ratio_mean=token_mean(ratio),
-        ratio_min=jnp.min(jnp.where(keep, ratio, jnp.inf)),
-        ratio_max=jnp.max(jnp.where(keep, ratio, -jnp.inf)),
+        ratio_min=jnp.min(jnp.where(keep, ratio, jnp.inf), initial=jnp.inf),
+        ratio_max=jnp.max(jnp.where(keep, ratio, -jnp.inf), initial=-jnp.inf),
         num_tokens=count,
         num_sequences=jnp.zeros((), dtype),
     )
 
 
+_ONE_REWARD = (
+    " One reward per completion: sum per-token rewards first (verl's "
+    "`token_level_rewards.sum(-1)`)."
+)
+
+
+@concrete_first(_EPS)
 @cached_eager
 def group_advantages(
     rewards: ArrayLike,
@@ -419,15 +465,24 @@ def group_advantages(
     The standard deviation uses ``ddof=1`` (Bessel's correction) by default, as
     ``torch.std`` in TRL's GRPO trainer; pass ``ddof=0`` for the population form. Dr. GRPO
     drops the division because it up-weights prompts whose rewards barely vary (too easy or
-    too hard ones). A group with equal rewards gets zero advantages. A NaN reward poisons its
-    own group only.
+    too hard ones). A group with equal rewards gets advantages of exactly 0, whatever their
+    scale and ``eps`` (even ``eps=0``): each group is scaled by a power of two and shifted by
+    one of its members before the mean is taken, so rounding cannot make an advantage, and
+    rewards from 1e-30 to 3e38 neither under- nor overflow. A NaN or infinite reward poisons
+    its own group only.
+
+    TRL divides by :math:`\mathrm{std} + 10^{-4}` (pass ``eps=1e-4``); verl by
+    :math:`\mathrm{std} + 10^{-6}` (the default). Both use ``ddof=1``. A group of one sample
+    has no one to be compared with: its advantage is 0 here (with ``ddof=0`` or
+    ``normalize_std=False``) and in TRL, while verl gives it mean 0 and standard deviation 1,
+    so its advantage is its raw reward.
 
     Args:
       rewards: ``[B * G]`` rewards with each prompt's ``G`` samples consecutive (TRL's layout),
         or ``[B, G]``.
       group_size: ``G``, a static int that divides the number of rewards.
       normalize_std: divide by the group's standard deviation (GRPO) or not (Dr. GRPO).
-      eps: added to the standard deviation; may be traced.
+      eps: added to the standard deviation, >= 0; may be traced.
       ddof: static delta degrees of freedom of the standard deviation (1 or 0).
 
     Returns:
@@ -472,23 +527,55 @@ def group_advantages(
         if r.shape[1] != group_size:
             raise ValueError(
                 f"`rewards` {describe(r)} given as [prompts, samples] must have "
-                f"`group_size`={group_size} columns."
+                f"`group_size`={group_size} columns.{_ONE_REWARD}"
             )
         grouped = r
     else:
-        raise ValueError(f"`rewards` must be [B * G] or [B, G]; got {describe(r)}.")
+        raise ValueError(f"`rewards` must be [B * G] or [B, G]; got {describe(r)}.{_ONE_REWARD}")
     if normalize_std and ddof == 1 and group_size < 2:
         raise ValueError(
-            "`group_size`=1 has no standard deviation with `ddof=1`; use groups of 2 or more."
+            "`group_size`=1 has no standard deviation with `ddof=1`; use groups of 2 or more. "
+            "(verl gives a group of one mean 0 and std 1, i.e. the raw reward: use the rewards "
+            "themselves for that.)"
         )
-    eps, ok = scheduled_number(eps, "eps", low=0.0)
+    eps, ok = _EPS.read(eps)
     dtype = accumulation_dtype(r.dtype)
-    grouped = grouped.astype(dtype)
-    centered = grouped - jnp.mean(grouped, axis=1, keepdims=True)
-    if normalize_std:
-        var = jnp.sum(jnp.square(centered), axis=1, keepdims=True) / (group_size - ddof)
-        # sqrt has an infinite derivative at 0: keep equal-reward groups at a finite one.
-        positive = var > 0
-        std = jnp.where(positive, jnp.sqrt(jnp.where(positive, var, 1.0)), 0.0)
-        centered = safe_divide(centered, std + eps)
-    return poison_unless(centered.reshape(r.shape), ok)
+    return poison_unless(
+        _relative_to_group(grouped.astype(dtype), normalize_std, eps, ddof).reshape(r.shape), ok
+    )
+
+
+def _power_of_two_scale(magnitude: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(2**k, 2**-k)`` with ``magnitude * 2**-k`` of order 1: scaling by them is exact.
+
+    ``k`` stays where both powers are normal numbers (XLA may flush subnormals to 0).
+    """
+    info = jnp.finfo(magnitude.dtype)
+    _, exponent = jnp.frexp(jnp.where(jnp.isfinite(magnitude), magnitude, 0.0))
+    exponent = jnp.clip(exponent, info.minexp, -info.minexp)
+    one = jnp.ones((), magnitude.dtype)
+    sg = jax.lax.stop_gradient
+    return sg(jnp.ldexp(one, exponent)), sg(jnp.ldexp(one, -exponent))
+
+
+def _relative_to_group(grouped: jax.Array, normalize_std: bool, eps, ddof: int) -> jax.Array:
+    """Group-relative advantages of ``[groups, G]`` rewards, computed so that rounding cannot
+    make an advantage: equal rewards give exact zeros at any scale.
+
+    Each group is scaled by a power of two near its largest reward (exact, and no square
+    over- or underflows, from 1e-30 to 3e38), then shifted by its first member (exact for
+    nearly equal rewards, and exactly 0 for equal ones) before the mean is taken.
+    """
+    scale, inverse = _power_of_two_scale(jnp.max(jnp.abs(grouped), axis=1, keepdims=True))
+    unit = grouped * inverse
+    shifted = unit - unit[:, :1]
+    centered = shifted - jnp.mean(shifted, axis=1, keepdims=True)
+    if not normalize_std:
+        return centered * scale
+    size = grouped.shape[1]
+    var = jnp.sum(jnp.square(centered), axis=1, keepdims=True) / (size - ddof)
+    # sqrt has an infinite derivative at 0: keep equal-reward groups at a finite one.
+    positive = var > 0
+    std = jnp.where(positive, jnp.sqrt(jnp.where(positive, var, 1.0)), 0.0)
+    # (r - mean) / (std_r + eps) in the scaled units: eps scales with them.
+    return safe_divide(centered, std + eps * inverse)

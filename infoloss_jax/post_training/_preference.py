@@ -13,9 +13,7 @@ from ..base._validation import (
     accumulation_dtype,
     as_float_array,
     describe,
-    is_traced,
     poison_unless,
-    scheduled_number,
 )
 from ..core._segments import (
     check_mask,
@@ -24,8 +22,26 @@ from ..core._segments import (
     safe_divide,
     segment_sums,
 )
+from ._coefficients import Coefficient, concrete_first, count
 
 _sg = jax.lax.stop_gradient
+
+_BETA = Coefficient("beta", low=0.0, low_open=True)
+_ORPO_BETA = Coefficient("beta", low=0.0)
+_SMOOTHING = Coefficient("label_smoothing", low=0.0, high=0.5)
+_ROBUST_SMOOTHING = Coefficient("label_smoothing", low=0.0, high=0.5, high_open=True)
+_GAMMA = Coefficient("gamma")
+_ALPHA = Coefficient("alpha", low=0.0)
+_DESIRABLE_WEIGHT = Coefficient("desirable_weight", low=0.0)
+_UNDESIRABLE_WEIGHT = Coefficient("undesirable_weight", low=0.0)
+_NUM_PAIRS = count("num_pairs")
+_NUM_TOKENS = count("num_tokens")
+_NUM_EXAMPLES = count("num_examples")
+
+
+def _dpo_smoothing(kwargs) -> Coefficient:
+    """rDPO divides by 1 - 2 label_smoothing, so 0.5 is out of its range."""
+    return _ROBUST_SMOOTHING if kwargs.get("robust") else _SMOOTHING
 
 
 class PreferenceAux(NamedTuple):
@@ -35,7 +51,7 @@ class PreferenceAux(NamedTuple):
     ``rewards/margins`` and ``rewards/accuracies``.
 
     Attributes:
-      losses: the per-pair preference term (0 for pairs excluded by ``where``).
+      losses: the per-pair preference term (0 for pairs excluded by ``mask``).
       chosen_rewards: the implicit reward of each chosen response.
       rejected_rewards: the implicit reward of each rejected response.
       margins: ``chosen_rewards - rejected_rewards``.
@@ -57,7 +73,7 @@ class KTOAux(NamedTuple):
     """Metrics of :func:`infoloss_jax.preference.kto`, all without gradients.
 
     Attributes:
-      losses: the per-example weighted loss (0 for examples excluded by ``where``).
+      losses: the per-example weighted loss (0 for examples excluded by ``mask``).
       rewards: the implicit reward :math:`\\beta(\\log\\pi - \\log\\pi_{ref})` of each example.
       chosen_rewards: mean reward of the desirable examples (0 if there are none).
       rejected_rewards: mean reward of the undesirable examples (0 if there are none).
@@ -79,9 +95,23 @@ class KTOAux(NamedTuple):
 # ----------------------------------------------------------------------------- helpers
 
 
-def _floats(named, dtype_extra=()):
-    """Validates same-shape float arrays; returns them upcast to one dtype, and the dtype."""
+_SUM_FIRST = (
+    "Per-token log-probs? Sum each sequence first: `sums, lengths = "
+    "preference.sequence_log_probs(token_log_probs, mask=completion_mask)`, and pass the "
+    "lengths where the loss averages."
+)
+
+
+def _floats(named, what: str = "pair"):
+    """Validates same-shape per-sequence float arrays (a scalar or one value per ``what``);
+    returns them upcast to one dtype, and the dtype."""
     arrays = [as_float_array(x, name) for name, x in named]
+    for (name, _), a in zip(named, arrays, strict=True):
+        if a.ndim > 1:
+            raise ValueError(
+                f"`{name}` must hold one log-probability per sequence, shape [{what}s]; got "
+                f"{describe(a)}. {_SUM_FIRST}"
+            )
     first_name, first = named[0][0], arrays[0]
     for (name, _), a in zip(named[1:], arrays[1:], strict=True):
         if a.shape != first.shape:
@@ -89,14 +119,15 @@ def _floats(named, dtype_extra=()):
                 f"`{name}` must have the shape of `{first_name}` {list(first.shape)}; got "
                 f"{describe(a)}."
             )
-    dtype = accumulation_dtype(*(a.dtype for a in arrays), *dtype_extra)
+    dtype = accumulation_dtype(*(a.dtype for a in arrays))
     return [a.astype(dtype) for a in arrays], dtype
 
 
 def _lengths(lengths, name: str, shape, dtype, keep=None):
     """Validates per-sequence token counts (int or float, same shape); None passes through.
 
-    Excluded pairs get a length of 1, so that dividing by it stays finite in the gradient.
+    A negative count is NaN (it poisons its pair). Excluded pairs get a length of 1, so that
+    nothing they hold reaches the loss or its gradient.
     """
     if lengths is None:
         return None
@@ -108,27 +139,39 @@ def _lengths(lengths, name: str, shape, dtype, keep=None):
             f"`{name}` must have one count per sequence, shape {list(shape)}; got {describe(arr)}."
         )
     arr = arr.astype(dtype)
+    arr = jnp.where(arr < 0, jnp.nan, arr)
     return arr if keep is None else jnp.where(keep, arr, jnp.ones((), dtype))
 
 
-def _count(value, name: str, default, dtype):
+def _per_token(sums, lengths):
+    """``sums / lengths``; an empty sequence (length 0) averages to 0, with a 0 gradient."""
+    return sums if lengths is None else safe_divide(sums, lengths)
+
+
+def _count(value, coefficient: Coefficient, default, dtype):
     """A global denominator (may be traced): ``(value, ok)``; ``default`` when None."""
     if value is None:
         return default, None
-    if is_traced(value):
-        v = jnp.asarray(value)
-        if v.shape != ():
-            raise ValueError(f"`{name}` must be a scalar; got {describe(v)}.")
-        v = v.astype(dtype)
-        return v, jnp.isfinite(v) & (v > 0)
-    v, _ = scheduled_number(jnp.asarray(value).item(), name, low=0.0, low_open=True)
-    return jnp.asarray(v, dtype), None
+    return coefficient.read_as(value, dtype)
 
 
-def _pair_mask(where, shape):
-    if where is None:
+def _pair_mask(mask, shape, what: str = "pair"):
+    """A boolean mask with one entry per ``what`` (True = it counts), or None."""
+    if mask is None:
         return None
-    return check_mask(where, shape, name="where", to_name="chosen_log_probs")
+    mask = jnp.asarray(mask)
+    if mask.dtype != jnp.bool_:
+        raise TypeError(
+            f"`mask` must be a boolean per-{what} mask, one entry per {what} (True = the {what} "
+            f"counts); got {describe(mask)}. Convert 0/1 flags with `mask > 0`."
+        )
+    if mask.ndim > len(shape):
+        raise ValueError(
+            f"`mask` {describe(mask)} has more axes than the {what}s {list(shape)}: it is a "
+            f"per-{what} mask, not a token mask. Token masks belong in "
+            f"`preference.sequence_log_probs(token_log_probs, mask=...)`."
+        )
+    return check_mask(mask, shape, to_name=f"the {what}s")
 
 
 def _zero_excluded(arrays, keep, dtype):
@@ -138,7 +181,7 @@ def _zero_excluded(arrays, keep, dtype):
     return [jnp.where(keep, a, zero) for a in arrays]
 
 
-def _mean_over_pairs(losses, keep, num_pairs, dtype):
+def _mean_over_pairs(losses, keep, num_pairs, dtype, coefficient: Coefficient = _NUM_PAIRS):
     """Sum of per-pair losses over kept pairs divided by ``num_pairs`` (or their count)."""
     zero = jnp.zeros((), dtype)
     if keep is not None:
@@ -146,16 +189,8 @@ def _mean_over_pairs(losses, keep, num_pairs, dtype):
         local = jnp.sum(keep.astype(dtype))
     else:
         local = jnp.asarray(losses.size, dtype)
-    denominator, ok = _count(num_pairs, "num_pairs", local, dtype)
+    denominator, ok = _count(num_pairs, coefficient, local, dtype)
     return poison_unless(safe_divide(jnp.sum(losses), denominator), ok), losses
-
-
-def _beta(beta, *, allow_zero: bool = False):
-    return scheduled_number(beta, "beta", low=0.0, low_open=not allow_zero)
-
-
-def _smoothing(label_smoothing):
-    return scheduled_number(label_smoothing, "label_smoothing", low=0.0, high=0.5)
 
 
 def _sigmoid_loss(logits, label_smoothing):
@@ -185,13 +220,13 @@ def _finish(losses, keep, num_pairs, dtype, oks, chosen_rewards, rejected_reward
     return loss, _aux(losses, chosen_rewards, rejected_rewards, dtype, **extra)
 
 
-def _reference_pairs(chosen, rejected, ref_chosen, ref_rejected, where):
+def _reference_pairs(chosen, rejected, ref_chosen, ref_rejected, mask):
     """The four per-pair log-probabilities of a reference-relative loss, checked, with the
     excluded pairs zeroed; returns ``(arrays, dtype, keep)``."""
     names = ("chosen", "rejected", "ref_chosen", "ref_rejected")
     arrays = (chosen, rejected, ref_chosen, ref_rejected)
     floats, dtype = _floats([(f"{n}_log_probs", a) for n, a in zip(names, arrays, strict=True)])
-    keep = _pair_mask(where, floats[0].shape)
+    keep = _pair_mask(mask, floats[0].shape)
     return _zero_excluded(list(floats), keep, dtype), dtype, keep
 
 
@@ -270,6 +305,7 @@ def sequence_log_probs(
 # ----------------------------------------------------------------------------- DPO family
 
 
+@concrete_first(_BETA, _dpo_smoothing, _NUM_PAIRS)
 @cached_eager
 def dpo(
     chosen_log_probs: ArrayLike,
@@ -279,10 +315,11 @@ def dpo(
     *,
     beta: float | jax.Array,
     label_smoothing: float | jax.Array = 0.0,
-    where: ArrayLike | None = None,
+    robust: bool = False,
+    mask: ArrayLike | None = None,
     num_pairs: ArrayLike | None = None,
 ) -> tuple[jax.Array, PreferenceAux]:
-    r"""Direct Preference Optimization (sigmoid loss), with conservative DPO's label smoothing.
+    r"""Direct Preference Optimization (sigmoid loss), with cDPO's or rDPO's label smoothing.
 
     With the implicit rewards :math:`r_w = \beta(\log\pi(y_w) - \log\pi_{ref}(y_w))`,
     :math:`r_l = \beta(\log\pi(y_l) - \log\pi_{ref}(y_l))` and :math:`h = (r_w - r_l)/\beta`:
@@ -296,15 +333,27 @@ def dpo(
     TRL's ``loss_type="sigmoid"`` with the same ``beta``; with smoothing it is the conservative
     DPO (Mitchell, 2023) that TRL applied to that loss type before its 2026 DPO refactor.
 
+    With ``robust=True`` it is robust DPO (rDPO, Chowdhury et al.), TRL's and Liger-Kernel's
+    ``loss_type="robust"``: the flipped term changes sign and the sum is rescaled, an unbiased
+    estimate of the clean loss under label noise :math:`\varepsilon < 1/2`:
+
+    .. math::
+        \ell = \frac{-(1-\varepsilon)\log\sigma(\beta h) + \varepsilon\log\sigma(-\beta h)}
+        {1 - 2\varepsilon} = -\log\sigma(\beta h) - \frac{\varepsilon}{1-2\varepsilon}\,\beta h
+
+    (evaluated in the second form). Unlike cDPO's, this loss is not bounded below.
+
     Args:
-      chosen_log_probs: log-probability of each chosen response under the policy (the sum
-        over its tokens, see :func:`sequence_log_probs`), any shape ``[...]``.
+      chosen_log_probs: log-probability of each chosen response under the policy, the sum
+        over its tokens (see :func:`sequence_log_probs`): ``[pairs]`` (or a scalar).
       rejected_log_probs: the same for the rejected responses, same shape.
       ref_chosen_log_probs: the chosen responses' log-probabilities under the reference.
       ref_rejected_log_probs: the rejected responses' log-probabilities under the reference.
       beta: :math:`\beta` > 0, the strength of the implicit KL constraint; may be traced.
-      label_smoothing: :math:`\varepsilon` in [0, 0.5]; may be traced.
-      where: optional boolean per pair; False excludes the pair (its loss is 0 with a 0
+      label_smoothing: :math:`\varepsilon` in [0, 0.5] (in [0, 0.5) with ``robust``); may be
+        traced.
+      robust: static bool: rDPO's unbiased smoothing instead of cDPO's.
+      mask: optional boolean per pair; False excludes the pair (its loss is 0 with a 0
         gradient, even for NaN inputs) and from the default denominator.
       num_pairs: the denominator of the mean (default: the number of pairs that count). Pass
         the full batch's number of pairs to every micro-batch and the sum of the micro-batch
@@ -327,17 +376,26 @@ def dpo(
       Model", 2023.
 
       Mitchell, "A Note on DPO with Noisy Preferences & Relationship to IPO", 2023 (cDPO).
+
+      Chowdhury, Kini and Natarajan, "Provably Robust DPO: Aligning Language Models with Noisy
+      Feedback", 2024 (rDPO).
     """
+    if not isinstance(robust, bool):
+        raise TypeError(f"`robust` must be a Python bool; got {robust!r}.")
     (c, r, rc, rr), dtype, keep = _reference_pairs(
-        chosen_log_probs, rejected_log_probs, ref_chosen_log_probs, ref_rejected_log_probs, where
+        chosen_log_probs, rejected_log_probs, ref_chosen_log_probs, ref_rejected_log_probs, mask
     )
-    beta, ok_b = _beta(beta)
-    eps, ok_e = _smoothing(label_smoothing)
+    beta, ok_b = _BETA.read(beta)
+    eps, ok_e = _dpo_smoothing({"robust": robust}).read(label_smoothing)
     h = _reference_logits(c, r, rc, rr)
-    losses = _sigmoid_loss(beta * h, eps)
+    if robust:
+        losses = -jax.nn.log_sigmoid(beta * h) - eps / (1.0 - 2.0 * eps) * (beta * h)
+    else:
+        losses = _sigmoid_loss(beta * h, eps)
     return _finish(losses, keep, num_pairs, dtype, (ok_b, ok_e), beta * (c - rc), beta * (r - rr))
 
 
+@concrete_first(_BETA, _NUM_PAIRS)
 @cached_eager
 def ipo(
     chosen_log_probs: ArrayLike,
@@ -348,7 +406,7 @@ def ipo(
     beta: float | jax.Array,
     chosen_lengths: ArrayLike | None = None,
     rejected_lengths: ArrayLike | None = None,
-    where: ArrayLike | None = None,
+    mask: ArrayLike | None = None,
     num_pairs: ArrayLike | None = None,
 ) -> tuple[jax.Array, PreferenceAux]:
     r"""Identity Preference Optimization: a squared loss that regresses the margin to 1/(2 beta).
@@ -361,11 +419,14 @@ def ipo(
     preferences to infinite margins. TRL's ``loss_type="ipo"`` averages each response's
     log-probabilities over its tokens first (policy and reference alike): pass
     ``chosen_lengths`` and ``rejected_lengths`` to do the same from sums, or pass averages.
-    Here :math:`\beta` is the regularization :math:`\tau` of the paper.
+    An empty response (length 0) averages to 0, the mean over nothing, with a 0 gradient
+    (TRL divides by ``max(length, 1)``, which gives the same 0 for an empty response's sum of
+    0); a negative length gives NaN. Here :math:`\beta` is the regularization :math:`\tau`
+    of the paper.
 
     Args:
-      chosen_log_probs: log-probability of each chosen response under the policy (the sum
-        over its tokens, see :func:`sequence_log_probs`), any shape ``[...]``.
+      chosen_log_probs: log-probability of each chosen response under the policy, the sum
+        over its tokens (see :func:`sequence_log_probs`): ``[pairs]`` (or a scalar).
       rejected_log_probs: the same for the rejected responses, same shape.
       ref_chosen_log_probs: the chosen responses' log-probabilities under the reference.
       ref_rejected_log_probs: the rejected responses' log-probabilities under the reference.
@@ -373,7 +434,7 @@ def ipo(
       chosen_lengths: optional token counts of the chosen responses (averages the chosen
         log-probabilities, policy and reference).
       rejected_lengths: optional token counts of the rejected responses.
-      where: optional boolean per pair; False excludes the pair (its loss is 0 with a 0
+      mask: optional boolean per pair; False excludes the pair (its loss is 0 with a 0
         gradient, even for NaN inputs) and from the default denominator.
       num_pairs: the denominator of the mean (default: the number of pairs that count). Pass
         the full batch's number of pairs to every micro-batch and the sum of the micro-batch
@@ -396,20 +457,19 @@ def ipo(
       Preferences", 2024 (IPO).
     """
     (c, r, rc, rr), dtype, keep = _reference_pairs(
-        chosen_log_probs, rejected_log_probs, ref_chosen_log_probs, ref_rejected_log_probs, where
+        chosen_log_probs, rejected_log_probs, ref_chosen_log_probs, ref_rejected_log_probs, mask
     )
-    beta, ok_b = _beta(beta)
+    beta, ok_b = _BETA.read(beta)
     cl = _lengths(chosen_lengths, "chosen_lengths", c.shape, dtype, keep)
     rl = _lengths(rejected_lengths, "rejected_lengths", c.shape, dtype, keep)
-    if cl is not None:
-        c, rc = c / cl, rc / cl
-    if rl is not None:
-        r, rr = r / rl, rr / rl
+    c, rc = _per_token(c, cl), _per_token(rc, cl)
+    r, rr = _per_token(r, rl), _per_token(rr, rl)
     h = _reference_logits(c, r, rc, rr)
     losses = jnp.square(h - 1.0 / (2.0 * beta))
     return _finish(losses, keep, num_pairs, dtype, (ok_b,), beta * (c - rc), beta * (r - rr))
 
 
+@concrete_first(_BETA, _NUM_PAIRS)
 @cached_eager
 def hinge(
     chosen_log_probs: ArrayLike,
@@ -418,7 +478,7 @@ def hinge(
     ref_rejected_log_probs: ArrayLike,
     *,
     beta: float | jax.Array,
-    where: ArrayLike | None = None,
+    mask: ArrayLike | None = None,
     num_pairs: ArrayLike | None = None,
 ) -> tuple[jax.Array, PreferenceAux]:
     r"""The hinge (SLiC) preference loss on DPO's reference-relative margin.
@@ -431,13 +491,13 @@ def hinge(
     in log-probability units. TRL's ``loss_type="hinge"``.
 
     Args:
-      chosen_log_probs: log-probability of each chosen response under the policy (the sum
-        over its tokens, see :func:`sequence_log_probs`), any shape ``[...]``.
+      chosen_log_probs: log-probability of each chosen response under the policy, the sum
+        over its tokens (see :func:`sequence_log_probs`): ``[pairs]`` (or a scalar).
       rejected_log_probs: the same for the rejected responses, same shape.
       ref_chosen_log_probs: the chosen responses' log-probabilities under the reference.
       ref_rejected_log_probs: the rejected responses' log-probabilities under the reference.
       beta: :math:`\beta` > 0; may be traced.
-      where: optional boolean per pair; False excludes the pair (its loss is 0 with a 0
+      mask: optional boolean per pair; False excludes the pair (its loss is 0 with a 0
         gradient, even for NaN inputs) and from the default denominator.
       num_pairs: the denominator of the mean (default: the number of pairs that count). Pass
         the full batch's number of pairs to every micro-batch and the sum of the micro-batch
@@ -458,9 +518,9 @@ def hinge(
       Zhao et al., "SLiC-HF: Sequence Likelihood Calibration with Human Feedback", 2023.
     """
     (c, r, rc, rr), dtype, keep = _reference_pairs(
-        chosen_log_probs, rejected_log_probs, ref_chosen_log_probs, ref_rejected_log_probs, where
+        chosen_log_probs, rejected_log_probs, ref_chosen_log_probs, ref_rejected_log_probs, mask
     )
-    beta, ok_b = _beta(beta)
+    beta, ok_b = _BETA.read(beta)
     h = _reference_logits(c, r, rc, rr)
     losses = jax.nn.relu(1.0 - beta * h)
     return _finish(losses, keep, num_pairs, dtype, (ok_b,), beta * (c - rc), beta * (r - rr))
@@ -476,9 +536,10 @@ def _averages(c, r, chosen_lengths, rejected_lengths, dtype, keep):
         )
     if cl is None:
         return c, r, None
-    return c / cl, r / rl, cl
+    return _per_token(c, cl), _per_token(r, rl), cl
 
 
+@concrete_first(_BETA, _GAMMA, _SMOOTHING, _NUM_PAIRS)
 @cached_eager
 def simpo(
     chosen_log_probs: ArrayLike,
@@ -489,7 +550,7 @@ def simpo(
     chosen_lengths: ArrayLike | None = None,
     rejected_lengths: ArrayLike | None = None,
     label_smoothing: float | jax.Array = 0.0,
-    where: ArrayLike | None = None,
+    mask: ArrayLike | None = None,
     num_pairs: ArrayLike | None = None,
 ) -> tuple[jax.Array, PreferenceAux]:
     r"""Simple Preference Optimization: length-normalized rewards, a margin, no reference model.
@@ -504,18 +565,19 @@ def simpo(
     ``simpo_gamma`` = :math:`\gamma` and uses :math:`\gamma/\beta` in log-prob units; Liger's
     ``LigerFusedLinearSimPOLoss`` takes ``gamma`` = :math:`\gamma`). There is no reference
     model, so the signature is TRL's order without the two reference arguments. Pass sums with
-    ``chosen_lengths`` and ``rejected_lengths``, or already averaged log-probs without them.
+    ``chosen_lengths`` and ``rejected_lengths``, or already averaged log-probs without them. An
+    empty response (length 0) averages to 0; a negative length gives NaN.
 
     Args:
       chosen_log_probs: log-probability sums (with lengths) or per-token averages (without) of
-        the chosen responses.
+        the chosen responses, ``[pairs]`` (or a scalar).
       rejected_log_probs: the same for the rejected responses, same shape.
       beta: :math:`\beta` > 0 (the paper uses about 2 to 10); may be traced.
       gamma: the target reward margin :math:`\gamma`; may be traced.
       chosen_lengths: token counts of the chosen responses (with ``rejected_lengths``).
       rejected_lengths: token counts of the rejected responses.
       label_smoothing: :math:`\varepsilon` in [0, 0.5]; may be traced.
-      where: optional boolean per pair; False excludes the pair (its loss is 0 with a 0
+      mask: optional boolean per pair; False excludes the pair (its loss is 0 with a 0
         gradient, even for NaN inputs) and from the default denominator.
       num_pairs: the denominator of the mean (default: the number of pairs that count). Pass
         the full batch's number of pairs to every micro-batch and the sum of the micro-batch
@@ -540,10 +602,10 @@ def simpo(
     (c, r), dtype = _floats(
         [("chosen_log_probs", chosen_log_probs), ("rejected_log_probs", rejected_log_probs)]
     )
-    beta, ok_b = _beta(beta)
-    gamma, ok_g = scheduled_number(gamma, "gamma")
-    eps, ok_e = _smoothing(label_smoothing)
-    keep = _pair_mask(where, c.shape)
+    beta, ok_b = _BETA.read(beta)
+    gamma, ok_g = _GAMMA.read(gamma)
+    eps, ok_e = _SMOOTHING.read(label_smoothing)
+    keep = _pair_mask(mask, c.shape)
     c, r = _zero_excluded([c, r], keep, dtype)
     c, r, _ = _averages(c, r, chosen_lengths, rejected_lengths, dtype, keep)
     losses = _sigmoid_loss(beta * (c - r) - gamma, eps)
@@ -559,10 +621,11 @@ def _nll(c_sums, keep, cl, num_tokens, dtype):
         local = jnp.asarray(c_sums.size, dtype) if keep is None else jnp.sum(keep.astype(dtype))
     else:
         local = jnp.sum(cl if keep is None else jnp.where(keep, cl, zero))
-    denominator, ok = _count(num_tokens, "num_tokens", local, dtype)
+    denominator, ok = _count(num_tokens, _NUM_TOKENS, local, dtype)
     return poison_unless(safe_divide(-jnp.sum(c_sums), denominator), ok)
 
 
+@concrete_first(_ORPO_BETA, _NUM_PAIRS, _NUM_TOKENS)
 @cached_eager
 def orpo(
     chosen_log_probs: ArrayLike,
@@ -571,7 +634,7 @@ def orpo(
     beta: float | jax.Array,
     chosen_lengths: ArrayLike | None = None,
     rejected_lengths: ArrayLike | None = None,
-    where: ArrayLike | None = None,
+    mask: ArrayLike | None = None,
     num_pairs: ArrayLike | None = None,
     num_tokens: ArrayLike | None = None,
 ) -> tuple[jax.Array, PreferenceAux]:
@@ -588,22 +651,31 @@ def orpo(
 
     The odds need **average** log-probabilities (a sum's exponential is a vanishing sequence
     probability): pass sums with ``chosen_lengths`` and ``rejected_lengths``, or averages
-    without them. :math:`\log(1-e^{x})` is evaluated stably (``log(-expm1(x))`` near 0,
-    ``log1p(-exp(x))`` below :math:`-\log 2`); an average of exactly 0 is moved to
-    :math:`-\epsilon` so that the log-odds stay finite, and a positive average (not a
-    log-probability) gives NaN. The NLL is the chosen responses' token mean, :math:`-\sum
-    \log\pi(y_w) / \sum |y_w|`, as TRL and Liger compute it; without lengths it is the mean of
-    the averages. ``beta`` is the paper's :math:`\lambda`. No reference model: the signature is
-    TRL's order without the reference arguments.
+    without them (an empty response averages to 0; a negative length gives NaN).
+    :math:`\log(1-e^{x})` is evaluated stably (``log(-expm1(x))`` near 0, ``log1p(-exp(x))``
+    below :math:`-\log 2`); an average of exactly 0 (probability 1, infinite odds) is moved to
+    the negative number of smallest normal magnitude (``-jnp.finfo(dtype).tiny``), where the
+    log-odds and their gradient are finite, and a positive average (not a log-probability)
+    gives NaN. Every other average is used as given. ``beta`` is the paper's :math:`\lambda`.
+    No reference model: the signature is TRL's order without the reference arguments.
+
+    **The NLL term** is the token mean over the chosen tokens passed in, :math:`-\sum
+    \log\pi(y_w) / \sum |y_w|` (the mean of the averages without lengths), taken from the
+    same sums as the odds. With response-only sums this is Liger-Kernel's
+    ``LigerFusedLinearORPOLoss``. TRL's ``ORPOTrainer`` averages its NLL over the prompt *and*
+    response tokens of the chosen sequences instead (the odds use the response only): to get
+    its number, swap the NLL: ``loss - nll(sums, lengths) + nll(full_sums, full_lengths)``
+    with ``nll(s, n) = -s.sum() / n.sum()`` and ``full_sums, full_lengths`` from
+    :func:`sequence_log_probs` over the prompt and response tokens.
 
     Args:
       chosen_log_probs: log-probability sums (with lengths) or averages (without) of the chosen
-        responses.
+        responses, ``[pairs]`` (or a scalar).
       rejected_log_probs: the same for the rejected responses.
       beta: :math:`\lambda` >= 0, the weight of the odds-ratio term; may be traced.
       chosen_lengths: token counts of the chosen responses (with ``rejected_lengths``).
       rejected_lengths: token counts of the rejected responses.
-      where: optional boolean per pair; False excludes the pair (its loss is 0 with a 0
+      mask: optional boolean per pair; False excludes the pair (its loss is 0 with a 0
         gradient, even for NaN inputs) and from the default denominator.
       num_pairs: the denominator of the mean (default: the number of pairs that count). Pass
         the full batch's number of pairs to every micro-batch and the sum of the micro-batch
@@ -631,8 +703,8 @@ def orpo(
     (c, r), dtype = _floats(
         [("chosen_log_probs", chosen_log_probs), ("rejected_log_probs", rejected_log_probs)]
     )
-    beta, ok_b = _beta(beta, allow_zero=True)
-    keep = _pair_mask(where, c.shape)
+    beta, ok_b = _ORPO_BETA.read(beta)
+    keep = _pair_mask(mask, c.shape)
     c_sums, r_in = _zero_excluded([c, r], keep, dtype)
     ac, ar, cl = _averages(c_sums, r_in, chosen_lengths, rejected_lengths, dtype, keep)
     log_odds = (ac - ar) - (_log1mexp(ac) - _log1mexp(ar))
@@ -654,8 +726,14 @@ def orpo(
 
 
 def _log1mexp(x):
-    """log(1 - e^x) for x <= 0, stable at both ends; x = 0 moves to -eps, x > 0 gives NaN."""
-    tiny = jnp.finfo(x.dtype).eps
+    """log(1 - e^x) for x <= 0, stable at both ends; x > 0 gives NaN.
+
+    Only x = 0 (and subnormal x, which XLA may flush to 0) moves, to the negative number of
+    smallest normal magnitude: log(1 - e^x) is -inf at 0, and its derivative 1 / expm1(x) is
+    still finite at that number, so the log-odds and their gradient stay finite. Every normal
+    x < 0 is used as given.
+    """
+    tiny = jnp.finfo(x.dtype).tiny
     invalid = x > 0
     xs = jnp.where(invalid, -1.0, jnp.minimum(x, -tiny))
     near_zero = xs > -jnp.log(2.0)
@@ -665,6 +743,7 @@ def _log1mexp(x):
     return jnp.where(invalid, jnp.nan, out)
 
 
+@concrete_first(_BETA, _ALPHA, _SMOOTHING, _NUM_PAIRS, _NUM_TOKENS)
 @cached_eager
 def cpo(
     chosen_log_probs: ArrayLike,
@@ -674,7 +753,7 @@ def cpo(
     alpha: float | jax.Array = 1.0,
     label_smoothing: float | jax.Array = 0.0,
     chosen_lengths: ArrayLike | None = None,
-    where: ArrayLike | None = None,
+    mask: ArrayLike | None = None,
     num_pairs: ArrayLike | None = None,
     num_tokens: ArrayLike | None = None,
 ) -> tuple[jax.Array, PreferenceAux]:
@@ -689,17 +768,19 @@ def cpo(
     cloning term :math:`\alpha\,\mathrm{NLL}` keeps the policy on the preferred data. The
     preference term uses sequence sums (TRL's CPO trainer with ``loss_type="sigmoid"``); the
     NLL is the chosen responses' token mean :math:`-\sum\log\pi(y_w)/\sum|y_w|` when
-    ``chosen_lengths`` is given (as TRL and Liger compute it), else the mean over pairs of the
+    ``chosen_lengths`` is given (as TRL's CPO trainer and Liger-Kernel compute it, over the
+    response tokens), else the mean over pairs of the
     inputs. No reference model: the signature is TRL's order without the reference arguments.
 
     Args:
-      chosen_log_probs: log-probability sums of the chosen responses.
+      chosen_log_probs: log-probability sums of the chosen responses, ``[pairs]`` (or a
+        scalar).
       rejected_log_probs: log-probability sums of the rejected responses, same shape.
       beta: :math:`\beta` > 0; may be traced.
       alpha: weight :math:`\alpha` >= 0 of the NLL term (TRL's ``cpo_alpha``); may be traced.
       label_smoothing: :math:`\varepsilon` in [0, 0.5]; may be traced.
       chosen_lengths: optional token counts of the chosen responses, for the NLL's token mean.
-      where: optional boolean per pair; False excludes the pair (its loss is 0 with a 0
+      mask: optional boolean per pair; False excludes the pair (its loss is 0 with a 0
         gradient, even for NaN inputs) and from the default denominator.
       num_pairs: the denominator of the mean (default: the number of pairs that count). Pass
         the full batch's number of pairs to every micro-batch and the sum of the micro-batch
@@ -728,10 +809,10 @@ def cpo(
     (c, r), dtype = _floats(
         [("chosen_log_probs", chosen_log_probs), ("rejected_log_probs", rejected_log_probs)]
     )
-    beta, ok_b = _beta(beta)
-    alpha, ok_a = scheduled_number(alpha, "alpha", low=0.0)
-    eps, ok_e = _smoothing(label_smoothing)
-    keep = _pair_mask(where, c.shape)
+    beta, ok_b = _BETA.read(beta)
+    alpha, ok_a = _ALPHA.read(alpha)
+    eps, ok_e = _SMOOTHING.read(label_smoothing)
+    keep = _pair_mask(mask, c.shape)
     cl = _lengths(chosen_lengths, "chosen_lengths", c.shape, dtype, keep)
     c, r = _zero_excluded([c, r], keep, dtype)
     losses = _sigmoid_loss(beta * (c - r), eps)
@@ -745,6 +826,7 @@ def cpo(
 # ----------------------------------------------------------------------------- KTO
 
 
+@concrete_first(_BETA, _DESIRABLE_WEIGHT, _UNDESIRABLE_WEIGHT, _NUM_EXAMPLES)
 @cached_eager
 def kto(
     log_probs: ArrayLike,
@@ -755,7 +837,7 @@ def kto(
     kl: ArrayLike | None = None,
     desirable_weight: float = 1.0,
     undesirable_weight: float = 1.0,
-    where: ArrayLike | None = None,
+    mask: ArrayLike | None = None,
     num_examples: ArrayLike | None = None,
 ) -> tuple[jax.Array, KTOAux]:
     r"""Kahneman-Tversky Optimization: unpaired desirable/undesirable examples against a
@@ -779,7 +861,8 @@ def kto(
     to every micro-batch to accumulate exactly.
 
     Args:
-      log_probs: per-sequence log-probability sums under the policy, any shape ``[...]``.
+      log_probs: per-sequence log-probability sums under the policy (see
+        :func:`sequence_log_probs`), ``[examples]`` (or a scalar).
       ref_log_probs: the same under the reference policy, same shape.
       desirable: boolean ``[...]``, True for desirable (chosen) examples.
       beta: :math:`\beta` > 0; may be traced.
@@ -787,7 +870,8 @@ def kto(
         examples); gradients are stopped and it is clipped at 0.
       desirable_weight: :math:`\lambda_D` >= 0; may be traced.
       undesirable_weight: :math:`\lambda_U` >= 0; may be traced.
-      where: optional boolean per example; False excludes it.
+      mask: optional boolean per example; False excludes it (its loss is 0 with a 0
+        gradient, even for NaN inputs) and from the default denominator.
       num_examples: the denominator (default: the number of examples that count); may be
         traced.
 
@@ -806,7 +890,9 @@ def kto(
     References:
       Ethayarajh et al., "KTO: Model Alignment as Prospect Theoretic Optimization", 2024.
     """
-    (lp, ref), dtype = _floats([("log_probs", log_probs), ("ref_log_probs", ref_log_probs)])
+    (lp, ref), dtype = _floats(
+        [("log_probs", log_probs), ("ref_log_probs", ref_log_probs)], what="example"
+    )
     d = jnp.asarray(desirable)
     if d.dtype != jnp.bool_:
         raise TypeError(
@@ -816,9 +902,9 @@ def kto(
         raise ValueError(
             f"`desirable` must have the shape of `log_probs` {list(lp.shape)}; got {describe(d)}."
         )
-    beta, ok_b = _beta(beta)
-    wd, ok_wd = scheduled_number(desirable_weight, "desirable_weight", low=0.0)
-    wu, ok_wu = scheduled_number(undesirable_weight, "undesirable_weight", low=0.0)
+    beta, ok_b = _BETA.read(beta)
+    wd, ok_wd = _DESIRABLE_WEIGHT.read(desirable_weight)
+    wu, ok_wu = _UNDESIRABLE_WEIGHT.read(undesirable_weight)
     if kl is None:
         z0 = jnp.zeros((), dtype)
     else:
@@ -831,12 +917,12 @@ def kto(
                 f"{list(lp.shape)}."
             ) from None
         z0 = jnp.maximum(_sg(z0), 0.0)
-    keep = _pair_mask(where, lp.shape)
+    keep = _pair_mask(mask, lp.shape, what="example")
     lp, ref = _zero_excluded([lp, ref], keep, dtype)
     rho = lp - ref
     signed = jnp.where(d, rho - z0, z0 - rho)
     losses = jnp.where(d, wd, wu) * jax.nn.sigmoid(-beta * signed)
-    loss, losses = _mean_over_pairs(losses, keep, num_examples, dtype)
+    loss, losses = _mean_over_pairs(losses, keep, num_examples, dtype, _NUM_EXAMPLES)
     for ok in (ok_b, ok_wd, ok_wu):
         loss = poison_unless(loss, ok)
     rewards = _sg(beta * rho)

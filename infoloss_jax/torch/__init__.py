@@ -12,7 +12,9 @@ parts that surprise people:
 * :func:`kl_div` takes **log-probabilities** as ``input`` and computes KL(target || input); its
   ``reduction="mean"`` is the mean over *all elements*, and only ``"batchmean"`` gives the
   mathematical KL averaged over the batch.
-* :func:`binary_cross_entropy` clamps each log at -100.
+* :func:`binary_cross_entropy` clamps each log at -100, and an ``input`` or ``target``
+  outside [0, 1] gives NaN for that element (torch raises; :func:`infoloss_jax.checked`
+  raises too).
 
 The index-target cross-entropy and the logits binary cross-entropy are thin layout adapters
 over :func:`infoloss_jax.softmax_cross_entropy_with_integer_labels` and

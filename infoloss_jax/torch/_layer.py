@@ -1,4 +1,9 @@
-"""PyTorch-named losses on JAX arrays; the public face and its conventions are in ``__init__``."""
+"""PyTorch-named losses on JAX arrays; the public face and its conventions are in ``__init__``.
+
+Where torch raises on a value, these give NaN for the element or example (JAX cannot raise on
+values inside ``jit``): a class index outside ``[0, C)``, and a ``binary_cross_entropy`` input
+or target outside [0, 1]. ``infoloss_jax.checked`` turns each of them into a ValueError.
+"""
 
 from __future__ import annotations
 

@@ -473,3 +473,35 @@ def test_new_array_values_compile_nothing():
             )
         )
     assert len(compiles) == 0
+
+
+def test_new_coefficient_values_compile_nothing_in_the_heads():
+    """A new Python-float coefficient (temperature, beta, label_smoothing) of a fused head or an
+    on-mesh wrapper is validated, then passed as an operand of the cached program (issue 20)."""
+    mesh = _mesh()
+    calls = [
+        lambda c: sharded.vocab_parallel_log_probs_on_mesh(
+            TOKEN_LOGITS, TOKEN_LABELS, mesh=mesh, temperature=c, **MESH_ARGS
+        ),
+        lambda c: sharded.vocab_parallel_cross_entropy_on_mesh(
+            TOKEN_LOGITS, TOKEN_LABELS, mesh=mesh, label_smoothing=c / 10, **MESH_ARGS
+        ),
+        lambda c: sharded.vocab_parallel_jensen_shannon_on_mesh(
+            TOKEN_LOGITS, TOKEN_TARGET_LOGITS, mesh=mesh, beta=c / 3, **MESH_ARGS
+        ),
+        lambda c: sharded.vocab_parallel_linear_forward_kl_on_mesh(
+            HIDDEN, HEAD, TARGET_HIDDEN, TARGET_HEAD, mesh=mesh, temperature=c, **MESH_ARGS
+        ),
+        lambda c: il.linear_jensen_shannon(
+            HIDDEN, HEAD, TARGET_HIDDEN, TARGET_HEAD, beta=c / 3, temperature=c
+        ),
+        lambda c: il.linear_softmax_cross_entropy(
+            HIDDEN, TOKEN_LABELS, HEAD, label_smoothing=c / 10, z_loss=c / 100
+        ),
+    ]
+    for call in calls:
+        jax.block_until_ready(call(0.7))
+        with count_compiles() as compiles:
+            for value in (1.5, 2.5):
+                jax.block_until_ready(call(value))
+        assert compiles == [], call

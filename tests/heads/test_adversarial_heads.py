@@ -315,3 +315,126 @@ def test_checked_on_mesh_losses(mesh):
     logits[0, 0] = NAN
     with pytest.raises(ValueError, match="`logits`"):
         il.checked(sharded.vocab_parallel_forward_kl_on_mesh)(logits, target, **kw)
+
+
+# --------------------------------------------------------------------------- masked NaN rows
+# A token that is masked (``mask=False``) or ignored (``ignore_index``) contributes nothing,
+# value or gradient, even when its hidden state (or its logits) are NaN: it never reaches the
+# engine (issue 20).
+DROP = 2  # the token dropped in each case below
+KEEP = np.arange(N) != DROP
+IGNORED = np.where(KEEP, LABELS, -100)
+
+
+def _fused_drops():
+    def ce_mask(h, w, b):
+        return il.linear_softmax_cross_entropy(h, LABELS, w, bias=b, mask=KEEP, reduction="sum")
+
+    def ce_ignore(h, w, b):
+        return il.linear_softmax_cross_entropy(h, IGNORED, w, bias=b, ignore_index=-100)
+
+    def log_probs(h, w, b, **kw):
+        lp, ent = il.linear_log_probs(h, LABELS, w, bias=b, with_entropy=True, **kw)
+        return jnp.sum(lp) + 0.3 * jnp.sum(ent)
+
+    def pair(fn):
+        return lambda h, w, b: fn(h, w + b, h * 0.5, TARGET_WEIGHT, mask=KEEP, temperature=1.5)
+
+    return {
+        "linear_softmax_cross_entropy[mask]": ce_mask,
+        "linear_softmax_cross_entropy[ignore_index]": ce_ignore,
+        "linear_log_probs[mask]": lambda h, w, b: log_probs(h, w, b, mask=KEEP),
+        "linear_log_probs[ignore_index]": lambda h, w, b: log_probs(
+            h, w, b, ignore_index=int(LABELS[DROP])
+        ),
+        **{fn.__name__: pair(fn) for fn in PAIR_HEADS},
+    }
+
+
+def _check_dropped_nan_row(loss):
+    """A NaN in the dropped token's hidden state changes no value and no gradient."""
+    clean = jnp.asarray(HIDDEN).at[DROP].set(0.0)
+    poisoned = jnp.asarray(HIDDEN).at[DROP].set(NAN)
+    args = (jnp.asarray(WEIGHT), jnp.asarray(BIAS))
+    value_and_grads = jax.jit(jax.value_and_grad(loss, (0, 1, 2)))  # one program for both
+    value, grads = value_and_grads(poisoned, *args)
+    expected, expected_grads = value_and_grads(clean, *args)
+    np.testing.assert_allclose(value, expected, rtol=1e-6)
+    for g, e in zip(grads, expected_grads, strict=True):
+        np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-7)
+    assert not np.asarray(grads[0][DROP]).any()
+
+
+@pytest.mark.parametrize("name", list(_fused_drops()))
+def test_fused_masked_or_ignored_nan_token_contributes_nothing(name):
+    _check_dropped_nan_row(_fused_drops()[name])
+
+
+def test_log_probs_ignored_nan_logit_gives_no_nan_gradient():
+    logits = jnp.asarray(HIDDEN @ WEIGHT).at[DROP, 3].set(NAN)
+
+    def loss(z):
+        lp, ent = il.log_probs(z, IGNORED, ignore_index=-100, with_entropy=True)
+        return jnp.sum(lp) + jnp.sum(ent)
+
+    value, grad = jax.jit(jax.value_and_grad(loss))(logits)
+    assert np.isfinite(float(value)) and np.isfinite(np.asarray(grad)).all()
+    assert not np.asarray(grad[DROP]).any()
+
+
+def _sharded_drops(mesh):
+    on = dict(mesh=mesh, vocab_axis="vocab")
+
+    def ce(h, w, b):
+        return sharded.vocab_parallel_linear_cross_entropy_on_mesh(
+            h, IGNORED, w, bias=b, ignore_index=-100, **on
+        )
+
+    def log_probs(h, w, b):
+        lp, ent = sharded.vocab_parallel_linear_log_probs_on_mesh(
+            h, LABELS, w, bias=b, mask=KEEP, with_entropy=True, **on
+        )
+        return jnp.sum(lp) + 0.3 * jnp.sum(ent)
+
+    def jsd(h, w, b):
+        return sharded.vocab_parallel_linear_jensen_shannon_on_mesh(
+            h, w + b, h * 0.5, TARGET_WEIGHT, mask=KEEP, **on
+        )
+
+    return dict(linear_cross_entropy=ce, linear_log_probs=log_probs, linear_jensen_shannon=jsd)
+
+
+@pytest.mark.parametrize(
+    "name", ["linear_cross_entropy", "linear_log_probs", "linear_jensen_shannon"]
+)
+def test_sharded_masked_or_ignored_nan_token_contributes_nothing(mesh, name):
+    _check_dropped_nan_row(_sharded_drops(mesh)[name])
+
+
+def _sharded_logits_drops(mesh):
+    on = dict(mesh=mesh, vocab_axis="vocab")
+    target = jnp.asarray(TARGET_HIDDEN @ TARGET_WEIGHT)
+    return dict(
+        cross_entropy=lambda z: sharded.vocab_parallel_cross_entropy_on_mesh(
+            z, LABELS, mask=KEEP, reduction="mean", **on
+        ),
+        log_probs=lambda z: jnp.sum(
+            sharded.vocab_parallel_log_probs_on_mesh(z, IGNORED, ignore_index=-100, **on)
+        ),
+        reverse_kl=lambda z: (
+            sharded.vocab_parallel_reverse_kl_on_mesh(z, target, mask=KEEP, reduction="sum", **on)
+            + sharded.vocab_parallel_forward_kl_on_mesh(target, z, mask=KEEP, reduction="sum", **on)
+        ),
+    )
+
+
+@pytest.mark.parametrize("name", ["cross_entropy", "log_probs", "reverse_kl"])
+def test_sharded_masked_or_ignored_nan_logits_contribute_nothing(mesh, name):
+    loss = _sharded_logits_drops(mesh)[name]
+    logits = jnp.asarray(HIDDEN @ WEIGHT)
+    value_and_grad = jax.jit(jax.value_and_grad(loss))
+    value, grad = value_and_grad(logits.at[DROP, 1].set(NAN))
+    expected, expected_grad = value_and_grad(logits.at[DROP].set(0.0))
+    np.testing.assert_allclose(value, expected, rtol=1e-6)
+    np.testing.assert_allclose(grad, expected_grad, rtol=1e-5, atol=1e-7)
+    assert not np.asarray(grad[DROP]).any()

@@ -32,6 +32,7 @@ CE_CASES = {
     "class_weights": dict(class_weights=True),
     "mixed": dict(ignore_index=IGNORE, label_smoothing=0.2, z_loss=1e-3, logit_softcap=4.0),
     "mixed_weights": dict(ignore_index=IGNORE, label_smoothing=0.1, class_weights=True),
+    "mask": dict(mask=True, label_smoothing=0.1, class_weights=True, z_loss=1e-3),
     "excluded": dict(label_smoothing=0.1, logit_softcap=5.0, excluded=True),
 }
 
@@ -56,6 +57,8 @@ def _inputs(dtype, case, seed=0):
         labels = labels.at[jnp.array([0, 5, 6, 13])].set(IGNORE)
     if opts.pop("class_weights", False):
         opts["class_weights"] = jax.random.uniform(k[4], (V,), jnp.float32, 0.5, 2.0)
+    if opts.pop("mask", False):  # a per-token mask (the core's optax `where` of labels' rank)
+        opts["mask"] = jnp.arange(N) % 3 != 1
     return hidden, weight, bias, labels, opts
 
 
@@ -64,14 +67,23 @@ def _tolerance(dtype):
 
 
 def _cross_entropy_paths(labels, opts, reduction, mesh):
+    core_opts = {k: v for k, v in opts.items() if k != "mask"}
+    mask = opts.get("mask")
+    if mask is not None:
+        core_opts["where"] = mask
+    plain_opts = {k: v for k, v in opts.items() if k != "mask"}
+    plain_labels = labels if mask is None else jnp.where(mask, labels, IGNORE)
+    if mask is not None:
+        plain_opts["ignore_index"] = IGNORE
+
     def core(h, w, b):
         return il.softmax_cross_entropy_with_integer_labels(
-            h @ w + b, labels, reduction=reduction, **opts
+            h @ w + b, labels, reduction=reduction, **core_opts
         )
 
     def plain(h, w, b):
         logits = h.astype(jnp.float32) @ w.astype(jnp.float32) + b.astype(jnp.float32)
-        return plain_cross_entropy(logits, labels, reduction=reduction, **opts)
+        return plain_cross_entropy(logits, plain_labels, reduction=reduction, **plain_opts)
 
     def fused(h, w, b):
         return il.linear_softmax_cross_entropy(
@@ -83,29 +95,32 @@ def _cross_entropy_paths(labels, opts, reduction, mesh):
             h, labels, w.T, bias=b, weight_layout="vd", reduction=reduction, **opts, **BLOCKS
         )
 
-    paths = dict(core=core, plain=plain, fused=fused, fused_tied=fused_tied)
-    if "class_weights" not in opts:
+    def on_mesh(h, w, b):
+        return sharded.vocab_parallel_linear_cross_entropy_on_mesh(
+            h,
+            labels,
+            w,
+            bias=b,
+            mesh=mesh,
+            vocab_axis="model",
+            reduction=reduction,
+            **opts,
+            **BLOCKS,
+        )
 
-        def on_mesh(h, w, b):
-            return sharded.vocab_parallel_linear_cross_entropy_on_mesh(
-                h,
-                labels,
-                w,
-                bias=b,
-                mesh=mesh,
-                vocab_axis="model",
-                reduction=reduction,
-                **opts,
-                **BLOCKS,
-            )
+    def logits_on_mesh(h, w, b):
+        return sharded.vocab_parallel_cross_entropy_on_mesh(
+            h @ w + b, labels, mesh=mesh, vocab_axis="model", reduction=reduction, **opts
+        )
 
-        def logits_on_mesh(h, w, b):
-            return sharded.vocab_parallel_cross_entropy_on_mesh(
-                h @ w + b, labels, mesh=mesh, vocab_axis="model", reduction=reduction, **opts
-            )
-
-        paths.update(sharded=on_mesh, sharded_logits=logits_on_mesh)
-    return paths
+    return dict(
+        core=core,
+        plain=plain,
+        fused=fused,
+        fused_tied=fused_tied,
+        sharded=on_mesh,
+        sharded_logits=logits_on_mesh,
+    )
 
 
 def _check(paths, args, tol, reference="plain"):

@@ -159,9 +159,9 @@ def test_cross_entropy_aux_matches_materialized_logits():
         )
     )(hidden, weight, bias)
     capped = 4.0 * jnp.tanh(logits / 4.0)
-    lse = jax.nn.logsumexp(capped, axis=-1)
-    _assert_close(aux.logsumexp, lse)
     valid = labels != -100
+    lse = jnp.where(valid, jax.nn.logsumexp(capped, axis=-1), 0.0)  # an ignored row is not read
+    _assert_close(aux.logsumexp, lse)
     _assert_close(aux.z_loss, jnp.where(valid, 0.01 * lse**2, 0.0))
     np.testing.assert_array_equal(aux.correct, valid & (jnp.argmax(capped, -1) == labels))
     assert bool(aux.correct[1]) and not bool(aux.correct[0])
@@ -613,3 +613,41 @@ def test_tied_layout_makes_no_transposed_copy():
     loss = lambda h, y, w: linear_softmax_cross_entropy(h, y, w, weight_layout="vd")
     text = jax.jit(jax.value_and_grad(loss, (0, 2))).lower(*structs).compile().as_text()
     assert f"[{d},{v}]" not in text
+
+
+def test_cross_entropy_mask_drops_tokens_like_ignore_index():
+    """``mask`` (True = the token counts) is the per-token mask of every head, the fused
+    cross-entropy included: a False token gives 0, no gradient and no weight in the mean."""
+    hidden, weight, _, labels, class_weights, _ = _inputs()
+    keep = jnp.arange(N) % 4 != 1
+    opts = dict(class_weights=class_weights, label_smoothing=0.1, **BLOCKS)
+
+    def masked(h, w):
+        return linear_softmax_cross_entropy(h, labels, w, mask=keep, **opts)
+
+    def ignored(h, w):
+        dropped = jnp.where(keep, labels, -100)
+        return linear_softmax_cross_entropy(h, dropped, w, ignore_index=-100, **opts)
+
+    value, grads = jax.value_and_grad(masked, (0, 1))(hidden, weight)
+    expected, expected_grads = jax.value_and_grad(ignored, (0, 1))(hidden, weight)
+    _assert_close(value, expected)
+    for g, e in zip(grads, expected_grads, strict=True):
+        _assert_close(g, e)
+    per_token = linear_softmax_cross_entropy(hidden, labels, weight, mask=keep, reduction="none")
+    assert not np.asarray(per_token)[~np.asarray(keep)].any()
+    with pytest.raises(TypeError, match="`mask` must be a boolean per-token mask"):
+        linear_softmax_cross_entropy(hidden, labels, weight, mask=keep.astype(jnp.int32))
+
+
+def test_a_table_without_its_layout_names_weight_layout():
+    """A [V, D] embedding table passed as a [D, V] weight: the error says weight_layout="vd"
+    (and a [D, V] weight passed as "vd" says "dv")."""
+    hidden, weight, _, labels, _, target_hidden = _inputs()
+    with pytest.raises(ValueError, match=r'`weight` looks like a \[V, D\].*weight_layout="vd"'):
+        linear_softmax_cross_entropy(hidden, labels, weight.T)
+    with pytest.raises(ValueError, match=r'weight_layout="dv"'):
+        linear_softmax_cross_entropy(hidden, labels, weight, weight_layout="vd")
+    table = jnp.ones((V, DT))
+    with pytest.raises(ValueError, match=r'`target_weight` looks like.*weight_layout="vd"'):
+        linear_forward_kl(hidden, weight, target_hidden, table)

@@ -943,3 +943,52 @@ def test_on_mesh_wrappers_compile_once():
             assert compiles == [], call
     finally:
         jax.monitoring.clear_event_listeners()
+
+
+def test_class_weights_and_batchmean_inside_shard_map_and_on_a_mesh():
+    """The sharded heads take the fused heads' class weights (``class_weights_shard`` inside
+    shard_map) and divide ``"batchmean"`` by the first dimension of the tokens' shape."""
+    mesh = make_mesh("2x4")
+    _, _, hidden, weight, bias, labels = make_inputs()
+    hidden, labels = hidden.reshape(2, N // 2, D), labels.reshape(2, N // 2)
+    cw = jnp.linspace(0.5, 2.0, V)
+    opts = dict(ignore_index=IGNORE, class_weights=cw, label_smoothing=0.1)
+    for reduction in ("mean", "batchmean"):
+        expected = il.linear_softmax_cross_entropy(
+            hidden, labels, weight, bias=bias, reduction=reduction, **opts
+        )
+        on_mesh = sharded.vocab_parallel_linear_cross_entropy_on_mesh(
+            hidden,
+            labels,
+            weight,
+            bias=bias,
+            mesh=mesh,
+            vocab_axis="model",
+            data_axis="data",
+            reduction=reduction,
+            **opts,
+        )
+        assert_close(on_mesh, expected)
+    size = padded_size(mesh)
+
+    def local(h, y, w, b, c):
+        return sharded.vocab_parallel_linear_cross_entropy(
+            h,
+            y,
+            w,
+            bias_shard=b,
+            class_weights_shard=c,
+            vocab_axis="model",
+            vocab_size=V,
+            ignore_index=IGNORE,
+            label_smoothing=0.1,
+            reduction="none",
+        )
+
+    specs = (P(), P(), P(None, "model"), P("model"), P("model"))
+    fn = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=P()))
+    args = (pad_vocab(weight, size), pad_vocab(bias, size), pad_vocab(cw, size))
+    expected = il.linear_softmax_cross_entropy(
+        hidden, labels, weight, bias=bias, reduction="none", **opts
+    )
+    assert_close(fn(hidden, labels, *args), expected)

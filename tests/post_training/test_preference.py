@@ -151,11 +151,11 @@ def test_check_grads_float64(name):
 
 
 @pytest.mark.parametrize("name", list(PAIRED))
-def test_where_excludes_pairs_even_with_nan(name):
+def test_mask_excludes_pairs_even_with_nan(name):
     fn = PAIRED[name]
-    where = jnp.array([True, True, False, True])
+    mask = jnp.array([True, True, False, True])
     c = C.at[2].set(jnp.nan)
-    (loss, aux), g = jax.value_and_grad(lambda x: fn(x, R, where=where), has_aux=True)(c)
+    (loss, aux), g = jax.value_and_grad(lambda x: fn(x, R, mask=mask), has_aux=True)(c)
     assert np.isfinite(loss) and np.all(np.isfinite(g)) and float(g[2]) == 0.0
     assert float(aux.losses[2]) == 0.0
 
@@ -247,8 +247,8 @@ def test_bad_inputs_raise_named_errors():
         preference.simpo(C, R, beta=2.0, chosen_lengths=LC)
     with pytest.raises(ValueError, match="chosen_lengths"):
         preference.orpo(C, R, beta=0.1, chosen_lengths=LC[:2], rejected_lengths=LR)
-    with pytest.raises(TypeError, match="where"):
-        preference.cpo(C, R, beta=0.1, where=jnp.ones(4))
+    with pytest.raises(TypeError, match="per-pair mask"):
+        preference.cpo(C, R, beta=0.1, mask=jnp.ones(4))
     with pytest.raises(TypeError, match="desirable"):
         preference.kto(C, RC, jnp.ones(4), beta=0.1)
     with pytest.raises(ValueError, match="desirable"):
@@ -325,23 +325,23 @@ def test_sequence_log_probs_errors():
 
 @pytest.mark.parametrize("name", ["simpo", "orpo", "cpo", "ipo"])
 def test_excluded_pair_with_zero_length_has_finite_gradient(name):
-    where = jnp.array([True, False, True, True])
+    mask = jnp.array([True, False, True, True])
     lc, lr = LC.at[1].set(0), LR.at[1].set(0)
     c = C.at[1].set(jnp.nan)
 
     def f(x):
         if name == "simpo":
             return preference.simpo(
-                x, R, beta=2.0, chosen_lengths=lc, rejected_lengths=lr, where=where
+                x, R, beta=2.0, chosen_lengths=lc, rejected_lengths=lr, mask=mask
             )[0]
         if name == "orpo":
             return preference.orpo(
-                x, R, beta=0.1, chosen_lengths=lc, rejected_lengths=lr, where=where
+                x, R, beta=0.1, chosen_lengths=lc, rejected_lengths=lr, mask=mask
             )[0]
         if name == "cpo":
-            return preference.cpo(x, R, beta=0.1, chosen_lengths=lc, where=where)[0]
+            return preference.cpo(x, R, beta=0.1, chosen_lengths=lc, mask=mask)[0]
         return preference.ipo(
-            x, R, RC, RR, beta=0.5, chosen_lengths=lc, rejected_lengths=lr, where=where
+            x, R, RC, RR, beta=0.5, chosen_lengths=lc, rejected_lengths=lr, mask=mask
         )[0]
 
     value, grad = jax.value_and_grad(f)(c)
