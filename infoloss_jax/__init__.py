@@ -34,8 +34,12 @@ from .core._log_partition import z_loss as z_loss
 from .core._reductions import loss_sum_and_count as loss_sum_and_count
 from .core._reductions import reduce_loss as reduce_loss
 from .divergences._alpha_divergence import alpha_divergence as alpha_divergence
+from .divergences._alpha_divergence import linear_alpha_divergence as linear_alpha_divergence
+from .divergences._skew_kl import linear_skew_forward_kl as linear_skew_forward_kl
+from .divergences._skew_kl import linear_skew_reverse_kl as linear_skew_reverse_kl
 from .divergences._skew_kl import skew_forward_kl as skew_forward_kl
 from .divergences._skew_kl import skew_reverse_kl as skew_reverse_kl
+from .divergences._total_variation import linear_total_variation as linear_total_variation
 from .divergences._total_variation import total_variation as total_variation
 from .gradients._harness import ArgumentReport as ArgumentReport
 from .gradients._harness import GradientReport as GradientReport
@@ -92,4 +96,8 @@ __all__ = [
     "total_variation",
     "z_loss",
     "kl_estimate",
+    "linear_total_variation",
+    "linear_skew_forward_kl",
+    "linear_skew_reverse_kl",
+    "linear_alpha_divergence",
 ]

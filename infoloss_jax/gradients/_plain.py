@@ -210,7 +210,9 @@ def alpha_divergence(logits, target_logits, *, alpha=0.5, temperature=1.0, where
     # p^alpha q^(1 - alpha) is infinite where a side with a negative exponent is 0.
     infinite = ((p == 0) & (q > 0) & (alpha < 0)) | ((q == 0) & (p > 0) & (alpha > 1))
     w = jnp.where(infinite, jnp.inf, w)
-    return (1.0 - jnp.sum(w, axis=-1)) / (alpha * (1.0 - alpha))
+    value = (1.0 - jnp.sum(w, axis=-1)) / (alpha * (1.0 - alpha))
+    # A row with no class left on either side has no distribution: 0, as for the other losses.
+    return jnp.where(jnp.any((p > 0) | (q > 0), axis=-1), value, 0.0)
 
 
 def kl_divergence(log_predictions, targets):
