@@ -34,6 +34,14 @@ from .core._log_partition import z_loss as z_loss
 from .core._reductions import SumAndCount as SumAndCount
 from .core._reductions import loss_sum_and_count as loss_sum_and_count
 from .core._reductions import reduce_loss as reduce_loss
+from .divergences._alpha_divergence import alpha_divergence as alpha_divergence
+from .divergences._alpha_divergence import linear_alpha_divergence as linear_alpha_divergence
+from .divergences._skew_kl import linear_skew_forward_kl as linear_skew_forward_kl
+from .divergences._skew_kl import linear_skew_reverse_kl as linear_skew_reverse_kl
+from .divergences._skew_kl import skew_forward_kl as skew_forward_kl
+from .divergences._skew_kl import skew_reverse_kl as skew_reverse_kl
+from .divergences._total_variation import linear_total_variation as linear_total_variation
+from .divergences._total_variation import total_variation as total_variation
 from .gradients._harness import ArgumentReport as ArgumentReport
 from .gradients._harness import GradientReport as GradientReport
 from .gradients._harness import GradientTable as GradientTable
@@ -53,6 +61,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "accumulate_value_and_grad",
+    "alpha_divergence",
     "ArgumentReport",
     "GradientReport",
     "GradientTable",
@@ -84,8 +93,15 @@ __all__ = [
     "reverse_kl",
     "safe_softmax_cross_entropy",
     "sigmoid_binary_cross_entropy",
+    "skew_forward_kl",
+    "skew_reverse_kl",
     "softmax_cross_entropy",
     "softmax_cross_entropy_with_integer_labels",
+    "total_variation",
     "z_loss",
     "kl_estimate",
+    "linear_total_variation",
+    "linear_skew_forward_kl",
+    "linear_skew_reverse_kl",
+    "linear_alpha_divergence",
 ]

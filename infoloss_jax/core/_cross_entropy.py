@@ -409,13 +409,8 @@ def integer_label_rows(logits, labels, class_weights, coefs, spec, explicit):
     in as they are and are upcast inside, where the cast fuses into every pass over them.
     """
 
-    def rebuild(raw):
-        return _tiles.softcap(upcast(raw), spec.softcap)
-
-    z = rebuild(logits)
-    stats = _tiles.ce_tile(
-        z, labels, class_weights, 0, spec, explicit=explicit, source=(logits, rebuild)
-    )
+    source = (logits, upcast)
+    stats = _tiles.ce_tile(upcast(logits), labels, class_weights, 0, spec, coefs, explicit, source)
     rows = _tiles.ce_rows(stats, labels, None, coefs, spec)
     return rows.loss, rows.weight
 

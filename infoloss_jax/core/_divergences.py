@@ -1,9 +1,15 @@
-"""KL divergences (optax-compatible and from logits) and the generalized Jensen-Shannon."""
+"""KL divergences (optax-compatible and from logits) and the generalized Jensen-Shannon.
+
+The divergences from logits share one runner, :func:`logit_divergence`: it validates the two
+logit arrays, the temperature and the divergence's own coefficient, and evaluates a declared
+:class:`~infoloss_jax.engine._pairs.Divergence` on whole rows, with its closed-form gradient as
+the ``jax.custom_jvp`` rule. A new divergence needs nothing here: see "Adding a loss" in
+``docs/development.md``.
+"""
 
 from __future__ import annotations
 
 import functools
-import operator
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +17,7 @@ from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
 from ..base._caching import cached_eager
-from ..base._typing import ArrayLike
+from ..base._typing import ArrayLike, Reduction
 from ..base._validation import (
     Axis,
     all_ok,
@@ -19,17 +25,19 @@ from ..base._validation import (
     as_where,
     check_broadcastable,
     check_has_classes,
+    check_reduction,
     check_same_shape,
     normalize_axis,
     poison_unless,
     scheduled_number,
 )
+from ..engine import _pairs
+from ..engine._loss_spec import divergence_coefficient, loss_named
+from ..engine._tiles import shifted
 from . import _formulas
-from ._log_partition import (
-    drop_axes,
-    exclude,
-    stable_log_softmax,
-)
+from ._cross_entropy import classes_last
+from ._log_partition import exclude
+from ._reductions import reduce_loss
 
 
 # ----------------------------------------------------------------------------- optax-style
@@ -52,25 +60,14 @@ def _masked_sum(terms, axes, mask):
     return jnp.sum(terms, axis=axes)
 
 
-def kl_terms(log_predictions: jax.Array, targets: jax.Array) -> jax.Array:
-    """t (log t - log q) per element, the term behind every KL of probability targets.
-
-    0 where t = 0 (also where log q = -inf, in the value and both derivatives); NaN where t is
-    negative or NaN, or where log q is NaN. Nothing NaN is ever dropped as a zero.
-    """
-    zero = targets == 0  # the gradient w.r.t. a zero target is taken as 0 (not -inf)
-    safe_targets = jnp.where(zero, 1.0, targets)
-    safe_log_predictions = jnp.where(zero, 0.0, log_predictions)
-    terms = targets * (jnp.log(safe_targets) - safe_log_predictions)  # NaN for t < 0 or NaN
-    return jnp.where(zero, _formulas.nan_or_zero(log_predictions), terms)
-
-
-@cached_eager("axis")
+@cached_eager("axis", "reduction")
 def kl_divergence(
     log_predictions: ArrayLike,
     targets: ArrayLike,
     axis: Axis | None = -1,
     where: ArrayLike | None = None,
+    *,
+    reduction: Reduction = "none",
 ) -> jax.Array:
     r"""KL divergence from the target distribution to the predicted one: KL(targets || predictions).
 
@@ -96,9 +93,11 @@ def kl_divergence(
         ``log_predictions``.
       axis: the class axis or axes (None for all).
       where: optional boolean mask; False drops a term from the sum.
+      reduction: ``"none"`` (per example), ``"sum"``, ``"mean"`` or ``"batchmean"`` (the sum
+        over the size of the first dimension, as ``torch.nn.functional.kl_div``).
 
     Returns:
-      KL(targets || predictions) per example, in at least float32.
+      KL(targets || predictions) per example (or reduced), in at least float32.
 
     Example:
       >>> import jax
@@ -115,15 +114,18 @@ def kl_divergence(
     log_predictions, targets, axes, mask = _paired_inputs(
         log_predictions, "log_predictions", targets, "targets", axis, where
     )
-    return _masked_sum(kl_terms(log_predictions, targets), axes, mask)
+    terms = _formulas.kl_terms_of_probs(targets, log_predictions)
+    return reduce_loss(_masked_sum(terms, axes, mask), reduction=check_reduction(reduction))
 
 
-@cached_eager("axis")
+@cached_eager("axis", "reduction")
 def kl_divergence_with_log_targets(
     log_predictions: ArrayLike,
     log_targets: ArrayLike,
     axis: Axis | None = -1,
     where: ArrayLike | None = None,
+    *,
+    reduction: Reduction = "none",
 ) -> jax.Array:
     r"""KL(targets || predictions) with both distributions given as log-probabilities.
 
@@ -139,9 +141,11 @@ def kl_divergence_with_log_targets(
       log_targets: log-probabilities of the target distribution p, broadcastable.
       axis: the class axis or axes (None for all).
       where: optional boolean mask; False drops a term from the sum.
+      reduction: ``"none"`` (per example), ``"sum"``, ``"mean"`` or ``"batchmean"`` (the sum
+        over the size of the first dimension, as ``torch.nn.functional.kl_div``).
 
     Returns:
-      KL(targets || predictions) per example, in at least float32.
+      KL(targets || predictions) per example (or reduced), in at least float32.
 
     Example:
       >>> import jax
@@ -155,15 +159,18 @@ def kl_divergence_with_log_targets(
     log_predictions, log_targets, axes, mask = _paired_inputs(
         log_predictions, "log_predictions", log_targets, "log_targets", axis, where
     )
-    return _masked_sum(_formulas.kl_terms(log_targets, log_predictions), axes, mask)
+    terms = _formulas.kl_terms_of_logs(log_targets, log_predictions)
+    return reduce_loss(_masked_sum(terms, axes, mask), reduction=check_reduction(reduction))
 
 
-@cached_eager("axis")
+@cached_eager("axis", "reduction")
 def generalized_kl_divergence(
     log_predictions: ArrayLike,
     targets: ArrayLike,
     axis: Axis | None = -1,
     where: ArrayLike | None = None,
+    *,
+    reduction: Reduction = "none",
 ) -> jax.Array:
     r"""Generalized KL divergence between unnormalized non-negative measures, targets first.
 
@@ -179,9 +186,11 @@ def generalized_kl_divergence(
       targets: the target measure p (non-negative), broadcastable.
       axis: the class axis or axes (None for all).
       where: optional boolean mask; False drops a term from the sum.
+      reduction: ``"none"`` (per example), ``"sum"``, ``"mean"`` or ``"batchmean"`` (the sum
+        over the size of the first dimension, as ``torch.nn.functional.kl_div``).
 
     Returns:
-      The generalized divergence per example, in at least float32.
+      The generalized divergence per example (or reduced), in at least float32.
 
     Example:
       >>> import jax.numpy as jnp
@@ -196,16 +205,19 @@ def generalized_kl_divergence(
     log_predictions, targets, axes, mask = _paired_inputs(
         log_predictions, "log_predictions", targets, "targets", axis, where
     )
-    terms = kl_terms(log_predictions, targets) - targets + jnp.exp(log_predictions)
-    return _masked_sum(terms, axes, mask)
+    terms = _formulas.kl_terms_of_probs(targets, log_predictions)
+    terms = terms - targets + jnp.exp(log_predictions)
+    return reduce_loss(_masked_sum(terms, axes, mask), reduction=check_reduction(reduction))
 
 
 # ----------------------------------------------------------------------------- from logits
-def _scaled_logit_pair(logits, target_logits, temperature, axis, where):
-    """Validates both logit arrays, divides by the temperature and applies ``where``.
+def _logit_pair(logits, target_logits, temperature, axis, where):
+    """Validates both logit arrays and the temperature; applies ``where``.
 
-    Returns ``(model, target, axes, ok)``: ``ok`` is None for a static temperature (checked
-    now) and a traced flag for a traced one, to be passed to :func:`poison_unless`.
+    Returns ``(model, target, lead, scale, ok)``: the logits as ``[rows, classes]`` (classes
+    last, flattened), the shape of one value per example, the inverse temperature (1 for a
+    static ``temperature=1``) and ``ok``, None for a static temperature (checked now) or a
+    traced flag for a traced one, to be passed to :func:`poison_unless`.
     """
     temperature, ok = scheduled_number(temperature, "temperature", low=0.0, low_open=True)
     logits = as_float_array(logits, "logits")
@@ -215,98 +227,111 @@ def _scaled_logit_pair(logits, target_logits, temperature, axis, where):
         logits, "logits", target_logits, "target_logits", axis, where
     )
     if ok is not None:  # a traced temperature: divide by a safe value, poison the result after
-        temperature = jnp.where(ok, temperature, 1.0).astype(model.dtype)
-    if ok is not None or temperature != 1.0:
-        model, target = model / temperature, target / temperature
-    return exclude(model, mask), exclude(target, mask), axes, ok
+        temperature = jnp.where(ok, temperature, 1.0)
+    scale = (1.0 / jnp.asarray(temperature)).astype(model.dtype)
+    model = classes_last(exclude(model, mask), axes)
+    target = classes_last(exclude(target, mask), axes)
+    lead = model.shape[:-1]
+    k = model.shape[-1]
+    return model.reshape(-1, k), target.reshape(-1, k), lead, scale, ok
 
 
-def _log_softmax_pair(model, target, axes):
-    return stable_log_softmax(model, axes).log_probs, stable_log_softmax(target, axes).log_probs
+@functools.cache  # one pair per divergence: fresh branches would defeat JAX's caches
+def _branches(div: _pairs.Divergence):
+    def branch(exact, s, t, scale, c):
+        return _pairs.full_rows(div, s, t, scale, c, exact).rows
+
+    return functools.partial(branch, True), functools.partial(branch, False)
 
 
-def _pair_tangent(grads, tangents, axes):
-    """sum(grad . tangent) over both arguments, skipping symbolic-zero tangents (no work for an
-    argument that is not differentiated, such as a fixed teacher)."""
-    terms = [g * t for g, t in zip(grads, tangents, strict=True) if not isinstance(t, SymbolicZero)]
-    if not terms:
-        return jnp.zeros_like(_formulas.sum_over(grads[0], axes))
-    return _formulas.sum_over(functools.reduce(operator.add, terms), axes)
+def _rows(div: _pairs.Divergence, s, t, scale, c):
+    """``div``'s rows on whole ``[rows, classes]`` logits: in plain form when no shifted logit
+    can be -inf (one ``lax.cond`` for the whole array, NaN-aware), else in the exact form."""
+    exact, plain = _branches(div)
+    if div.first is None:  # the two-pass divergences have one (exact) form
+        return exact(s, t, scale, c)
+    flag = _pairs.needs_exact(s, scale) | _pairs.needs_exact(t, scale)
+    return lax.cond(flag, exact, plain, s, t, scale, c)
 
 
-def _kl_of_logits(first, second, axes):
-    """KL(softmax(first) || softmax(second)), keepdims."""
-    exact, plain = _formulas.kl_value, _formulas.plain_kl_value
-    return _formulas.of_logits(exact, plain, (first, second), axes)
+@functools.cache
+def _rows_program(div: _pairs.Divergence):
+    """``_rows`` of ``div`` under ``jax.jit``: the derivative rule runs eagerly inside an eager
+    ``jax.grad``, where a bare ``lax.cond`` would compile afresh on every call."""
+    return jax.jit(functools.partial(_rows, div))
 
 
-def _directed_kl(reverse: bool, grads_given_value):
-    """KL(target || model) (``reverse=False``) or KL(model || target), with the closed-form
-    JVP of ``grads_given_value``; the directions differ only in argument order."""
-
-    @functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
-    def kl(model, target, axes):
-        return _kl_of_logits(model, target, axes) if reverse else _kl_of_logits(target, model, axes)
-
-    @functools.partial(kl.defjvp, symbolic_zeros=True)
-    def _jvp(axes, primals, tangents):
-        value = kl(primals[0], primals[1], axes)
-        grads = grads_given_value(*_log_softmax_pair(primals[0], primals[1], axes), value)
-        return value, _pair_tangent(grads, tangents, axes)
-
-    return kl
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _divergence(div: _pairs.Divergence, s, t, scale, c):
+    """Per-row ``div`` of the logits ``s`` (model) and ``t`` (target) times ``scale``."""
+    return _rows_program(div)(s, t, scale, c).loss
 
 
-_forward_kl = _directed_kl(False, _formulas.forward_kl_grads_given_value)
-_reverse_kl = _directed_kl(True, _formulas.reverse_kl_grads_given_value)
+@functools.partial(_divergence.defjvp, symbolic_zeros=True)
+def _divergence_jvp(div, primals, tangents):
+    """The closed-form gradients of ``div`` (tangents that are symbolic zeros cost nothing: a
+    fixed target's gradient is never computed)."""
+    s, t, scale, c = primals
+    s_dot, t_dot, scale_dot, c_dot = (None if isinstance(x, SymbolicZero) else x for x in tangents)
+    rows = _rows_program(div)(s, t, scale, c)
+    log_probs = []
+    for x, side in ((s, "0"), (t, "1")):
+        _, sh = shifted(x, scale)
+        log_probs.append(sh - rows.coef["log_sumexp" + side][:, None])
+    teacher = t_dot is not None or scale_dot is not None
+    ds, dt = div.grads(*log_probs, rows.coef, c, True, teacher)
+    value_dot = jnp.zeros_like(rows.loss)
+    for grad, x, x_dot in ((ds, s, s_dot), (dt, t, t_dot)):
+        if grad is not None and x_dot is not None:
+            value_dot = value_dot + scale * jnp.sum(grad * x_dot, axis=1)
+        if grad is not None and scale_dot is not None:
+            # d/d scale of D(scale * s, scale * t): sum grad * (s - max s), the shift cancelling
+            # because each gradient sums to 0 over the classes.
+            _, centered = shifted(x, None)
+            centered = jnp.where(x == -jnp.inf, 0.0, centered)
+            value_dot = value_dot + scale_dot * jnp.sum(grad * centered, axis=1)
+    if c_dot is not None:
+        exact = _branches(div)[0]
+        value_dot = value_dot + jax.jvp(lambda a: exact(s, t, scale, a).loss, (c,), (c_dot,))[1]
+    return rows.loss, value_dot
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
-def _jensen_shannon(model, target, beta, axes):
-    log_q, log_p = _log_softmax_pair(model, target, axes)
-    return _formulas.jensen_shannon_value(log_q, log_p, beta, axes)
+def logit_divergence(
+    div: _pairs.Divergence,
+    logits,
+    target_logits,
+    *,
+    coefficient: float | jax.Array | None = None,
+    temperature: float | jax.Array = 1.0,
+    axis: Axis = -1,
+    where=None,
+    reduction: str = "none",
+) -> jax.Array:
+    """The divergence ``div`` between ``softmax(target_logits / T)`` (P) and ``softmax(logits /
+    T)`` (Q), per example or reduced: the body of every public divergence over logits.
+
+    ``coefficient`` is the value of ``div``'s own coefficient (``beta``, ``skew``, ``alpha``;
+    None for its default): a concrete value outside its range raises ValueError naming it, a
+    traced one makes the result NaN; a concrete value at one of its end points runs the end
+    point's divergence (``jensen_shannon`` with ``beta=0`` is ``forward_kl``).
+    """
+    check_reduction(reduction)
+    kind, c, c_ok = divergence_coefficient(div, coefficient)
+    div = loss_named(kind)
+    s, t, lead, scale, ok = _logit_pair(logits, target_logits, temperature, axis, where)
+    value = _divergence(div, s, t, scale, jnp.asarray(c, s.dtype)).reshape(lead)
+    return reduce_loss(poison_unless(value, all_ok(ok, c_ok)), reduction=reduction)
 
 
-@functools.partial(_jensen_shannon.defjvp, symbolic_zeros=True)
-def _jensen_shannon_jvp(axes, primals, tangents):
-    model, target, beta = primals
-    log_q, log_p = _log_softmax_pair(model, target, axes)
-    grads = _formulas.jensen_shannon_grads(log_q, log_p, beta, axes)
-    log_m = _formulas.log_mixture(log_q, log_p, beta)
-    kl_p, kl_q = _formulas.kl_value(log_p, log_m, axes), _formulas.kl_value(log_q, log_m, axes)
-    value = beta * kl_p + (1.0 - beta) * kl_q
-    value_dot = _pair_tangent(grads, tangents[:2], axes)
-    if not isinstance(tangents[2], SymbolicZero):
-        # d/d beta: KL(P || M) - KL(Q || M) (the terms from dM/d beta sum to zero).
-        value_dot = value_dot + (kl_p - kl_q) * tangents[2]
-    return value, value_dot
-
-
-# The divergence for beta = 0 (forward KL), 0 < beta < 1 and beta = 1 (reverse KL), indexed by
-# (beta > 0) + (beta >= 1): chosen in Python for a static beta, by lax.switch for a traced one.
-_BETA_BRANCHES = (
-    lambda model, target, beta, axes: _forward_kl(model, target, axes),
-    lambda model, target, beta, axes: _jensen_shannon(model, target, beta, axes),
-    lambda model, target, beta, axes: _reverse_kl(model, target, axes),
-)
-
-
-def _jensen_shannon_any_beta(model, target, beta, axes):
-    """The divergence for a traced beta: one of the three branches, chosen at run time."""
-    index = (beta > 0).astype(jnp.int32) + (beta >= 1).astype(jnp.int32)
-    branches = [functools.partial(branch, axes=axes) for branch in _BETA_BRANCHES]
-    safe_beta = jnp.clip(beta, 0.0, 1.0).astype(model.dtype)
-    return lax.switch(index, branches, model, target, safe_beta)
-
-
-@cached_eager("axis")
+@cached_eager("axis", "reduction")
 def forward_kl(
     logits: ArrayLike,
     target_logits: ArrayLike,
     *,
-    temperature: float = 1.0,
+    temperature: float | jax.Array = 1.0,
     axis: Axis = -1,
     where: ArrayLike | None = None,
+    reduction: Reduction = "none",
 ) -> jax.Array:
     r"""Forward KL from the target (teacher) to the model (student): KL(target || model).
 
@@ -332,12 +357,15 @@ def forward_kl(
       axis: the class axis or axes.
       where: optional boolean mask broadcastable to ``logits``; False excludes a class from
         both distributions.
+      reduction: ``"none"`` (per example), ``"sum"``, ``"mean"`` (over the examples) or
+        ``"batchmean"`` (the sum over the size of the first dimension).
 
     Returns:
-      KL(softmax(target/T) || softmax(logits/T)) per example, in at least float32. Where the
-        target keeps a class the model excludes (a ``-inf`` logit) the value is ``+inf``; its
-        gradient w.r.t. ``logits`` is still the exact :math:`q - p`, and w.r.t.
-        ``target_logits`` it is 0 on that example. A NaN logit makes its example NaN.
+      KL(softmax(target/T) || softmax(logits/T)) per example (or reduced), in at least
+        float32. Where the target keeps a class the model excludes (a ``-inf`` logit) the
+        value is ``+inf``; its gradient w.r.t. ``logits`` is still the exact :math:`q - p` on
+        the included classes, and w.r.t. ``target_logits`` it is 0 on that example. A NaN
+        logit makes its example NaN.
 
     Example:
       >>> import jax.numpy as jnp
@@ -349,18 +377,26 @@ def forward_kl(
     References:
       Hinton, Vinyals and Dean, "Distilling the Knowledge in a Neural Network", 2015.
     """
-    model, target, axes, ok = _scaled_logit_pair(logits, target_logits, temperature, axis, where)
-    return poison_unless(drop_axes(_forward_kl(model, target, axes), axes), ok)
+    return logit_divergence(
+        _pairs.FORWARD_KL,
+        logits,
+        target_logits,
+        temperature=temperature,
+        axis=axis,
+        where=where,
+        reduction=reduction,
+    )
 
 
-@cached_eager("axis")
+@cached_eager("axis", "reduction")
 def reverse_kl(
     logits: ArrayLike,
     target_logits: ArrayLike,
     *,
-    temperature: float = 1.0,
+    temperature: float | jax.Array = 1.0,
     axis: Axis = -1,
     where: ArrayLike | None = None,
+    reduction: Reduction = "none",
 ) -> jax.Array:
     r"""Reverse KL from the model (student) to the target (teacher): KL(model || target).
 
@@ -383,12 +419,15 @@ def reverse_kl(
         positive and finite makes the result NaN).
       axis: the class axis or axes.
       where: optional boolean mask broadcastable to ``logits``.
+      reduction: ``"none"`` (per example), ``"sum"``, ``"mean"`` (over the examples) or
+        ``"batchmean"`` (the sum over the size of the first dimension).
 
     Returns:
-      KL(softmax(logits/T) || softmax(target/T)) per example, in at least float32. Where the
-        model keeps a class the target excludes the value is ``+inf``; its gradient w.r.t.
-        ``target_logits`` is still the exact :math:`p - q`, and w.r.t. ``logits`` it is 0 on that
-        example. A NaN logit makes its example NaN.
+      KL(softmax(logits/T) || softmax(target/T)) per example (or reduced), in at least
+        float32. Where the model keeps a class the target excludes the value is ``+inf``;
+        its gradient w.r.t. ``target_logits`` is still the exact :math:`p - q` on the
+        included classes, and w.r.t. ``logits`` it is 0 on that example. A NaN logit makes
+        its example NaN.
 
     Example:
       >>> import jax.numpy as jnp
@@ -400,19 +439,27 @@ def reverse_kl(
     References:
       Gu et al., "MiniLLM: Knowledge Distillation of Large Language Models", 2024.
     """
-    model, target, axes, ok = _scaled_logit_pair(logits, target_logits, temperature, axis, where)
-    return poison_unless(drop_axes(_reverse_kl(model, target, axes), axes), ok)
+    return logit_divergence(
+        _pairs.REVERSE_KL,
+        logits,
+        target_logits,
+        temperature=temperature,
+        axis=axis,
+        where=where,
+        reduction=reduction,
+    )
 
 
-@cached_eager("axis")
+@cached_eager("axis", "reduction")
 def jensen_shannon(
     logits: ArrayLike,
     target_logits: ArrayLike,
     *,
     beta: float | jax.Array = 0.5,
-    temperature: float = 1.0,
+    temperature: float | jax.Array = 1.0,
     axis: Axis = -1,
     where: ArrayLike | None = None,
+    reduction: Reduction = "none",
 ) -> jax.Array:
     r"""Generalized Jensen-Shannon divergence between the target P and the model Q.
 
@@ -442,9 +489,11 @@ def jensen_shannon(
       temperature: positive temperature T; it may be traced.
       axis: the class axis or axes.
       where: optional boolean mask broadcastable to ``logits``.
+      reduction: ``"none"`` (per example), ``"sum"``, ``"mean"`` (over the examples) or
+        ``"batchmean"`` (the sum over the size of the first dimension).
 
     Returns:
-      The divergence per example, in at least float32.
+      The divergence per example (or reduced), in at least float32.
 
     Example:
       >>> import jax.numpy as jnp
@@ -457,10 +506,13 @@ def jensen_shannon(
       Lin, "Divergence measures based on the Shannon entropy", 1991; Agarwal et al.,
       "On-Policy Distillation of Language Models (GKD)", 2024.
     """
-    beta, beta_ok = scheduled_number(beta, "beta", low=0.0, high=1.0)
-    model, target, axes, ok = _scaled_logit_pair(logits, target_logits, temperature, axis, where)
-    if beta_ok is not None:
-        value = _jensen_shannon_any_beta(model, target, beta, axes)
-    else:
-        value = _BETA_BRANCHES[(beta > 0) + (beta >= 1)](model, target, beta, axes)
-    return poison_unless(drop_axes(value, axes), all_ok(ok, beta_ok))
+    return logit_divergence(
+        _pairs.JENSEN_SHANNON,
+        logits,
+        target_logits,
+        coefficient=beta,
+        temperature=temperature,
+        axis=axis,
+        where=where,
+        reduction=reduction,
+    )

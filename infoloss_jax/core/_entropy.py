@@ -7,48 +7,69 @@ from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from ..base._caching import cached_eager
-from ..base._typing import ArrayLike
+from ..base._typing import ArrayLike, Reduction
 from ..base._validation import (
     Axis,
     as_float_array,
     as_where,
     check_has_classes,
+    check_reduction,
     in_base,
     log_of_base,
     normalize_axis,
     upcast,
 )
+from ..engine import _tiles
+from ..engine._pairs import needs_exact
 from . import _formulas
-from ._log_partition import (
-    drop_axes,
-    prepare_logits,
-    stable_log_softmax,
-)
+from ._cross_entropy import classes_last
+from ._log_partition import prepare_logits
+from ._reductions import reduce_loss
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
-def _entropy_of_logits(logits: jax.Array, axes: tuple[int, ...]) -> jax.Array:
-    exact, plain = _formulas.entropy_value, _formulas.plain_entropy_value
-    return _formulas.of_logits(exact, plain, (logits,), axes)
+def _entropy_rows(exact: bool, z: jax.Array) -> jax.Array:
+    """H per row of ``[rows, classes]`` logits: ``log S - sum e (z - m) / S`` (the engine's
+    entropy statistic, on one full tile)."""
+    _, sh = _tiles.shifted(z)
+    return _tiles.entropy_of(jnp.sum(jnp.exp(sh), axis=1), _tiles.entropy_sum(sh, exact))
+
+
+_EXACT, _PLAIN = (functools.partial(_entropy_rows, exact) for exact in (True, False))
+
+
+@jax.custom_jvp
+def _entropy_of_logits(z: jax.Array) -> jax.Array:
+    """H per row, in plain form when no shifted logit can be -inf (one ``lax.cond``)."""
+    return lax.cond(needs_exact(z, None), _EXACT, _PLAIN, z)
+
+
+def entropy_grad_rows(z: jax.Array, value: jax.Array | None = None) -> jax.Array:
+    r"""dH/dz of ``[rows, classes]`` logits: :math:`-q (\log q + H)` (H computed if not given)."""
+    _, sh = _tiles.shifted(z)
+    sumexp = jnp.sum(jnp.exp(sh), axis=1)
+    if value is None:
+        value = _tiles.entropy_of(sumexp, _tiles.entropy_sum(sh))
+    return _tiles.entropy_grad(sh - _tiles.log_sumexp(sumexp)[:, None], value)
 
 
 @_entropy_of_logits.defjvp
-def _entropy_of_logits_jvp(axes, primals, tangents):
-    (logits,), (logits_dot,) = primals, tangents
-    value = _entropy_of_logits(logits, axes)
-    grad = _formulas.entropy_grad_given_value(stable_log_softmax(logits, axes).log_probs, value)
-    return value, _formulas.sum_over(grad * logits_dot, axes)
+def _entropy_of_logits_jvp(primals, tangents):
+    (z,), (z_dot,) = primals, tangents
+    value = _entropy_of_logits(z)
+    return value, jnp.sum(entropy_grad_rows(z, value) * z_dot, axis=1)
 
 
-@cached_eager("axis", "base")
+@cached_eager("axis", "base", "reduction")
 def entropy(
     logits: ArrayLike,
     *,
     axis: Axis = -1,
     where: ArrayLike | None = None,
     base: float | None = None,
+    reduction: Reduction = "none",
 ) -> jax.Array:
     r"""Shannon entropy of the softmax of ``logits``.
 
@@ -71,9 +92,12 @@ def entropy(
       axis: the class axis, or a tuple of axes that together index the classes.
       where: optional boolean mask broadcastable to ``logits``; False excludes a class.
       base: logarithm base of the result; None for nats, 2 for bits.
+      reduction: ``"none"`` (per example), ``"sum"``, ``"mean"`` (over the examples) or
+        ``"batchmean"`` (the sum over the size of the first dimension).
 
     Returns:
-      The entropy per example, class axes removed. Half-precision inputs give float32.
+      The entropy per example, class axes removed (or reduced). Half-precision inputs give
+        float32.
 
     Example:
       >>> import jax.numpy as jnp
@@ -85,17 +109,21 @@ def entropy(
       Shannon, "A Mathematical Theory of Communication", 1948.
     """
     log_of_base(base)
+    check_reduction(reduction)
     logits, axes = prepare_logits(logits, axis, where)
-    return in_base(drop_axes(_entropy_of_logits(logits, axes), axes), base)
+    rows = classes_last(logits, axes)
+    value = _entropy_of_logits(rows.reshape(-1, rows.shape[-1])).reshape(rows.shape[:-1])
+    return reduce_loss(in_base(value, base), reduction=reduction)
 
 
-@cached_eager("axis", "base")
+@cached_eager("axis", "base", "reduction")
 def entropy_from_probs(
     probs: ArrayLike,
     *,
     axis: Axis = -1,
     where: ArrayLike | None = None,
     base: float | None = None,
+    reduction: Reduction = "none",
 ) -> jax.Array:
     r"""Shannon entropy of a distribution given as probabilities.
 
@@ -113,9 +141,11 @@ def entropy_from_probs(
       axis: the class axis or axes.
       where: optional boolean mask broadcastable to ``probs``; False drops a term.
       base: logarithm base of the result; None for nats, 2 for bits.
+      reduction: ``"none"`` (per example), ``"sum"``, ``"mean"`` (over the examples) or
+        ``"batchmean"`` (the sum over the size of the first dimension).
 
     Returns:
-      The entropy per example, class axes removed, in at least float32.
+      The entropy per example, class axes removed (or reduced), in at least float32.
 
     Example:
       >>> import jax.numpy as jnp
@@ -131,10 +161,11 @@ def entropy_from_probs(
     axes = normalize_axis(axis, probs.ndim)
     check_has_classes(probs, axes, "probs")
     mask = as_where(where, probs.shape, "probs")
+    check_reduction(reduction)
     terms = _formulas.xlogx(probs)
     if mask is not None:
         terms = jnp.where(mask, terms, 0.0)
-    return in_base(-jnp.sum(terms, axis=axes), base)
+    return reduce_loss(in_base(-jnp.sum(terms, axis=axes), base), reduction=reduction)
 
 
 @cached_eager("axis", "base")

@@ -1,4 +1,5 @@
-"""The blockwise engine: a loss as a declared spec (``_loss_spec``), the rules of one tile
-(``_tiles``: statistics, merge, rows, tile gradient) and the driver with its one ``custom_vjp``
-(``_blockwise``). The fused and sharded heads are thin wrappers on it.
+"""The blockwise engine: the declared losses and a call's static spec (``_loss_spec``), the
+rules of one tile (``_tiles``: statistics, merge, the cross-entropy's rows and tile gradient),
+the divergences between two distributions (``_pairs``), and the driver with its one
+``custom_vjp`` (``_blockwise``). The fused and sharded heads are thin wrappers on it.
 """

@@ -30,7 +30,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from . import _tiles
+from . import (
+    _pairs,  # noqa: F401  (declares the built-in divergences the heads run)
+    _tiles,
+)
 from ._loss_spec import Coefficients, LossSpec
 
 AxisName = Hashable | tuple[Hashable, ...]
@@ -269,14 +272,16 @@ def _tile(ctx: _Ctx, pinned, t0, tl, v0, vl):
     return raw, teacher, w_blk
 
 
-def _tile_stats(ctx: _Ctx, raw, teacher, t0, tl, v0, vl):
-    spec = ctx.spec
-    if spec.divergence:
-        return _tiles.divergence_tile(raw, teacher)
+def _tile_input(ctx: _Ctx, raw, teacher, t0, tl, v0, vl) -> _tiles.Tile:
+    """What the loss reads of one tile (a divergence's logits arrive scaled by ``_tile``)."""
     cw = _vslice(ctx.ops.class_weights, v0, vl, 0)
     cw = None if cw is None else cw.astype(ctx.acc)
-    z = _tiles.ce_logits(raw, spec, ctx.coefs)
-    return _tiles.ce_tile(z, _rows(ctx.ops.labels, t0, tl), cw, ctx.offset + v0, spec)
+    return _tiles.Tile(raw, teacher, _rows(ctx.ops.labels, t0, tl), cw, ctx.offset + v0)
+
+
+def _tile_stats(ctx: _Ctx, raw, teacher, t0, tl, v0, vl):
+    tile = _tile_input(ctx, raw, teacher, t0, tl, v0, vl)
+    return ctx.spec.loss.tile_stats(tile, ctx.spec, ctx.coefs)
 
 
 def _pinned(ops: Operands):
@@ -306,23 +311,25 @@ def _sweep(ctx: _Ctx, init, tile_fn):
 def _rows_from_stats(
     ctx: _Ctx, stats: _tiles.Stats, second_pass
 ) -> tuple[_tiles.Rows, _tiles.Stats]:
-    spec = ctx.spec
+    spec, loss = ctx.spec, ctx.spec.loss
     stats = _tiles.all_reduce(stats, ctx.cfg.axis)
-    if not spec.divergence:
-        return _tiles.ce_rows(stats, ctx.ops.labels, ctx.ops.row_mask, ctx.coefs, spec), stats
-    if spec.kind == "jensen_shannon":
-        lse = tuple(_tiles.lse_of(m, e) for m, e in zip(stats.max, stats.sumexp, strict=True))
-        terms = _tiles.all_reduce(second_pass(*lse), ctx.cfg.axis)
+    if loss.two_pass:  # a second sweep, over the log-probabilities
+        terms = _tiles.all_reduce(second_pass(_tiles.norms_of(stats)), ctx.cfg.axis)
         stats = stats._replace(plain=terms.plain)
-    return _tiles.divergence_rows(stats, ctx.ops.row_mask, ctx.coefs, spec), stats
+    return loss.rows_of(stats, ctx.ops.labels, ctx.ops.row_mask, spec, ctx.coefs), stats
 
 
-def _jsd_init(ctx: _Ctx):
+def _second_pass_init(ctx: _Ctx):
     def init(n):
-        z = ctx.zeros((n,), ctx.acc)
-        return _tiles.Stats((), (), (), {"p_term": z, "q_term": z}, None)
+        return ctx.spec.loss.terms_empty(n, ctx.acc, ctx.zeros)
 
     return init
+
+
+def _second_pass_tile(ctx: _Ctx, raw, teacher, norms):
+    """A two-pass loss's sums over one tile, given its rows' normalizers ``norms``."""
+    tile = _tiles.Tile(raw, teacher, None, None, 0)
+    return ctx.spec.loss.tile_terms(tile, norms, ctx.coefs)
 
 
 def _forward(ctx: _Ctx):
@@ -333,12 +340,11 @@ def _forward(ctx: _Ctx):
         lambda raw, teacher, t0, tl, v0, vl: _tile_stats(ctx, raw, teacher, t0, tl, v0, vl),
     )
 
-    def second_pass(s_lse, t_lse):
+    def second_pass(norms):
         def terms(raw, teacher, t0, tl, v0, vl):
-            rows = (_rows(s_lse, t0, tl), _rows(t_lse, t0, tl))
-            return _tiles.jensen_shannon_tile(raw, teacher, *rows, ctx.coefs)
+            return _second_pass_tile(ctx, raw, teacher, tuple(_rows(x, t0, tl) for x in norms))
 
-        return _sweep(ctx, _jsd_init(ctx), terms)
+        return _sweep(ctx, _second_pass_init(ctx), terms)
 
     return _rows_from_stats(ctx, stats, second_pass)
 
@@ -346,52 +352,21 @@ def _forward(ctx: _Ctx):
 # ------------------------------------------------------------------------------ gradients
 def _tile_grads(ctx: _Ctx, raw, teacher, row, t0, tl, v0, vl):
     """(d student raw logits, d teacher logits or None) of one tile, rows sliced from ``row``."""
-    spec = ctx.spec
     sl = {k: _rows(v, t0, tl) if v is not None else None for k, v in row.items()}
-    if spec.divergence:
-        g = sl["g"]
-        ds = _tiles.divergence_tile_grad(
-            spec.kind, raw, teacher, sl["lse0"], sl["lse1"], sl["kl_q"], g, ctx.coefs
-        )
-        dt = None
-        if ctx.ops.w is None:  # logits: the teacher is differentiable too
-            kind = _tiles.teacher_kind(spec.kind)
-            kl = sl["p_term"] if spec.kind == "jensen_shannon" else sl["loss"]
-            coefs = _tiles.swap_beta(ctx.coefs)
-            dt = _tiles.divergence_tile_grad(
-                kind, teacher, raw, sl["lse1"], sl["lse0"], kl, g, coefs
-            )
-        return ds, dt
-    cw = _vslice(ctx.ops.class_weights, v0, vl, 0)
-    cw = None if cw is None else cw.astype(ctx.acc)
-    coef = {k: sl[k] for k in ("p", "y", "s", "h", "entropy") if k in sl}
-    z = _tiles.ce_logits(raw, spec, ctx.coefs)
-    dz = _tiles.ce_tile_grad(z, raw, sl["labels"], ctx.offset + v0, cw, sl["lse0"], coef, spec)
-    return dz, None
+    tile = _tile_input(ctx, raw, teacher, t0, tl, v0, vl)
+    teacher_grad = ctx.ops.w is None  # logits: the teacher is differentiable too
+    return ctx.spec.loss.tile_grads(tile, sl, ctx.spec, ctx.coefs, teacher_grad)
 
 
 def _row_values(ctx: _Ctx, rows: _tiles.Rows, g, g_entropy=None):
     """Per-row arrays the tile gradients read, with the cotangents ``g`` (of the loss) and
     ``g_entropy`` (of the entropy, if any) and the temperature's chain rule folded in."""
     spec = ctx.spec
-    row = {f"lse{i}": v for i, v in enumerate(rows.lse)}
     if spec.scaled:
         inv_t = ctx.coefs.inverse_temperature.astype(g.dtype)
         g = g * inv_t
         g_entropy = None if g_entropy is None else g_entropy * inv_t
-    if spec.divergence:
-        row.update(
-            g=g * rows.coef["keep"],
-            kl_q=rows.coef["kl_q"],
-            p_term=rows.coef["p_term"],
-            loss=rows.loss,
-        )
-    else:
-        row.update({k: rows.coef[k] * g for k in ("p", "y", "s")}, labels=ctx.ops.labels)
-        if spec.entropy:
-            g_entropy = jnp.zeros_like(g) if g_entropy is None else g_entropy
-            row.update(h=rows.coef["h"] * g_entropy, entropy=rows.coef["entropy"])
-    return row
+    return spec.loss.row_values(rows, g, g_entropy, spec, ctx.ops.labels)
 
 
 def _weight_psum_axes(ctx: _Ctx, g) -> tuple:
@@ -558,8 +533,8 @@ def _in_forward(ctx: _Ctx):
             ops=ops._replace(labels=_rows(ops.labels, t0, tl), row_mask=_rows(ops.row_mask, t0, tl))
         )
 
-        def second_pass(s_lse, t_lse):
-            return _tiles.jensen_shannon_tile(buffers[0], buffers[1], s_lse, t_lse, ctx.coefs)
+        def second_pass(norms):
+            return _second_pass_tile(ctx, buffers[0], buffers[1], norms)
 
         rows, stats = _rows_from_stats(sub, stats, second_pass)
         row = _row_values(sub, rows, jnp.ones((tl,), acc))

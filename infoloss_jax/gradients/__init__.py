@@ -14,13 +14,18 @@ Conventions shared by all functions:
 * Zeros. :math:`0 \log 0 = 0` in every formula (double-``where``), so zero probabilities and
   ``-inf`` logits give finite gradients.
 
-The softmax-based formulas (cross-entropy, entropy, KL and Jensen-Shannon) come from the private
-kernels in ``infoloss_jax._formulas``, the same kernels the core losses use in their custom
+The softmax-based formulas (cross-entropy, entropy, the divergences between two softmax
+distributions) come from the engine's declared losses (``infoloss_jax.engine._tiles`` and
+``_pairs``), the same tile formulas the core, fused and sharded losses use in their custom
 derivatives: one source of truth per formula. Because of that sharing, autodiff of the library's
 own losses cannot check them; :func:`infoloss_jax.gradient_table` compares each one with
 ``jax.grad`` of an independent plain implementation of its loss instead.
 """
 
+from ..divergences._alpha_divergence import alpha_divergence_grad as alpha_divergence_grad
+from ..divergences._skew_kl import skew_forward_kl_grad as skew_forward_kl_grad
+from ..divergences._skew_kl import skew_reverse_kl_grad as skew_reverse_kl_grad
+from ..divergences._total_variation import total_variation_grad as total_variation_grad
 from ._closed_forms import binary_entropy_grad as binary_entropy_grad
 from ._closed_forms import entropy_from_probs_grad as entropy_from_probs_grad
 from ._closed_forms import entropy_grad as entropy_grad
@@ -46,6 +51,7 @@ from ._closed_forms import (
 from ._closed_forms import z_loss_grad as z_loss_grad
 
 __all__ = [
+    "alpha_divergence_grad",
     "binary_entropy_grad",
     "entropy_from_probs_grad",
     "entropy_grad",
@@ -60,9 +66,12 @@ __all__ = [
     "log_probs_grad",
     "reverse_kl_grad",
     "sigmoid_binary_cross_entropy_grad",
+    "skew_forward_kl_grad",
+    "skew_reverse_kl_grad",
     "softmax_cross_entropy_grad",
     "softmax_cross_entropy_hessian",
     "softmax_cross_entropy_hvp",
     "softmax_cross_entropy_with_integer_labels_grad",
+    "total_variation_grad",
     "z_loss_grad",
 ]

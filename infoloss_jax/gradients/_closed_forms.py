@@ -11,17 +11,18 @@ import numpy as np
 from ..base._caching import cached_eager
 from ..base._typing import ArrayLike
 from ..base._validation import (
+    Axis,
     accumulation_dtype,
+    all_ok,
     as_float_array,
     as_integer_array,
     as_where,
-    check_beta,
     check_broadcastable,
     check_same_shape,
-    check_temperature,
     in_base,
     is_traced,
     normalize_axis,
+    scheduled_number,
 )
 from ..core import _formulas
 from ..core._cross_entropy import (
@@ -34,9 +35,10 @@ from ..core._cross_entropy import (
     smoothing_mass,
     soft_cap,
 )
+from ..core._entropy import entropy_grad_rows
 from ..core._log_partition import exclude, stable_log_softmax
-from ..engine import _tiles
-from ..engine._loss_spec import poison
+from ..engine import _pairs, _tiles
+from ..engine._loss_spec import divergence_coefficient, loss_named, poison
 from ..post_training._log_probs import token_grads, token_log_probs_spec
 
 # --------------------------------------------------------------------------------------------
@@ -60,16 +62,25 @@ def _zero_masked(grad: jax.Array, where: jax.Array | None) -> jax.Array:
     return grad if where is None else jnp.where(where, grad, 0.0)
 
 
-def _normalized(logits, where, axis, temperature=1.0, name="logits"):
-    """Validates logits, applies temperature and mask; returns (LogSoftmax, axes, mask).
+def _normalized(logits, where, axis, name="logits"):
+    """Validates logits and applies the mask; returns (LogSoftmax, axes, mask).
 
     The log-probabilities are -inf at excluded classes (everywhere, not NaN, for an empty row).
     """
     x = _prepare_logits(logits, name)
     axes = normalize_axis(axis, x.ndim)
     mask = as_where(where, x.shape, name)
-    check_temperature(temperature)
-    return stable_log_softmax(exclude(x / temperature, mask), axes), axes, mask
+    return stable_log_softmax(exclude(x, mask), axes), axes, mask
+
+
+def _on_rows(fn, x: jax.Array, axes, *arrays: jax.Array) -> tuple[jax.Array, ...]:
+    """The outputs of ``fn`` of ``arrays`` (shaped like ``x``) taken as ``[rows, classes]``,
+    each moved back to the layout of ``x`` (the class axes in place)."""
+    to_rows = functools.partial(classes_last, axes=axes)
+    rows = [to_rows(a) for a in arrays]
+    out = fn(*(r.reshape(-1, r.shape[-1]) for r in rows))
+    back = jax.linear_transpose(to_rows, x)  # to_rows only moves entries: its transpose inverts
+    return tuple(back(o.reshape(rows[0].shape))[0] for o in out)
 
 
 def _select(grads: tuple[jax.Array, ...], argnums) -> jax.Array | tuple[jax.Array, ...]:
@@ -433,8 +444,11 @@ def entropy_grad(
       >>> print([round(float(v), 4) for v in g])
       [0.1418, 0.1408, -0.2826]
     """
-    normalized, axes, mask = _normalized(logits, where, axis)
-    return _zero_masked(in_base(_formulas.entropy_grad(normalized.log_probs, axes), base), mask)
+    x = _prepare_logits(logits)
+    axes = normalize_axis(axis, x.ndim)
+    mask = as_where(where, x.shape)
+    (grad,) = _on_rows(lambda z: (entropy_grad_rows(z),), x, axes, exclude(x, mask))
+    return _zero_masked(in_base(grad, base), mask)
 
 
 @cached_eager("axis", "base")
@@ -632,9 +646,10 @@ def _cross_entropy_curvature(x: jax.Array, labels, axis, where):
 
 def _entropy_curvature(x: jax.Array, axis, where):
     """(d, [(u, w)], class axis) of -diag(a + p) + a p^T + p a^T + p p^T, a = p (log p + H)."""
-    log_p, class_axis, _ = _log_probs_classes_last(x, axis, where)
+    log_p, class_axis, mask = _log_probs_classes_last(x, axis, where)
     p = jnp.exp(log_p)
-    a = -_formulas.entropy_grad(log_p, (x.ndim - 1,))
+    z = jnp.moveaxis(exclude(x, mask), class_axis, -1)
+    a = -entropy_grad_rows(z.reshape(-1, z.shape[-1])).reshape(z.shape)
     return -(a + p), [(a, p), (p, a), (p, p)], class_axis
 
 
@@ -844,17 +859,45 @@ def generalized_kl_divergence_grad(
     return _finish_elementwise(grad_lp, grad_t, t_shape, mask, argnums)
 
 
-def _pair_grad(kernel, logits, target_logits, temperature, axis, where, argnums):
-    """The (model, target) gradients of ``kernel(log_q, log_p, axis=axes)``, chained through
-    the temperature, masked, and picked by ``argnums``."""
+def divergence_grad(
+    div: _pairs.Divergence,
+    logits: ArrayLike,
+    target_logits: ArrayLike,
+    *,
+    coefficient: float | jax.Array | None = None,
+    temperature: float | jax.Array = 1.0,
+    axis: Axis = -1,
+    where: ArrayLike | None = None,
+    argnums: int | tuple[int, ...] = 0,
+) -> jax.Array | tuple[jax.Array, ...]:
+    """The (model, target) gradients of the declared divergence ``div`` summed over examples,
+    the body of every ``*_grad`` of a divergence over logits: the divergence's own tile
+    gradients (the core loss's JVP rule) on whole rows, chained through the temperature,
+    masked, and picked by ``argnums``."""
+    kind, c, c_ok = divergence_coefficient(div, coefficient)
+    div = loss_named(kind)
+    temperature, t_ok = scheduled_number(temperature, "temperature", low=0.0, low_open=True)
     z = _prepare_logits(logits)
     t = _prepare_logits(target_logits, "target_logits")
     check_same_shape(z, "logits", t, "target_logits")
     dtype = jnp.result_type(z.dtype, t.dtype)
-    model, axes, mask = _normalized(z.astype(dtype), where, axis, temperature)
-    target, _, _ = _normalized(t.astype(dtype), where, axis, temperature, "target_logits")
-    grads = kernel(model.log_probs, target.log_probs, axis=axes)
-    return _select(tuple(_zero_masked(g / temperature, mask) for g in grads), argnums)
+    z, t = z.astype(dtype), t.astype(dtype)
+    axes = normalize_axis(axis, z.ndim)
+    mask = as_where(where, z.shape)
+    if t_ok is not None:
+        temperature = jnp.where(t_ok, temperature, 1.0)
+    scale = (1.0 / jnp.asarray(temperature)).astype(dtype)
+    c = jnp.asarray(c, dtype)
+
+    def grads(s, target):
+        full = _pairs.full_rows(div, s, target, scale, c)
+        ds, dt = _pairs.full_grads(div, full, c)
+        assert dt is not None  # asked for
+        return ds * scale, dt * scale
+
+    pair = _on_rows(grads, z, axes, exclude(z, mask), exclude(t, mask))
+    ok = all_ok(t_ok, c_ok)
+    return _select(tuple(_zero_masked(poison(g, ok), mask) for g in pair), argnums)
 
 
 @cached_eager("axis", "argnums")
@@ -901,8 +944,14 @@ def forward_kl_grad(
       >>> print([round(float(v), 4) for v in g])
       [0.1457, -0.1457]
     """
-    return _pair_grad(
-        _formulas.forward_kl_grads, logits, target_logits, temperature, axis, where, argnums
+    return divergence_grad(
+        _pairs.FORWARD_KL,
+        logits,
+        target_logits,
+        temperature=temperature,
+        axis=axis,
+        where=where,
+        argnums=argnums,
     )
 
 
@@ -950,8 +999,14 @@ def reverse_kl_grad(
       >>> print([round(float(v), 4) for v in g])
       [0.15, -0.15]
     """
-    return _pair_grad(
-        _formulas.reverse_kl_grads, logits, target_logits, temperature, axis, where, argnums
+    return divergence_grad(
+        _pairs.REVERSE_KL,
+        logits,
+        target_logits,
+        temperature=temperature,
+        axis=axis,
+        where=where,
+        argnums=argnums,
     )
 
 
@@ -1006,14 +1061,16 @@ def jensen_shannon_grad(
       >>> print([round(float(v), 4) for v in g])
       [0.0367, -0.0367]
     """
-    b = check_beta(beta)
-    if b == 0.0:
-        kernel = _formulas.forward_kl_grads
-    elif b == 1.0:
-        kernel = _formulas.reverse_kl_grads
-    else:
-        kernel = functools.partial(_formulas.jensen_shannon_grads, beta=b)
-    return _pair_grad(kernel, logits, target_logits, temperature, axis, where, argnums)
+    return divergence_grad(
+        _pairs.JENSEN_SHANNON,
+        logits,
+        target_logits,
+        coefficient=beta,
+        temperature=temperature,
+        axis=axis,
+        where=where,
+        argnums=argnums,
+    )
 
 
 # --------------------------------------------------------------------------------------------

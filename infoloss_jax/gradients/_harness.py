@@ -573,6 +573,16 @@ def _case(name: str, args: tuple, argnums=(0,), loss: str | None = None, **optio
     return _Case(name, functools.partial(getattr(_plain, loss), **options), grad_fn, args, argnums)
 
 
+def _divergence_case(div, label: str, options: dict, inputs) -> _Case:
+    """A declared divergence's row ``"<name> (<label>)"``: ``gradients.<name>_grad`` against
+    ``jax.grad`` of ``_plain.<name>``, in both logits, with the options it declares
+    (``where=True`` is the table's class mask)."""
+    x, t, t_reverse, where = inputs
+    options = {k: where if v is True else v for k, v in options.items()}
+    target = t_reverse if div.target_support else t
+    return _case(f"{div.name} ({label})", (x, target), (0, 1), loss=div.name, **options)
+
+
 def _hvp_case(name: str, plain_loss: Callable, hvp: Callable, tangent: jax.Array, x) -> _Case:
     """A Hessian-vector product is the gradient of <v, grad L>, since the Hessian is symmetric;
     grad L here is autodiff of the plain loss, not a closed form."""
@@ -582,8 +592,10 @@ def _hvp_case(name: str, plain_loss: Callable, hvp: Callable, tangent: jax.Array
 
 def _cases(inputs: dict) -> list[_Case]:
     """Every closed form of :mod:`infoloss_jax.gradients`, with the inputs and options it is
-    checked on (a new closed form gets its rows here)."""
+    checked on. A declared divergence brings its own rows (its ``checks``); another new closed
+    form gets its rows here."""
     from .. import gradients as g
+    from ..engine._loss_spec import declared_divergences
     from . import _plain as plain
 
     x, t, probs = inputs["logits"], inputs["target_logits"], inputs["probs"]
@@ -612,11 +624,8 @@ def _cases(inputs: dict) -> list[_Case]:
         _case("entropy_from_probs", (probs,), where=where),
         _case("log_partition", (x,)),
         _case("z_loss", (x,)),
-        _case("forward_kl (T=2)", (x, t), pair, temperature=2.0),
-        _case("reverse_kl (T=0.5)", (x, t_reverse), pair, temperature=0.5, where=where),
-        _case("jensen_shannon (beta=0.5)", (x, t), pair),
-        _case("jensen_shannon (beta=0.2, T=1.5)", (x, t), pair, beta=0.2, temperature=1.5,
-              where=where),
+        *(_divergence_case(div, label, options, (x, t, t_reverse, where))
+          for div in declared_divergences() for label, options in div.checks),
         _case("kl_divergence", (log_q, probs), pair),
         _case("kl_divergence_with_log_targets", (log_q, jnp.log(probs)), pair),
         _case("generalized_kl_divergence", (log_q, 1.5 * probs), pair),

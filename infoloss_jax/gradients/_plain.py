@@ -175,6 +175,46 @@ def jensen_shannon(logits, target_logits, *, beta=0.5, temperature=1.0, where=No
     return beta * kl_to_mixture(p) + (1.0 - beta) * kl_to_mixture(q)
 
 
+def total_variation(logits, target_logits, *, temperature=1.0, where=None):
+    """1/2 sum_k |p_k - q_k|, P the target's softmax, Q the model's."""
+    q = jnp.exp(log_softmax(logits / temperature, where))
+    p = jnp.exp(log_softmax(target_logits / temperature, where))
+    return 0.5 * jnp.sum(jnp.abs(p - q), axis=-1)
+
+
+def skew_forward_kl(logits, target_logits, *, skew=0.1, temperature=1.0, where=None):
+    """KL(P || skew P + (1 - skew) Q): +inf where P has mass and the mixture has none."""
+    q = jnp.exp(log_softmax(logits / temperature, where))
+    p = jnp.exp(log_softmax(target_logits / temperature, where))
+    m = skew * p + (1.0 - skew) * q
+    value = _p_log(p, _log(p)) - _p_log(p, _log(m))
+    return jnp.where(jnp.any((p > 0) & (m == 0), axis=-1), jnp.inf, value)
+
+
+def skew_reverse_kl(logits, target_logits, *, skew=0.1, temperature=1.0, where=None):
+    """KL(Q || skew Q + (1 - skew) P): the skew forward KL with the roles exchanged."""
+    return skew_forward_kl(target_logits, logits, skew=skew, temperature=temperature, where=where)
+
+
+def alpha_divergence(logits, target_logits, *, alpha=0.5, temperature=1.0, where=None):
+    """(1 - sum_k p_k^alpha q_k^(1 - alpha)) / (alpha (1 - alpha)); the reverse KL at
+    alpha = 0 and the forward KL at alpha = 1, P the target's softmax and Q the model's."""
+    if alpha == 0.0:
+        return reverse_kl(logits, target_logits, temperature=temperature, where=where)
+    if alpha == 1.0:
+        return forward_kl(logits, target_logits, temperature=temperature, where=where)
+    q = jnp.exp(log_softmax(logits / temperature, where))
+    p = jnp.exp(log_softmax(target_logits / temperature, where))
+    both = (p > 0) & (q > 0)
+    w = jnp.where(both, jnp.exp(alpha * _log(p) + (1.0 - alpha) * _log(q)), 0.0)
+    # p^alpha q^(1 - alpha) is infinite where a side with a negative exponent is 0.
+    infinite = ((p == 0) & (q > 0) & (alpha < 0)) | ((q == 0) & (p > 0) & (alpha > 1))
+    w = jnp.where(infinite, jnp.inf, w)
+    value = (1.0 - jnp.sum(w, axis=-1)) / (alpha * (1.0 - alpha))
+    # A row with no class left on either side has no distribution: 0, as for the other losses.
+    return jnp.where(jnp.any((p > 0) | (q > 0), axis=-1), value, 0.0)
+
+
 def kl_divergence(log_predictions, targets):
     """sum_k p_k (log p_k - log q_k) with p = ``targets``."""
     value = _p_log(targets, _log(targets)) - _p_log(targets, log_predictions)

@@ -376,7 +376,7 @@ def run_head(
         reduction, weight_layout, token_block_size, vocab_block_size, backward, accum_dtype
     )
     options = log_probs_options(temperature, logit_softcap, ignore_index, entropy)
-    spec, coefs, ok = prepare("cross_entropy", ops, options, engine)
+    spec, coefs, ok = prepare("token_log_probs", ops, options, engine)
     _, out, y = execute(spec, coefs, ops, lead, engine)
     return out, y, lead, coefs, ok
 

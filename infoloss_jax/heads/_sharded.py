@@ -880,7 +880,7 @@ def vocab_parallel_log_probs(
     axes = shard_axes("vocab_parallel_log_probs", ops, "dv", vocab_axis, vocab_size, None)
     options = log_probs_options(temperature, logit_softcap, ignore_index, with_entropy)
     engine = EngineOptions("none", accum_dtype=accum_dtype)
-    rows, entropy = run("cross_entropy", ops, lead, options, engine, axes, extras)
+    rows, entropy = run("token_log_probs", ops, lead, options, engine, axes, extras)
     return log_probs_outputs(rows, entropy, with_entropy)
 
 
@@ -1005,7 +1005,7 @@ def vocab_parallel_linear_log_probs(
     engine = EngineOptions(
         "none", weight_layout, token_block_size, vocab_block_size, backward, accum_dtype
     )
-    rows, entropy = run("cross_entropy", ops, lead, options, engine, axes, extras)
+    rows, entropy = run("token_log_probs", ops, lead, options, engine, axes, extras)
     return log_probs_outputs(rows, entropy, with_entropy)
 
 
@@ -1090,7 +1090,7 @@ def vocab_parallel_log_probs_on_mesh(
     place = OnMesh(mesh, vocab_axis, data_axis, "vocab_parallel_log_probs_on_mesh")
     options = log_probs_options(temperature, logit_softcap, ignore_index, with_entropy)
     engine = EngineOptions("none", accum_dtype=accum_dtype)
-    rows, entropy = run_on_mesh("cross_entropy", ops, lead, options, engine, place, extras)
+    rows, entropy = run_on_mesh("token_log_probs", ops, lead, options, engine, place, extras)
     return log_probs_outputs(rows, entropy, with_entropy)
 
 
@@ -1197,7 +1197,7 @@ def vocab_parallel_linear_log_probs_on_mesh(
     engine = EngineOptions(
         "none", weight_layout, token_block_size, vocab_block_size, backward, accum_dtype
     )
-    rows, entropy = run_on_mesh("cross_entropy", ops, lead, options, engine, place, extras)
+    rows, entropy = run_on_mesh("token_log_probs", ops, lead, options, engine, place, extras)
     return log_probs_outputs(rows, entropy, with_entropy)
 
 

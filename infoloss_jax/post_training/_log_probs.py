@@ -62,8 +62,8 @@ def _outputs(log_probs, entropy, with_entropy: bool, ok) -> jax.Array | TokenLog
 @functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
 def _token_rows(raw, labels, coefs: Coefficients, spec: LossSpec):
     """(log q(label), entropy or nothing) of ``[rows, K]`` raw logits, from the engine's tile."""
-    z = _tiles.ce_logits(raw, spec, coefs)
-    rows = _tiles.ce_rows(_tiles.ce_tile(z, labels, None, 0, spec), labels, None, coefs, spec)
+    stats = _tiles.ce_tile(raw, labels, None, 0, spec, coefs)
+    rows = spec.loss.rows_of(stats, labels, None, spec, coefs)
     return (-rows.loss, rows.entropy) if spec.entropy else (-rows.loss,)
 
 
@@ -73,18 +73,18 @@ def token_grads(raw, labels, coefs: Coefficients, spec: LossSpec):
     The closed forms of :func:`log_probs`, from the engine's tile gradient with the temperature's
     chain rule applied; shared by its JVP rule and :mod:`infoloss_jax.gradients`.
     """
-    z = _tiles.ce_logits(raw, spec, coefs)
-    stats = _tiles.ce_tile(z, labels, None, 0, spec)
-    rows = _tiles.ce_rows(stats, labels, None, coefs, spec)
-    log_q = _tiles.log_softmax_of(z, stats)
-    chain = coefs.inverse_temperature.astype(z.dtype) if spec.scaled else 1.0
+    full = _tiles.ce_full_rows(raw, labels, None, coefs, spec)
+    rows = full.rows
+    chain = coefs.inverse_temperature.astype(full.z.dtype) if spec.scaled else 1.0
     zero = jnp.zeros_like(rows.loss)
-    coef = dict(rows.coef, h=zero)
-    d_log_probs = -chain * _tiles.ce_tile_grad(z, raw, labels, 0, None, log_q, coef, spec)
-    d_entropy = None
-    if spec.entropy:
-        coef = dict(rows.coef, p=zero, y=zero, s=zero)
-        d_entropy = chain * _tiles.ce_tile_grad(z, raw, labels, 0, None, log_q, coef, spec)
+
+    def grad(coef):
+        return chain * _tiles.ce_tile_grad(
+            full.z, full.raw, labels, 0, None, full.log_q, coef, spec
+        )
+
+    d_log_probs = -grad(dict(rows.coef, h=zero))
+    d_entropy = grad(dict(rows.coef, p=zero, y=zero, s=zero)) if spec.entropy else None
     return rows, d_log_probs, d_entropy
 
 
@@ -109,7 +109,7 @@ def token_log_probs_spec(logits, labels, axis, where, **options):
     check_integer_labels(logits, labels, axes)
     to_rows = functools.partial(classes_last, axes=axes)
     raw = to_rows(exclude(upcast(logits), as_where(where, logits.shape)))
-    spec, coefs, ok = make_spec("cross_entropy", raw.shape[-1], raw.dtype, **options)
+    spec, coefs, ok = make_spec("token_log_probs", raw.shape[-1], raw.dtype, **options)
     raw = raw.reshape(-1, raw.shape[-1])
     if spec.ignore_index is not None:  # an ignored row (NaN or not) reaches no value or gradient
         raw = jnp.where(equals_index(labels.reshape(-1, 1), spec.ignore_index), 0.0, raw)

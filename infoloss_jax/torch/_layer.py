@@ -32,7 +32,6 @@ from ..core._cross_entropy import (
     sigmoid_binary_cross_entropy,
     softmax_cross_entropy_with_integer_labels,
 )
-from ..core._divergences import kl_terms
 from ..core._log_partition import stable_log_softmax
 from ..core._reductions import loss_sum_and_count
 from ..engine._loss_spec import static_ignore_index
@@ -381,7 +380,11 @@ def kl_div(
     target = jnp.broadcast_to(target.astype(dtype), shape)
     # The core KL terms: 0 where the target probability is 0 (torch: NaN where that meets a
     # -inf input), NaN for a negative or NaN target.
-    terms = _formulas.kl_terms(target, log_q) if log_target else kl_terms(log_q, target)
+    terms = (
+        _formulas.kl_terms_of_logs(target, log_q)
+        if log_target
+        else _formulas.kl_terms_of_probs(target, log_q)
+    )
     if reduction == "batchmean":
         # torch divides by input.size(0), the *input's* first dimension (0 / 0 = NaN).
         return jnp.sum(terms) / jnp.asarray(input.shape[0] if input.ndim else 1, terms.dtype)

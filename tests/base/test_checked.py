@@ -190,6 +190,18 @@ CASES = {
         ON_MESH,
     ),
 }
+# The declared divergences beyond the three KL forms: core, fused and on-mesh, one options set.
+for _name, _options in {
+    "total_variation": {},
+    "skew_forward_kl": dict(skew=0.1),
+    "skew_reverse_kl": dict(skew=0.1),
+    "alpha_divergence": dict(alpha=0.5),
+}.items():
+    CASES[_name] = (getattr(il, _name), (Z, T), _options)
+    CASES[f"linear_{_name}"] = (getattr(il, f"linear_{_name}"), (H, W, H, W), _options)
+    for _form, _args in (("", (H @ W, H @ W)), ("linear_", (H, W, H, W))):
+        _fn = getattr(sharded, f"vocab_parallel_{_form}{_name}_on_mesh")
+        CASES[f"sharded.{_fn.__name__}"] = (_fn, _args, {**ON_MESH, **_options})
 NOT_LOSSES = {
     "accumulate_value_and_grad",  # takes your loss function; check that one
     "checked",

@@ -9,6 +9,7 @@ that must compile nothing.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -290,6 +291,37 @@ TRANSFORMS = {
     "vmap(entropy)": lambda: jax.vmap(il.entropy)(LOGITS),
 }
 
+# The declared divergences beyond the three KL forms, in every form, with their own coefficient
+# (name, the value a case passes, a concrete value outside its range).
+NEW_DIVERGENCES = {
+    "total_variation": None,
+    "skew_forward_kl": ("skew", 0.1, 2.0),
+    "skew_reverse_kl": ("skew", 0.1, 2.0),
+    "alpha_divergence": ("alpha", 0.3, float("inf")),
+}
+for _name, _coefficient in NEW_DIVERGENCES.items():
+    _opts = {} if _coefficient is None else {_coefficient[0]: _coefficient[1]}
+    _core, _grad = getattr(il, _name), getattr(gradients, f"{_name}_grad")
+    _linear = getattr(il, f"linear_{_name}")
+    _on_mesh = getattr(sharded, f"vocab_parallel_{_name}_on_mesh")
+    _linear_on_mesh = getattr(sharded, f"vocab_parallel_linear_{_name}_on_mesh")
+    CORE[_name] = functools.partial(_core, LOGITS, TARGET_LOGITS, **_opts)
+    CORE[f"{_name}[excluded]"] = functools.partial(_core, EXCLUDED, TARGET_LOGITS, **_opts)
+    GRADIENTS[f"{_name}_grad"] = functools.partial(_grad, LOGITS, TARGET_LOGITS, **_opts)
+    FUSED[f"linear_{_name}"] = functools.partial(
+        _linear, HIDDEN, HEAD, TARGET_HIDDEN, TARGET_HEAD, **_opts
+    )
+    SHARDED[f"sharded.vocab_parallel_{_name}_on_mesh"] = lambda fn=_on_mesh, o=_opts: fn(
+        TOKEN_LOGITS, TOKEN_TARGET_LOGITS, mesh=_mesh(), **MESH_ARGS, **o
+    )
+    _key = f"sharded.vocab_parallel_linear_{_name}_on_mesh"
+    SHARDED[_key] = lambda fn=_linear_on_mesh, o=_opts: fn(
+        HIDDEN, HEAD, TARGET_HIDDEN, TARGET_HEAD, mesh=_mesh(), **MESH_ARGS, **o
+    )
+    TRANSFORMS[f"grad({_name})"] = lambda fn=_core, o=_opts: jax.grad(
+        lambda x: fn(x, TARGET_LOGITS, **o).sum()
+    )(LOGITS)
+
 
 def _params(cases):
     return [pytest.param(call, id=name) for name, call in cases.items()]
@@ -504,6 +536,21 @@ COEFFICIENTS = {
         0,
     ),
 }
+for _name, _coefficient in NEW_DIVERGENCES.items():
+    _coefficients = [("temperature", 1.0, 0.0)] + ([] if _coefficient is None else [_coefficient])
+    for _prefix, _fn, _args in [
+        ("", getattr(il, _name), (LOGITS, TARGET_LOGITS)),
+        ("gradients.", getattr(gradients, f"{_name}_grad"), (LOGITS, TARGET_LOGITS)),
+        ("", getattr(il, f"linear_{_name}"), (HIDDEN, HEAD, TARGET_HIDDEN, TARGET_HEAD)),
+    ]:
+        for _option, _scale, _bad in _coefficients:
+            # the cases call with 1.5, 2.5, 3.5: scaled into the coefficient's range
+            COEFFICIENTS[f"{_prefix}{_fn.__name__}.{_option}"] = (
+                lambda v, fn=_fn, args=_args, option=_option, scale=_scale: fn(
+                    *args, **{option: v * scale}
+                ),
+                _bad / _scale,
+            )
 # Coefficients that select the program and so are static, each with its reason; the sharded
 # `*_on_mesh` losses are counted with the sharded tests.
 STATIC_COEFFICIENTS = {

@@ -380,6 +380,83 @@ def test_extreme_finite_logits_give_exact_values():
     np.testing.assert_allclose(grad[2], [1 / 3, 1 / 3, -2 / 3], rtol=1e-6)
 
 
+# Ties at the float32 limit in one distribution facing the opposite limit in the other (issue
+# 20: the gradient of forward_kl's target and of reverse_kl's model were NaN there).
+_TIES = np.array(
+    [[3e38, 3e38, 1.0], [3e38, -3e38, 1.0], [-3e38, -3e38, 1.0], [3e38, 3e38, -3e38]], np.float32
+)
+
+
+def _tie_pairs():
+    rows = range(len(_TIES))
+    pairs = [(i, j) for i in rows for j in rows]
+    return jnp.asarray(_TIES[[i for i, _ in pairs]]), jnp.asarray(_TIES[[j for _, j in pairs]])
+
+
+@pytest.mark.parametrize(
+    "name", ["forward_kl", "reverse_kl", "jensen_shannon", "total_variation", "alpha_divergence"]
+)
+def test_ties_at_the_float_limit_give_no_nan(name):
+    # docs/concepts.md: bad input, row 5
+    model, target = _tie_pairs()
+    fn = getattr(il, name)
+    value = np.asarray(fn(model, target))
+    assert not np.isnan(value).any(), value
+    grads = jax.grad(lambda a, b: jnp.sum(fn(a, b)), argnums=(0, 1))(model, target)
+    for grad in grads:
+        assert not np.isnan(np.asarray(grad)).any(), grad
+
+
+def test_log_probs_entropy_at_the_float_limit_is_that_of_entropy():
+    # docs/concepts.md: bad input, row 5 (issue 20: the log_probs entropy was NaN)
+    rows = jnp.asarray(np.concatenate([_TIES, EXTREME]))
+    _, entropy = il.log_probs(rows, jnp.zeros(len(rows), jnp.int32), with_entropy=True)
+    np.testing.assert_allclose(entropy, il.entropy(rows), atol=1e-6)
+    assert float(entropy[1]) == 0.0  # [3e38, -3e38, 1]: one class holds all the mass
+
+
+def test_integer_cross_entropy_at_the_float_limit_keeps_its_o1_part():
+    # docs/concepts.md: bad input, row 5: log Z - z_y is computed as (max - z_y) + log S
+    x = jnp.asarray([[3e38, 3e38, 0.0], [1e30, 1e30, 1e30], [1e30, 1e30 - 2e23, 1e30]], F32)
+    labels = jnp.array([0, 2, 1])
+    loss = il.softmax_cross_entropy_with_integer_labels(x, labels)
+    np.testing.assert_allclose(loss[:2], [math.log(2), math.log(3)], rtol=1e-6)
+    gap = float(np.float64(x[2, 0]) - np.float64(x[2, 1]))  # about 2e23: exact, not inf
+    np.testing.assert_allclose(loss[2], gap + math.log(2), rtol=1e-6)
+    log_probs = il.log_probs(x, labels)
+    np.testing.assert_allclose(log_probs[:2], [-math.log(2), -math.log(3)], rtol=1e-6)
+
+
+def _np_forward_kl(z, t, temperature):
+    log_q = _plain_log_softmax(z.astype(np.float64) / temperature)
+    log_p = _plain_log_softmax(t.astype(np.float64) / temperature)
+    return np.sum(np.exp(log_p) * (log_p - log_q), axis=-1)
+
+
+@pytest.mark.parametrize("temperature", [1e-3, 1e-6])
+def test_low_temperature_divergences_are_exact(temperature):
+    # Issue 20: forward_kl at T = 1e-6 was off by 4e-7 / T relative (197,630 for 200,000); the
+    # logits are now shifted by their row max before the temperature divides them.
+    z, t = CLEAN, TARGET
+    expected = _np_forward_kl(z, t, temperature)
+    for fn in (il.forward_kl, jax.jit(il.forward_kl, static_argnames="temperature")):
+        np.testing.assert_allclose(fn(z, t, temperature=temperature), expected, rtol=1e-6)
+    np.testing.assert_allclose(il.reverse_kl(t, z, temperature=temperature), expected, rtol=1e-6)
+
+
+def test_low_temperature_log_probs_entropy_is_exact_and_non_negative():
+    # Issue 20: log_probs(..., temperature=1e-3, with_entropy=True) had 4e-4 errors, some
+    # entropies negative.
+    z = np.random.default_rng(1).standard_normal((500, 32)).astype(np.float32)
+    log_q = _plain_log_softmax(z.astype(np.float64) / 1e-3)
+    expected = -np.sum(np.exp(log_q) * log_q, axis=-1)
+    labels = jnp.zeros(500, jnp.int32)
+    log_probs, entropy = il.log_probs(z, labels, temperature=1e-3, with_entropy=True)
+    assert np.all(np.asarray(entropy) >= 0)
+    np.testing.assert_allclose(entropy, expected, atol=1e-6)
+    np.testing.assert_allclose(log_probs, log_q[:, 0], rtol=1e-6, atol=1e-6)
+
+
 # --------------------------------------------------------------------------- row 6: labels
 BAD_LABELS = [4, -1, -100, 2**31 - 1]
 

@@ -179,3 +179,16 @@ def test_entropy_errors_name_the_argument():
 def test_negative_probability_poisons_the_row():
     got = il.entropy_from_probs(jnp.array([[0.5, 0.5], [1.5, -0.5]]))
     assert np.isfinite(got[0]) and np.isnan(got[1])
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean", "batchmean"])
+def test_reduction(reduction):
+    z = np.random.default_rng(3).normal(size=(2, 3, 5))
+    p = scipy.special.softmax(z, axis=-1)
+    for loss, x in ((il.entropy, z), (il.entropy_from_probs, p)):
+        rows = np.asarray(loss(x))
+        expected = {"sum": rows.sum(), "mean": rows.mean(), "batchmean": rows.sum() / 2}
+        np.testing.assert_allclose(loss(x, reduction=reduction), expected[reduction])
+        np.testing.assert_allclose(
+            loss(x, base=2, reduction=reduction), expected[reduction] / np.log(2)
+        )

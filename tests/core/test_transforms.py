@@ -4,13 +4,14 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
-import plain_references as ref
 import pytest
 from absl.testing import parameterized
 from jax.test_util import check_grads
 
 import infoloss_jax as il
 from infoloss_jax import torch as F
+from infoloss_jax.engine._loss_spec import declared_divergences
+from infoloss_jax.gradients import _plain as ref
 
 # Every transform of every loss, with and without jit: the slow selection.
 pytestmark = pytest.mark.slow
@@ -37,33 +38,40 @@ LOSSES = {
         jax.nn.log_softmax(z), jax.nn.log_softmax(t)
     ),
     "generalized_kl": lambda z, t, p, y, b: il.generalized_kl_divergence(z, p),
-    "forward_kl": lambda z, t, p, y, b: il.forward_kl(z, t, temperature=1.5),
-    "reverse_kl": lambda z, t, p, y, b: il.reverse_kl(z, t),
-    "jensen_shannon": lambda z, t, p, y, b: il.jensen_shannon(z, t, beta=0.4),
     "log_partition": lambda z, t, p, y, b: il.log_partition(z),
     "z_loss": lambda z, t, p, y, b: il.z_loss(z),
 }
 BATCH = (Z, T, P, LABELS, BINARY)
 
+
+def _divergence(fn, options):
+    return lambda z, t, p, y, b: fn(z, t, **options)
+
+
+# ... and every declared divergence, with the options its agreement tests use.
+LOSSES |= {
+    d.name: _divergence(getattr(il, d.name), dict(d.example)) for d in declared_divergences()
+}
+
 # The same losses from the plain references (no custom rule, no library kernel).
 REFERENCES = {
-    "entropy": lambda z, t, p, y, b: ref.ref_entropy(z),
-    "binary_entropy": lambda z, t, p, y, b: ref.ref_binary_entropy(z).sum(-1),
-    "entropy_from_probs": lambda z, t, p, y, b: ref.ref_entropy_from_probs(jax.nn.softmax(z)),
-    "softmax_cross_entropy": lambda z, t, p, y, b: ref.ref_soft_ce(z, p),
-    "integer_labels": lambda z, t, p, y, b: ref.ref_int_ce(z, y),
-    "safe_softmax_cross_entropy": lambda z, t, p, y, b: ref.ref_soft_ce(z, p),
-    "sigmoid_bce": lambda z, t, p, y, b: ref.ref_bce(z, b).sum(-1),
-    "kl_divergence": lambda z, t, p, y, b: ref.ref_kl_divergence(jax.nn.log_softmax(z), p),
-    "kl_log_targets": lambda z, t, p, y, b: ref.ref_kl_log_targets(
+    "entropy": lambda z, t, p, y, b: ref.entropy(z),
+    "binary_entropy": lambda z, t, p, y, b: ref.binary_entropy(z).sum(-1),
+    "entropy_from_probs": lambda z, t, p, y, b: ref.entropy_from_probs(jax.nn.softmax(z)),
+    "softmax_cross_entropy": lambda z, t, p, y, b: ref.softmax_cross_entropy(z, p),
+    "integer_labels": lambda z, t, p, y, b: ref.softmax_cross_entropy_with_integer_labels(z, y),
+    "safe_softmax_cross_entropy": lambda z, t, p, y, b: ref.softmax_cross_entropy(z, p),
+    "sigmoid_bce": lambda z, t, p, y, b: ref.sigmoid_binary_cross_entropy(z, b).sum(-1),
+    "kl_divergence": lambda z, t, p, y, b: ref.kl_divergence(jax.nn.log_softmax(z), p),
+    "kl_log_targets": lambda z, t, p, y, b: ref.kl_divergence_with_log_targets(
         jax.nn.log_softmax(z), jax.nn.log_softmax(t)
     ),
-    "generalized_kl": lambda z, t, p, y, b: ref.ref_generalized_kl(z, p),
-    "forward_kl": lambda z, t, p, y, b: ref.ref_forward_kl(z, t, temperature=1.5),
-    "reverse_kl": lambda z, t, p, y, b: ref.ref_reverse_kl(z, t),
-    "jensen_shannon": lambda z, t, p, y, b: ref.ref_js(z, t, beta=0.4),
-    "log_partition": lambda z, t, p, y, b: ref.ref_log_partition(z),
-    "z_loss": lambda z, t, p, y, b: ref.ref_log_partition(z) ** 2,
+    "generalized_kl": lambda z, t, p, y, b: ref.generalized_kl_divergence(z, p),
+    "log_partition": lambda z, t, p, y, b: ref.log_partition(z),
+    "z_loss": lambda z, t, p, y, b: ref.log_partition(z) ** 2,
+}
+REFERENCES |= {
+    d.name: _divergence(getattr(ref, d.name), dict(d.example)) for d in declared_divergences()
 }
 
 

@@ -1,9 +1,11 @@
 """Closed-form gradients (`infoloss_jax.gradients`) against autodiff of plain implementations.
 
-The plain references (tests/plain_references.py) use no custom derivative rules, so `jax.grad`
-of them is an independent check of each closed form (the core losses' own `custom_jvp` rules
-share the closed forms' kernels, so agreeing with them checks the wiring, not the formulas).
-Inputs contain -inf logits (excluded classes), exact-zero target probabilities and `where` masks.
+The plain references (`infoloss_jax.gradients._plain`, which imports nothing from the library)
+use no custom derivative rules, so `jax.grad` of them is an independent check of each closed
+form (the core losses' own `custom_jvp` rules share the closed forms' kernels, so agreeing with
+them checks the wiring, not the formulas). Every declared divergence brings its cases (its
+`checks`, and the end points of its coefficient). Inputs contain -inf logits (excluded classes),
+exact-zero target probabilities and `where` masks.
 """
 
 import functools
@@ -15,27 +17,19 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from plain_references import (
-    ref_bce,
-    ref_binary_entropy,
-    ref_entropy,
-    ref_entropy_from_probs,
-    ref_forward_kl,
-    ref_generalized_kl,
-    ref_int_ce,
-    ref_js,
-    ref_kl_divergence,
-    ref_kl_log_targets,
-    ref_log_partition,
-    ref_reverse_kl,
-    ref_soft_ce,
-)
 
+import infoloss_jax as il
 import infoloss_jax.core._cross_entropy as ce
 import infoloss_jax.core._divergences as dv
 import infoloss_jax.core._entropy as en
 import infoloss_jax.core._log_partition as lp
 from infoloss_jax import gradients as g
+from infoloss_jax.engine._loss_spec import declared_divergences, loss_named
+from infoloss_jax.gradients import _plain
+
+ref_soft_ce = _plain.softmax_cross_entropy
+ref_int_ce = _plain.softmax_cross_entropy_with_integer_labels
+ref_entropy = _plain.entropy
 
 B, K = 3, 5
 NEG_INF = -np.inf
@@ -100,42 +94,59 @@ CASES = {
     "entropy": (ref_entropy, en.entropy, g.entropy_grad, ("z",), 0, {}),
     "entropy_where_bits": (ref_entropy, en.entropy, g.entropy_grad, ("z",), 0,
                            dict(where="where", base=2)),
-    "entropy_from_probs": (ref_entropy_from_probs, en.entropy_from_probs,
+    "entropy_from_probs": (_plain.entropy_from_probs, en.entropy_from_probs,
                            g.entropy_from_probs_grad, ("y",), 0, {"where": "where"}),
-    "log_partition": (ref_log_partition, lp.log_partition, g.log_partition_grad, ("z",), 0,
+    "log_partition": (_plain.log_partition, lp.log_partition, g.log_partition_grad, ("z",), 0,
                       {"where": "where"}),
-    "z_loss": (lambda z, where=None: ref_log_partition(z, where) ** 2, lp.z_loss, g.z_loss_grad,
-               ("z",), 0, {"where": "where"}),
-    "forward_kl": (ref_forward_kl, dv.forward_kl, g.forward_kl_grad, ("z", "t"), PAIR, {}),
-    "forward_kl_T_where": (ref_forward_kl, dv.forward_kl, g.forward_kl_grad, ("z", "t"), PAIR,
-                           dict(temperature=2.5, where="where")),
-    "reverse_kl": (ref_reverse_kl, dv.reverse_kl, g.reverse_kl_grad, ("z", "t_rev"), PAIR, {}),
-    "reverse_kl_T_where": (ref_reverse_kl, dv.reverse_kl, g.reverse_kl_grad, ("z", "t_rev"),
-                           PAIR, dict(temperature=0.5, where="where")),
-    "js": (ref_js, dv.jensen_shannon, g.jensen_shannon_grad, ("z", "t"), PAIR, {}),
-    "js_beta_T_where": (ref_js, dv.jensen_shannon, g.jensen_shannon_grad, ("z", "t"), PAIR,
-                        dict(beta=0.3, temperature=1.7, where="where")),
-    "js_beta0": (ref_forward_kl, dv.jensen_shannon, P(g.jensen_shannon_grad, beta=0.0),
-                 ("z", "t"), PAIR, {}),
-    "js_beta1": (ref_reverse_kl, dv.jensen_shannon, P(g.jensen_shannon_grad, beta=1.0),
-                 ("z", "t_rev"), PAIR, {}),
-    "kl_divergence": (ref_kl_divergence, dv.kl_divergence, g.kl_divergence_grad,
+    "z_loss": (_plain.z_loss, lp.z_loss, g.z_loss_grad, ("z",), 0, {"where": "where"}),
+    "kl_divergence": (_plain.kl_divergence, dv.kl_divergence, g.kl_divergence_grad,
                       ("log_q", "y"), PAIR, {}),
-    "kl_log_targets": (ref_kl_log_targets, dv.kl_divergence_with_log_targets,
+    "kl_log_targets": (_plain.kl_divergence_with_log_targets, dv.kl_divergence_with_log_targets,
                        g.kl_divergence_with_log_targets_grad, ("log_q", "log_y"), PAIR, {}),
-    "generalized_kl": (ref_generalized_kl, dv.generalized_kl_divergence,
+    "generalized_kl": (_plain.generalized_kl_divergence, dv.generalized_kl_divergence,
                        g.generalized_kl_divergence_grad, ("log_q", "y"), PAIR, {}),
-    "bce_pos_weight": (ref_bce, ce.sigmoid_binary_cross_entropy,
+    "bce_pos_weight": (_plain.sigmoid_binary_cross_entropy, ce.sigmoid_binary_cross_entropy,
                        g.sigmoid_binary_cross_entropy_grad, ("bz", "by"), PAIR,
                        {"pos_weight": "pw"}),
-    "bce": (ref_bce, ce.sigmoid_binary_cross_entropy, g.sigmoid_binary_cross_entropy_grad,
-            ("bz", "by"), PAIR, {}),
-    "binary_entropy": (ref_binary_entropy, en.binary_entropy, g.binary_entropy_grad, ("bz",), 0,
-                       {"base": 2}),
+    "bce": (_plain.sigmoid_binary_cross_entropy, ce.sigmoid_binary_cross_entropy,
+            g.sigmoid_binary_cross_entropy_grad, ("bz", "by"), PAIR, {}),
+    "binary_entropy": (lambda z, base: _plain.binary_entropy(z) / np.log(base),
+                       en.binary_entropy, g.binary_entropy_grad, ("bz",), 0, {"base": 2}),
 }  # fmt: skip
 
-# The library functions take beta=0/1 from their own keyword; the references are the KLs.
-_LIBRARY_OPTIONS = {"js_beta0": {"beta": 0.0}, "js_beta1": {"beta": 1.0}}
+# The library's options where they differ from the reference's (a coefficient's end point).
+_LIBRARY_OPTIONS: dict[str, dict] = {}
+
+
+def _target(div) -> str:
+    return "t_rev" if div.target_support else "t"
+
+
+def _divergence_cases():
+    """Each declared divergence at the options it declares (``where=True``: the class mask),
+    and at each end point of its coefficient against the plain end-point divergence."""
+    for div in declared_divergences():
+        loss, grad = getattr(il, div.name), getattr(g, f"{div.name}_grad")
+        for label, options in div.checks:
+            options = {k: "where" if v is True else v for k, v in options.items()}
+            name = f"{div.name} ({label})"
+            CASES[name] = (
+                getattr(_plain, div.name),
+                loss,
+                grad,
+                ("z", _target(div)),
+                PAIR,
+                options,
+            )
+        for at, kind in div.coefficient.endpoints if div.coefficient else ():
+            name = f"{div.name} ({div.coefficient.name}={at:g})"
+            at_point = {div.coefficient.name: at}
+            args = ("z", "t_rev" if loss_named(kind).target_support else _target(div))
+            CASES[name] = (getattr(_plain, kind), loss, P(grad, **at_point), args, PAIR, {})
+            _LIBRARY_OPTIONS[name] = at_point
+
+
+_divergence_cases()
 
 
 def _resolve(names, options, dtype):

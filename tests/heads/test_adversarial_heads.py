@@ -15,6 +15,7 @@ import pytest
 
 import infoloss_jax as il
 from infoloss_jax import sharded
+from infoloss_jax.engine._loss_spec import declared_divergences
 
 NAN, INF = float("nan"), float("inf")
 
@@ -125,6 +126,43 @@ def test_fused_divergence_extreme_finite_logits_never_nan(fn):
     weight = weight.at[1, :2].set(jnp.float32(3e38))
     value = fn(hidden, weight, hidden, jnp.zeros((D, V), jnp.float32), reduction="none")
     assert not np.isnan(np.asarray(value)).any()
+
+
+# Ties at the float32 limit facing the opposite limit (issue 20: linear_reverse_kl's value and
+# linear_jensen_shannon's gradient were NaN there): logit rows of a diagonal head.
+_TIE_ROWS = np.array([[3e38, 3e38, 1.0], [3e38, -3e38, 1.0], [-3e38, -3e38, 1.0]], np.float32)
+
+
+@pytest.mark.parametrize("name", [d.name for d in declared_divergences()])
+def test_fused_divergence_ties_at_the_float_limit_never_nan(name):
+    # docs/concepts.md: bad input, row 5
+    fn = getattr(il, f"linear_{name}")
+    pairs = [(i, j) for i in range(3) for j in range(3)]
+    hidden = jnp.eye(3, dtype=jnp.float32)[jnp.array([i for i, _ in pairs])]
+    target_hidden = jnp.eye(3, dtype=jnp.float32)[jnp.array([j for _, j in pairs])]
+    # Row k of a head's logits is _TIE_ROWS[k]: hidden one-hot k times the [3, 3] weight.
+    weight = jnp.asarray(_TIE_ROWS)
+
+    @jax.jit
+    def value_and_grad(w):
+        return jax.value_and_grad(lambda v: jnp.sum(fn(hidden, v, target_hidden, weight)))(w)
+
+    value, grad = value_and_grad(weight)
+    assert not np.isnan(float(value)) and not np.isnan(np.asarray(grad)).any()
+
+
+def test_linear_log_probs_of_a_row_with_no_class_left_is_minus_inf():
+    # Issue 20: a label in a row whose every class is excluded (an all -inf bias) had
+    # log-probability 0; it is -inf, with a finite, zero gradient (docs/concepts.md, row 2).
+    bias = jnp.full((V,), -jnp.inf)
+    labels = jnp.asarray(LABELS)
+    lp, ent = il.linear_log_probs(HIDDEN, labels, WEIGHT, bias=bias, with_entropy=True)
+    assert (np.asarray(lp) == -INF).all() and (np.asarray(ent) == 0).all()
+    grads = jax.grad(
+        lambda h, w: jnp.sum(il.linear_log_probs(h, labels, w, bias=bias)), argnums=(0, 1)
+    )(jnp.asarray(HIDDEN), jnp.asarray(WEIGHT))
+    for grad in grads:
+        assert np.isfinite(np.asarray(grad)).all() and not np.asarray(grad).any()
 
 
 # --------------------------------------------------------------------------- row 6: labels

@@ -19,6 +19,7 @@ from helpers import make_mesh
 import infoloss_jax as il
 from infoloss_jax import gradients, policy, preference, sharded
 from infoloss_jax import torch as il_torch
+from infoloss_jax.engine._loss_spec import declared_divergences
 
 MODULES = {
     "infoloss_jax": il,
@@ -77,18 +78,14 @@ SHARDED_FORMS = {
         sharded.vocab_parallel_linear_log_probs,
         sharded.vocab_parallel_linear_log_probs_on_mesh,
     ),
-    il.linear_forward_kl: (
-        sharded.vocab_parallel_linear_forward_kl,
-        sharded.vocab_parallel_linear_forward_kl_on_mesh,
-    ),
-    il.linear_reverse_kl: (
-        sharded.vocab_parallel_linear_reverse_kl,
-        sharded.vocab_parallel_linear_reverse_kl_on_mesh,
-    ),
-    il.linear_jensen_shannon: (
-        sharded.vocab_parallel_linear_jensen_shannon,
-        sharded.vocab_parallel_linear_jensen_shannon_on_mesh,
-    ),
+}
+# ... and every declared divergence, by its names.
+SHARDED_FORMS |= {
+    getattr(il, f"linear_{div.name}"): (
+        getattr(sharded, f"vocab_parallel_linear_{div.name}"),
+        getattr(sharded, f"vocab_parallel_linear_{div.name}_on_mesh"),
+    )
+    for div in declared_divergences()
 }
 SLICES = {"weight": "weight_shard", "target_weight": "target_weight_shard"}
 SLICES |= {"bias": "bias_shard", "class_weights": "class_weights_shard"}

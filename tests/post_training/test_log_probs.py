@@ -259,12 +259,19 @@ def test_fused_mask_and_empty_rows():
     np.testing.assert_allclose(ent, jnp.where(mask, ref_ent, 0.0), rtol=1e-5, atol=1e-6)
     grad = jax.grad(lambda h: _objective(run(h), cot))(hidden)
     assert (grad[~mask] == 0).all()
-    # A token whose every class is excluded has no distribution: 0 for both, no gradient.
+    # A token whose every class is excluded: its label is on an excluded class, log-probability
+    # -inf (issue 20), and it has no distribution, entropy 0; both with a zero gradient.
     empty = jnp.full((2, 4), -jnp.inf).at[1].set(jnp.array([0.0, 1.0, -jnp.inf, 2.0]))
     lp, ent = il.log_probs(empty, jnp.array([1, 1]), with_entropy=True)
-    assert lp[0] == 0 and ent[0] == 0
-    g = jax.grad(lambda z: jnp.sum(il.log_probs(z, jnp.array([1, 1]), with_entropy=True)[1]))
-    assert np.isfinite(g(empty)).all() and (g(empty)[0] == 0).all()
+    assert lp[0] == -jnp.inf and ent[0] == 0
+    for out in (0, 1):
+        g = jax.grad(
+            lambda z, i=out: jnp.sum(il.log_probs(z, jnp.array([1, 1]), with_entropy=True)[i])
+        )
+        assert np.isfinite(g(empty)).all() and (g(empty)[0] == 0).all()
+    # ... also when ignored: 0, and out of range: NaN.
+    lp = il.log_probs(empty[:1].repeat(2, 0), jnp.array([-100, 7]), ignore_index=-100)
+    assert lp[0] == 0 and np.isnan(lp[1])
 
 
 def test_named_outputs_and_the_token_mask():
