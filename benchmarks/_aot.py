@@ -87,7 +87,9 @@ def place(target: str, *structs):
 
 def compile_for(target: str, fn, *structs):
     """``jax.jit(fn)`` lowered and compiled for the target from ShapeDtypeStructs."""
-    options = {"xla_gpu_enable_triton_gemm": False} if target == "h100" else {}
+    options: dict[str, str | bool] = {}
+    if target == "h100":
+        options["xla_gpu_enable_triton_gemm"] = False
     with jax.default_device(device(target)):
         return jax.jit(fn).lower(*place(target, *structs)).compile(compiler_options=options)
 
@@ -227,6 +229,18 @@ def _conv_k(lhs, rhs, out) -> float:
     return math.sqrt(math.prod(lhs) * math.prod(rhs) / max(math.prod(out), 1))
 
 
+def _trip_count(rest: str, comps) -> int:
+    """A while loop's trip count: XLA's known_trip_count, else the bound its condition
+    compares the counter with (``counter < constant``)."""
+    trip = re.search(r'"known_trip_count":\{"n":"(\d+)"\}', rest)
+    if trip:
+        return int(trip.group(1))
+    cond = re.search(r"condition=(%[\w.\-]+)", rest)
+    lines = comps.get(cond.group(1), []) if cond else []
+    bounds = [int(m.group(1)) for line in lines if (m := re.search(r"constant\((\d+)\)", line))]
+    return bounds[0] if len(bounds) == 1 else 1
+
+
 def _kernels(lines, comps) -> tuple[collections.Counter, float, list[tuple[str, int]]]:
     """Kernel kinds, GEMM FLOPs and the (body, trip count) of the while loops of a computation."""
     shapes = {m.group(1): m.group(2) for line in lines if (m := _INSTR.match(line))}
@@ -240,16 +254,17 @@ def _kernels(lines, comps) -> tuple[collections.Counter, float, list[tuple[str, 
         _, shape, op, rest = m.groups()
         if op == "while":
             body = re.search(r"body=(%[\w.\-]+)", rest)
-            trip = re.search(r'"known_trip_count":\{"n":"(\d+)"\}', rest)
             if body:
-                loops.append((body.group(1), int(trip.group(1)) if trip else 1))
+                loops.append((body.group(1), _trip_count(rest, comps)))
             continue
         kind = _kind(op, rest)
-        if kind is None:
-            continue
-        kinds[kind] += 1
+        if kind is None or (kind == "copy" and not _shape_dims(shape)):
+            continue  # a scalar copy (a loop counter on TPU) is no data movement
         if kind == "gemm" or kind.startswith("fusion"):
-            flops += _dot_flops(shape, rest, shapes, comps)
+            gemm = _dot_flops(shape, rest, shapes, comps)
+            flops += gemm
+            kind = "gemm" if gemm else kind  # a fusion around a dot (TPU) counts as a GEMM
+        kinds[kind] += 1
     return kinds, flops, loops
 
 

@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from _common import HEADS, machine, parser, table, time_interleaved
+from jax import lax
 
 import infoloss_jax as il
 
@@ -56,6 +57,19 @@ def naive(h, w, y):
 def naive_f32_logits(h, w, y):
     logits = jnp.dot(h, w, preferred_element_type=jnp.float32)
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+
+def naive_rounded_logits(h, w, y):
+    """naive with its logits rounded to bfloat16 explicitly: what a GPU's bfloat16 GEMM
+    writes (XLA's CPU backend may keep a bfloat16 result in float32 between two converts)."""
+    logits = lax.reduce_precision(h @ w, exponent_bits=8, mantissa_bits=7).astype(jnp.float32)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+
+def exact_loss(h, w, y):
+    """The mean cross-entropy in the inputs' own dtype (the float64 reference)."""
+    z = h @ w
+    return jnp.mean(jax.nn.logsumexp(z, axis=-1) - jnp.take_along_axis(z, y[:, None], -1)[:, 0])
 
 
 def floor(h, w, y):
@@ -199,10 +213,20 @@ def on_device(heads, dtype, reps, backwards):
                     *(("", "", "") if e is None else (f"{x:.2e}" for x in e)),
                 ]
             )
-        print(f"\n{name} (N={n} D={d} V={v}) {jnp.dtype(dtype).name}, value_and_grad, "
-              f"median of {reps}; errors vs float32 HIGHEST:")
-        headers = ["variant", "temp MiB", "vs naive", "ms", "vs naive", "loss err", "dx err",
-                   "dW err"]
+        print(
+            f"\n{name} (N={n} D={d} V={v}) {jnp.dtype(dtype).name}, value_and_grad, "
+            f"median of {reps}; errors vs float32 HIGHEST:"
+        )
+        headers = [
+            "variant",
+            "temp MiB",
+            "vs naive",
+            "ms",
+            "vs naive",
+            "loss err",
+            "dx err",
+            "dW err",
+        ]
         print(table(headers, rows))
 
 
@@ -220,10 +244,14 @@ def errors(n, d, v, dtype, full_head, backwards):
     print(machine())
     big = HEADS[full_head]
     h, w, y = _inputs(n, d, v, dtype, seed=1)
-    ref = jax.jit(jax.value_and_grad(naive, argnums=(0, 1)))(
+    ref = jax.jit(jax.value_and_grad(exact_loss, argnums=(0, 1)))(
         h.astype(jnp.float64), w.astype(jnp.float64), y
     )
-    fns = {"naive": grad_of(naive), "naive (f32 logits)": grad_of(naive_f32_logits)}
+    fns = {
+        "naive": grad_of(naive),
+        "naive, logits rounded to bf16": grad_of(naive_rounded_logits),
+        "naive (f32 logits)": grad_of(naive_f32_logits),
+    }
     notes = {}
     for name, backward in backwards.items():
         blocks = chunking(*big, dtype, backward)
@@ -235,8 +263,9 @@ def errors(n, d, v, dtype, full_head, backwards):
         out = jax.jit(fn)(h, w, y)
         le, xe, we = _errors(out, ref)
         base = base or we
-        rows.append([name, f"{le:.2e}", f"{xe:.2e}", f"{we:.2e}", f"{we / base:.2f}",
-                     notes.get(name, "")])
+        rows.append(
+            [name, f"{le:.2e}", f"{xe:.2e}", f"{we:.2e}", f"{we / base:.2f}", notes.get(name, "")]
+        )
     print(f"\nErrors against float64, N={n} D={d} V={v} {jnp.dtype(dtype).name}:")
     print(table(["variant", "loss err", "dx err", "dW err", "dW err / naive's", "how"], rows))
 
@@ -248,10 +277,21 @@ def main():
     p.add_argument("--errors", action="store_true", help="dx and dW errors vs float64")
     p.add_argument("--heads", nargs="*", default=list(HEADS), help=f"of {list(HEADS)}")
     p.add_argument("--dtype", default="bfloat16")
-    p.add_argument("--shape", type=int, nargs=3, default=(8192, 256, 8192),
-                   metavar=("N", "D", "V"), help="--errors shape")
-    p.add_argument("--plan", action="append", default=[], metavar="NAME=BACKWARD",
-                   help="plans to compare (default: exact=rows fast=fast)")
+    p.add_argument(
+        "--shape",
+        type=int,
+        nargs=3,
+        default=(8192, 256, 8192),
+        metavar=("N", "D", "V"),
+        help="--errors shape",
+    )
+    p.add_argument(
+        "--plan",
+        action="append",
+        default=[],
+        metavar="NAME=BACKWARD",
+        help="plans to compare (default: exact=rows fast=fast)",
+    )
     args = p.parse_args()
     dtype = jnp.dtype(args.dtype)
     backwards = dict(s.split("=", 1) for s in args.plan) if args.plan else dict(PLANS)

@@ -13,4 +13,4 @@ ArrayLike: TypeAlias = jax.typing.ArrayLike | Sequence[Any]
 # The string options, as the type checker sees them (the functions also check them at run time).
 Reduction: TypeAlias = Literal["none", "sum", "mean", "batchmean"]
 WeightLayout: TypeAlias = Literal["dv", "vd"]
-Backward: TypeAlias = Literal["auto", "one_pass", "two_pass", "in_forward"]
+Backward: TypeAlias = Literal["auto", "one_pass", "two_pass", "in_forward", "rows", "fast"]

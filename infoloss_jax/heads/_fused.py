@@ -194,16 +194,7 @@ def run(
     check_reduction(reduction)
     n, d = ops.x.shape
     acc = accumulation(accum_dtype, *(x for x in (ops.x, ops.w, ops.th, ops.tw) if x is not None))
-    if ops.w is None:
-        v, blocks, plan = d, _blockwise.Blocks(max(n, 1), d), "auto"
-    else:
-        v = ops.w.shape[1 if weight_layout == "dv" else 0]
-        d = d if ops.th is None else max(d, ops.th.shape[1])
-        blocks = _blockwise.choose_blocks(n, d, v, token_block_size, vocab_block_size, axis_size)
-        dtypes, rows = (ops.x.dtype, ops.w.dtype), 1 if ops.th is None else 2
-        blocks, plan = _blockwise.choose_plan(
-            backward, reduction, n, v, blocks, token_block_size, dtypes, acc, axis, rows
-        )
+    v = d if ops.w is None else ops.w.shape[1 if weight_layout == "dv" else 0]
     vocab = v * axis_size if vocab_size is None else vocab_size
     weighted = ops.class_weights is not None
     spec, coefs, ok = make_spec(
@@ -211,8 +202,28 @@ def run(
     )
     if ops.labels is not None:
         ops = ops._replace(labels=int32_labels(ops.labels, spec))
-    cfg = _blockwise.Config(spec, blocks, plan, axis, vocab != v * axis_size)
-    out = cast(_blockwise.Out, _blockwise.blockwise(cfg, ops, coefs))  # its type is lost in partial
+    padded = vocab != v * axis_size
+    if ops.w is None:  # logits: one tile per device
+        cfg = _blockwise.Config(spec, _blockwise.Blocks(max(n, 1), d), "auto", axis, padded)
+        out = _blockwise.blockwise(cfg, ops, coefs)
+    else:
+        width = d if ops.th is None else max(d, ops.th.shape[1])
+        rows = 1 if ops.th is None else 2
+        shape = _blockwise.Shape(
+            n, width, v, rows, ops.x.dtype, ops.w.dtype, acc, reduction != "none"
+        )
+        cfgs = _blockwise.configure(
+            spec,
+            shape,
+            token_block_size=token_block_size,
+            vocab_block_size=vocab_block_size,
+            backward=backward,
+            axis=axis,
+            axis_size=axis_size,
+            padded=padded,
+        )
+        out = _blockwise.call(cfgs, ops, coefs)
+    out = cast(_blockwise.Out, out)  # its type is lost in custom_vjp
     value = poison(_blockwise.reduce_rows(out, reduction, lead, data_axis), ok)
     return value, out, coefs, ops.labels, ok
 
@@ -288,11 +299,20 @@ def linear_softmax_cross_entropy(
         (the sum over the size of the first dimension of ``labels``).
       token_block_size: tokens per tile; ``None`` chooses from the shapes and a memory budget.
       vocab_block_size: classes per tile; ``None`` chooses from the shapes.
-      backward: ``"auto"``, ``"one_pass"`` (each tile recomputed once, one full-size float32
-        accumulator), ``"two_pass"`` (each tile twice, tile-sized accumulators only: the
-        choice for half precision) or ``"in_forward"`` (the gradient computed in the forward
-        pass from a kept ``[Tb, V]`` row: 3 matmuls, scalar reductions only). All give the
-        same gradients.
+      backward: the gradient plan. ``"auto"`` (default) chooses for the platform the
+        computation is lowered for (GPU, TPU or CPU, not the host's default backend):
+        ``"rows"`` on GPU and TPU; on CPU ``"in_forward"`` for float32 scalar losses and
+        ``"two_pass"`` in half precision. ``"rows"``: token chunks with full vocabulary
+        rows; the forward pass computes the hidden-state gradient, the backward pass the
+        weight gradient block by block in float32 (4 matmuls). ``"one_pass"`` (each tile
+        recomputed once, one full-size float32 accumulator), ``"two_pass"`` (each tile twice,
+        tile-sized accumulators only) and ``"in_forward"`` (the gradient computed in the
+        forward pass from a kept ``[Tb, V]`` row: 3 matmuls, scalar reductions only). These
+        give the same gradients. ``"fast"``: as ``"in_forward"``, but the logits row and the
+        weight gradient are kept in the weight's dtype (3 matmuls, the least memory traffic);
+        in bfloat16 its weight-gradient error is several times the naive head's (measured in
+        ``benchmarks/README.md``); per-token and vocabulary-parallel losses run ``"rows"``
+        for it.
       accum_dtype: accumulation dtype (float32 by default; float64 inputs use float64).
       return_aux: also return a :class:`LinearCrossEntropyAux` of per-token logsumexp, z-loss
         term and argmax-equals-label; these carry no gradient.
@@ -429,8 +449,8 @@ _DISTILL_ARGS = """
       reduction: ``"none"``, ``"sum"``, ``"mean"`` (over kept tokens) or ``"batchmean"``.
       token_block_size: tokens per tile; ``None`` chooses from the shapes and a memory budget.
       vocab_block_size: classes per tile; ``None`` chooses from the shapes.
-      backward: ``"auto"``, ``"one_pass"``, ``"two_pass"`` or ``"in_forward"``, as in
-        :func:`linear_softmax_cross_entropy`.
+      backward: ``"auto"``, ``"rows"``, ``"fast"``, ``"one_pass"``, ``"two_pass"`` or
+        ``"in_forward"``, as in :func:`linear_softmax_cross_entropy`.
       accum_dtype: accumulation dtype (float32 by default; float64 inputs use float64).
 
     Returns:

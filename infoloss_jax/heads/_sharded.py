@@ -358,8 +358,9 @@ def vocab_parallel_linear_cross_entropy(
         global batch.
       token_block_size, vocab_block_size: block sizes (positive ints); by default a tile of at
         most max(2**17, 2**21 / d) elements on CPU.
-      backward: ``"auto"`` (default), ``"one_pass"`` or ``"two_pass"``, as in
-        :func:`infoloss_jax.linear_softmax_cross_entropy` (``"in_forward"`` needs one device).
+      backward: ``"auto"`` (default), ``"rows"``, ``"one_pass"`` or ``"two_pass"``, as in
+        :func:`infoloss_jax.linear_softmax_cross_entropy` (``"in_forward"`` needs one device;
+        ``"fast"`` runs ``"rows"`` here).
 
     Returns:
       The reduced loss, or per-token losses ``[...]`` for ``reduction="none"``.
@@ -405,7 +406,7 @@ _LINEAR_DISTILL_DOC = """
       reduction: ``"mean"`` (default, over kept tokens), ``"sum"``, ``"batchmean"`` or ``"none"``.
       data_axis: mesh axis the tokens are split over; the mean is exact across it.
       token_block_size, vocab_block_size: block sizes (positive ints) or None (automatic).
-      backward: ``"auto"`` (default), ``"one_pass"`` or ``"two_pass"``, as in
+      backward: ``"auto"`` (default), ``"rows"``, ``"one_pass"`` or ``"two_pass"``, as in
         :func:`vocab_parallel_linear_cross_entropy`.
 
     Returns:
@@ -580,7 +581,7 @@ def vocab_parallel_linear_log_probs(
       mask: optional boolean ``[...]`` per-token mask (False gives 0 and no gradient).
       weight_layout: ``"dv"`` (default) or ``"vd"``; never inferred from the shape.
       token_block_size, vocab_block_size: block sizes (positive ints) or None (automatic).
-      backward: ``"auto"`` (default), ``"one_pass"`` or ``"two_pass"``, as in
+      backward: ``"auto"`` (default), ``"rows"``, ``"one_pass"`` or ``"two_pass"``, as in
         :func:`vocab_parallel_linear_cross_entropy`.
 
     Returns:
