@@ -4,6 +4,7 @@
     python benchmarks/accelerators.py --compile-only --target h100   # any machine, see below
     python benchmarks/accelerators.py --compile-only --target v5e
     python benchmarks/accelerators.py --errors                # weight-gradient error vs float64
+    python benchmarks/accelerators.py --quick [--errors]      # small sizes, any backend (smoke)
 
 Device mode, for the Llama-3-8B (N=8192, D=4096, V=128256) and Gemma-2-2B (N=8192, D=2304,
 V=256000) heads in bfloat16, ``value_and_grad`` w.r.t. hidden and weight of:
@@ -22,10 +23,11 @@ prints per variant: temp memory and its share of naive's, GEMM passes (GEMM FLOP
 ``2 N D V`` pass), kernel launches in all (each loop's steps times its kernels per step, nested
 loops multiplied), copies inside loop bodies, and each loop's trip count and kernels per step.
 
-Errors mode (``--errors``) measures the relative error of dx and dW against a float64
-reference on whatever backend runs it (CPU here), at N=8192 and a reduced D and V, with the
-token chunks the plans choose for the full Llama head on an H100: the bfloat16 rounding of the
-weight-gradient accumulation depends on the number of chunks, not on D or V.
+Errors mode (``--errors``) measures the relative error of the loss, dx and dW against a
+float64 reference on whatever backend runs it (CPU here, with every bfloat16 result rounded
+as on a GPU: ``--xla_allow_excess_precision=false``), at N=8192 and a reduced D and V, with
+the token chunks the plans choose for the full Llama head on an H100: the bfloat16 rounding of
+the weight-gradient accumulation depends on the number of chunks, not on D or V.
 """
 
 from __future__ import annotations
@@ -36,12 +38,18 @@ import time
 
 if "--compile-only" in sys.argv:  # a deviceless compile: no GPU plugin initialisation
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
+if "--errors" in sys.argv:
+    # Round every bfloat16 result as a GPU does: XLA's CPU backend otherwise keeps a bfloat16
+    # value between two converts in float32 ("excess precision").
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + " --xla_allow_excess_precision=false"
+    ).strip()
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from _common import HEADS, machine, parser, table, time_interleaved
+from _common import HEADS, QUICK_HEADS, machine, parser, table, time_interleaved
 from jax import lax
 
 import infoloss_jax as il
@@ -105,6 +113,54 @@ def specs(n, d, v, dtype):
         jax.ShapeDtypeStruct((d, v), dtype),
         jax.ShapeDtypeStruct((n,), jnp.int32),
     )
+
+
+def naive_log_probs(h, w, y):
+    """sum of the label log-probabilities plus 0.01 of the entropies, from materialized logits."""
+    lsm = jax.nn.log_softmax((h @ w).astype(jnp.float32), axis=-1)
+    lp = jnp.take_along_axis(lsm, y[:, None], -1)[:, 0]
+    return jnp.sum(lp) - 0.01 * jnp.sum(jnp.exp(lsm) * lsm)
+
+
+def fused_log_probs(backward):
+    def loss(h, w, y):
+        lp, ent = il.linear_log_probs(h, y, w, with_entropy=True, backward=backward)
+        return jnp.sum(lp) + 0.01 * jnp.sum(ent)
+
+    return loss
+
+
+def naive_forward_kl(h, w, th, tw):
+    return jnp.mean(il.forward_kl((h @ w).astype(jnp.float32), (th @ tw).astype(jnp.float32)))
+
+
+def fused_forward_kl(backward):
+    return lambda h, w, th, tw: il.linear_forward_kl(h, w, th, tw, backward=backward)
+
+
+def other_heads(heads, dtype, target, backwards):
+    """linear_log_probs with entropy, and the forward KL (teacher of the same shape)."""
+    import _aot
+
+    for name, (n, d, v) in heads.items():
+        h, w, y = specs(n, d, v, dtype)
+        cases = {
+            "log_probs + entropy": (naive_log_probs, fused_log_probs, (h, w, y)),
+            "forward KL": (naive_forward_kl, fused_forward_kl, (h, w, h, w)),
+        }
+        for loss, (naive_fn, fused_fn, args) in cases.items():
+            fns = {"naive": naive_fn, "auto": fused_fn("auto")}
+            fns.update({k: fused_fn(b) for k, b in backwards.items()})
+            body, base = [], None
+            for label, fn in fns.items():
+                compiled = _aot.compile_for(target, grad_of(fn), *args)
+                info = _aot.describe(compiled, 2.0 * n * d * v)
+                base = base or info["temp"]
+                share = f"{100 * info['temp'] / base:.2f}%"
+                passes = f"{info['gemm_passes']:.2f}"
+                body.append([label, f"{info['temp'] / 2**20:.1f}", share, passes, info["launches"]])
+            print(f"\n{name} {loss}, {jnp.dtype(dtype).name}, value_and_grad (h, W):")
+            print(table(["variant", "temp MiB", "vs naive", "GEMM passes", "launches"], body))
 
 
 # ------------------------------------------------------------------------------ compile-only
@@ -190,18 +246,15 @@ def on_device(heads, dtype, reps, backwards):
     print(machine())
     for name, (n, d, v) in heads.items():
         h, w, y = _inputs(n, d, v, dtype)
-        fns = variants(backwards)
-        jitted = {k: jax.jit(f) for k, f in fns.items()}
-        temps = {
-            k: f.lower(h, w, y).compile().memory_analysis().temp_size_in_bytes
-            for k, f in jitted.items()
-        }
-        times = time_interleaved(jitted, {k: (h, w, y) for k in jitted}, reps)
+        # Each variant is compiled once; its executable gives the memory and runs the timing.
+        compiled = {k: jax.jit(f).lower(h, w, y).compile() for k, f in variants(backwards).items()}
+        temps = {k: c.memory_analysis().temp_size_in_bytes for k, c in compiled.items()}
+        times = time_interleaved(compiled, {k: (h, w, y) for k in compiled}, reps)
         ref = _reference(h, w, y, jnp.float32)
-        errs = {k: _errors(jitted[k](h, w, y), ref) for k in jitted if k != "floor"}
+        errs = {k: _errors(c(h, w, y), ref) for k, c in compiled.items() if k != "floor"}
         del ref
         rows = []
-        for k in jitted:
+        for k in compiled:
             e = errs.get(k)
             rows.append(
                 [
@@ -217,17 +270,8 @@ def on_device(heads, dtype, reps, backwards):
             f"\n{name} (N={n} D={d} V={v}) {jnp.dtype(dtype).name}, value_and_grad, "
             f"median of {reps}; errors vs float32 HIGHEST:"
         )
-        headers = [
-            "variant",
-            "temp MiB",
-            "vs naive",
-            "ms",
-            "vs naive",
-            "loss err",
-            "dx err",
-            "dW err",
-        ]
-        print(table(headers, rows))
+        headers = ["variant", "temp MiB", "vs naive", "ms", "vs naive", "loss err", "dx err"]
+        print(table([*headers, "dW err"], rows), flush=True)
 
 
 # ------------------------------------------------------------------------------ errors
@@ -286,6 +330,9 @@ def main():
         help="--errors shape",
     )
     p.add_argument(
+        "--other-heads", action="store_true", help="compile-only: log-probs and forward KL too"
+    )
+    p.add_argument(
         "--plan",
         action="append",
         default=[],
@@ -295,13 +342,16 @@ def main():
     args = p.parse_args()
     dtype = jnp.dtype(args.dtype)
     backwards = dict(s.split("=", 1) for s in args.plan) if args.plan else dict(PLANS)
-    heads = {k: HEADS[k] for k in args.heads}
+    heads = QUICK_HEADS if args.quick else {k: HEADS[k] for k in args.heads}
     if args.compile_only:
         compile_only(heads, dtype, args.target, backwards)
+        if args.other_heads:
+            other_heads(heads, dtype, args.target, backwards)
     elif args.errors:
-        errors(*args.shape, dtype, args.heads[0], backwards)
+        shape = (1024, 128, 4096) if args.quick else args.shape
+        errors(*shape, dtype, args.heads[0], backwards)
     else:
-        if jax.default_backend() == "cpu":
+        if jax.default_backend() == "cpu" and not args.quick:
             raise SystemExit("device mode needs a GPU or TPU; use --compile-only or --errors")
         on_device(heads, dtype, args.reps or 5, backwards)
 

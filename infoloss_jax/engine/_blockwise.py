@@ -1072,9 +1072,10 @@ def _accelerator_config(base: Config, shape: Shape, token_block_size, vocab_bloc
 
 def accelerator_budget(shape: Shape) -> int:
     """Bytes the row plans may keep on an accelerator: a share of the naive head's [N, V]
-    logits (in the weight's dtype and in float32), and at least a floor."""
+    logits (in the weight's dtype and in float32; a teacher's as well would be counted
+    twice), and at least a floor."""
     per_logit = jnp.dtype(shape.w_dtype).itemsize + 4
-    return max(_ACCEL_FLOOR_BYTES, int(_ACCEL_SHARE * shape.n * shape.v * shape.rows * per_logit))
+    return max(_ACCEL_FLOOR_BYTES, int(_ACCEL_SHARE * shape.n * shape.v * per_logit))
 
 
 def _row_chunk(shape: Shape, plan: str, budget: int) -> int:
@@ -1083,8 +1084,8 @@ def _row_chunk(shape: Shape, plan: str, budget: int) -> int:
     compute = jnp.dtype(jnp.result_type(shape.x_dtype, shape.w_dtype)).itemsize
     if plan == "fast":  # the logits in the weight's dtype, overwritten by dz
         per_token = shape.v * shape.rows * w_item
-    else:  # float32 logits (and the teacher's), and dz in the GEMMs' dtype
-        per_token = shape.v * (shape.rows * acc + compute)
+    else:  # float32 logits (a teacher adds its own and half more), dz in the GEMMs' dtype
+        per_token = shape.v * (shape.rows * acc + compute + (shape.rows - 1) * acc // 2)
     per_token += shape.d * (acc + 2 * compute)  # the chunk's hidden rows and dx
     chunk = budget // max(per_token, 1)
     return max(_CHUNK_MULTIPLE, chunk // _CHUNK_MULTIPLE * _CHUNK_MULTIPLE)
@@ -1097,7 +1098,8 @@ def _grad_blocks(shape: Shape, budget: int, token_block_size, vocab_block_size) 
     compute = jnp.dtype(jnp.result_type(shape.x_dtype, shape.w_dtype)).itemsize
     tokens = check_block(token_block_size, "token_block_size") or shape.n
     while True:
-        per_class = tokens * (shape.rows * acc + compute) + shape.d * shape.rows * (w_item + acc)
+        per_class = tokens * (shape.rows * acc + compute + (shape.rows - 1) * acc // 2)
+        per_class += shape.d * shape.rows * (w_item + acc)
         vocab = budget // max(per_class, 1) // 128 * 128
         if vocab >= 512 or tokens <= 1024 or token_block_size is not None:
             break
@@ -1107,9 +1109,10 @@ def _grad_blocks(shape: Shape, budget: int, token_block_size, vocab_block_size) 
 
 
 def _kernel_lowers(spec: LossSpec) -> bool:
-    """The Pallas row kernel lowers for Triton with every option but label smoothing (whose
-    exact branch is a variadic reduction); smoothing runs the same formulas in XLA."""
-    return not spec.smoothing
+    """The Pallas row kernel lowers for Triton in float32 with every option but label
+    smoothing (whose exact branch is a variadic reduction); the rest run the same formulas in
+    XLA."""
+    return not spec.smoothing and jnp.dtype(spec.accum_dtype) == jnp.dtype(jnp.float32)
 
 
 def planned_blocks(n, d, v, dtype, backward, platform="gpu", reduction="mean") -> Blocks:

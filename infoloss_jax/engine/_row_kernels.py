@@ -113,6 +113,15 @@ def _call(kernel, grid, inputs, out_shape, interpret, aliases):
 
         params["compiler_params"] = pltriton.CompilerParams(num_warps=4, num_stages=1)
     any_space = pl.BlockSpec(memory_space=pl.ANY)
+    # The kernel is traced with 32-bit indices (Triton's argmax takes no other); its values
+    # are float32 (see _blockwise._kernel_lowers), so nothing else changes.
+    with jax.enable_x64(False):
+        return _pallas_call(kernel, grid, inputs, out_shape, interpret, aliases, any_space, params)
+
+
+def _pallas_call(kernel, grid, inputs, out_shape, interpret, aliases, any_space, params):
+    from jax.experimental import pallas as pl
+
     return pl.pallas_call(
         kernel,
         out_shape=out_shape,
