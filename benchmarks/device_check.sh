@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # One bounded run on a GPU or TPU machine: the test suite, then the accelerator benchmarks.
 #
-#     bash benchmarks/device_check.sh [OUT_DIR]      # about 10 minutes at most
+#     bash benchmarks/device_check.sh [OUT_DIR]      # about 15 minutes at most
+#
+# The first step alone, benchmarks/accelerators.py, takes under 5 minutes: with little device
+# time, run just `python benchmarks/accelerators.py --reps 5`.
 #
 # Needs a Python whose jax sees the accelerator, with optax, chex, pytest, pytest-xdist,
 # hypothesis and scipy installed; the package is used from this checkout (PYTHONPATH), so the
@@ -28,6 +31,8 @@ step() {  # step NAME SECONDS COMMAND...
 }
 
 "$python" -c "import jax; print(jax.__version__, jax.devices())" | tee "$out/summary.txt"
+# The fused head's plans against naive and the 3-GEMM floor: time, memory, errors (issue 18).
+step accelerators 290 "$python" benchmarks/accelerators.py --reps 5
 step tests 290 "$python" -m pytest -q -n 8 -m "not slow" -p no:cacheprovider -p no:benchmark tests
 step memory 130 "$python" benchmarks/linear_cross_entropy.py --no-speed \
     --heads llama3-8b gemma2-2b

@@ -15,4 +15,4 @@ Reduction: TypeAlias = Literal["none", "sum", "mean", "batchmean"]
 # The per-sequence reductions of `reduce_loss` (packed sequences); "sequence_mean" is GRPO's.
 SequenceReduction: TypeAlias = Literal["per_sequence_sum", "per_sequence_mean", "sequence_mean"]
 WeightLayout: TypeAlias = Literal["dv", "vd"]
-Backward: TypeAlias = Literal["auto", "one_pass", "two_pass", "in_forward"]
+Backward: TypeAlias = Literal["auto", "one_pass", "two_pass", "in_forward", "rows", "fast"]

@@ -312,8 +312,9 @@ def logit_divergence(
 
     ``coefficient`` is the value of ``div``'s own coefficient (``beta``, ``skew``, ``alpha``;
     None for its default): a concrete value outside its range raises ValueError naming it, a
-    traced one makes the result NaN; a concrete value at one of its end points runs the end
-    point's divergence (``jensen_shannon`` with ``beta=0`` is ``forward_kl``).
+    traced one makes the result NaN; a static value at one of its end points runs the end
+    point's divergence (``jensen_shannon`` with ``beta=0`` is ``forward_kl``); a traced one
+    (an eager call traces its coefficients) reaches the same value to round-off.
     """
     check_reduction(reduction)
     kind, c, c_ok = divergence_coefficient(div, coefficient)

@@ -410,8 +410,8 @@ def linear_skew_forward_kl(
         ``"batchmean"``.
       token_block_size: tokens per tile; ``None`` chooses from the shapes and a memory budget.
       vocab_block_size: classes per tile; ``None`` chooses from the shapes.
-      backward: ``"auto"``, ``"one_pass"``, ``"two_pass"`` or ``"in_forward"``, as in
-        :func:`linear_softmax_cross_entropy`.
+      backward: ``"auto"``, ``"rows"``, ``"fast"``, ``"one_pass"``, ``"two_pass"`` or
+        ``"in_forward"``, as in :func:`linear_softmax_cross_entropy`.
       accum_dtype: accumulation dtype (float32 by default; float64 inputs use float64).
 
     Returns:
@@ -556,7 +556,7 @@ def vocab_parallel_linear_skew_forward_kl(
       reduction: ``"mean"`` (default, over kept tokens), ``"sum"``, ``"batchmean"`` or ``"none"``.
       data_axis: mesh axis the tokens are split over; the mean is exact across it.
       token_block_size, vocab_block_size: block sizes (positive ints) or None (automatic).
-      backward: ``"auto"`` (default), ``"one_pass"`` or ``"two_pass"``, as in
+      backward: ``"auto"`` (default), ``"rows"``, ``"one_pass"`` or ``"two_pass"``, as in
         :func:`vocab_parallel_linear_cross_entropy`.
       accum_dtype: accumulation dtype (float32 by default; float64 inputs use float64).
 
@@ -737,8 +737,8 @@ def linear_skew_reverse_kl(
         ``"batchmean"``.
       token_block_size: tokens per tile; ``None`` chooses from the shapes and a memory budget.
       vocab_block_size: classes per tile; ``None`` chooses from the shapes.
-      backward: ``"auto"``, ``"one_pass"``, ``"two_pass"`` or ``"in_forward"``, as in
-        :func:`linear_softmax_cross_entropy`.
+      backward: ``"auto"``, ``"rows"``, ``"fast"``, ``"one_pass"``, ``"two_pass"`` or
+        ``"in_forward"``, as in :func:`linear_softmax_cross_entropy`.
       accum_dtype: accumulation dtype (float32 by default; float64 inputs use float64).
 
     Returns:
@@ -883,7 +883,7 @@ def vocab_parallel_linear_skew_reverse_kl(
       reduction: ``"mean"`` (default, over kept tokens), ``"sum"``, ``"batchmean"`` or ``"none"``.
       data_axis: mesh axis the tokens are split over; the mean is exact across it.
       token_block_size, vocab_block_size: block sizes (positive ints) or None (automatic).
-      backward: ``"auto"`` (default), ``"one_pass"`` or ``"two_pass"``, as in
+      backward: ``"auto"`` (default), ``"rows"``, ``"one_pass"`` or ``"two_pass"``, as in
         :func:`vocab_parallel_linear_cross_entropy`.
       accum_dtype: accumulation dtype (float32 by default; float64 inputs use float64).
 

@@ -102,8 +102,10 @@ class Divergence:
     def empty(self, spec: LossSpec, n, dtype, zeros) -> Stats:
         return empty_stats(n, dtype, zeros, 2, self.first_keys)
 
-    def tile_stats(self, tile: Tile, spec: LossSpec, coefs: Coefficients) -> Stats:
-        """First-sweep statistics of a tile whose logits are already scaled."""
+    def tile_stats(self, tile: Tile, spec: LossSpec, coefs: Coefficients, explicit=False) -> Stats:
+        """First-sweep statistics of a tile whose logits are already scaled (no label to pick:
+        ``explicit`` changes nothing)."""
+        del explicit
         assert tile.teacher is not None  # a divergence's tile holds both
         return first_stats(self, tile.raw, tile.teacher, None, exact=True)
 

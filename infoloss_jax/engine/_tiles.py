@@ -585,8 +585,9 @@ class _CrossEntropy:
         return empty_stats(n, dtype, zeros, 1, centered, names, argmax=True)
 
     @staticmethod
-    def tile_stats(tile: Tile, spec: LossSpec, coefs: Coefficients) -> Stats:
-        return ce_tile(tile.raw, tile.labels, tile.class_weights, tile.start, spec, coefs)
+    def tile_stats(tile: Tile, spec: LossSpec, coefs: Coefficients, explicit=False) -> Stats:
+        """``explicit``: pick the label's logit with a masked sum (inside a Pallas kernel)."""
+        return ce_tile(tile.raw, tile.labels, tile.class_weights, tile.start, spec, coefs, explicit)
 
     def rows_of(self, stats: Stats, labels, row_mask, spec: LossSpec, coefs: Coefficients) -> Rows:
         return ce_rows(stats, labels, row_mask, coefs, spec, self.empty_row_loss)

@@ -274,21 +274,31 @@ def execute(spec, coefs, ops: Operands, lead, engine: EngineOptions, axes=None):
     (``ops.w`` None) are one tile per device."""
     n, d = ops.x.shape
     axis, size = (None, 1) if axes is None else (axes.vocab, axes.size)
-    if ops.w is None:
-        blocks, plan = _blockwise.Blocks(max(n, 1), d), "auto"
-    else:
-        v = local_vocab(ops, spec.layout)
-        d = d if ops.th is None else max(d, ops.th.shape[1])
-        tokens, vocab = engine.token_block_size, engine.vocab_block_size
-        blocks = _blockwise.choose_blocks(n, d, v, tokens, vocab, size)
-        dtypes, rows = (ops.x.dtype, ops.w.dtype), 1 if ops.th is None else 2
-        shapes = (n, v, blocks, tokens, dtypes, spec.accum_dtype, axis, rows)
-        blocks, plan = _blockwise.choose_plan(engine.backward, engine.reduction, *shapes)
     if ops.labels is not None:
         ops = ops._replace(labels=int32_labels(ops.labels, spec))
-    padded = spec.vocab_size != local_vocab(ops, spec.layout) * size
-    cfg = _blockwise.Config(spec, blocks, plan, axis, padded)
-    out = cast(Out, _blockwise.blockwise(cfg, drop_rows(ops, spec), coefs))  # lost in partial
+    v = local_vocab(ops, spec.layout)
+    padded = spec.vocab_size != v * size
+    ops = drop_rows(ops, spec)
+    if ops.w is None:  # logits: one tile per device
+        cfg = _blockwise.Config(spec, _blockwise.Blocks(max(n, 1), d), "auto", axis, padded)
+        out = _blockwise.blockwise(cfg, ops, coefs)
+    else:  # a plan and tiles for each platform the computation may be lowered for
+        width = d if ops.th is None else max(d, ops.th.shape[1])
+        rows = 1 if ops.th is None else 2
+        dtypes = (ops.x.dtype, ops.w.dtype, spec.accum_dtype)
+        shape = _blockwise.Shape(n, width, v, rows, *dtypes, engine.reduction != "none")
+        cfgs = _blockwise.configure(
+            spec,
+            shape,
+            token_block_size=engine.token_block_size,
+            vocab_block_size=engine.vocab_block_size,
+            backward=engine.backward,
+            axis=axis,
+            axis_size=size,
+            padded=padded,
+        )
+        out = _blockwise.call(cfgs, ops, coefs)
+    out = cast(Out, out)  # its type is lost in custom_vjp
     data = None if axes is None else axes.data
     return _blockwise.reduce_rows(out, engine.reduction, lead, data), out, ops.labels
 
@@ -490,11 +500,20 @@ def linear_softmax_cross_entropy(
         ``"batchmean"`` (the sum over the size of the first dimension of ``labels``).
       token_block_size: tokens per tile; ``None`` chooses from the shapes and a memory budget.
       vocab_block_size: classes per tile; ``None`` chooses from the shapes.
-      backward: ``"auto"``, ``"one_pass"`` (each tile recomputed once, one full-size float32
-        accumulator), ``"two_pass"`` (each tile twice, tile-sized accumulators only: the
-        choice for half precision) or ``"in_forward"`` (the gradient computed in the forward
-        pass from a kept ``[Tb, V]`` row: 3 matmuls, scalar reductions only). All give the
-        same gradients.
+      backward: the gradient plan. ``"auto"`` (default) chooses for the platform the
+        computation is lowered for (GPU, TPU or CPU, not the host's default backend):
+        ``"rows"`` on GPU and TPU; on CPU ``"in_forward"`` for float32 scalar losses and
+        ``"two_pass"`` in half precision. ``"rows"``: token chunks with full vocabulary
+        rows; the forward pass computes the hidden-state gradient, the backward pass the
+        weight gradient block by block in float32 (4 matmuls). ``"one_pass"`` (each tile
+        recomputed once, one full-size float32 accumulator), ``"two_pass"`` (each tile twice,
+        tile-sized accumulators only) and ``"in_forward"`` (the gradient computed in the
+        forward pass from a kept ``[Tb, V]`` row: 3 matmuls, scalar reductions only). These
+        give the same gradients. ``"fast"``: as ``"in_forward"``, but the logits row and the
+        weight gradient are kept in the weight's dtype (3 matmuls, the least memory traffic);
+        in bfloat16 its weight-gradient error is several times the naive head's (measured in
+        ``benchmarks/README.md``); per-token and vocabulary-parallel losses run ``"rows"``
+        for it.
       accum_dtype: accumulation dtype (float32 by default; float64 inputs use float64).
       return_aux: also return a :class:`LinearCrossEntropyAux` of per-token logsumexp, z-loss
         term and argmax-equals-label; these carry no gradient.
@@ -583,8 +602,8 @@ def linear_forward_kl(
         ``"batchmean"``.
       token_block_size: tokens per tile; ``None`` chooses from the shapes and a memory budget.
       vocab_block_size: classes per tile; ``None`` chooses from the shapes.
-      backward: ``"auto"``, ``"one_pass"``, ``"two_pass"`` or ``"in_forward"``, as in
-        :func:`linear_softmax_cross_entropy`.
+      backward: ``"auto"``, ``"rows"``, ``"fast"``, ``"one_pass"``, ``"two_pass"`` or
+        ``"in_forward"``, as in :func:`linear_softmax_cross_entropy`.
       accum_dtype: accumulation dtype (float32 by default; float64 inputs use float64).
 
     Returns:
@@ -656,8 +675,8 @@ def linear_reverse_kl(
         ``"batchmean"``.
       token_block_size: tokens per tile; ``None`` chooses from the shapes and a memory budget.
       vocab_block_size: classes per tile; ``None`` chooses from the shapes.
-      backward: ``"auto"``, ``"one_pass"``, ``"two_pass"`` or ``"in_forward"``, as in
-        :func:`linear_softmax_cross_entropy`.
+      backward: ``"auto"``, ``"rows"``, ``"fast"``, ``"one_pass"``, ``"two_pass"`` or
+        ``"in_forward"``, as in :func:`linear_softmax_cross_entropy`.
       accum_dtype: accumulation dtype (float32 by default; float64 inputs use float64).
 
     Returns:
@@ -732,8 +751,8 @@ def linear_jensen_shannon(
         ``"batchmean"``.
       token_block_size: tokens per tile; ``None`` chooses from the shapes and a memory budget.
       vocab_block_size: classes per tile; ``None`` chooses from the shapes.
-      backward: ``"auto"``, ``"one_pass"``, ``"two_pass"`` or ``"in_forward"``, as in
-        :func:`linear_softmax_cross_entropy`.
+      backward: ``"auto"``, ``"rows"``, ``"fast"``, ``"one_pass"``, ``"two_pass"`` or
+        ``"in_forward"``, as in :func:`linear_softmax_cross_entropy`.
       accum_dtype: accumulation dtype (float32 by default; float64 inputs use float64).
 
     Returns:

@@ -518,8 +518,9 @@ def vocab_parallel_linear_cross_entropy(
         global batch.
       token_block_size, vocab_block_size: block sizes (positive ints); by default a tile of at
         most max(2**17, 2**21 / d) elements on CPU.
-      backward: ``"auto"`` (default), ``"one_pass"`` or ``"two_pass"``, as in
-        :func:`infoloss_jax.linear_softmax_cross_entropy` (``"in_forward"`` needs one device).
+      backward: ``"auto"`` (default), ``"rows"``, ``"one_pass"`` or ``"two_pass"``, as in
+        :func:`infoloss_jax.linear_softmax_cross_entropy` (``"in_forward"`` needs one device;
+        ``"fast"`` runs ``"rows"`` here).
       accum_dtype: accumulation dtype (float32 by default; float64 inputs use float64).
       return_aux: also return a :class:`~infoloss_jax.LinearCrossEntropyAux`.
 
@@ -973,7 +974,7 @@ def vocab_parallel_linear_log_probs(
         :func:`vocab_parallel_log_probs`.
       weight_layout: ``"dv"`` (default) or ``"vd"``; never inferred from the shape.
       token_block_size, vocab_block_size: block sizes (positive ints) or None (automatic).
-      backward: ``"auto"`` (default), ``"one_pass"`` or ``"two_pass"``, as in
+      backward: ``"auto"`` (default), ``"rows"``, ``"one_pass"`` or ``"two_pass"``, as in
         :func:`vocab_parallel_linear_cross_entropy`.
 
     Returns:
@@ -1444,7 +1445,7 @@ def vocab_parallel_linear_forward_kl(
       reduction: ``"mean"`` (default, over kept tokens), ``"sum"``, ``"batchmean"`` or ``"none"``.
       data_axis: mesh axis the tokens are split over; the mean is exact across it.
       token_block_size, vocab_block_size: block sizes (positive ints) or None (automatic).
-      backward: ``"auto"`` (default), ``"one_pass"`` or ``"two_pass"``, as in
+      backward: ``"auto"`` (default), ``"rows"``, ``"one_pass"`` or ``"two_pass"``, as in
         :func:`vocab_parallel_linear_cross_entropy`.
       accum_dtype: accumulation dtype (float32 by default; float64 inputs use float64).
 
@@ -1521,7 +1522,7 @@ def vocab_parallel_linear_reverse_kl(
       reduction: ``"mean"`` (default, over kept tokens), ``"sum"``, ``"batchmean"`` or ``"none"``.
       data_axis: mesh axis the tokens are split over; the mean is exact across it.
       token_block_size, vocab_block_size: block sizes (positive ints) or None (automatic).
-      backward: ``"auto"`` (default), ``"one_pass"`` or ``"two_pass"``, as in
+      backward: ``"auto"`` (default), ``"rows"``, ``"one_pass"`` or ``"two_pass"``, as in
         :func:`vocab_parallel_linear_cross_entropy`.
       accum_dtype: accumulation dtype (float32 by default; float64 inputs use float64).
 
@@ -1601,7 +1602,7 @@ def vocab_parallel_linear_jensen_shannon(
       reduction: ``"mean"`` (default, over kept tokens), ``"sum"``, ``"batchmean"`` or ``"none"``.
       data_axis: mesh axis the tokens are split over; the mean is exact across it.
       token_block_size, vocab_block_size: block sizes (positive ints) or None (automatic).
-      backward: ``"auto"`` (default), ``"one_pass"`` or ``"two_pass"``, as in
+      backward: ``"auto"`` (default), ``"rows"``, ``"one_pass"`` or ``"two_pass"``, as in
         :func:`vocab_parallel_linear_cross_entropy`.
       accum_dtype: accumulation dtype (float32 by default; float64 inputs use float64).
 

@@ -374,8 +374,9 @@ def linear_log_probs(
       weight_layout: ``"dv"`` (default) or ``"vd"`` (a tied ``[V, D]`` embedding table).
       token_block_size: tokens per tile; ``None`` chooses from the shapes.
       vocab_block_size: classes per tile; ``None`` chooses from the shapes.
-      backward: ``"auto"``, ``"one_pass"`` or ``"two_pass"`` (see
-        :func:`linear_softmax_cross_entropy`; ``"in_forward"`` needs a scalar loss).
+      backward: ``"auto"``, ``"rows"``, ``"one_pass"`` or ``"two_pass"`` (see
+        :func:`linear_softmax_cross_entropy`; ``"in_forward"`` needs a scalar loss and
+        ``"fast"`` runs ``"rows"`` here).
       accum_dtype: dtype of every sum and of the outputs (at least float32).
 
     Returns:
@@ -406,7 +407,8 @@ def linear_log_probs(
     if check_backward(backward) == "in_forward":
         raise ValueError(
             "`backward`='in_forward' computes the gradient of a scalar loss in the forward pass; "
-            "`linear_log_probs` returns per-token values. Use 'auto', 'one_pass' or 'two_pass'."
+            "`linear_log_probs` returns per-token values. Use 'auto', 'rows', 'one_pass' or "
+            "'two_pass'."
         )
     out, _, lead, _, ok = run_head(
         hidden,

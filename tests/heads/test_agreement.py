@@ -5,6 +5,11 @@ logits, the fused head, the vocabulary-parallel head on 8 simulated devices (and
 cross-entropy, the vocabulary-parallel loss on logits), and a plain ``jax.numpy`` reference.
 The vocabulary (37 classes) is not divisible by the blocks (16) nor by the mesh (8), so the
 ragged and padded paths always run.
+
+The plans chosen for accelerators (``backward="rows"`` and ``"fast"``, full vocabulary rows per
+token chunk, the Pallas row kernel in interpret mode) join the same comparisons under
+``planned_as("gpu", ...)``: the kernel's column blocks (32 of the 37 classes, then the last
+32 with the first 27 masked) and the two token chunks of 8 are ragged too.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from helpers import make_mesh, plain_cross_entropy, plain_divergence, plain_log_
 
 import infoloss_jax as il
 from infoloss_jax import sharded
+from infoloss_jax.engine import _blockwise
 from infoloss_jax.engine._loss_spec import declared_divergences
 
 N, D, V, DT = 16, 8, 37, 5
@@ -67,7 +73,7 @@ def _tolerance(dtype):
     return dict(rtol=1e-5, atol=1e-6) if dtype == jnp.float32 else dict(rtol=2e-2, atol=2e-3)
 
 
-def _cross_entropy_paths(labels, opts, reduction, mesh):
+def _cross_entropy_paths(labels, opts, reduction, mesh, blocks=BLOCKS, backward="auto"):
     core_opts = {k: v for k, v in opts.items() if k != "mask"}
     mask = opts.get("mask")
     if mask is not None:
@@ -88,12 +94,20 @@ def _cross_entropy_paths(labels, opts, reduction, mesh):
 
     def fused(h, w, b):
         return il.linear_softmax_cross_entropy(
-            h, labels, w, bias=b, reduction=reduction, **opts, **BLOCKS
+            h, labels, w, bias=b, reduction=reduction, backward=backward, **opts, **blocks
         )
 
     def fused_tied(h, w, b):
         return il.linear_softmax_cross_entropy(
-            h, labels, w.T, bias=b, weight_layout="vd", reduction=reduction, **opts, **BLOCKS
+            h,
+            labels,
+            w.T,
+            bias=b,
+            weight_layout="vd",
+            reduction=reduction,
+            backward=backward,
+            **opts,
+            **blocks,
         )
 
     def on_mesh(h, w, b):
@@ -105,8 +119,9 @@ def _cross_entropy_paths(labels, opts, reduction, mesh):
             mesh=mesh,
             vocab_axis="model",
             reduction=reduction,
+            backward=backward,
             **opts,
-            **BLOCKS,
+            **blocks,
         )
 
     def logits_on_mesh(h, w, b):
@@ -321,7 +336,7 @@ def _token_inputs(dtype, case):
     return hidden, weight, bias, labels, opts
 
 
-def _log_probs_paths(labels, opts, mesh):
+def _log_probs_paths(labels, opts, mesh, head=BLOCKS):
     def stacked(out):
         return jnp.stack([out[0], ENTROPY_WEIGHT * out[1]])
 
@@ -334,15 +349,15 @@ def _log_probs_paths(labels, opts, mesh):
         return stacked(il.log_probs(h @ w + b, labels, **opts))
 
     def fused(h, w, b):
-        return stacked(il.linear_log_probs(h, labels, w, bias=b, **opts, **BLOCKS))
+        return stacked(il.linear_log_probs(h, labels, w, bias=b, **opts, **head))
 
     def fused_tied(h, w, b):
-        out = il.linear_log_probs(h, labels, w.T, bias=b, weight_layout="vd", **opts, **BLOCKS)
+        out = il.linear_log_probs(h, labels, w.T, bias=b, weight_layout="vd", **opts, **head)
         return stacked(out)
 
     def on_mesh(h, w, b):
         out = sharded.vocab_parallel_linear_log_probs_on_mesh(
-            h, labels, w, bias=b, mesh=mesh, vocab_axis="model", **opts, **BLOCKS
+            h, labels, w, bias=b, mesh=mesh, vocab_axis="model", **opts, **head
         )
         return stacked(out)
 
@@ -380,5 +395,145 @@ def test_token_log_probs_and_entropy_agree(case, dtype):
         # The logits paths round the logits to bfloat16 before the softmax (the fused tiles
         # keep them in float32); the entropy's gradient, q (log q + H), feels that rounding
         # in absolute terms.
+        tol = dict(tol, atol=1e-2)
+    _check(paths, (hidden, weight, bias), tol)
+
+
+# ----------------------------------------------------------------------------- accelerator plans
+ACCEL_BLOCKS = dict(token_block_size=8)  # two chunks of 8 tokens, full rows: the kernel's path
+KERNELS = ["interpret", "xla"]
+
+
+def _as_gpu(paths, kernel):
+    """The paths with every fused head running the plan chosen for a GPU (traced inside)."""
+
+    def on_gpu(fn):
+        def run(*args):
+            with _blockwise.planned_as("gpu", kernel):
+                return fn(*args)
+
+        return run
+
+    return {name: on_gpu(fn) for name, fn in paths.items()}
+
+
+def _fast_or_slow(values, fast):
+    return [v if v in fast else pytest.param(v, marks=pytest.mark.slow) for v in values]
+
+
+def _accelerator_ce_params():
+    """Every plan, option set and dtype with the interpreted kernel, and in float32 with the
+    XLA step it replaces; two of them in the fast suite."""
+    fast = {
+        ("rows", "interpret", "mixed", "float32"),
+        ("fast", "interpret", "mixed_weights", "float32"),
+    }
+    for plan in ("rows", "fast"):
+        for kernel in KERNELS:
+            for case in CE_CASES:
+                for dtype in ("float32", "bfloat16") if kernel == "interpret" else ("float32",):
+                    marks = () if (plan, kernel, case, dtype) in fast else pytest.mark.slow
+                    yield pytest.param(plan, kernel, case, dtype, marks=marks)
+
+
+@pytest.mark.parametrize("plan, kernel, case, dtype", list(_accelerator_ce_params()))
+def test_accelerator_plans_cross_entropy(plan, kernel, case, dtype):
+    """Every option, both accelerator plans, with the interpreted Pallas row kernel (and the
+    XLA path it replaces): the same values and gradients as the core and plain losses."""
+    dtype = jnp.dtype(dtype)
+    hidden, weight, bias, labels, opts = _inputs(dtype, case)
+    paths = _cross_entropy_paths(labels, opts, "mean", make_mesh("8"), ACCEL_BLOCKS, plan)
+    _check(_as_gpu(paths, kernel), (hidden, weight, bias), _tolerance(dtype))
+
+
+@pytest.mark.parametrize(
+    "plan, reduction",
+    [("rows", "none")]
+    + [
+        pytest.param(p, r, marks=pytest.mark.slow)
+        for p in ("rows", "fast")
+        for r in ("none", "sum", "batchmean")
+        if (p, r) != ("rows", "none")
+    ],
+)
+def test_accelerator_plans_every_reduction(plan, reduction):
+    """Per-token losses scale the forward pass's hidden gradient row by row ("fast" runs
+    "rows" for them); the weight gradient is summed in the backward pass."""
+    hidden, weight, bias, labels, opts = _inputs(jnp.float32, "mixed")
+    paths = _cross_entropy_paths(labels, opts, reduction, make_mesh("2x4"), ACCEL_BLOCKS, plan)
+    _check(_as_gpu(paths, "interpret"), (hidden, weight, bias), _tolerance(jnp.float32))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("plan", ["rows", "fast"])
+def test_accelerator_plans_with_vocabulary_tiles(plan):
+    """With a vocabulary block below V the row plans keep the row in tiles (no kernel)."""
+    hidden, weight, bias, labels, opts = _inputs(jnp.float32, "mixed")
+    paths = _cross_entropy_paths(labels, opts, "mean", make_mesh("8"), BLOCKS, plan)
+    _check(_as_gpu(paths, "interpret"), (hidden, weight, bias), _tolerance(jnp.float32))
+
+
+@pytest.mark.parametrize("plan", ["fast", pytest.param("rows", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("kind", _fast_or_slow(list(DIVERGENCES), ["jensen_shannon"]))
+@pytest.mark.parametrize("dtype", [jnp.float32, pytest.param(jnp.bfloat16, marks=pytest.mark.slow)])
+def test_accelerator_plans_distillation(plan, kind, dtype):
+    hidden, weight, _, _, _ = _inputs(dtype, "plain")
+    k = jax.random.split(jax.random.key(7), 2)
+    t_hidden = jax.random.normal(k[0], (N, DT)).astype(dtype)
+    t_weight = jax.random.normal(k[1], (DT, V)).astype(dtype)
+    _, fused_fn, _, mesh_fn = _forms(kind)
+    extra = DIVERGENCES[kind]
+    mask = jnp.arange(N) % 5 != 2
+    opts = dict(extra, temperature=1.5, backward=plan, **ACCEL_BLOCKS)
+    plain_opts = {k: v for k, v in extra.items()} | dict(temperature=1.5)
+
+    def up(x):
+        return x.astype(jnp.float32)
+
+    def masked_mean(per_row):
+        return jnp.sum(jnp.where(mask, per_row, 0.0)) / jnp.sum(mask)
+
+    paths = dict(
+        plain=lambda h, w: masked_mean(
+            plain_divergence(kind, up(h) @ up(w), up(t_hidden) @ up(t_weight), **plain_opts)
+        ),
+        fused=lambda h, w: fused_fn(h, w, t_hidden, t_weight, mask=mask, **opts),
+        fused_tied=lambda h, w: fused_fn(
+            h, w.T, t_hidden, t_weight.T, weight_layout="vd", mask=mask, **opts
+        ),
+        sharded=lambda h, w: mesh_fn(
+            h,
+            w,
+            t_hidden,
+            t_weight,
+            mesh=make_mesh("2x4"),
+            vocab_axis="model",
+            data_axis="data",
+            mask=mask,
+            **opts,
+        ),
+    )
+    _check(_as_gpu(paths, "interpret"), (hidden, weight), _tolerance(dtype))
+
+
+@pytest.mark.parametrize("case", _fast_or_slow(list(TOKEN_CASES), ["ignored_excluded"]))
+@pytest.mark.parametrize("dtype", [jnp.float32, pytest.param(jnp.bfloat16, marks=pytest.mark.slow)])
+def test_accelerator_plans_log_probs_with_entropy(case, dtype):
+    """Two cotangents per token (log-prob and entropy): the rows plan keeps one hidden
+    gradient for each from its forward pass."""
+    hidden, weight, bias, labels, opts = _token_inputs(dtype, case)
+
+    def with_plan(fn):
+        def run(*args):
+            with _blockwise.planned_as("gpu", "interpret"):
+                return fn(*args)
+
+        return run
+
+    head = dict(ACCEL_BLOCKS, backward="rows")
+    paths = _log_probs_paths(labels, opts, make_mesh("2x4"), head)
+    paths = {k: with_plan(f) for k, f in paths.items()}
+    tol = _tolerance(dtype)
+    if dtype == jnp.bfloat16:
         tol = dict(tol, atol=1e-2)
     _check(paths, (hidden, weight, bias), tol)

@@ -514,6 +514,8 @@ BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
         ["distillation.py", "--quick", "--reps", "1", "--no-memory"],
         ["core_losses.py", "--quick", "--reps", "1"],
         ["log_probs.py", "--quick", "--reps", "1", "--dtypes", "bfloat16"],
+        ["accelerators.py", "--quick", "--reps", "1"],
+        ["accelerators.py", "--quick", "--errors"],
     ],
     ids=lambda c: c[0],
 )
