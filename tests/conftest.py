@@ -10,9 +10,23 @@ import ctypes
 import ctypes.util
 import gc
 import os
+import shutil
+import tempfile
 
+
+def _cpu_only() -> bool:
+    """No accelerator plugin installed: the tests run on the CPU backend."""
+    import importlib.util
+
+    plugins = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_plugins.xla_cuda12", "libtpu")
+    return not any(importlib.util.find_spec(name.split(".")[0]) for name in plugins)
+
+
+# Most of the suite's time is XLA compiling small programs; on CPU the backend's optimization
+# level 0 compiles them faster (numerics are the same ops, unfused differently).
+_FAST_COMPILE = " --xla_backend_optimization_level=0" if _cpu_only() else ""
 os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8" + _FAST_COMPILE
 ).strip()
 os.environ.setdefault("MPLBACKEND", "Agg")
 
@@ -21,6 +35,27 @@ import pytest  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
+
+
+# One on-disk compilation cache per test run, shared by its pytest-xdist workers: they compile
+# many of the same programs, and each compiles some again after dropping its caches to bound its
+# memory (below); those come back from disk. The controller makes an empty directory before the
+# workers start (they inherit the variable) and removes it at the end, so the suite's time does
+# not depend on earlier runs. Setting INFOLOSS_TEST_COMPILE_CACHE yourself keeps a cache across
+# runs (it is then never removed).
+_CACHE_VARIABLE = "INFOLOSS_TEST_COMPILE_CACHE"
+_CACHE_OWNED = _CACHE_VARIABLE not in os.environ
+if _CACHE_OWNED:
+    os.environ[_CACHE_VARIABLE] = tempfile.mkdtemp(prefix="infoloss-jax-tests-")
+
+
+def _share_compiled_programs() -> None:
+    jax.config.update("jax_compilation_cache_dir", os.environ[_CACHE_VARIABLE])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+_share_compiled_programs()
 
 settings.register_profile(
     "ci",
@@ -96,3 +131,27 @@ def _log_memory(where: str) -> None:
         worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
         with open(path, "a") as log:
             log.write(f"{worker} {where} rss={_resident_mb()} peak={_resident_mb('VmHWM')}\n")
+
+
+# The fast selection (-m "not slow") runs this many cases of each parametrized test, in the
+# order they are declared; the slow selection runs the rest, so the two together run every case.
+FAST_CASES_PER_TEST = 1
+
+
+def pytest_collection_modifyitems(config, items):
+    """Marks the cases of a parametrized test beyond its first FAST_CASES_PER_TEST as slow."""
+    del config
+    seen: dict[tuple, int] = {}
+    for item in items:
+        if item.get_closest_marker("slow") is not None or not hasattr(item, "callspec"):
+            continue
+        key = (item.path, item.cls, item.originalname)
+        seen[key] = seen.get(key, 0) + 1
+        if seen[key] > FAST_CASES_PER_TEST:
+            item.add_marker(pytest.mark.slow)
+
+
+def pytest_unconfigure(config):
+    """The process that made the run's compilation cache removes it."""
+    if _CACHE_OWNED and not hasattr(config, "workerinput"):
+        shutil.rmtree(os.environ[_CACHE_VARIABLE], ignore_errors=True)

@@ -13,7 +13,11 @@ A traceable coefficient (``temperature``, ``beta``, ...) is range-checked by
 range it applies to an operand; after every call the cache checks the call's concrete value
 against it, so a bad concrete value still raises the ``ValueError`` an uncached call raises.
 
-A call the cache cannot express runs uncached: one under an outer trace, one with an unhashable
+Under an outer trace (an eager ``jax.grad``, ``jax.vmap``, or inside ``jax.jit``) the call
+goes through the same kind of program, with its Python numbers static: an eager gradient then
+compiles its forward and backward passes once each, instead of running them op by op.
+
+A call the cache cannot express runs uncached: one with an unhashable
 static value (an array where a structural option is expected), a 64-bit NumPy integer array
 that ``jit`` would narrow, or a call whose loss needs a concrete value of an operand (its first
 ``ConcretizationTypeError`` sends that static signature to plain eager calls for good).
@@ -21,6 +25,7 @@ that ``jit`` would narrow, or a call whose loss needs a concrete value of an ope
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 from collections.abc import Callable
@@ -46,8 +51,9 @@ def cached_eager(*static: str) -> Callable[[F], F]:
       *static: the names of the parameters that select the program (part of the cache key,
         passed on as they are); every other argument is traced.
 
-    Under an outer trace (any argument is a tracer) the loss is called directly. Validation
-    runs while the program is traced, so errors and their messages are those of the loss.
+    Under an outer trace (any argument is a tracer) Python numbers are static as well.
+    Validation runs while the program is traced, so errors and their messages are those of
+    the loss.
     """
 
     if not all(isinstance(name, str) for name in static):  # a bare @cached_eager
@@ -82,19 +88,36 @@ def cached_eager(*static: str) -> Callable[[F], F]:
     return decorate
 
 
+_CONTEXT: list[Any] = []  # trace-time settings that key every program (see trace_context)
+
+
+@contextlib.contextmanager
+def trace_context(value: Any):
+    """Within the block, ``value`` (hashable) joins the key of every cached program: for a
+    setting a loss reads while it is traced, so programs traced outside are not reused."""
+    _CONTEXT.append(value)
+    try:
+        yield
+    finally:
+        _CONTEXT.pop()
+
+
 def _split(positional: list[str], static: frozenset, args: tuple, kwargs: dict):
-    """``(layout, operands)`` of an eager call, or None for a call that runs uncached.
+    """``(layout, operands)`` of a call, or None for a call that runs uncached.
 
     ``layout`` is the hashable key: the number of positional arguments, then per argument its
     name and either its static value (with its type, so 1, 1.0 and True differ) or a marker,
-    then the operands' tree structure.
+    then the operands' tree structure. Under an outer trace (``jax.grad``, ``jax.jit``,
+    ``jax.vmap``) Python numbers are static too, so the loss sees them as it would uncached: a
+    static coefficient at an end point still selects the end point's program.
     """
-    if len(args) > len(positional) or _has_tracer((args, kwargs)):
+    if len(args) > len(positional):
         return None
+    traced = _has_tracer((args, kwargs))
     layout: list = [len(args)]
     operands: list = []
     for name, value in [*zip(positional, args, strict=False), *sorted(kwargs.items())]:
-        if name in static:
+        if name in static or (traced and _is_number(value)):
             layout.append((name, type(value), value))
             continue
         operand = as_operand(value)
@@ -105,6 +128,7 @@ def _split(positional: list[str], static: frozenset, args: tuple, kwargs: dict):
     # An optional operand (None or an array) changes which leaf holds which coefficient, so the
     # operands' tree structure keys the program and its learned checks.
     layout.append(jax.tree.structure(operands))
+    layout.append(tuple(_CONTEXT))
     try:
         hash(tuple(layout))
     except TypeError:  # an unhashable static value
@@ -135,6 +159,13 @@ def as_operand(value):
     return value
 
 
+def _is_number(value) -> bool:
+    """A Python number, or a list or tuple of them."""
+    if isinstance(value, list | tuple):
+        return bool(value) and all(isinstance(v, int | float | complex) for v in value)
+    return isinstance(value, int | float | complex)
+
+
 def _is_operand(x) -> bool:
     """Arrays and numbers; not booleans, which select code as flags do."""
     return isinstance(x, _OPERANDS) and not isinstance(x, bool)
@@ -150,7 +181,7 @@ class _Program:
     def __init__(self, fn: Callable, layout: tuple):
         self.checks: dict[tuple[int, str], Callable] = {}
         self.eager = False
-        num_positional, *entries, _ = layout
+        num_positional, *entries, _, _ = layout
 
         def run(operands: list):
             leaf_index = {id(x): i for i, x in enumerate(jax.tree.leaves(operands))}
@@ -178,5 +209,6 @@ class _Program:
             return eager()
         leaves = jax.tree.leaves(operands)
         for (i, _), check in list(self.checks.items()):
-            check(leaves[i])  # a bad concrete coefficient: the ValueError of an uncached call
+            if not is_traced(leaves[i]):  # a bad concrete coefficient: an uncached call's error
+                check(leaves[i])
         return out

@@ -36,6 +36,21 @@ def register_value_checks(fn: Callable, check: Callable[..., None]) -> None:
     ``check`` receives the call's arguments and calls ``jax.experimental.checkify.check`` for
     each condition. The losses of infoloss_jax need no registration: their checks follow from
     their parameter names.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jax.experimental import checkify
+      >>> import infoloss_jax as il
+      >>> def squared_error(x):
+      ...     return jnp.sum(x**2)
+      >>> def positive(x):
+      ...     checkify.check(jnp.all(x > 0), "`x` must be positive.")
+      >>> il.register_value_checks(squared_error, positive)
+      >>> try:
+      ...     il.checked(squared_error)(jnp.array([1.0, -2.0]))
+      ... except Exception as err:
+      ...     print("`x` must be positive" in str(err))
+      True
     """
     _USER_CHECKS[fn] = check
 

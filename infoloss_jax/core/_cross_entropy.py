@@ -271,7 +271,7 @@ def safe_softmax_cross_entropy(
     axis: Axis = -1,
     where: ArrayLike | None = None,
 ) -> jax.Array:
-    r"""Alias of :func:`softmax_cross_entropy`, which is already safe at ``-inf`` logits.
+    r"""Alias of softmax_cross_entropy, which is already safe at -inf logits.
 
     .. math::
         H(y, q) = -\sum_k y_k \log q_k, \qquad 0 \cdot \log 0 = 0

@@ -69,7 +69,7 @@ def kl_divergence(
     *,
     reduction: Reduction = "none",
 ) -> jax.Array:
-    r"""KL divergence from the target distribution to the predicted one: KL(targets || predictions).
+    r"""KL divergence of the predictions from the targets: KL(targets || predictions).
 
     .. math::
         \mathrm{KL}(p \,\|\, q) = \sum_k p_k (\log p_k - \log q_k)

@@ -166,7 +166,7 @@ def log_partition(
 
 @cached_eager("axis")
 def z_loss(logits: ArrayLike, *, axis: Axis = -1, where: ArrayLike | None = None) -> jax.Array:
-    r"""The z-loss penalty :math:`(\log Z)^2`, which keeps the softmax normalizer near 1.
+    r"""The z-loss penalty (log Z)^2, which keeps the softmax normalizer near 1.
 
     .. math::
         \mathcal{L}_z(z) = \Big(\log \sum_k e^{z_k}\Big)^2

@@ -33,8 +33,7 @@ PairReduction = Literal["mean", "sequence_mean", "per_sequence_mean"]
 
 
 class SumAndCount(NamedTuple):
-    """What :func:`loss_sum_and_count` returns: a mean's numerator and denominator, which add up
-    over micro-batches.
+    """What loss_sum_and_count returns: a mean's numerator and denominator over micro-batches.
 
     Attributes:
       loss_sum: the sum of the contributing losses (or of sequence means).

@@ -152,7 +152,7 @@ def total_variation_grad(
     where: ArrayLike | None = None,
     argnums: int | tuple[int, ...] = 0,
 ) -> jax.Array | tuple[jax.Array, ...]:
-    r"""Gradient of :func:`infoloss_jax.total_variation` in both logits.
+    r"""Gradient of total_variation in both logits.
 
     With the target :math:`p = \mathrm{softmax}(t / T)`, the model
     :math:`q = \mathrm{softmax}(z / T)`, :math:`\mathrm{TV} = \tfrac12 \sum_k |p_k - q_k|`
@@ -435,7 +435,7 @@ def vocab_parallel_total_variation_on_mesh(
     reduction: Reduction = "none",
     accum_dtype: DTypeLike = jnp.float32,
 ) -> jax.Array:
-    """:func:`vocab_parallel_total_variation`, the total variation distance, on whole logits.
+    """vocab_parallel_total_variation, the total variation distance, on whole logits.
 
     Splits the tokens over ``data_axis`` (optional) and the vocabulary over ``vocab_axis``,
     padding ``V`` up to a multiple of its size (the padded classes are masked), and builds the
@@ -454,6 +454,17 @@ def vocab_parallel_total_variation_on_mesh(
 
     Returns:
       Per-token divergences ``[...]``, or their reduction.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from infoloss_jax.sharded import vocab_parallel_total_variation_on_mesh
+      >>> mesh = jax.make_mesh((1,), ("vocab",), axis_types=(jax.sharding.AxisType.Auto,))
+      >>> student = jnp.array([[2.0, 0.5, -1.0], [0.0, 0.0, 0.0]])
+      >>> teacher = jnp.array([[0.0, 1.0, 1.0], [0.0, 0.0, 0.0]])
+      >>> loss = vocab_parallel_total_variation_on_mesh(
+      ...     student, teacher, mesh=mesh, vocab_axis="vocab")
+      >>> print(loss.shape, bool(loss[0] > loss[1]))
+      (2,) True
     """
     ops, lead = logits_pair_ops(logits, target_logits, where, mask, MESH_LOGITS)
     place = OnMesh(mesh, vocab_axis, data_axis, "vocab_parallel_total_variation_on_mesh")
@@ -480,7 +491,7 @@ def vocab_parallel_linear_total_variation_on_mesh(
     backward: Backward = "auto",
     accum_dtype: DTypeLike = jnp.float32,
 ) -> jax.Array:
-    """:func:`vocab_parallel_linear_total_variation`, the total variation distance, on whole heads.
+    """vocab_parallel_linear_total_variation, the total variation distance, on whole heads.
 
     Splits both heads along their vocabulary dimension over ``vocab_axis``, padding ``V`` to a
     multiple of its size (padded classes are masked), the tokens over ``data_axis``
@@ -502,6 +513,17 @@ def vocab_parallel_linear_total_variation_on_mesh(
 
     Returns:
       The reduced divergence, or per-token values ``[...]``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from infoloss_jax.sharded import vocab_parallel_linear_total_variation_on_mesh
+      >>> mesh = jax.make_mesh((1,), ("vocab",), axis_types=(jax.sharding.AxisType.Auto,))
+      >>> hidden = jnp.array([[1.0, 0.0], [0.0, 1.0]])
+      >>> weight = jnp.array([[2.0, 0.5, -1.0], [0.0, 1.0, 0.0]])
+      >>> loss = vocab_parallel_linear_total_variation_on_mesh(
+      ...     hidden, weight, hidden, -weight, mesh=mesh, vocab_axis="vocab")
+      >>> print(loss.shape, bool(loss > 0))
+      () True
     """
     heads = (hidden, weight, target_hidden, target_weight)
     ops, lead = distillation_ops(heads, mask, weight_layout, MESH_DISTILL)

@@ -48,6 +48,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from ..base._caching import trace_context
 from . import (
     _pairs,  # noqa: F401  (declares the built-in divergences the heads run)
     _row_kernels,
@@ -1106,9 +1107,21 @@ def call(cfgs: dict[str, Config], ops: Operands, coefs: Coefficients) -> Out:
     """:func:`blockwise` with the config of the platform the computation is lowered for.
 
     One distinct config is called directly; otherwise ``lax.platform_dependent`` traces one
-    branch per distinct config and the lowering keeps the target platform's alone."""
-    if _PLANNED_AS:
-        platform, kernel = _PLANNED_AS[-1]
+    branch per distinct config and the lowering keeps the target platform's alone. The call is
+    one ``jax.jit`` program: an eager ``jax.grad`` of a head compiles its forward and backward
+    passes once each instead of running (and compiling) them op by op."""
+    planned = _PLANNED_AS[-1] if _PLANNED_AS else None
+    return _call_program(tuple(cfgs.items()), planned, ops, coefs)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _call_program(cfgs: tuple, planned, ops: Operands, coefs: Coefficients) -> Out:
+    return _call(dict(cfgs), planned, ops, coefs)
+
+
+def _call(cfgs: dict[str, Config], planned, ops: Operands, coefs: Coefficients) -> Out:
+    if planned is not None:
+        platform, kernel = planned
         cfg = cfgs[platform]
         if kernel is not None and cfg.plan in ROW_PLANS:
             cfg = cfg._replace(kernel=kernel)
@@ -1142,10 +1155,12 @@ _PLANNED_AS: list[tuple[str, str | None]] = []
 def planned_as(platform: str, kernel: str | None = None):
     """Within the block, heads run the plan chosen for ``platform`` on whatever backend runs
     them, with the Pallas row kernel as ``kernel`` (``"interpret"`` on CPU) where that plan
-    takes it. For tests and benchmarks; takes effect at trace time."""
+    takes it. For tests and benchmarks; takes effect at trace time (and keys the losses'
+    cached programs, so none traced outside the block is reused inside it)."""
     _PLANNED_AS.append((platform, kernel))
     try:
-        yield
+        with trace_context(("planned_as", platform, kernel)):
+            yield
     finally:
         _PLANNED_AS.pop()
 

@@ -160,13 +160,14 @@ def norms_of(stats: Stats) -> tuple:
     )
 
 
-def tile_log_probs(z: jax.Array, m: jax.Array, log_s: jax.Array) -> jax.Array:
-    """log softmax of a tile from its row's merged ``(max, log sumexp)``.
+def tile_log_probs(z: jax.Array, shift: jax.Array, log_s: jax.Array) -> jax.Array:
+    """log softmax of a tile from its row's ``(shift, log S)`` (see :func:`norms_of`).
 
     ``(z - max) - log S`` rather than ``z - lse``: with logits near the float limit the
-    logsumexp rounds to the max, and its O(1) part would be lost.
+    logsumexp rounds to the max, and its O(1) part would be lost. ``shift`` is already the
+    row max with an empty row's taken as 0, so a sweep's loop body selects nothing per row.
     """
-    return (z - _shift(m)[:, None]) - log_s[:, None]
+    return (z - shift[:, None]) - log_s[:, None]
 
 
 def _pick(z: jax.Array, local: jax.Array) -> jax.Array:

@@ -118,7 +118,7 @@ def softmax_cross_entropy_grad(
     z_loss: float = 0.0,
     logit_softcap: float | None = None,
 ) -> jax.Array:
-    r"""Gradient of :func:`infoloss_jax.softmax_cross_entropy` with respect to the logits.
+    r"""Gradient of softmax_cross_entropy with respect to the logits.
 
     With :math:`q = \mathrm{softmax}(z)`, :math:`\log q_k = z_k - \log\sum_j e^{z_j}` and
     :math:`L = -\sum_k y_k \log q_k`:
@@ -182,7 +182,7 @@ def softmax_cross_entropy_with_integer_labels_grad(
     z_loss: float = 0.0,
     logit_softcap: float | None = None,
 ) -> jax.Array:
-    r"""Gradient of :func:`infoloss_jax.softmax_cross_entropy_with_integer_labels` (logits).
+    r"""Gradient of softmax_cross_entropy_with_integer_labels (logits).
 
     For a label :math:`y` and :math:`L = \log\sum_j e^{z_j} - z_y`:
 
@@ -266,7 +266,7 @@ def log_probs_grad(
     ignore_index: int | None = None,
     with_entropy: bool = False,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
-    r"""Gradients of :func:`infoloss_jax.log_probs`: of the token log-probability and entropy.
+    r"""Gradients of log_probs: of the token log-probability and of the entropy.
 
     With :math:`z = s \tanh(\ell / s) / T` (soft cap, then temperature) and :math:`q =
     \mathrm{softmax}(z)`:
@@ -414,7 +414,7 @@ def softmax_cross_entropy_hvp(
 def entropy_grad(
     logits: ArrayLike, *, axis=-1, where: ArrayLike | None = None, base: float | None = None
 ) -> jax.Array:
-    r"""Gradient of :func:`infoloss_jax.entropy` :math:`H(\mathrm{softmax}(z))` in the logits.
+    r"""Gradient of entropy, H(softmax(z)), in the logits.
 
     With :math:`H = -\sum_k p_k \log p_k` and
     :math:`\partial \log p_k / \partial z_j = \delta_{kj} - p_j`:
@@ -455,7 +455,7 @@ def entropy_grad(
 def entropy_from_probs_grad(
     probs: ArrayLike, *, axis=-1, where: ArrayLike | None = None, base: float | None = None
 ) -> jax.Array:
-    r"""Gradient of :func:`infoloss_jax.entropy_from_probs` with respect to the probabilities.
+    r"""Gradient of entropy_from_probs with respect to the probabilities.
 
     The probabilities are used as given (no renormalization), so each term is independent:
 
@@ -495,7 +495,7 @@ def entropy_from_probs_grad(
 def entropy_hessian(
     logits: ArrayLike, *, axis: int = -1, where: ArrayLike | None = None, base: float | None = None
 ) -> jax.Array:
-    r"""Hessian of the entropy :math:`H(\mathrm{softmax}(z))` with respect to the logits.
+    r"""Hessian of the entropy H(softmax(z)) with respect to the logits.
 
     Write :math:`a = p \odot (\log p + H)`, so that :math:`\nabla H = -a`. Differentiating
     :math:`-p_i(\log p_i + H)` in :math:`z_j` with
@@ -564,7 +564,7 @@ def entropy_hvp(
 
 @cached_eager("axis")
 def log_partition_grad(logits: ArrayLike, *, axis=-1, where: ArrayLike | None = None) -> jax.Array:
-    r"""Gradient of :func:`infoloss_jax.log_partition` :math:`\log\sum_k e^{z_k}`: the softmax.
+    r"""Gradient of log_partition, log sum_k exp(z_k): the softmax.
 
     .. math::
 
@@ -593,7 +593,7 @@ def log_partition_grad(logits: ArrayLike, *, axis=-1, where: ArrayLike | None = 
 
 @cached_eager("axis")
 def z_loss_grad(logits: ArrayLike, *, axis=-1, where: ArrayLike | None = None) -> jax.Array:
-    r"""Gradient of :func:`infoloss_jax.z_loss` :math:`(\log Z)^2`: :math:`2 \log Z \, q`.
+    r"""Gradient of z_loss, (log Z)^2: 2 log(Z) q.
 
     .. math::
 
@@ -724,7 +724,7 @@ def kl_divergence_grad(
     where: ArrayLike | None = None,
     argnums: int | tuple[int, ...] = 0,
 ) -> jax.Array | tuple[jax.Array, ...]:
-    r"""Gradient of :func:`infoloss_jax.kl_divergence`, KL(targets || predictions).
+    r"""Gradient of kl_divergence, KL(targets || predictions).
 
     The loss takes **log**-predictions :math:`\ell = \log q` and probabilities :math:`p`:
     :math:`\mathrm{KL}(p \,\|\, q) = \sum_k p_k (\log p_k - \ell_k)`. It is linear in
@@ -773,7 +773,7 @@ def kl_divergence_with_log_targets_grad(
     where: ArrayLike | None = None,
     argnums: int | tuple[int, ...] = 0,
 ) -> jax.Array | tuple[jax.Array, ...]:
-    r"""Gradient of :func:`infoloss_jax.kl_divergence_with_log_targets` in both log inputs.
+    r"""Gradient of kl_divergence_with_log_targets in both log inputs.
 
     With :math:`\ell = \log q`, :math:`m = \log p` and
     :math:`\mathrm{KL}(p \,\|\, q) = \sum_k e^{m_k} (m_k - \ell_k)`:
@@ -822,7 +822,7 @@ def generalized_kl_divergence_grad(
     where: ArrayLike | None = None,
     argnums: int | tuple[int, ...] = 0,
 ) -> jax.Array | tuple[jax.Array, ...]:
-    r"""Gradient of :func:`infoloss_jax.generalized_kl_divergence` in both inputs.
+    r"""Gradient of generalized_kl_divergence in both inputs.
 
     With :math:`\ell = \log q` and
     :math:`D(p \,\|\, q) = \sum_k p_k (\log p_k - \ell_k) - p_k + e^{\ell_k}`:
@@ -910,7 +910,7 @@ def forward_kl_grad(
     where: ArrayLike | None = None,
     argnums: int | tuple[int, ...] = 0,
 ) -> jax.Array | tuple[jax.Array, ...]:
-    r"""Gradient of :func:`infoloss_jax.forward_kl`, KL(target || model), in both logits.
+    r"""Gradient of forward_kl, KL(target || model), in both logits.
 
     With the target :math:`p = \mathrm{softmax}(t / T)`, the model
     :math:`q = \mathrm{softmax}(z / T)` and
@@ -965,7 +965,7 @@ def reverse_kl_grad(
     where: ArrayLike | None = None,
     argnums: int | tuple[int, ...] = 0,
 ) -> jax.Array | tuple[jax.Array, ...]:
-    r"""Gradient of :func:`infoloss_jax.reverse_kl`, KL(model || target), in both logits.
+    r"""Gradient of reverse_kl, KL(model || target), in both logits.
 
     With the model :math:`q = \mathrm{softmax}(z / T)`, the target
     :math:`p = \mathrm{softmax}(t / T)` and
@@ -1021,7 +1021,7 @@ def jensen_shannon_grad(
     where: ArrayLike | None = None,
     argnums: int | tuple[int, ...] = 0,
 ) -> jax.Array | tuple[jax.Array, ...]:
-    r"""Gradient of :func:`infoloss_jax.jensen_shannon` (generalized JSD) in both logits.
+    r"""Gradient of jensen_shannon (generalized JSD) in both logits.
 
     With the target :math:`p`, the model :math:`q` (both softmax of logits over :math:`T`), the
     mixture :math:`m = \beta p + (1 - \beta) q` and :math:`\mathrm{JS}_\beta =
@@ -1086,7 +1086,7 @@ def sigmoid_binary_cross_entropy_grad(
     pos_weight: ArrayLike | None = None,
     argnums: int | tuple[int, ...] = 0,
 ) -> jax.Array | tuple[jax.Array, ...]:
-    r"""Gradient of :func:`infoloss_jax.sigmoid_binary_cross_entropy` with ``pos_weight``.
+    r"""Gradient of sigmoid_binary_cross_entropy, with pos_weight.
 
     With :math:`\sigma = \sigma(z)`, positive weight :math:`w` (PyTorch's ``pos_weight``) and
     :math:`L = -w\, y \log \sigma - (1 - y) \log(1 - \sigma)
@@ -1130,7 +1130,7 @@ def sigmoid_binary_cross_entropy_grad(
 
 @cached_eager("base")
 def binary_entropy_grad(logits: ArrayLike, *, base: float | None = None) -> jax.Array:
-    r"""Gradient of :func:`infoloss_jax.binary_entropy` :math:`H(\sigma(z))` in the logit.
+    r"""Gradient of binary_entropy, H(sigmoid(z)), in the logit.
 
     With :math:`H = -\sigma \log \sigma - (1 - \sigma) \log(1 - \sigma)`,
     :math:`\sigma' = \sigma (1 - \sigma)` and :math:`\log\sigma - \log(1 - \sigma) = z`:

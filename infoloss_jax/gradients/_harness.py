@@ -119,7 +119,7 @@ def _default_tolerances(dtype: str, rtol, atol) -> tuple[float, float]:
 
 @dataclasses.dataclass(frozen=True)
 class GradientReport:
-    """The result of :func:`compare_gradients`: one :class:`ArgumentReport` per argument.
+    """The result of compare_gradients: one ArgumentReport per argument.
 
     ``print(report)`` shows a table, Jupyter renders it as HTML, ``report.ok()`` says whether
     every argument agrees (and has no NaN or inf).
@@ -169,7 +169,7 @@ class GradientReport:
 
 @dataclasses.dataclass(frozen=True)
 class GradientTable:
-    """Reports for many losses (from :func:`gradient_table`); iterate to get each report.
+    """Reports for many losses (from gradient_table); iterate to get each report.
 
     Attributes:
       reports: the :class:`GradientReport` of each loss, in order.
@@ -650,7 +650,7 @@ def gradient_table(
     finite_differences: bool = True,
     names: Sequence[str] | None = None,
 ) -> GradientTable:
-    """Runs :func:`compare_gradients` for every loss of the library on seeded random inputs.
+    """Runs compare_gradients for every loss of the library on seeded random inputs.
 
     Each closed form in :mod:`infoloss_jax.gradients` is compared with ``jax.grad`` of an
     independent plain implementation of the loss it belongs to: plain ``jax.numpy`` operations,

@@ -41,7 +41,7 @@ from ..engine._loss_spec import Coefficients, LossSpec, check_layout, make_spec,
 
 
 class LinearCrossEntropyAux(NamedTuple):
-    """Per-token extras of :func:`linear_softmax_cross_entropy` (shape of ``labels``).
+    """Per-token extras of linear_softmax_cross_entropy, each of the shape of the labels.
 
     Attributes:
       logsumexp: log-partition of the (soft-capped) logits (0 on ignored and masked tokens,

@@ -614,7 +614,7 @@ def vocab_parallel_cross_entropy_on_mesh(
     accum_dtype: DTypeLike = jnp.float32,
     return_aux: bool = False,
 ) -> jax.Array | tuple[jax.Array, LinearCrossEntropyAux]:
-    """:func:`vocab_parallel_cross_entropy` on whole ``[..., V]`` logits and a ``Mesh``.
+    """vocab_parallel_cross_entropy on whole [..., V] logits and a Mesh.
 
     Splits the tokens over ``data_axis`` (optional) and the vocabulary over ``vocab_axis``,
     padding ``V`` up to a multiple of the vocabulary axis size (the padded classes are masked),
@@ -725,7 +725,7 @@ def vocab_parallel_linear_cross_entropy_on_mesh(
     accum_dtype: DTypeLike = jnp.float32,
     return_aux: bool = False,
 ) -> jax.Array | tuple[jax.Array, LinearCrossEntropyAux]:
-    """:func:`vocab_parallel_linear_cross_entropy` on a whole head weight and a ``Mesh``.
+    """vocab_parallel_linear_cross_entropy on a whole head weight and a Mesh.
 
     Splits the weight (and bias and class weights) over ``vocab_axis`` along its vocabulary
     dimension (``[D, V]`` or, with ``weight_layout="vd"``, ``[V, D]``), padding ``V`` to a
@@ -820,7 +820,7 @@ def vocab_parallel_log_probs(
     ignore_index: int | None = None,
     accum_dtype: DTypeLike = jnp.float32,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
-    r"""Per-token log-probability of the label (and entropy), the vocabulary split over a mesh axis.
+    r"""Per-token log-probability of the label (and entropy), the vocabulary split over devices.
 
     Call it **inside** ``jax.shard_map``. Each device passes its ``[..., V_local]`` slice of the
     logits, device ``i`` holding classes ``[i * V_local, (i + 1) * V_local)``. The result equals
@@ -944,7 +944,7 @@ def vocab_parallel_linear_log_probs(
     backward: Backward = "auto",
     accum_dtype: DTypeLike = jnp.float32,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
-    r"""Fused LM-head token log-probabilities (and entropy), the weight split along the vocabulary.
+    r"""Fused LM-head token log-probabilities (and entropy), the weight split over the vocabulary.
 
     Call it **inside** ``jax.shard_map``. Computes :func:`vocab_parallel_log_probs` of
     ``hidden @ weight + bias``, ``weight`` being the concatenation of the ``weight_shard``
@@ -1057,7 +1057,7 @@ def vocab_parallel_log_probs_on_mesh(
     ignore_index: int | None = None,
     accum_dtype: DTypeLike = jnp.float32,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
-    """:func:`vocab_parallel_log_probs` on whole ``[..., V]`` logits and a ``Mesh``.
+    """vocab_parallel_log_probs on whole [..., V] logits and a Mesh.
 
     Splits the tokens over ``data_axis`` (optional) and the vocabulary over ``vocab_axis``,
     padding ``V`` up to a multiple of the vocabulary axis size (the padded classes are masked),
@@ -1157,7 +1157,7 @@ def vocab_parallel_linear_log_probs_on_mesh(
     backward: Backward = "auto",
     accum_dtype: DTypeLike = jnp.float32,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
-    """:func:`vocab_parallel_linear_log_probs` on a whole head weight and a ``Mesh``.
+    """vocab_parallel_linear_log_probs on a whole head weight and a Mesh.
 
     Splits the weight (and bias) over ``vocab_axis`` along its vocabulary dimension, padding
     ``V`` to a multiple of its size (padded classes are masked), the tokens (and ``mask``) over
@@ -1653,7 +1653,7 @@ def vocab_parallel_forward_kl_on_mesh(
     reduction: Reduction = "none",
     accum_dtype: DTypeLike = jnp.float32,
 ) -> jax.Array:
-    """:func:`vocab_parallel_forward_kl`, the forward KL(teacher || student), on whole logits.
+    """vocab_parallel_forward_kl, the forward KL(teacher || student), on whole logits.
 
     Splits the tokens over ``data_axis`` (optional) and the vocabulary over ``vocab_axis``,
     padding ``V`` up to a multiple of its size (the padded classes are masked), and builds the
@@ -1671,6 +1671,16 @@ def vocab_parallel_forward_kl_on_mesh(
 
     Returns:
       Per-token divergences ``[...]`` in nats, or their reduction.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from infoloss_jax.sharded import vocab_parallel_forward_kl_on_mesh
+      >>> mesh = jax.make_mesh((1,), ("vocab",), axis_types=(jax.sharding.AxisType.Auto,))
+      >>> student = jnp.array([[2.0, 0.5, -1.0], [0.0, 0.0, 0.0]])
+      >>> teacher = jnp.array([[0.0, 1.0, 1.0], [0.0, 0.0, 0.0]])
+      >>> loss = vocab_parallel_forward_kl_on_mesh(student, teacher, mesh=mesh, vocab_axis="vocab")
+      >>> print(loss.shape, bool(loss[0] > loss[1]))
+      (2,) True
     """
     ops, lead = logits_pair_ops(logits, target_logits, where, mask, MESH_LOGITS)
     place = OnMesh(mesh, vocab_axis, data_axis, "vocab_parallel_forward_kl_on_mesh")
@@ -1691,7 +1701,7 @@ def vocab_parallel_reverse_kl_on_mesh(
     reduction: Reduction = "none",
     accum_dtype: DTypeLike = jnp.float32,
 ) -> jax.Array:
-    """:func:`vocab_parallel_reverse_kl`, the reverse KL(student || teacher), on whole logits.
+    """vocab_parallel_reverse_kl, the reverse KL(student || teacher), on whole logits.
 
     Splits the tokens over ``data_axis`` (optional) and the vocabulary over ``vocab_axis``,
     padding ``V`` up to a multiple of its size (the padded classes are masked), and builds the
@@ -1709,6 +1719,16 @@ def vocab_parallel_reverse_kl_on_mesh(
 
     Returns:
       Per-token divergences ``[...]`` in nats, or their reduction.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from infoloss_jax.sharded import vocab_parallel_reverse_kl_on_mesh
+      >>> mesh = jax.make_mesh((1,), ("vocab",), axis_types=(jax.sharding.AxisType.Auto,))
+      >>> student = jnp.array([[2.0, 0.5, -1.0], [0.0, 0.0, 0.0]])
+      >>> teacher = jnp.array([[0.0, 1.0, 1.0], [0.0, 0.0, 0.0]])
+      >>> loss = vocab_parallel_reverse_kl_on_mesh(student, teacher, mesh=mesh, vocab_axis="vocab")
+      >>> print(loss.shape, bool(loss[0] > loss[1]))
+      (2,) True
     """
     ops, lead = logits_pair_ops(logits, target_logits, where, mask, MESH_LOGITS)
     place = OnMesh(mesh, vocab_axis, data_axis, "vocab_parallel_reverse_kl_on_mesh")
@@ -1730,8 +1750,7 @@ def vocab_parallel_jensen_shannon_on_mesh(
     reduction: Reduction = "none",
     accum_dtype: DTypeLike = jnp.float32,
 ) -> jax.Array:
-    """:func:`vocab_parallel_jensen_shannon`, the generalized Jensen-Shannon divergence, on
-    whole logits.
+    """vocab_parallel_jensen_shannon, the generalized Jensen-Shannon divergence, on whole logits.
 
     Splits the tokens over ``data_axis`` (optional) and the vocabulary over ``vocab_axis``,
     padding ``V`` up to a multiple of its size (the padded classes are masked), and builds the
@@ -1750,6 +1769,17 @@ def vocab_parallel_jensen_shannon_on_mesh(
 
     Returns:
       Per-token divergences ``[...]`` in nats, or their reduction.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from infoloss_jax.sharded import vocab_parallel_jensen_shannon_on_mesh
+      >>> mesh = jax.make_mesh((1,), ("vocab",), axis_types=(jax.sharding.AxisType.Auto,))
+      >>> student = jnp.array([[2.0, 0.5, -1.0], [0.0, 0.0, 0.0]])
+      >>> teacher = jnp.array([[0.0, 1.0, 1.0], [0.0, 0.0, 0.0]])
+      >>> loss = vocab_parallel_jensen_shannon_on_mesh(
+      ...     student, teacher, mesh=mesh, vocab_axis="vocab")
+      >>> print(loss.shape, bool(loss[0] > loss[1]))
+      (2,) True
     """
     ops, lead = logits_pair_ops(logits, target_logits, where, mask, MESH_LOGITS)
     place = OnMesh(mesh, vocab_axis, data_axis, "vocab_parallel_jensen_shannon_on_mesh")
@@ -1776,8 +1806,7 @@ def vocab_parallel_linear_forward_kl_on_mesh(
     backward: Backward = "auto",
     accum_dtype: DTypeLike = jnp.float32,
 ) -> jax.Array:
-    """:func:`vocab_parallel_linear_forward_kl`, the forward KL(teacher || student), on whole
-    heads.
+    """vocab_parallel_linear_forward_kl, the forward KL(teacher || student), on whole heads.
 
     Splits both heads along their vocabulary dimension over ``vocab_axis``, padding ``V`` to a
     multiple of its size (padded classes are masked), the tokens over ``data_axis``
@@ -1799,6 +1828,17 @@ def vocab_parallel_linear_forward_kl_on_mesh(
 
     Returns:
       The reduced divergence in nats, or per-token values ``[...]``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from infoloss_jax.sharded import vocab_parallel_linear_forward_kl_on_mesh
+      >>> mesh = jax.make_mesh((1,), ("vocab",), axis_types=(jax.sharding.AxisType.Auto,))
+      >>> hidden = jnp.array([[1.0, 0.0], [0.0, 1.0]])
+      >>> weight = jnp.array([[2.0, 0.5, -1.0], [0.0, 1.0, 0.0]])
+      >>> loss = vocab_parallel_linear_forward_kl_on_mesh(
+      ...     hidden, weight, hidden, -weight, mesh=mesh, vocab_axis="vocab")
+      >>> print(loss.shape, bool(loss > 0))
+      () True
     """
     heads = (hidden, weight, target_hidden, target_weight)
     ops, lead = distillation_ops(heads, mask, weight_layout, MESH_DISTILL)
@@ -1827,8 +1867,7 @@ def vocab_parallel_linear_reverse_kl_on_mesh(
     backward: Backward = "auto",
     accum_dtype: DTypeLike = jnp.float32,
 ) -> jax.Array:
-    """:func:`vocab_parallel_linear_reverse_kl`, the reverse KL(student || teacher), on whole
-    heads.
+    """vocab_parallel_linear_reverse_kl, the reverse KL(student || teacher), on whole heads.
 
     Splits both heads along their vocabulary dimension over ``vocab_axis``, padding ``V`` to a
     multiple of its size (padded classes are masked), the tokens over ``data_axis``
@@ -1850,6 +1889,17 @@ def vocab_parallel_linear_reverse_kl_on_mesh(
 
     Returns:
       The reduced divergence in nats, or per-token values ``[...]``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from infoloss_jax.sharded import vocab_parallel_linear_reverse_kl_on_mesh
+      >>> mesh = jax.make_mesh((1,), ("vocab",), axis_types=(jax.sharding.AxisType.Auto,))
+      >>> hidden = jnp.array([[1.0, 0.0], [0.0, 1.0]])
+      >>> weight = jnp.array([[2.0, 0.5, -1.0], [0.0, 1.0, 0.0]])
+      >>> loss = vocab_parallel_linear_reverse_kl_on_mesh(
+      ...     hidden, weight, hidden, -weight, mesh=mesh, vocab_axis="vocab")
+      >>> print(loss.shape, bool(loss > 0))
+      () True
     """
     heads = (hidden, weight, target_hidden, target_weight)
     ops, lead = distillation_ops(heads, mask, weight_layout, MESH_DISTILL)
@@ -1879,8 +1929,7 @@ def vocab_parallel_linear_jensen_shannon_on_mesh(
     backward: Backward = "auto",
     accum_dtype: DTypeLike = jnp.float32,
 ) -> jax.Array:
-    """:func:`vocab_parallel_linear_jensen_shannon`, the generalized Jensen-Shannon divergence,
-    on whole heads.
+    """vocab_parallel_linear_jensen_shannon, the generalized JSD, on whole heads.
 
     Splits both heads along their vocabulary dimension over ``vocab_axis``, padding ``V`` to a
     multiple of its size (padded classes are masked), the tokens over ``data_axis``
@@ -1902,6 +1951,17 @@ def vocab_parallel_linear_jensen_shannon_on_mesh(
 
     Returns:
       The reduced divergence in nats, or per-token values ``[...]``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from infoloss_jax.sharded import vocab_parallel_linear_jensen_shannon_on_mesh
+      >>> mesh = jax.make_mesh((1,), ("vocab",), axis_types=(jax.sharding.AxisType.Auto,))
+      >>> hidden = jnp.array([[1.0, 0.0], [0.0, 1.0]])
+      >>> weight = jnp.array([[2.0, 0.5, -1.0], [0.0, 1.0, 0.0]])
+      >>> loss = vocab_parallel_linear_jensen_shannon_on_mesh(
+      ...     hidden, weight, hidden, -weight, mesh=mesh, vocab_axis="vocab")
+      >>> print(loss.shape, bool(loss > 0))
+      () True
     """
     heads = (hidden, weight, target_hidden, target_weight)
     ops, lead = distillation_ops(heads, mask, weight_layout, MESH_DISTILL)

@@ -44,7 +44,7 @@ _EPS = Coefficient("eps", low=0.0)
 
 
 class PolicyLossAux(NamedTuple):
-    """Metrics of :func:`infoloss_jax.policy.clipped_surrogate`, all without gradients.
+    """Metrics of policy.clipped_surrogate, all without gradients.
 
     Token statistics are means over the unmasked tokens of the arrays passed in (the local
     micro-batch, whatever ``num_tokens`` says). A metric whose input was not given is None.

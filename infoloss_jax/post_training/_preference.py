@@ -70,7 +70,7 @@ class PreferenceAux(NamedTuple):
 
 
 class KTOAux(NamedTuple):
-    """Metrics of :func:`infoloss_jax.preference.kto`, all without gradients.
+    """Metrics of preference.kto, all without gradients.
 
     Attributes:
       losses: the per-example weighted loss (0 for examples excluded by ``mask``).
@@ -833,8 +833,7 @@ def kto(
     mask: ArrayLike | None = None,
     num_examples: ArrayLike | None = None,
 ) -> tuple[jax.Array, KTOAux]:
-    r"""Kahneman-Tversky Optimization: unpaired desirable/undesirable examples against a
-    reference point.
+    r"""Kahneman-Tversky Optimization: unpaired good and bad examples against a reference point.
 
     With :math:`\rho = \log\pi(y) - \log\pi_{ref}(y)` and the reference point :math:`z_0`
     (``kl``, an estimate of KL(policy || reference), not differentiated and clipped at 0):

@@ -1,4 +1,4 @@
-r"""PyTorch's loss functions, with PyTorch's names, arguments, defaults, layouts and reductions.
+r"""PyTorch's loss functions: PyTorch's names, arguments, defaults, layouts and reductions.
 
 For porting PyTorch training code: each function here gives the same numbers as its namesake in
 ``torch.nn.functional`` (checked against golden numbers made by torch itself), including the

@@ -840,7 +840,7 @@ def test_other_bad_arguments():
 # ------------------------------------------------------------------------ memory and example
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("dtype", [jnp.float32, pytest.param(jnp.bfloat16, marks=pytest.mark.slow)])
 def test_sharded_fused_memory_ratio(dtype):
     """Per-device temporaries of the 8-way vocab-parallel fused loss are at most 1/6 of the
     single-device fused loss's (infoloss_jax.heads._fused), both value_and_grad, compile-only
