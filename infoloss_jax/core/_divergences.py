@@ -115,7 +115,8 @@ def kl_divergence(
         log_predictions, "log_predictions", targets, "targets", axis, where
     )
     terms = _formulas.kl_terms_of_probs(targets, log_predictions)
-    return reduce_loss(_masked_sum(terms, axes, mask), reduction=check_reduction(reduction))
+    check_reduction(reduction)
+    return reduce_loss(_masked_sum(terms, axes, mask), reduction=reduction)
 
 
 @cached_eager("axis", "reduction")
@@ -160,7 +161,8 @@ def kl_divergence_with_log_targets(
         log_predictions, "log_predictions", log_targets, "log_targets", axis, where
     )
     terms = _formulas.kl_terms_of_logs(log_targets, log_predictions)
-    return reduce_loss(_masked_sum(terms, axes, mask), reduction=check_reduction(reduction))
+    check_reduction(reduction)
+    return reduce_loss(_masked_sum(terms, axes, mask), reduction=reduction)
 
 
 @cached_eager("axis", "reduction")
@@ -207,7 +209,8 @@ def generalized_kl_divergence(
     )
     terms = _formulas.kl_terms_of_probs(targets, log_predictions)
     terms = terms - targets + jnp.exp(log_predictions)
-    return reduce_loss(_masked_sum(terms, axes, mask), reduction=check_reduction(reduction))
+    check_reduction(reduction)
+    return reduce_loss(_masked_sum(terms, axes, mask), reduction=reduction)
 
 
 # ----------------------------------------------------------------------------- from logits
@@ -305,7 +308,7 @@ def logit_divergence(
     temperature: float | jax.Array = 1.0,
     axis: Axis = -1,
     where=None,
-    reduction: str = "none",
+    reduction: Reduction = "none",
 ) -> jax.Array:
     """The divergence ``div`` between ``softmax(target_logits / T)`` (P) and ``softmax(logits /
     T)`` (Q), per example or reduced: the body of every public divergence over logits.
