@@ -14,8 +14,9 @@ range it applies to an operand; after every call the cache checks the call's con
 against it, so a bad concrete value still raises the ``ValueError`` an uncached call raises.
 
 Under an outer trace (an eager ``jax.grad``, ``jax.vmap``, or inside ``jax.jit``) the call
-goes through the same kind of program, with its Python numbers static: an eager gradient then
-compiles its forward and backward passes once each, instead of running them op by op.
+goes through the same kind of program: an eager gradient then compiles its forward and backward
+passes once each, instead of running them op by op (inside ``jax.jit`` or ``jax.vmap`` its
+Python numbers are static, as they would be uncached).
 
 A call the cache cannot express runs uncached: one with an unhashable
 static value (an array where a structural option is expected), a 64-bit NumPy integer array
@@ -51,7 +52,7 @@ def cached_eager(*static: str) -> Callable[[F], F]:
       *static: the names of the parameters that select the program (part of the cache key,
         passed on as they are); every other argument is traced.
 
-    Under an outer trace (any argument is a tracer) Python numbers are static as well.
+    Inside ``jax.jit`` or ``jax.vmap`` Python numbers are static as well.
     Validation runs while the program is traced, so errors and their messages are those of
     the loss.
     """
@@ -107,17 +108,18 @@ def _split(positional: list[str], static: frozenset, args: tuple, kwargs: dict):
 
     ``layout`` is the hashable key: the number of positional arguments, then per argument its
     name and either its static value (with its type, so 1, 1.0 and True differ) or a marker,
-    then the operands' tree structure. Under an outer trace (``jax.grad``, ``jax.jit``,
-    ``jax.vmap``) Python numbers are static too, so the loss sees them as it would uncached: a
-    static coefficient at an end point still selects the end point's program.
+    then the operands' tree structure. Where the call is staged (inside ``jax.jit``) or
+    batched (``jax.vmap``), Python numbers are static too, so the loss sees them as it would
+    uncached: a static coefficient at an end point still selects the end point's program. An
+    eager ``jax.grad`` traces them, as an eager call does: a new value compiles nothing.
     """
     if len(args) > len(positional):
         return None
-    traced = _has_tracer((args, kwargs))
+    staged = _is_staged((args, kwargs))
     layout: list = [len(args)]
     operands: list = []
     for name, value in [*zip(positional, args, strict=False), *sorted(kwargs.items())]:
-        if name in static or (traced and _is_number(value)):
+        if name in static or (staged and _is_number(value)):
             layout.append((name, type(value), value))
             continue
         operand = as_operand(value)
@@ -136,8 +138,16 @@ def _split(positional: list[str], static: frozenset, args: tuple, kwargs: dict):
     return tuple(layout), operands
 
 
-def _has_tracer(tree) -> bool:
-    return any(is_traced(leaf) for leaf in jax.tree.leaves(tree))
+def _is_staged(tree) -> bool:
+    """Some argument is abstract: the call is being staged (``jax.jit``) or batched
+    (``jax.vmap``), not differentiated eagerly (whose tracers hold concrete values)."""
+    return any(is_traced(x) and not _holds_value(x) for x in jax.tree.leaves(tree))
+
+
+def _holds_value(tracer) -> bool:
+    """An eager ``jax.grad``'s tracer carries its concrete value; a staged one does not."""
+    to_value = getattr(tracer, "to_concrete_value", None)
+    return to_value is not None and to_value() is not None
 
 
 def as_operand(value):

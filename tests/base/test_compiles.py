@@ -812,3 +812,21 @@ def test_an_optional_operand_does_not_move_the_coefficient_checks():
         il.softmax_cross_entropy_with_integer_labels(
             logits, labels, label_smoothing=1.5, class_weights=weights
         )
+
+
+def test_an_eager_gradient_runs_compiled_programs_and_traces_new_coefficients():
+    """An eager jax.grad of a loss compiles its passes once; a new Python-float coefficient
+    compiles nothing more, and a bad one still raises."""
+
+    def grad(temperature):
+        return jax.grad(lambda x: il.forward_kl(x, TARGET_LOGITS, temperature=temperature).sum())(
+            LOGITS
+        )
+
+    jax.block_until_ready(grad(1.5))
+    with count_compiles() as compiles:
+        for value in (2.5, 3.5):
+            jax.block_until_ready(grad(value))
+    assert len(compiles) == 0
+    with pytest.raises(ValueError, match="`temperature`"):
+        grad(-1.0)
