@@ -28,7 +28,7 @@ import math
 from pathlib import Path
 
 # --tiny: a run of seconds (the test suite's); flags given explicitly still win.
-TINY = dict(steps=20, examples=256, tokens=512, vocab=2048, d_model=32)
+TINY = dict(steps=20, examples=256, tokens=4096, vocab=8192, d_model=32)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):

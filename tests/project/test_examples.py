@@ -154,9 +154,7 @@ def test_optax_plugin_gives_the_same_trajectory_and_saves_memory(tmp_path):
     assert max_diff < 1e-5
     naive = float(re.search(r"materialized logits\s+(\S+) MiB", out).group(1))
     fused = float(re.search(r"fused head\s+(\S+) MiB", out).group(1))
-    # --tiny's logits fit one CPU tile, so the fused head holds about as much as the naive one;
-    # at realistic sizes (the defaults) the saving is about 40x.
-    assert fused <= naive
+    assert fused < naive / 2  # at realistic sizes (the defaults) the saving is about 40x
     results = json.loads((tmp_path / "optax_plugin.json").read_text())
     assert results["max_diff"] == pytest.approx(max_diff, rel=0.01)
 
